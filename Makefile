@@ -1,0 +1,29 @@
+# `make demo`: create .venv, install kerasft, run the built-in recipe.
+# `make test`: create .venv, install kerasft with its test extra, run the test suite.
+# Both use ../shared/keras_home (MobileNet ImageNet weights) as Keras' cache when present,
+# through a writable .keras_home/ of links (Keras ignores a KERAS_HOME it cannot write).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED_MODELS := $(abspath ../shared/keras_home/models)
+
+.PHONY: demo test clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+.keras_home/models:
+	mkdir -p $@
+	if [ -d $(SHARED_MODELS) ]; then ln -sf $(SHARED_MODELS)/* $@/; fi
+
+demo: $(VENV)/.installed .keras_home/models
+	KERAS_HOME=$(CURDIR)/.keras_home $(PY) -m kerasft.train
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -rs --durations=15 tests
+
+clean:
+	rm -rf $(VENV) .keras_home runs eval saved_models/*/

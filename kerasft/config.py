@@ -1,0 +1,171 @@
+"""The frozen dataclasses that describe one training run.
+
+Field names are the command-line flag names and field defaults are the flags' defaults
+(`kerasft/train.py` reads them from here). Every value is validated when the dataclass is
+made, so a bad value fails before anything is read or written, with a `UsageError` that
+names the flag. `RunConfig.resolved()` fills the defaults that depend on other values
+(name, folders, image size); the resolved config is written as `config.json` next to every
+run and `RunConfig.from_json` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Optional
+
+from kerasft import backbones
+from kerasft.errors import UsageError
+
+OPTIMIZERS = ("adam", "sgd", "adamw")
+
+
+def _check(condition: bool, flag: str, message: str, value: Any) -> None:
+  if not condition:
+    raise UsageError(f"--{flag}: {message}, got {value!r}")
+
+
+def _positive_int(value, flag):
+  _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+         flag, "must be a positive integer", value)
+
+
+def _non_negative_int(value, flag):
+  _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+         flag, "must be an integer >= 0", value)
+
+
+def _positive_float(value, flag):
+  _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+         flag, "must be a positive number", value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The backbone, its weights and the new head."""
+  model: str = "mobilenet"
+  weights: str = "imagenet"  # "imagenet", "none", or a path to a weights file
+  image_size: Optional[int] = None  # None: the backbone's own default size
+  head: tuple[int, ...] = ()  # hidden Dense sizes before the classifier layer
+  dropout: float = 0.2
+  unfreeze_top: int = 0  # layers with weights to unfreeze for the fine-tune phase
+
+  def __post_init__(self):
+    backbones.spec(self.model)  # raises UsageError with close matches
+    _check(isinstance(self.weights, str) and self.weights != "", "weights",
+           "must be 'imagenet', 'none' or a path to a weights file", self.weights)
+    if self.image_size is not None:
+      _positive_int(self.image_size, "image_size")
+      minimum = backbones.spec(self.model).min_size
+      _check(self.image_size >= minimum, "image_size",
+             f"{self.model} needs at least {minimum} pixels", self.image_size)
+    object.__setattr__(self, "head", tuple(self.head))
+    for size in self.head:
+      _positive_int(size, "head")
+    _check(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout",
+           "must be in [0, 1)", self.dropout)
+    _non_negative_int(self.unfreeze_top, "unfreeze_top")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where the labelled images are and how they are batched."""
+  data_dir: str = ""  # "": the built-in recipe (scikit-learn's digits)
+  val_dir: str = ""
+  validation_split: float = 0.2
+  batch_size: int = 32
+
+  def __post_init__(self):
+    _check(isinstance(self.validation_split, (int, float)) and 0 < self.validation_split < 1,
+           "validation_split", "must be between 0 and 1 (exclusive)", self.validation_split)
+    _positive_int(self.batch_size, "batch_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+  """The optimizer and the two phases: head (frozen backbone), then optional fine-tuning."""
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  epochs: int = 5
+  fine_tune_epochs: int = 0
+  fine_tune_learning_rate: Optional[float] = None  # None: a tenth of learning_rate
+  label_smoothing: float = 0.0
+  seed: int = 0
+
+  def __post_init__(self):
+    _check(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}",
+           self.optimizer)
+    _positive_float(self.learning_rate, "learning_rate")
+    _positive_int(self.epochs, "epochs")
+    _non_negative_int(self.fine_tune_epochs, "fine_tune_epochs")
+    if self.fine_tune_learning_rate is not None:
+      _positive_float(self.fine_tune_learning_rate, "fine_tune_learning_rate")
+    _check(isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1,
+           "label_smoothing", "must be in [0, 1)", self.label_smoothing)
+    _non_negative_int(self.seed, "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """One training run: model, data, training, and where its outputs go."""
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+  name: str = ""  # "": derived from the backbone
+  model_dir: str = ""  # "": runs/<name>
+  export_dir: str = ""  # "": saved_models/<name>
+  overwrite: bool = False
+
+  def __post_init__(self):
+    if self.name:
+      _check(os.sep not in self.name and self.name not in (".", ".."), "name",
+             "must be a plain name without path separators", self.name)
+    if self.model.unfreeze_top and not self.training.fine_tune_epochs:
+      raise UsageError(f"--unfreeze_top={self.model.unfreeze_top} has no effect without "
+                       "--fine_tune_epochs; pass --fine_tune_epochs=N to fine-tune")
+    if self.training.fine_tune_epochs and not self.model.unfreeze_top:
+      raise UsageError(f"--fine_tune_epochs={self.training.fine_tune_epochs} needs layers to "
+                       "train; pass --unfreeze_top=N as well")
+
+  def resolved(self) -> "RunConfig":
+    """Returns a copy with name, folders, image size and fine-tune rate filled in."""
+    name = self.name or self.model.model
+    model = self.model
+    if model.image_size is None:
+      model = dataclasses.replace(model, image_size=backbones.spec(model.model).default_size)
+    training = self.training
+    if training.fine_tune_learning_rate is None:
+      training = dataclasses.replace(
+          training, fine_tune_learning_rate=training.learning_rate / 10)
+    return dataclasses.replace(
+        self, name=name, model=model, training=training,
+        model_dir=self.model_dir or os.path.join("runs", name),
+        export_dir=self.export_dir or os.path.join("saved_models", name))
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def to_json(self, path: str) -> None:
+    with open(path, "w") as f:
+      json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+      f.write("\n")
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "RunConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+      raise UsageError(f"config: unknown keys {sorted(unknown)}")
+    return cls(model=ModelConfig(**d.get("model", {})), data=DataConfig(**d.get("data", {})),
+               training=TrainingConfig(**d.get("training", {})),
+               **{k: v for k, v in d.items() if k not in ("model", "data", "training")})
+
+  @classmethod
+  def from_json(cls, path: str) -> "RunConfig":
+    try:
+      with open(path) as f:
+        return cls.from_dict(json.load(f))
+    except (OSError, ValueError) as e:
+      raise UsageError(f"{path}: cannot read the run's config ({e})") from None

@@ -1,0 +1,86 @@
+"""The classifier model: raw pixels -> preprocessing -> backbone -> new head.
+
+The model takes float32 RGB pixels 0..255 of shape [N, H, W, 3]; the backbone's own
+preprocessing is its first layer, so checkpoints and exports take raw pixels too. The
+backbone is always called in inference mode: BatchNorm statistics never move and, while
+frozen, nothing in it changes.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from kerasft.backbones import Backbone
+
+_IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+_IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+PREPROCESS_MODES = ("tf", "torch", "caffe", "none")
+
+
+@keras.saving.register_keras_serializable(package="kerasft")
+class Preprocess(keras.layers.Layer):
+  """`keras.applications.*.preprocess_input` as a layer, for pixels 0..255 in RGB order.
+
+  mode: "tf" scales to [-1, 1]; "torch" to [0, 1] then ImageNet mean/std; "caffe" flips to
+  BGR and subtracts the ImageNet mean; "none" passes pixels through unchanged.
+  """
+
+  def __init__(self, mode: str, **kwargs):
+    super().__init__(**kwargs)
+    if mode not in PREPROCESS_MODES:
+      raise ValueError(f"Preprocess mode must be one of {PREPROCESS_MODES}, got {mode!r}")
+    self.mode = mode
+
+  def call(self, images):
+    images = ops.cast(images, "float32")
+    if self.mode == "tf":
+      return images / 127.5 - 1.0
+    if self.mode == "torch":
+      return (images / 255.0 - ops.array(_IMAGENET_MEAN_RGB)) / ops.array(_IMAGENET_STD_RGB)
+    if self.mode == "caffe":
+      return ops.flip(images, axis=-1) - ops.array(_CAFFE_MEAN_BGR)
+    return images
+
+  def get_config(self):
+    return {**super().get_config(), "mode": self.mode}
+
+
+def build_classifier(backbone: Backbone, num_classes: int, head: tuple[int, ...] = (),
+                     dropout: float = 0.2) -> keras.Model:
+  """Returns a model from raw pixels [N, S, S, 3] (0..255) to class probabilities [N, C].
+
+  head: hidden Dense (ReLU) sizes between the pooled features and the classifier layer;
+  dropout: the rate before each Dense layer of the head. The final layer is named
+  "probabilities" and computes in float32.
+  """
+  if num_classes < 2:
+    raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+  size = backbone.image_size
+  inputs = keras.Input((size, size, 3), dtype="float32", name="images")
+  x = Preprocess(backbone.preprocess, name="preprocess")(inputs)
+  x = backbone.model(x, training=False)
+  for i, units in enumerate(head):
+    if dropout:
+      x = keras.layers.Dropout(dropout, name=f"head_dropout_{i}")(x)
+    x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{i}")(x)
+  if dropout:
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+  outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                               name="probabilities")(x)
+  return keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+  """Returns the backbone sub-model of a model made by `build_classifier`."""
+  nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+  if len(nested) != 1:
+    raise ValueError(f"expected one backbone sub-model in {model.name}, found {len(nested)}")
+  return nested[0]
+
+
+def head_layers(model: keras.Model) -> list:
+  """The layers of the new head (everything after the backbone that has weights)."""
+  return [layer for layer in model.layers if layer.name.startswith("head_dense_")
+          or layer.name == "probabilities"]

@@ -1,0 +1,97 @@
+"""Fine-tune a backbone on labelled images and export it for TF Serving.
+
+  python -m kerasft.train --model=mobilenet --data_dir=flowers/ --image_size=128
+  python -m kerasft.train --flagfile=flags/fashion_mnist_small.cfg
+  python -m kerasft.train            # the built-in recipe (scikit-learn's digits)
+  python -m kerasft.train --list_models
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from kerasft import backbones, config, errors  # noqa: E402
+
+_M, _D, _T, _R = config.ModelConfig, config.DataConfig, config.TrainingConfig, config.RunConfig
+
+flags.DEFINE_bool("list_models", False, "Print the --model names with their input size and exit.")
+flags.DEFINE_string("model", _M.model, "The backbone: a Keras Applications name (--list_models).")
+flags.DEFINE_string("weights", _M.weights,
+                    "'imagenet' (Keras' cache, $KERAS_HOME/models), 'none', or a weights file.")
+flags.DEFINE_integer("image_size", _M.image_size, "Input side in pixels [the backbone's own].")
+flags.DEFINE_list("head", list(_M.head), "Hidden Dense sizes of the head, e.g. 512,256 [none].")
+flags.DEFINE_float("dropout", _M.dropout, "Dropout rate before each head layer.")
+flags.DEFINE_integer("unfreeze_top", _M.unfreeze_top,
+                     "Unfreeze the top N backbone layers with weights (BatchNorm stays frozen) "
+                     "for the fine-tune phase.")
+flags.DEFINE_string("data_dir", _D.data_dir,
+                    "Folder with one sub-folder per class, or train/ and validation/ (val/) "
+                    "split folders [the built-in digits recipe].")
+flags.DEFINE_string("val_dir", _D.val_dir, "Validation folder with the same class sub-folders.")
+flags.DEFINE_float("validation_split", _D.validation_split,
+                   "Stratified share of --data_dir held out for validation when there is "
+                   "no validation folder.")
+flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size.")
+flags.DEFINE_enum("optimizer", _T.optimizer, config.OPTIMIZERS, "The optimizer.")
+flags.DEFINE_float("learning_rate", _T.learning_rate, "Learning rate of the head phase.")
+flags.DEFINE_integer("epochs", _T.epochs, "Epochs of the head phase (frozen backbone).")
+flags.DEFINE_integer("fine_tune_epochs", _T.fine_tune_epochs,
+                     "Epochs of the fine-tune phase after the head phase (needs --unfreeze_top).")
+flags.DEFINE_float("fine_tune_learning_rate", _T.fine_tune_learning_rate,
+                   "Learning rate of the fine-tune phase [a tenth of --learning_rate].")
+flags.DEFINE_float("label_smoothing", _T.label_smoothing, "Label smoothing of the loss.")
+flags.DEFINE_integer("seed", _T.seed, "Seed for the split, shuffling and initialization.")
+flags.DEFINE_string("name", _R.name, "The model's name [the backbone's].")
+flags.DEFINE_string("model_dir", _R.model_dir, "The run's folder [runs/<name>].")
+flags.DEFINE_string("export_dir", _R.export_dir,
+                    "TF Serving folder; each run adds a version [saved_models/<name>].")
+flags.DEFINE_bool("overwrite", _R.overwrite, "Replace a finished run in --model_dir.")
+FLAGS = flags.FLAGS
+
+
+def _int_list(values, flag):
+  try:
+    return tuple(int(v) for v in values)
+  except ValueError:
+    raise errors.UsageError(f"--{flag}: expected comma-separated integers, got "
+                            f"{','.join(values)!r}") from None
+
+
+def config_from_flags() -> config.RunConfig:
+  """Turns the flags into a validated RunConfig."""
+  return config.RunConfig(
+      model=config.ModelConfig(model=FLAGS.model, weights=FLAGS.weights,
+                               image_size=FLAGS.image_size,
+                               head=_int_list(FLAGS.head, "head"), dropout=FLAGS.dropout,
+                               unfreeze_top=FLAGS.unfreeze_top),
+      data=config.DataConfig(data_dir=FLAGS.data_dir, val_dir=FLAGS.val_dir,
+                             validation_split=FLAGS.validation_split,
+                             batch_size=FLAGS.batch_size),
+      training=config.TrainingConfig(
+          optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate, epochs=FLAGS.epochs,
+          fine_tune_epochs=FLAGS.fine_tune_epochs,
+          fine_tune_learning_rate=FLAGS.fine_tune_learning_rate,
+          label_smoothing=FLAGS.label_smoothing, seed=FLAGS.seed),
+      name=FLAGS.name, model_dir=FLAGS.model_dir, export_dir=FLAGS.export_dir,
+      overwrite=FLAGS.overwrite)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise errors.UsageError(f"unexpected arguments {argv[1:]}; all inputs are --flags")
+  if FLAGS.list_models:
+    print(f"{'model':<22} default input size")
+    for name, entry in backbones.MODELS.items():
+      print(f"{name:<22} {entry.default_size}")
+    return
+  run_config = config_from_flags()
+  from kerasft.run import train_classifier  # pylint: disable=g-import-not-at-top
+  result = train_classifier(run_config)
+  print(f"validation accuracy {result.metrics['accuracy']:.4f}; run in "
+        f"{result.config.model_dir}; exported to {result.export_path}")
+
+
+if __name__ == "__main__":
+  errors.run_app(main)
