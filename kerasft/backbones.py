@@ -109,10 +109,10 @@ def build(name: str, weights: str, image_size: int) -> Backbone:
     raise UsageError(f"--image_size: {name} cannot be built at {image_size} px: "
                      f"{str(e).splitlines()[0]}") from None
   except Exception as e:  # Keras raises a bare Exception when the download fails.
-    match = re.search(r"URL fetch failure on (\S+?):", str(e))
+    match = re.search(r"URL fetch failure on (\S+?): ", str(e))
     if keras_weights != "imagenet" or not match:
       raise
-    cache = os.path.join(keras.config.keras_home(), "models")
+    cache = os.path.join(keras_home(), "models")
     raise UsageError(
         f"--weights=imagenet: {name}'s ImageNet weights {os.path.basename(match.group(1))} are "
         f"not in Keras' cache {cache} and cannot be downloaded ({str(e).split(': ')[-1]}); "
@@ -120,12 +120,25 @@ def build(name: str, weights: str, image_size: int) -> Backbone:
         "or pass --weights=none or --weights=/path/to/weights.h5") from None
   if keras_weights is None and weights.lower() != "none":
     try:
-      model.load_weights(weights)
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.load_weights(weights)
+      skipped = [w for w in caught if "Skipping" in str(w.message)]
+      if skipped:  # Keras loads what matches and only warns about the rest.
+        raise ValueError(str(skipped[0].message))
     except Exception as e:  # pylint: disable=broad-except
       raise UsageError(f"--weights: cannot load {weights!r} into {name}: "
                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
   model.trainable = False
   return Backbone(name=name, model=model, preprocess=entry.preprocess, image_size=image_size)
+
+
+def keras_home() -> str:
+  """The folder whose models/ Keras searches for ImageNet weights (as `keras.utils.get_file`)."""
+  from keras.src.backend import config as keras_config  # pylint: disable=g-import-not-at-top
+
+  home = keras_config.keras_home()  # Keras 3 has no public accessor for this folder.
+  return home if os.access(home, os.W_OK) else os.path.join("/tmp", ".keras")
 
 
 def weighted_layers(model) -> list:

@@ -44,7 +44,7 @@ def is_finished(model_dir: str) -> bool:
 
 def builtin_data_dir() -> str:
   """The built-in recipe's data: scikit-learn's digits as PNGs in Keras' datasets cache."""
-  return data.builtin_digits(os.path.join(keras.config.keras_home(), "datasets"))
+  return data.builtin_digits(os.path.join(backbones.keras_home(), "datasets"))
 
 
 def train_classifier(config: RunConfig, verbose: int | str = "auto") -> TrainResult:

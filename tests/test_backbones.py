@@ -1,0 +1,94 @@
+import gc
+import os
+
+import numpy as np
+import pytest
+
+import keras
+
+from conftest import needs_imagenet_mobilenet, run_cli
+from kerasft import backbones, heads
+from kerasft.errors import UsageError
+
+
+@pytest.mark.slow
+def test_every_model_builds_small_and_freezing_leaves_only_the_head():
+  for name, entry in backbones.MODELS.items():
+    size = max(32, entry.min_size)
+    backbone = backbones.build(name, "none", size)
+    model = heads.build_classifier(backbone, 3)
+    assert model.output_shape == (None, 3), name
+    trainable = [w.path for w in model.trainable_weights]
+    assert trainable == ["probabilities/kernel", "probabilities/bias"], (name, trainable)
+    keras.backend.clear_session()
+    gc.collect()
+
+
+def test_list_models_prints_every_name_with_its_size():
+  result = run_cli("train", "--list_models")
+  assert result.returncode == 0, result.stderr
+  for name, entry in backbones.MODELS.items():
+    assert f"{name} " in result.stdout
+  assert "efficientnet_b3" in result.stdout and " 300" in result.stdout
+
+
+@needs_imagenet_mobilenet
+def test_imagenet_weights_come_from_keras_home():
+  backbone = backbones.build("mobilenet", "imagenet", 64)
+  reference = keras.applications.MobileNet(include_top=False, weights="imagenet",
+                                           input_shape=(64, 64, 3), pooling="avg")
+  for a, b in zip(backbone.model.weights, reference.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_missing_imagenet_weights_is_one_actionable_line(tmp_path):
+  # A proxy that refuses connections makes the download fail the same way everywhere.
+  env = {"KERAS_HOME": str(tmp_path / "keras_home"), "HTTPS_PROXY": "http://127.0.0.1:9",
+         "https_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+         "http_proxy": "http://127.0.0.1:9"}
+  (tmp_path / "keras_home").mkdir()
+  data = tmp_path / "data"
+  from conftest import write_color_images
+  write_color_images(data, per_class=3)
+  result = run_cli("train", "--model=resnet50", "--image_size=32", f"--data_dir={data}",
+                   f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}",
+                   env=env)
+  assert result.returncode == 2, result.stderr
+  error = result.stderr.strip().splitlines()[-1]
+  assert error.startswith("error: --weights=imagenet: resnet50")
+  assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in error
+  assert str(tmp_path / "keras_home" / "models") in error
+  assert "--weights=none" in error and "--weights=/path/to/weights.h5" in error
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "export").exists() and not (tmp_path / "run").exists()
+
+
+def test_weights_file_is_loaded(tmp_path):
+  source = backbones.build("mobilenet_v3_small", "none", 32)
+  path = str(tmp_path / "backbone.weights.h5")
+  source.model.save_weights(path)
+  loaded = backbones.build("mobilenet_v3_small", path, 32)
+  for a, b in zip(source.model.weights, loaded.model.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_bad_weights_paths_are_usage_errors(tmp_path):
+  with pytest.raises(UsageError, match="^--weights: file .* does not exist"):
+    backbones.build("mobilenet", str(tmp_path / "nope.h5"), 32)
+  other = backbones.build("mobilenet_v3_small", "none", 32)
+  path = str(tmp_path / "other.weights.h5")
+  other.model.save_weights(path)
+  with pytest.raises(UsageError, match="^--weights: cannot load"):
+    backbones.build("mobilenet", path, 32)
+
+
+def test_unfreeze_top_skips_batchnorm():
+  backbone = backbones.build("mobilenet", "none", 32)
+  names = backbones.unfreeze_top(backbone.model, 3)
+  assert names == ["conv_pw_12", "conv_dw_13", "conv_pw_13"]
+  trainable_layers = {w.path.split("/")[0] for w in backbone.model.trainable_weights}
+  assert trainable_layers == set(names)
+  assert not any(isinstance(backbone.model.get_layer(n), keras.layers.BatchNormalization)
+                 for n in names)
+  with pytest.raises(UsageError, match="^--unfreeze_top"):
+    backbones.unfreeze_top(backbone.model, 10_000)

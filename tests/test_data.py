@@ -1,0 +1,112 @@
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import write_color_images
+from kerasft import data
+from kerasft.errors import UsageError
+
+
+def test_class_folders_and_stratified_split(color_dir):
+  train, val = data.index(color_dir, validation_split=0.25, seed=3)
+  assert train.class_names == ["blue", "green", "red"]
+  assert len(val.paths) == 9 and len(train.paths) == 27
+  assert np.bincount(val.labels).tolist() == [3, 3, 3]
+  assert not set(train.paths) & set(val.paths)
+  again_train, again_val = data.index(color_dir, validation_split=0.25, seed=3)
+  assert again_val.paths == val.paths
+  _, other_val = data.index(color_dir, validation_split=0.25, seed=4)
+  assert other_val.paths != val.paths
+
+
+def test_split_folders_are_used_and_test_is_never_trained_on(tmp_path):
+  root = tmp_path / "d"
+  write_color_images(root / "train", per_class=4)
+  write_color_images(root / "val", per_class=2)
+  write_color_images(root / "test", per_class=2)
+  train, val = data.index(str(root))
+  assert all("/train/" in p for p in train.paths) and len(train.paths) == 12
+  assert all("/val/" in p for p in val.paths) and len(val.paths) == 6
+  (root / "val").rename(root / "elsewhere")
+  train, val = data.index(str(root), validation_split=0.5)
+  assert all("/train/" in p for p in train.paths + val.paths)
+
+
+def test_val_dir_with_unknown_class_is_an_error(tmp_path):
+  write_color_images(tmp_path / "train", per_class=2)
+  write_color_images(tmp_path / "other", per_class=2, colors={"purple": (128, 0, 128)})
+  with pytest.raises(UsageError, match=r"^--val_dir: .* classes \['purple'\]"):
+    data.index(str(tmp_path / "train"), val_dir=str(tmp_path / "other"))
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda root: None, "^--data_dir: folder .* does not exist"),
+    (lambda root: root.mkdir(), "^--data_dir: .* has no class sub-folders"),
+    (lambda root: (root / "a").mkdir(parents=True), "^--data_dir: .* holds no images"),
+    (lambda root: write_color_images(root, per_class=2, colors={"red": (255, 0, 0)}),
+     "^--data_dir: .* single class"),
+    (lambda root: write_color_images(root / "test", per_class=2), "^--data_dir: .* no train/"),
+])
+def test_bad_folders_are_one_line_usage_errors(tmp_path, setup, message):
+  root = tmp_path / "data"
+  setup(root)
+  with pytest.raises(UsageError, match=message) as e:
+    data.index(str(root))
+  assert "\n" not in str(e.value)
+
+
+def test_unreadable_image_is_named(color_dir):
+  bad = os.path.join(color_dir, "red", "broken.jpg")
+  with open(bad, "wb") as f:
+    f.write(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+  with pytest.raises(UsageError, match="broken.jpg"):
+    data.index(color_dir)
+
+
+def test_truncated_png_is_found(color_dir):
+  path = os.path.join(color_dir, "blue", "000.png")
+  with open(path, "rb") as f:
+    content = f.read()
+  with open(path, "wb") as f:
+    f.write(content[: len(content) // 2])
+  with pytest.raises(UsageError, match="000.png"):
+    data.index(color_dir)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
+def test_grayscale_rgba_and_palette_images_become_rgb(tmp_path, mode):
+  folder = write_color_images(tmp_path / "d", per_class=2, size=20, mode=mode)
+  files = data.scan_class_folder(folder, "data_dir")
+  ds = data.make_pipeline(files, 16, batch_size=4)
+  images, labels = next(iter(ds))
+  assert images.shape == (4, 16, 16, 3) and images.dtype.name == "float32"
+  assert labels.shape == (4, 3)
+  assert 0 <= float(np.min(images)) and float(np.max(images)) <= 255
+
+
+def test_decode_and_resize_matches_pillow_pixels(tmp_path):
+  pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+  path = tmp_path / "x.png"
+  Image.fromarray(pixels).save(path)
+  out = np.asarray(data.decode_and_resize(path.read_bytes(), 8))
+  np.testing.assert_array_equal(out, pixels.astype(np.float32))
+
+
+def test_pipeline_shuffles_each_epoch_but_keeps_all(color_dir):
+  files = data.scan_class_folder(color_dir, "data_dir")
+  ds = data.make_pipeline(files, 8, batch_size=100, shuffle=True, seed=1)
+  first = np.asarray(next(iter(ds))[1]).argmax(1)
+  second = np.asarray(next(iter(ds))[1]).argmax(1)
+  assert sorted(first) == sorted(second) == sorted(files.labels)
+  assert first.tolist() != second.tolist()
+
+
+def test_builtin_digits_are_written_once(tmp_path):
+  folder = data.builtin_digits(str(tmp_path))
+  files = data.scan_class_folder(folder, "data_dir")
+  assert files.class_names == [str(d) for d in range(10)] and len(files.paths) == 1797
+  mtime = os.path.getmtime(files.paths[0])
+  assert data.builtin_digits(str(tmp_path)) == folder
+  assert os.path.getmtime(files.paths[0]) == mtime
