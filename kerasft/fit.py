@@ -42,12 +42,13 @@ def compile_model(model: keras.Model, optimizer: str, learning_rate: float,
 
 
 def run(training: TrainingConfig, model: keras.Model, dataset: Dataset, model_dir: str,
-        unfreeze_top: int = 0, verbose: int | str = "auto") -> dict:
+        unfreeze_top: int = 0, restore_best: bool = True, verbose: int | str = "auto") -> dict:
   """Trains `model` in place and returns the history of both phases.
 
   The history maps each metric to one value per epoch, plus "phase" ("head" or
   "fine_tune") per epoch. Writes TensorBoard logs to `model_dir/logs` and the best
-  checkpoint to `model_dir/best.keras`, whose weights the model ends with.
+  checkpoint to `model_dir/best.keras`, whose weights the model ends with when
+  `restore_best` (else it keeps the last epoch's).
   """
   best_path = os.path.join(model_dir, "best.keras")
   checkpoint = keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max",
@@ -76,7 +77,7 @@ def run(training: TrainingConfig, model: keras.Model, dataset: Dataset, model_di
                      callbacks=callbacks, shuffle=False, verbose=verbose)
     history = _merge(history, fine.history, "fine_tune")
 
-  if os.path.exists(best_path):
+  if restore_best and os.path.exists(best_path):
     model.load_weights(best_path)
     logging.info("restored the best epoch (val_accuracy %.4f) from %s", checkpoint.best,
                  best_path)

@@ -23,8 +23,10 @@ if os.path.isdir(SHARED_MODELS):
     os.symlink(os.path.join(SHARED_MODELS, name), os.path.join(KERAS_HOME, "models", name))
 os.environ["KERAS_HOME"] = KERAS_HOME
 
+HAVE_IMAGENET_MOBILENET = os.path.isfile(
+    os.path.join(SHARED_MODELS, "mobilenet_1_0_224_tf_no_top.h5"))
 needs_imagenet_mobilenet = pytest.mark.skipif(
-    not os.path.isfile(os.path.join(SHARED_MODELS, "mobilenet_1_0_224_tf_no_top.h5")),
+    not HAVE_IMAGENET_MOBILENET,
     reason="../shared/keras_home/models/mobilenet_1_0_224_tf_no_top.h5 is absent")
 needs_fashion = pytest.mark.skipif(not os.path.isdir(FASHION),
                                    reason="../shared/data/fashion_mnist_small is absent")
