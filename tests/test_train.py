@@ -1,0 +1,110 @@
+"""The `python -m kerasft.train` entry point and `kerasft.train_classifier`, end to end."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import FASHION, HAVE_IMAGENET_MOBILENET, needs_fashion, needs_imagenet_mobilenet
+from conftest import run_cli, write_color_images
+import kerasft
+from kerasft import data
+
+WEIGHTS = "imagenet" if HAVE_IMAGENET_MOBILENET else "none"
+
+
+def _args(tmp_path, data_dir, *extra):
+  return [f"--data_dir={data_dir}", "--model=mobilenet", f"--weights={WEIGHTS}",
+          "--image_size=64", "--epochs=2", f"--model_dir={tmp_path / 'run'}",
+          f"--export_dir={tmp_path / 'export'}", *extra]
+
+
+def _assert_usage_error(result, prefix, tmp_path):
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: {prefix}"), last
+  export = tmp_path / "export"
+  assert not export.exists() or not [n for n in os.listdir(export) if n != "1"]
+
+
+def test_cli_trains_exports_and_refuses_to_overwrite_a_finished_run(tmp_path):
+  colors = write_color_images(tmp_path / "colors", per_class=10, size=32)
+  result = run_cli("train", *_args(tmp_path, colors))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "exported to" in result.stdout
+  run = tmp_path / "run"
+  for name in ("config.json", "history.json", "metrics.json", "best.keras",
+               "confusion_matrix.png", "training_curves.png", "state.json"):
+    assert (run / name).is_file(), name
+  assert os.listdir(run / "logs")
+  saved = json.loads((run / "config.json").read_text())
+  assert saved["model"]["image_size"] == 64 and saved["data"]["data_dir"] == colors
+  assert len(json.loads((run / "history.json").read_text())["loss"]) == 2
+  assert os.listdir(tmp_path / "export") == ["1"]
+
+  again = run_cli("train", *_args(tmp_path, colors))
+  _assert_usage_error(again, "--model_dir:", tmp_path)
+  assert "--overwrite" in again.stderr
+
+  replaced = run_cli("train", *_args(tmp_path, colors, "--overwrite"))
+  assert replaced.returncode == 0, replaced.stderr[-3000:]
+  assert sorted(os.listdir(tmp_path / "export")) == ["1", "2"]
+
+
+@pytest.mark.parametrize("make, extra, prefix", [
+    (lambda p: str(p / "missing"), [], "--data_dir: folder"),
+    (lambda p: (p / "empty").mkdir() or str(p / "empty"), [], "--data_dir:"),
+    (lambda p: write_color_images(p / "one", 3, colors={"red": (255, 0, 0)}), [],
+     "--data_dir:"),
+    (lambda p: write_color_images(p / "c", 3), ["--model=resnet5"], "--model: unknown"),
+    (lambda p: write_color_images(p / "c", 3), ["--epochs=0"], "--epochs:"),
+    (lambda p: write_color_images(p / "c", 3), ["--learning_rate=-1"], "--learning_rate:"),
+    (lambda p: write_color_images(p / "c", 3), ["--batch_size=abc"], "flag --batch_size"),
+    (lambda p: write_color_images(p / "c", 3), ["--head=64,x"], "--head:"),
+    (lambda p: write_color_images(p / "c", 3), ["--unfreeze_top=2"], "--unfreeze_top"),
+    (lambda p: write_color_images(p / "c", 3), ["--unfreeze_top=900", "--fine_tune_epochs=1"],
+     "--unfreeze_top:"),
+    (lambda p: write_color_images(p / "c", 3), ["--weights=/no/such/file.h5"], "--weights:"),
+    (lambda p: write_color_images(p / "c", 3), ["stray"], "unexpected arguments"),
+], ids=["missing", "empty", "one-class", "unknown-model", "epochs", "learning-rate",
+        "not-a-number", "head", "unfreeze-without-phase", "unfreeze-too-many", "weights-file",
+        "positional"])
+def test_user_mistakes_are_one_line_exit_2_and_write_nothing(tmp_path, make, extra, prefix):
+  data_dir = make(tmp_path)
+  result = run_cli("train", *_args(tmp_path, data_dir), *extra)
+  _assert_usage_error(result, prefix, tmp_path)
+  assert not (tmp_path / "export").exists() and not (tmp_path / "run").exists()
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+  colors = write_color_images(tmp_path / "c", 3)
+  (tmp_path / "c" / "red" / "notes.png").write_text("not an image")
+  result = run_cli("train", *_args(tmp_path, colors))
+  _assert_usage_error(result, "--data_dir:", tmp_path)
+  assert "notes.png" in result.stderr
+  assert not (tmp_path / "export").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@needs_fashion
+@needs_imagenet_mobilenet
+def test_default_recipe_transfers_to_fashion_mnist_test_split(tmp_path):
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="mobilenet", image_size=96),
+      data=kerasft.DataConfig(data_dir=FASHION),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  result = kerasft.train_classifier(config, verbose=0)
+  assert result.export_path == str(tmp_path / "export" / "1")
+  assert len(result.history["loss"]) == 5
+  # Accuracy on the held-out test/ folder, through the exported serving_bytes signature.
+  test = data.scan_class_folder(os.path.join(FASHION, "test"), "data_dir", result.class_names)
+  serve = tf.saved_model.load(result.export_path).signatures["serving_bytes"]
+  predicted = []
+  for start in range(0, len(test.paths), 100):
+    encoded = [open(p, "rb").read() for p in test.paths[start:start + 100]]
+    predicted.extend(serve(image_bytes=tf.constant(encoded))["class_ids"].numpy())
+  accuracy = float(np.mean(np.asarray(predicted) == np.asarray(test.labels)))
+  assert accuracy >= 0.75, accuracy
