@@ -96,21 +96,26 @@ def scan_class_folder(folder: str, flag: str, class_names: Optional[list[str]] =
   return ImageFiles(paths, labels, list(class_names))
 
 
-def check_images(paths: list[str], flag: str) -> None:
-  """Decodes every file once (in threads) and raises a UsageError naming unreadable ones."""
+def unreadable_reasons(paths: list[str]) -> list[Optional[str]]:
+  """Decodes every file once (in threads); per path None, or why it is not a readable image."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
-  def bad(path):
+  def reason(path):
     try:
       with Image.open(path) as image:
         image.draft("RGB", (32, 32))  # JPEGs decode at a reduced scale: fast, still complete.
         image.load()
       return None
     except Exception as e:  # pylint: disable=broad-except
-      return f"{path} ({type(e).__name__}: {e})"
+      return f"{type(e).__name__}: {e}"
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as ex:
-    failures = [f for f in ex.map(bad, paths) if f]
+    return list(ex.map(reason, paths))
+
+
+def check_images(paths: list[str], flag: str) -> None:
+  """Raises a UsageError naming the first unreadable file among `paths`, if any."""
+  failures = [f"{p} ({r})" for p, r in zip(paths, unreadable_reasons(paths)) if r]
   if failures:
     raise UsageError(f"--{flag}: {len(failures)} file(s) are not readable images, first: "
                      f"{failures[0]}; remove or fix them")
@@ -169,6 +174,48 @@ def index(data_dir: str, val_dir: str = "", validation_split: float = 0.2, seed:
   check_images(train.paths, "data_dir")
   check_images(val.paths, "val_dir" if val_dir else "data_dir")
   return train, val
+
+
+def evaluation_files(data_dir: str, class_names: list[str]) -> ImageFiles:
+  """The images to evaluate in `data_dir`: its test/ folder, else validation/ (val/), else
+  the folder itself; classes must be among the model's `class_names`."""
+  if not os.path.isdir(data_dir):
+    raise UsageError(f"--data_dir: folder {data_dir} does not exist; pass a folder with one "
+                     "sub-folder per class")
+  folder = data_dir
+  for name in ("test",) + VALIDATION_FOLDERS:
+    if os.path.isdir(os.path.join(data_dir, name)):
+      folder = os.path.join(data_dir, name)
+      break
+  files = scan_class_folder(folder, "data_dir", class_names)
+  check_images(files.paths, "data_dir")
+  logging.info("evaluating %d images in %s", len(files.paths), folder)
+  return files
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+  """Files, folders (searched recursively for images) and globs -> a sorted list of paths.
+
+  A named file is kept even when it is missing or not an image, so that the caller can
+  report it; an empty result is a UsageError.
+  """
+  import glob  # pylint: disable=g-import-not-at-top
+
+  paths = []
+  for pattern in patterns:
+    if os.path.isdir(pattern):
+      for root, dirs, files in os.walk(pattern):
+        dirs.sort()
+        paths += [os.path.join(root, f) for f in sorted(files) if _is_image(f)]
+    elif glob.has_magic(pattern):
+      matches = sorted(glob.glob(pattern, recursive=True))
+      paths += [m for m in matches if os.path.isfile(m) and _is_image(m)]
+    else:
+      paths.append(pattern)
+  if not paths:
+    raise UsageError(f"inputs: no images match {' '.join(patterns)}; pass image files, "
+                     "folders or globs such as 'photos/*.jpg'")
+  return list(dict.fromkeys(paths))
 
 
 def make_pipeline(files: ImageFiles, image_size: int, batch_size: int, shuffle: bool = False,

@@ -19,6 +19,8 @@ from kerasft.config import TrainingConfig
 from kerasft.data import Dataset
 from kerasft.heads import backbone_of
 
+BEST_CHECKPOINT = "best.keras"
+
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
   """"adam", "sgd" (momentum 0.9) or "adamw" at `learning_rate`."""
@@ -50,7 +52,7 @@ def run(training: TrainingConfig, model: keras.Model, dataset: Dataset, model_di
   checkpoint to `model_dir/best.keras`, whose weights the model ends with when
   `restore_best` (else it keeps the last epoch's).
   """
-  best_path = os.path.join(model_dir, "best.keras")
+  best_path = os.path.join(model_dir, BEST_CHECKPOINT)
   checkpoint = keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max",
                                                save_best_only=True)
   tensorboard = keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"))

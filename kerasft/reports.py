@@ -47,6 +47,41 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray,
   return result
 
 
+def format_table(result: dict) -> str:
+  """A readable per-class table of `classification_metrics` output."""
+  width = max([len(n) for n in result["per_class"]] + [12])
+  lines = [f"{'class':<{width}}  precision  recall  f1-score  support"]
+  rows = list(result["per_class"].items()) + [("macro avg", result["macro_avg"]),
+                                              ("weighted avg", result["weighted_avg"])]
+  for name, r in rows:
+    lines.append(f"{name:<{width}}  {r['precision']:9.4f}  {r['recall']:6.4f}  "
+                 f"{r['f1-score']:8.4f}  {int(r['support']):7d}")
+  lines.append(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}"
+               + (f"  top-5 {result['top_5_accuracy']:.4f}" if "top_5_accuracy" in result else "")
+               + f"  ({result['num_examples']} images)")
+  return "\n".join(lines)
+
+
+def write_predictions(rows: list[dict], path: str) -> None:
+  """Writes predict's rows (file, classes, probabilities, error) as .csv or .jsonl."""
+  import csv  # pylint: disable=g-import-not-at-top
+
+  staging = path + ".tmp"
+  with open(staging, "w", newline="") as f:
+    if path.endswith(".jsonl"):
+      for row in rows:
+        f.write(json.dumps(row) + "\n")
+    else:
+      k = max([len(r["classes"]) for r in rows] + [1])
+      writer = csv.writer(f)
+      writer.writerow(["file"] + [c for i in range(1, k + 1)
+                                  for c in (f"class_{i}", f"probability_{i}")] + ["error"])
+      for row in rows:
+        pairs = [v for c, p in zip(row["classes"], row["probabilities"]) for v in (c, f"{p:.6f}")]
+        writer.writerow([row["file"]] + pairs + [""] * (2 * k - len(pairs)) + [row["error"] or ""])
+  os.replace(staging, path)
+
+
 def write_json(obj: dict, path: str) -> None:
   with open(path, "w") as f:
     json.dump(obj, f, indent=2)
@@ -107,13 +142,15 @@ def plot_training_curves(history: dict, path: str) -> None:
   plt.close(fig)
 
 
-def write(model, dataset, class_names: list[str], history: dict, out_dir: str) -> dict:
-  """Evaluates on `dataset` and writes metrics.json, confusion_matrix.png and
-  training_curves.png into `out_dir`. Returns the metrics."""
-  labels, probabilities = predict(model, dataset)
+def write(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str], out_dir: str,
+          history: dict | None = None) -> dict:
+  """Writes metrics.json and confusion_matrix.png (and, given a training history,
+  training_curves.png) into `out_dir`. Returns the metrics."""
+  os.makedirs(out_dir, exist_ok=True)
   result = classification_metrics(labels, probabilities, class_names)
   write_json(result, os.path.join(out_dir, "metrics.json"))
   plot_confusion_matrix(result["confusion_matrix"], class_names,
                         os.path.join(out_dir, "confusion_matrix.png"))
-  plot_training_curves(history, os.path.join(out_dir, "training_curves.png"))
+  if history:
+    plot_training_curves(history, os.path.join(out_dir, "training_curves.png"))
   return result

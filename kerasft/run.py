@@ -20,6 +20,8 @@ from kerasft.config import RunConfig
 from kerasft.errors import UsageError
 
 STATE_FILE = "state.json"
+CONFIG_FILE = "config.json"
+LABELS_FILE = "labels.txt"
 
 
 @dataclasses.dataclass
@@ -40,6 +42,102 @@ def is_finished(model_dir: str) -> bool:
       return json.load(f).get("status") == "finished"
   except (OSError, ValueError):
     return False
+
+
+def model_card(config: RunConfig, metrics: dict | None) -> dict:
+  """What a version's `model_card.json` says about the model and how it was made."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import kerasft  # pylint: disable=g-import-not-at-top
+
+  size = config.model.image_size
+  card = {"name": config.name, "backbone": config.model.model,
+          "weights": config.model.weights, "head": list(config.model.head),
+          "input": {"shape": [None, size, size, 3], "dtype": "float32",
+                    "range": "RGB pixels 0..255"},
+          "preprocessing": f"{backbones.spec(config.model.model).preprocess} (inside the model)",
+          "resize": "squash, bilinear", "data_dir": config.data.data_dir,
+          "versions": {"kerasft": kerasft.__version__, "tensorflow": tf.__version__,
+                       "keras": keras.__version__}}
+  if metrics:
+    card["validation_metrics"] = {k: metrics[k] for k in
+                                  ("accuracy", "top_5_accuracy", "loss", "num_examples",
+                                   "macro_avg", "weighted_avg") if k in metrics}
+  return card
+
+
+def load_run(run_dir: str, checkpoint: str = "") -> tuple[keras.Model, RunConfig, list[str]]:
+  """Loads a training run's checkpoint (default: its best), resolved config and class names."""
+  flag = "checkpoint" if checkpoint else "run_dir"
+  paths = [checkpoint or os.path.join(run_dir, fit.BEST_CHECKPOINT),
+           os.path.join(run_dir, CONFIG_FILE), os.path.join(run_dir, LABELS_FILE)]
+  for path in paths:
+    if not os.path.isfile(path):
+      raise UsageError(f"--{flag}: {path} does not exist; pass the --model_dir of a training "
+                       "run (runs/NAME) or a .keras checkpoint inside one")
+  config = RunConfig.from_json(paths[1])
+  with open(paths[2]) as f:
+    class_names = f.read().splitlines()
+  return keras.saving.load_model(paths[0], compile=False), config, class_names
+
+
+def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None = None,
+               overwrite: bool = False, fmt: str = "saved_model", quantize: str = "none"
+               ) -> dict:
+  """Exports a run's best checkpoint (or a .keras checkpoint inside a run folder).
+
+  fmt: "saved_model", "tflite" or "both". export_dir defaults to the run's. Returns the
+  written paths ("saved_model", "tflite") and, for TFLite, "tflite_max_difference" (the
+  largest probability difference from the SavedModel on sample images) and
+  "tflite_top1_agreement" (the share of those images whose top-1 class is the same).
+  """
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  is_checkpoint = os.path.isfile(run_or_checkpoint)
+  run_dir = os.path.dirname(run_or_checkpoint) if is_checkpoint else run_or_checkpoint
+  model, config, class_names = load_run(run_dir, run_or_checkpoint if is_checkpoint else "")
+  export_dir = export_dir or config.export_dir
+  size = config.model.image_size
+  metrics = None
+  if os.path.isfile(os.path.join(run_dir, "metrics.json")):
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+      metrics = json.load(f)
+  card = model_card(config, metrics)
+  result = {}
+  if fmt in ("saved_model", "both"):
+    saved = serving.export(model, class_names, size, export_dir, version, overwrite, card)
+    result["saved_model"] = saved
+    version = int(os.path.basename(saved))
+  if fmt in ("tflite", "both"):
+    if version is None:
+      version = (serving.versions(export_dir) or [0])[-1] + 1
+    out_dir = os.path.join(export_dir, serving.TFLITE_FOLDER, str(version))
+    if os.path.exists(out_dir) and not overwrite:
+      raise UsageError(f"--version: {out_dir} already exists; pass --overwrite to replace it")
+    with tempfile.TemporaryDirectory() as scratch:
+      saved = result.get("saved_model") or serving.export(
+          model, class_names, size, os.path.join(scratch, "m"), 1, model_card=card)
+      result["tflite"] = serving.export_tflite(saved, out_dir, quantize)
+      images = sample_images(config, 16)
+      expected = serving.saved_model_probabilities(saved, images)
+      got = serving.tflite_probabilities(result["tflite"], images)
+      result["tflite_max_difference"] = float(np.max(np.abs(got - expected)))
+      result["tflite_top1_agreement"] = float(np.mean(got.argmax(1) == expected.argmax(1)))
+  return result
+
+
+def sample_images(config: RunConfig, n: int):
+  """Up to `n` validation images of the run as float32 [n, S, S, 3], else random pixels."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  size = config.model.image_size
+  try:
+    files = data.index(config.data.data_dir, config.data.val_dir,
+                       config.data.validation_split, config.training.seed)[1]
+    files = data.ImageFiles(files.paths[:n], files.labels[:n], files.class_names)
+    return np.concatenate([x for x, _ in data.make_pipeline(files, size, n)])
+  except UsageError:  # The run's data is gone: random pixels still exercise the model.
+    return np.random.default_rng(0).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
 
 
 def builtin_data_dir() -> str:
@@ -82,14 +180,18 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto") -> TrainRes
   if os.path.isdir(config.model_dir) and config.overwrite:
     shutil.rmtree(config.model_dir)
   os.makedirs(config.model_dir, exist_ok=True)
-  config.to_json(os.path.join(config.model_dir, "config.json"))
+  config.to_json(os.path.join(config.model_dir, CONFIG_FILE))
+  with open(os.path.join(config.model_dir, LABELS_FILE), "w") as f:
+    f.write("".join(f"{name}\n" for name in dataset.class_names))
   history = fit.run(config.training, model, dataset, config.model_dir,
                     unfreeze_top=config.model.unfreeze_top, verbose=verbose)
   logging.info("phase report: evaluating on %d validation images", len(dataset.val_files.paths))
-  metrics = reports.write(model, dataset.val, dataset.class_names, history, config.model_dir)
+  labels, probabilities = reports.predict(model, dataset.val)
+  metrics = reports.write(labels, probabilities, dataset.class_names, config.model_dir, history)
   logging.info("validation accuracy %.4f", metrics["accuracy"])
   logging.info("phase export: %s", config.export_dir)
-  export_path = serving.export(model, dataset.class_names, size, config.export_dir)
+  export_path = serving.export(model, dataset.class_names, size, config.export_dir,
+                               model_card=model_card(config, metrics))
   reports.write_json({"status": "finished", "export_path": export_path},
                      os.path.join(config.model_dir, STATE_FILE))
   return TrainResult(model=model, history=history, metrics=metrics, export_path=export_path,

@@ -1,4 +1,4 @@
-"""SavedModel export in TF Serving's layout: `<export_dir>/<version>/`.
+"""SavedModel and TFLite export in TF Serving's layout: `<export_dir>/<version>/`.
 
 The SavedModel is saved from a `tf.Module` that tracks only the model's underlying
 variables (`[v.value for v in model.variables]`), with `tf.function` signatures that call
@@ -6,21 +6,30 @@ the Keras model. No Keras object and no optimizer state enter the saved object g
 TensorFlow's session-based loader (TF Serving, `saved_model_cli run`) restores it, and the
 variables take the parameters' bytes once (`model.export()` stores them twice).
 
-Signatures:
-  serving_default: images float32 [None, S, S, 3], pixels 0..255
+Signatures, all returning probabilities float32 [None, C], class_ids int64 [None] and
+classes string [None] (the top-1 class name):
+  serving_default: images float32 [None, S, S, 3], RGB pixels 0..255
   serving_bytes:   image_bytes string [None], encoded JPEG/PNG/BMP/GIF, decoded and
                    resized exactly as in training (`kerasft.data.decode_and_resize`)
-both returning probabilities float32 [None, C], class_ids int64 [None] and classes
-string [None] (the top-1 class name). `assets/labels.txt` lists the class names.
+  serving_example: examples string [None], serialized tf.train.Examples whose
+                   `image/encoded` feature holds the encoded image
+A version folder also holds `assets/labels.txt` (class names in class-id order),
+`model_card.json`, and, when tensorflow-serving-api is installed, TF Serving warm-up
+requests in `assets.extra/tf_serving_warmup_requests`. The export root (the parent of the
+model folders) gets a `models.config` for `tensorflow_model_server --model_config_file`.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import shutil
 import tempfile
+import warnings
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -28,6 +37,12 @@ from kerasft import data
 from kerasft.errors import UsageError
 
 LABELS_FILE = "labels.txt"
+MODEL_CARD_FILE = "model_card.json"
+MODELS_CONFIG_FILE = "models.config"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+TFLITE_FOLDER = "tflite"
+SIGNATURES = ("serving_default", "serving_bytes", "serving_example")
+QUANTIZATIONS = ("none", "dynamic", "float16")
 
 
 def _outputs(probabilities, labels):
@@ -37,11 +52,17 @@ def _outputs(probabilities, labels):
 
 
 def build_module(model, class_names: list[str], image_size: int, labels_path: str) -> tf.Module:
-  """Wraps `model` (raw pixels -> probabilities) in a tf.Module with the two signatures."""
+  """Wraps `model` (raw pixels -> probabilities) in a tf.Module with the three signatures."""
   module = tf.Module()
   module.model_variables = [v.value for v in model.variables]
   module.labels_asset = tf.saved_model.Asset(labels_path)
   labels = tf.constant(class_names)
+  image_spec = tf.TensorSpec([image_size, image_size, 3], tf.float32)
+
+  def classify_encoded(encoded):
+    images = tf.map_fn(lambda b: data.decode_and_resize(b, image_size), encoded,
+                       fn_output_signature=image_spec)
+    return _outputs(model(images, training=False), labels)
 
   @tf.function(input_signature=[
       tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")])
@@ -50,13 +71,17 @@ def build_module(model, class_names: list[str], image_size: int, labels_path: st
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
   def serving_bytes(image_bytes):
-    images = tf.map_fn(lambda b: data.decode_and_resize(b, image_size), image_bytes,
-                       fn_output_signature=tf.TensorSpec([image_size, image_size, 3],
-                                                         tf.float32))
-    return _outputs(model(images, training=False), labels)
+    return classify_encoded(image_bytes)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  def serving_example(examples):
+    features = tf.io.parse_example(
+        examples, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
+    return classify_encoded(features["image/encoded"])
 
   module.serving_default = serving_default
   module.serving_bytes = serving_bytes
+  module.serving_example = serving_example
   return module
 
 
@@ -68,20 +93,102 @@ def versions(export_dir: str) -> list[int]:
                 if re.fullmatch(r"\d+", n) and os.path.isdir(os.path.join(export_dir, n)))
 
 
+def resolve(export: str, flag: str = "export") -> str:
+  """`saved_models/NAME` (its newest version) or `saved_models/NAME/N` -> the version folder."""
+  if os.path.isfile(os.path.join(export, "saved_model.pb")):
+    return export
+  found = versions(export)
+  if not found:
+    raise UsageError(f"--{flag}: {export} is neither a SavedModel version folder nor a model "
+                     "folder with numbered versions; pass saved_models/NAME or "
+                     "saved_models/NAME/N")
+  return os.path.join(export, str(found[-1]))
+
+
+def read_labels(version_dir: str) -> list[str]:
+  with open(os.path.join(version_dir, "assets", LABELS_FILE)) as f:
+    return f.read().splitlines()
+
+
+def _png(pixels: np.ndarray) -> bytes:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def image_example(encoded: bytes) -> bytes:
+  """A serialized tf.train.Example with `image/encoded`, as `serving_example` takes."""
+  feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))}
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_warmup(path: str, image_size: int) -> bool:
+  """Writes one PredictionLog per signature (a mid-gray image) for TF Serving's warm-up.
+
+  Returns False, writing nothing, when tensorflow-serving-api is not installed.
+  """
+  try:
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.info("no TF Serving warm-up requests: pip install tensorflow-serving-api to add them")
+    return False
+  gray = np.full((image_size, image_size, 3), 128, np.uint8)
+  inputs = {"serving_default": ("images", tf.make_tensor_proto(gray[None].astype(np.float32))),
+            "serving_bytes": ("image_bytes", tf.make_tensor_proto([_png(gray)])),
+            "serving_example": ("examples", tf.make_tensor_proto([image_example(_png(gray))]))}
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with tf.io.TFRecordWriter(path) as writer:
+    for signature, (key, tensor) in inputs.items():
+      request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
+          signature_name=signature))
+      request.inputs[key].CopyFrom(tensor)
+      log = prediction_log_pb2.PredictionLog(
+          predict_log=prediction_log_pb2.PredictLog(request=request))
+      writer.write(log.SerializeToString())
+  return True
+
+
+def update_models_config(export_root: str) -> str:
+  """Adds every model folder under `export_root` to its `models.config`, keeping the rest.
+
+  The file is in TF Serving's `--model_config_file` format, with base paths under
+  `/models/` (mount `export_root` there: `-v $PWD/saved_models:/models`).
+  """
+  path = os.path.join(export_root, MODELS_CONFIG_FILE)
+  text = open(path).read() if os.path.exists(path) else ""
+  known = re.findall(r'name:\s*"([^"]+)"', text)
+  models = sorted(n for n in os.listdir(export_root)
+                  if os.path.isdir(os.path.join(export_root, n)) and versions(
+                      os.path.join(export_root, n)))
+  entries = re.findall(r"config\s*\{[^{}]*\}", text)
+  entries += [f'config {{\n    name: "{n}"\n    base_path: "/models/{n}"\n'
+              f'    model_platform: "tensorflow"\n  }}' for n in models if n not in known]
+  body = "".join(f"  {e}\n" for e in entries)
+  staging = path + ".tmp"
+  with open(staging, "w") as f:
+    f.write(f"model_config_list {{\n{body}}}\n")
+  os.replace(staging, path)
+  return path
+
+
 def export(model, class_names: list[str], image_size: int, export_dir: str,
-           version: int | None = None) -> str:
+           version: int | None = None, overwrite: bool = False,
+           model_card: dict | None = None) -> str:
   """Writes `model` as SavedModel version `version` (default: the next) of `export_dir`.
 
   The version is written into a temporary folder beside it and renamed into place only
-  when complete, so a server polling `export_dir` never sees half a version. Returns the
-  version folder.
+  when complete, so a server polling `export_dir` never sees half a version; an existing
+  version is replaced only with `overwrite`. `model_card` (JSON-able) is written as
+  `model_card.json` with the signatures added. Returns the version folder.
   """
   os.makedirs(export_dir, exist_ok=True)
   if version is None:
     version = (versions(export_dir) or [0])[-1] + 1
   final = os.path.join(export_dir, str(version))
-  if os.path.exists(final):
-    raise UsageError(f"--export_dir: version {final} already exists")
+  if os.path.exists(final) and not overwrite:
+    raise UsageError(f"--version: {final} already exists; pass --overwrite to replace it or "
+                     "leave out --version for the next free one")
   staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
   try:
     with tempfile.TemporaryDirectory() as assets:
@@ -90,12 +197,113 @@ def export(model, class_names: list[str], image_size: int, export_dir: str,
         f.write("".join(f"{name}\n" for name in class_names))
       module = build_module(model, class_names, image_size, labels_path)
       tf.saved_model.save(module, staging, signatures={
-          "serving_default": module.serving_default.get_concrete_function(),
-          "serving_bytes": module.serving_bytes.get_concrete_function()})
+          name: getattr(module, name).get_concrete_function() for name in SIGNATURES})
+    write_warmup(os.path.join(staging, WARMUP_FILE), image_size)
+    card = {**(model_card or {}), "version": version, "classes": list(class_names),
+            "signatures": {"serving_default": {"images": f"float32 [N, {image_size}, "
+                                               f"{image_size}, 3], RGB 0..255"},
+                           "serving_bytes": {"image_bytes": "string [N], encoded image"},
+                           "serving_example": {"examples": "string [N], tf.train.Example "
+                                               "with image/encoded"}}}
+    with open(os.path.join(staging, MODEL_CARD_FILE), "w") as f:
+      json.dump(card, f, indent=2)
     os.chmod(staging, 0o755)  # mkdtemp makes it private; a server may run as another user.
-    os.rename(staging, final)
+    if os.path.exists(final):
+      retired = tempfile.mkdtemp(prefix=f".old-{version}-", dir=export_dir)
+      os.rename(final, os.path.join(retired, "v"))
+      os.rename(staging, final)
+      shutil.rmtree(retired, ignore_errors=True)
+    else:
+      os.rename(staging, final)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
+  update_models_config(os.path.dirname(os.path.abspath(export_dir)))
   logging.info("exported version %d to %s", version, final)
   return final
+
+
+def export_tflite(saved_model_dir: str, out_dir: str, quantize: str = "none") -> str:
+  """Converts the `serving_default` signature to `out_dir/model.tflite` (labels beside it).
+
+  quantize: "none" (float32), "dynamic" (int8 weights) or "float16" (float16 weights).
+  """
+  if quantize not in QUANTIZATIONS:
+    raise UsageError(f"--quantize: must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+  converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
+                                                       signature_keys=["serving_default"])
+  if quantize != "none":
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantize == "float16":
+    converter.target_spec.supported_types = [tf.float16]
+  content = converter.convert()
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, "model.tflite")
+  with open(path, "wb") as f:
+    f.write(content)
+  shutil.copy(os.path.join(saved_model_dir, "assets", LABELS_FILE),
+              os.path.join(out_dir, LABELS_FILE))
+  return path
+
+
+def saved_model_probabilities(version_dir: str, images: np.ndarray) -> np.ndarray:
+  """Runs an export's `serving_default` on float32 images [N, S, S, 3]."""
+  signature = tf.saved_model.load(version_dir).signatures["serving_default"]
+  return signature(images=tf.constant(images))["probabilities"].numpy()
+
+
+def tflite_probabilities(tflite_path: str, images: np.ndarray) -> np.ndarray:
+  """Runs a `model.tflite` from `export_tflite` on float32 images [N, S, S, 3]."""
+  with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
+    warnings.simplefilter("ignore")
+    interpreter = tf.lite.Interpreter(model_path=tflite_path)
+  runner = interpreter.get_signature_runner("serving_default")
+  return np.concatenate([runner(images=images[i:i + 1])["probabilities"]
+                         for i in range(len(images))])
+
+
+def load_predictor(version_dir: str):
+  """Loads an export; returns (predict, class_names) where `predict(list of encoded image
+  bytes)` returns probabilities [N, C] through the `serving_bytes` signature."""
+  signature = tf.saved_model.load(version_dir).signatures["serving_bytes"]
+
+  def predict(encoded: list[bytes]) -> np.ndarray:
+    return signature(image_bytes=tf.constant(encoded))["probabilities"].numpy()
+  return predict, read_labels(version_dir)
+
+
+def predict_files(predict, paths: list[str], batch_size: int = 32) -> np.ndarray:
+  """Runs `predict` from `load_predictor` over image files in batches; [N, C]."""
+  chunks = []
+  for start in range(0, len(paths), batch_size):
+    encoded = []
+    for path in paths[start:start + batch_size]:
+      with open(path, "rb") as f:
+        encoded.append(f.read())
+    chunks.append(predict(encoded))
+  return np.concatenate(chunks)
+
+
+def classify_files(export: str, inputs: list[str], top_k: int, batch_size: int) -> list[dict]:
+  """Classifies files, folders and globs with an export's `serving_bytes` signature.
+
+  Returns one row per input file: {"file", "classes" (top-k), "probabilities", "error"};
+  a missing or unreadable file gets an empty prediction and its error.
+  """
+  version_dir = resolve(export)
+  paths = data.expand_inputs(inputs)
+  reasons = data.unreadable_reasons(paths)
+  readable = [p for p, r in zip(paths, reasons) if r is None]
+  predict, class_names = load_predictor(version_dir)
+  probabilities = (predict_files(predict, readable, batch_size) if readable
+                   else np.zeros((0, len(class_names))))
+  by_path = dict(zip(readable, probabilities))
+  rows = []
+  for path, reason in zip(paths, reasons):
+    if reason:
+      rows.append({"file": path, "classes": [], "probabilities": [], "error": reason})
+      continue
+    top = np.argsort(-by_path[path])[:top_k]
+    rows.append({"file": path, "classes": [class_names[i] for i in top],
+                 "probabilities": [float(by_path[path][i]) for i in top], "error": None})
+  return rows
