@@ -57,3 +57,22 @@ def run_cli(module, *args, env=None, cwd=None, timeout=600):
   full_env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
   return subprocess.run([sys.executable, "-m", f"kerasft.{module}", *args], cwd=cwd or REPO,
                         env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+  """A short real run (fashion-MNIST sample when present, else color squares), 64 px.
+
+  Returns (TrainResult, data_dir). Shared by the evaluate, predict and export tests.
+  """
+  import kerasft
+  root = tmp_path_factory.mktemp("trained")
+  data_dir = FASHION if os.path.isdir(FASHION) else write_color_images(root / "colors", 20)
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="mobilenet", image_size=64,
+                                weights="imagenet" if HAVE_IMAGENET_MOBILENET else "none"),
+      data=kerasft.DataConfig(data_dir=data_dir),
+      training=kerasft.TrainingConfig(epochs=2),
+      name="fashion", model_dir=str(root / "runs" / "fashion"),
+      export_dir=str(root / "saved_models" / "fashion"))
+  return kerasft.train_classifier(config, verbose=0), data_dir
