@@ -20,6 +20,7 @@ from kerasft import backbones
 from kerasft.errors import UsageError
 
 OPTIMIZERS = ("adam", "sgd", "adamw")
+CACHE_MODES = ("auto", "on", "off")
 
 
 def _check(condition: bool, flag: str, message: str, value: Any) -> None:
@@ -93,6 +94,10 @@ class TrainingConfig:
   fine_tune_learning_rate: Optional[float] = None  # None: a tenth of learning_rate
   label_smoothing: float = 0.0
   seed: int = 0
+  cache_features: str = "auto"  # auto: cache the frozen backbone's features in the head phase
+  feature_cache_memory: int = 0  # MiB of features kept in memory; 0: a quarter of the RAM
+  feature_cache_dir: str = ""  # "": <model_dir>/feature_cache
+  feature_cache_dtype: str = "float32"
 
   def __post_init__(self):
     _check(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}",
@@ -105,6 +110,11 @@ class TrainingConfig:
     _check(isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1,
            "label_smoothing", "must be in [0, 1)", self.label_smoothing)
     _non_negative_int(self.seed, "seed")
+    _check(self.cache_features in CACHE_MODES, "cache_features",
+           f"must be one of {', '.join(CACHE_MODES)}", self.cache_features)
+    _non_negative_int(self.feature_cache_memory, "feature_cache_memory")
+    _check(self.feature_cache_dtype in ("float32", "float16"), "feature_cache_dtype",
+           "must be float32 or float16", self.feature_cache_dtype)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,8 @@ import os
 import keras
 from absl import logging
 
-from kerasft import backbones
-from kerasft.config import TrainingConfig
+from kerasft import backbones, features
+from kerasft.config import RunConfig
 from kerasft.data import Dataset
 from kerasft.heads import backbone_of
 
@@ -43,36 +43,64 @@ def compile_model(model: keras.Model, optimizer: str, learning_rate: float,
       jit_compile=False)  # XLA made MobileNet-style models 7-12x slower on CPU here.
 
 
-def run(training: TrainingConfig, model: keras.Model, dataset: Dataset, model_dir: str,
-        unfreeze_top: int = 0, restore_best: bool = True, verbose: int | str = "auto") -> dict:
-  """Trains `model` in place and returns the history of both phases.
+class _Checkpoint(keras.callbacks.ModelCheckpoint):
+  """Saves `full_model` whatever model is being fit (the head alone on cached features)."""
+
+  def __init__(self, full_model: keras.Model, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._full_model = full_model
+
+  def set_model(self, model):
+    super().set_model(self._full_model)
+
+
+def run(config: RunConfig, model: keras.Model, dataset: Dataset, restore_best: bool = True,
+        verbose: int | str = "auto") -> dict:
+  """Trains `model` as `config` (resolved) says and returns the history of both phases.
 
   The history maps each metric to one value per epoch, plus "phase" ("head" or
   "fine_tune") per epoch. Writes TensorBoard logs to `model_dir/logs` and the best
   checkpoint to `model_dir/best.keras`, whose weights the model ends with when
-  `restore_best` (else it keeps the last epoch's).
+  `restore_best` (else it keeps the last epoch's). With `--cache_features` the head phase
+  trains the head on backbone features computed once (`kerasft.features`).
   """
+  training, model_dir = config.training, config.model_dir
   best_path = os.path.join(model_dir, BEST_CHECKPOINT)
-  checkpoint = keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max",
-                                               save_best_only=True)
+  checkpoint = _Checkpoint(model, best_path, monitor="val_accuracy", mode="max",
+                           save_best_only=True)
   tensorboard = keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"))
   callbacks = [checkpoint, tensorboard]  # one checkpoint callback: its best spans both phases
   backbone = backbone_of(model)
 
   backbones.freeze(backbone)
-  compile_model(model, training.optimizer, training.learning_rate, training.label_smoothing)
-  logging.info("phase head: %d epochs, %d trainable weights, learning rate %g",
-               training.epochs, len(model.trainable_weights), training.learning_rate)
-  history = _merge({}, model.fit(dataset.train, validation_data=dataset.val,
-                                 epochs=training.epochs, callbacks=callbacks,
-                                 shuffle=False, verbose=verbose).history, "head")
+  trained, train_data, val_data = model, dataset.train, dataset.val
+  if training.cache_features != "off":
+    reason = features.refusal(model)
+    if reason:
+      logging.warning("feature cache off for the head phase: %s", reason)
+    else:
+      cached = features.build(
+          model, dataset, config.model.image_size, config.data.batch_size, training.seed,
+          training.feature_cache_memory * 2**20 or features.default_memory_budget(),
+          training.feature_cache_dir or os.path.join(model_dir, "feature_cache"),
+          training.feature_cache_dtype, verbose)
+      trained, train_data, val_data = features.head_model(model), cached.train, cached.val
+  compile_model(trained, training.optimizer, training.learning_rate, training.label_smoothing)
+  logging.info("phase head: %d epochs, %d trainable weights, learning rate %g%s",
+               training.epochs, len(trained.trainable_weights), training.learning_rate,
+               ", on cached features" if trained is not model else "")
+  history = _merge({}, trained.fit(train_data, validation_data=val_data,
+                                   epochs=training.epochs, callbacks=callbacks,
+                                   shuffle=False, verbose=verbose).history, "head")
 
   if training.fine_tune_epochs:
-    names = backbones.unfreeze_top(backbone, unfreeze_top)
+    names = backbones.unfreeze_top(backbone, config.model.unfreeze_top)
     compile_model(model, training.optimizer, training.fine_tune_learning_rate,
                   training.label_smoothing)
-    logging.info("phase fine_tune: %d epochs, unfrozen %s, learning rate %g",
-                 training.fine_tune_epochs, ", ".join(names), training.fine_tune_learning_rate)
+    logging.info("phase fine_tune: %d epochs, unfrozen %s, learning rate %g%s",
+                 training.fine_tune_epochs, ", ".join(names), training.fine_tune_learning_rate,
+                 "; feature cache off: the backbone trains" if training.cache_features != "off"
+                 else "")
     fine = model.fit(dataset.train, validation_data=dataset.val,
                      initial_epoch=training.epochs,
                      epochs=training.epochs + training.fine_tune_epochs,

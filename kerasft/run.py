@@ -183,8 +183,7 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto") -> TrainRes
   config.to_json(os.path.join(config.model_dir, CONFIG_FILE))
   with open(os.path.join(config.model_dir, LABELS_FILE), "w") as f:
     f.write("".join(f"{name}\n" for name in dataset.class_names))
-  history = fit.run(config.training, model, dataset, config.model_dir,
-                    unfreeze_top=config.model.unfreeze_top, verbose=verbose)
+  history = fit.run(config, model, dataset, verbose=verbose)
   logging.info("phase report: evaluating on %d validation images", len(dataset.val_files.paths))
   labels, probabilities = reports.predict(model, dataset.val)
   metrics = reports.write(labels, probabilities, dataset.class_names, config.model_dir, history)

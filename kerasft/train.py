@@ -43,6 +43,16 @@ flags.DEFINE_float("fine_tune_learning_rate", _T.fine_tune_learning_rate,
                    "Learning rate of the fine-tune phase [a tenth of --learning_rate].")
 flags.DEFINE_float("label_smoothing", _T.label_smoothing, "Label smoothing of the loss.")
 flags.DEFINE_integer("seed", _T.seed, "Seed for the split, shuffling and initialization.")
+flags.DEFINE_enum("cache_features", _T.cache_features, config.CACHE_MODES,
+                  "Compute the frozen backbone's features once and train the head on them "
+                  "(auto/on: when the backbone is frozen and nothing augments its input).")
+flags.DEFINE_integer("feature_cache_memory", _T.feature_cache_memory,
+                     "MiB of cached features kept in memory; more go to --feature_cache_dir "
+                     "[0: a quarter of the RAM].")
+flags.DEFINE_string("feature_cache_dir", _T.feature_cache_dir,
+                    "Where features that do not fit in memory go [<model_dir>/feature_cache].")
+flags.DEFINE_enum("feature_cache_dtype", _T.feature_cache_dtype, ("float32", "float16"),
+                  "How cached features are stored.")
 flags.DEFINE_string("name", _R.name, "The model's name [the backbone's].")
 flags.DEFINE_string("model_dir", _R.model_dir, "The run's folder [runs/<name>].")
 flags.DEFINE_string("export_dir", _R.export_dir,
@@ -73,7 +83,10 @@ def config_from_flags() -> config.RunConfig:
           optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate, epochs=FLAGS.epochs,
           fine_tune_epochs=FLAGS.fine_tune_epochs,
           fine_tune_learning_rate=FLAGS.fine_tune_learning_rate,
-          label_smoothing=FLAGS.label_smoothing, seed=FLAGS.seed),
+          label_smoothing=FLAGS.label_smoothing, seed=FLAGS.seed,
+          cache_features=FLAGS.cache_features, feature_cache_memory=FLAGS.feature_cache_memory,
+          feature_cache_dir=FLAGS.feature_cache_dir,
+          feature_cache_dtype=FLAGS.feature_cache_dtype),
       name=FLAGS.name, model_dir=FLAGS.model_dir, export_dir=FLAGS.export_dir,
       overwrite=FLAGS.overwrite)
 

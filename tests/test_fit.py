@@ -33,8 +33,10 @@ def _weights(model):
 def test_head_phase_learns_and_leaves_the_backbone_bit_identical(color_dir, tmp_path):
   dataset, backbone, model = _setup(color_dir)
   before = _weights(backbone.model)
-  history = fit.run(config.TrainingConfig(epochs=4, learning_rate=0.01), model, dataset,
-                    str(tmp_path), verbose=0)
+  run_config = config.RunConfig(
+      training=config.TrainingConfig(epochs=4, learning_rate=0.01, cache_features="off"),
+      model_dir=str(tmp_path)).resolved()
+  history = fit.run(run_config, model, dataset, verbose=0)
   after = _weights(backbone.model)
   assert before.keys() == after.keys()
   for path in before:
@@ -49,10 +51,12 @@ def test_head_phase_learns_and_leaves_the_backbone_bit_identical(color_dir, tmp_
 def test_fine_tune_changes_exactly_the_unfrozen_layers_and_no_batchnorm(color_dir, tmp_path):
   dataset, backbone, model = _setup(color_dir)
   before = _weights(backbone.model)
-  training = config.TrainingConfig(epochs=1, fine_tune_epochs=2, learning_rate=0.01,
-                                   fine_tune_learning_rate=0.01)
-  history = fit.run(training, model, dataset, str(tmp_path), unfreeze_top=2,
-                    restore_best=False, verbose=0)
+  run_config = config.RunConfig(
+      model=config.ModelConfig(unfreeze_top=2, image_size=64),
+      training=config.TrainingConfig(epochs=1, fine_tune_epochs=2, learning_rate=0.01,
+                                     fine_tune_learning_rate=0.01),
+      model_dir=str(tmp_path)).resolved()
+  history = fit.run(run_config, model, dataset, restore_best=False, verbose=0)
   assert history["phase"] == ["head", "fine_tune", "fine_tune"]
   after = _weights(backbone.model)
   changed = {path.split("/")[0] for path in before

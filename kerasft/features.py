@@ -1,0 +1,120 @@
+"""Cached backbone features: train a frozen backbone's head at the cost of one forward pass.
+
+A frozen backbone called in inference mode is a fixed function of the image, so the head
+phase can compute the backbone's outputs once for the training and validation images and
+train the head on those for every epoch. The head model built here shares its layers (and
+so its weights) with the full model: after training, the full model, its checkpoint and its
+export are what uncached training would have given.
+
+Features stay in memory when they fit in the memory budget, else they are written with
+`tf.data.Dataset.save` under the cache folder and streamed back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from kerasft.data import Dataset, ImageFiles, make_pipeline
+from kerasft.heads import backbone_of
+
+SHUFFLE_BUFFER = 100_000  # features shuffled at once when streaming from disk
+
+
+def default_memory_budget() -> int:
+  """A quarter of the machine's physical memory, in bytes."""
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+  except (ValueError, OSError, AttributeError):
+    return 2 << 30
+
+
+def refusal(model: keras.Model, augmenting: bool = False) -> str | None:
+  """Why features of `model`'s backbone cannot be cached now, or None when they can."""
+  if augmenting:
+    return "augmentation changes the backbone's input every epoch"
+  trainable = [w for w in backbone_of(model).weights if w.trainable]
+  if trainable:
+    return f"{len(trainable)} backbone weights are trainable"
+  return None
+
+
+def _split(model: keras.Model) -> tuple[list, list]:
+  """`model`'s layers before and including the backbone, and the head's layers after it."""
+  layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+  at = layers.index(backbone_of(model)) + 1
+  return layers[:at], layers[at:]
+
+
+def _chain(layers: list, input_shape: tuple, name: str) -> keras.Model:
+  inputs = keras.Input(input_shape)
+  x = inputs
+  for layer in layers:
+    x = layer(x, training=False) if isinstance(layer, keras.Model) else layer(x)
+  return keras.Model(inputs, x, name=name)
+
+
+def head_model(model: keras.Model) -> keras.Model:
+  """A model from backbone features to probabilities that shares `model`'s head layers."""
+  return _chain(_split(model)[1], backbone_of(model).output_shape[1:], f"{model.name}_head")
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+  """The part of `model` from raw pixels to backbone features (in inference mode)."""
+  return _chain(_split(model)[0], model.input_shape[1:], f"{model.name}_features")
+
+
+@dataclasses.dataclass
+class FeatureDatasets:
+  train: tf.data.Dataset
+  val: tf.data.Dataset
+  on_disk: bool
+
+
+def build(model: keras.Model, dataset: Dataset, image_size: int, batch_size: int, seed: int,
+          memory_budget: int, cache_dir: str, dtype: str = "float32",
+          verbose: int | str = "auto") -> FeatureDatasets:
+  """Computes backbone features of the training and validation images once.
+
+  Returns batched (features, one-hot label) pipelines; the training one reshuffles every
+  epoch with `seed`, like the image pipeline. Features are kept in memory when both splits
+  fit in `memory_budget` bytes, else saved under `cache_dir` (replaced) and streamed.
+  """
+  extractor = feature_model(model)
+  width = int(np.prod(extractor.output_shape[1:]))
+  n = len(dataset.train_files.paths) + len(dataset.val_files.paths)
+  needed = n * width * np.dtype(dtype).itemsize
+  on_disk = needed > memory_budget
+  logging.info("feature cache: %d images x %d features (%s) = %.1f MiB, %s", n, width, dtype,
+               needed / 2**20, f"on disk in {cache_dir}" if on_disk else "in memory")
+
+  def split(files: ImageFiles, name: str, shuffle: bool) -> tf.data.Dataset:
+    images = make_pipeline(files, image_size, batch_size)  # file order, no shuffling
+    labels = np.eye(len(files.class_names), dtype=np.float32)[files.labels]
+    if on_disk:
+      path = os.path.join(cache_dir, name)
+      shutil.rmtree(path, ignore_errors=True)
+      features = images.map(lambda x, _: tf.cast(extractor(x, training=False), dtype))
+      logging.info("feature cache: extracting %d %s images to %s", len(files.paths), name, path)
+      tf.data.Dataset.zip(features.unbatch(), tf.data.Dataset.from_tensor_slices(labels)).save(
+          path, shard_func=lambda *_: np.int64(0))
+      ds = tf.data.Dataset.load(path)
+      buffer = min(len(files.paths), SHUFFLE_BUFFER)
+    else:
+      logging.info("feature cache: extracting %d %s images", len(files.paths), name)
+      features = extractor.predict(images, verbose=verbose).astype(dtype)
+      ds = tf.data.Dataset.from_tensor_slices((features, labels))
+      buffer = len(files.paths)
+    ds = ds.map(lambda f, y: (tf.cast(f, tf.float32), y))
+    if shuffle:
+      ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+  return FeatureDatasets(train=split(dataset.train_files, "train", shuffle=True),
+                         val=split(dataset.val_files, "val", shuffle=False), on_disk=on_disk)

@@ -1,0 +1,89 @@
+"""Cached backbone features give the same head, checkpoint and export as uncached training."""
+
+import logging
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import logging as absl_logging
+
+from conftest import needs_imagenet_mobilenet, write_color_images
+import kerasft
+from kerasft import backbones, data, features, heads
+
+pytestmark = needs_imagenet_mobilenet  # random MobileNet features are all ~0
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("features")
+  colors = write_color_images(root / "colors", per_class=120, size=24)  # 360 x 1024 floats
+
+  def train(name, **training):
+    config = kerasft.RunConfig(
+        model=kerasft.ModelConfig(model="mobilenet", image_size=64, dropout=0.0),
+        data=kerasft.DataConfig(data_dir=colors, batch_size=32),
+        training=kerasft.TrainingConfig(epochs=3, learning_rate=0.003, **training),
+        name=name, model_dir=str(root / "runs" / name),
+        export_dir=str(root / "saved_models" / name))
+    return kerasft.train_classifier(config, verbose=0)
+
+  return {"off": train("off", cache_features="off"),
+          "memory": train("memory", cache_features="on"),
+          "disk": train("disk", cache_features="on", feature_cache_memory=1,
+                        feature_cache_dir=str(root / "cache"))}, root
+
+
+def _val_images(result):
+  files = data.index(result.config.data.data_dir, "", 0.2, 0)[1]
+  return np.concatenate([x for x, _ in data.make_pipeline(files, 64, 64)])
+
+
+@pytest.mark.parametrize("cached", ["memory", "disk"])
+def test_cached_training_gives_the_uncached_model_and_export(runs, cached):
+  results, root = runs
+  reference, other = results["off"], results[cached]
+  images = _val_images(reference)
+  np.testing.assert_allclose(other.model.predict(images, verbose=0),
+                             reference.model.predict(images, verbose=0), atol=1e-4)
+  np.testing.assert_allclose(other.history["val_accuracy"], reference.history["val_accuracy"],
+                             atol=1e-6)
+  outputs = [tf.saved_model.load(r.export_path).signatures["serving_default"](
+      images=tf.constant(images))["probabilities"].numpy() for r in (reference, other)]
+  np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-4)
+  # The checkpoint is the full model (raw pixels in), not the head alone.
+  best = keras.saving.load_model(os.path.join(other.config.model_dir, "best.keras"))
+  assert best.input_shape == (None, 64, 64, 3)
+  assert max(other.history["val_accuracy"]) > 0.9
+
+
+def test_disk_cache_is_used_when_memory_is_too_small(runs):
+  results, root = runs
+  assert os.listdir(root / "cache" / "train") and os.listdir(root / "cache" / "val")
+  assert not os.path.exists(os.path.join(results["memory"].config.model_dir, "feature_cache"))
+
+
+def test_caching_is_refused_with_the_reason_when_layers_are_unfrozen():
+  model = heads.build_classifier(backbones.build("mobilenet", "imagenet", 32), 3)
+  assert features.refusal(model) is None
+  backbones.unfreeze_top(heads.backbone_of(model), 2)
+  assert "backbone weights are trainable" in features.refusal(model)
+  assert "augmentation" in features.refusal(model, augmenting=True)
+
+
+def test_fine_tune_phase_runs_uncached_and_says_why(tmp_path, caplog):
+  colors = write_color_images(tmp_path / "colors", per_class=6, size=24)
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="mobilenet", image_size=64, unfreeze_top=1),
+      data=kerasft.DataConfig(data_dir=colors),
+      training=kerasft.TrainingConfig(epochs=1, fine_tune_epochs=1),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  absl_logging.set_verbosity(absl_logging.INFO)
+  with caplog.at_level(logging.INFO):
+    result = kerasft.train_classifier(config, verbose=0)
+  messages = "\n".join(r.getMessage() for r in caplog.records)
+  assert "on cached features" in messages
+  assert "feature cache off: the backbone trains" in messages
+  assert result.history["phase"] == ["head", "fine_tune"]
