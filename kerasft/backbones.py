@@ -62,12 +62,43 @@ MODELS: dict[str, BackboneSpec] = {
 }
 
 
+SOURCES = ("hub:", "savedmodel:", "keras:")
+INPUT_RANGES = {"0,1": "unit", "-1,1": "tf", "0,255": "none"}  # --hub_input_range -> Preprocess
+
+
+def source(name: str) -> tuple[str, str]:
+  """Splits `--model` into (source, what): ("hub:", HANDLE), ("keras:", PATH), ... or
+  ("", name) for a Keras Applications name (validated)."""
+  for prefix in SOURCES:
+    if name.startswith(prefix):
+      if not name[len(prefix):]:
+        raise UsageError(f"--model: {name!r} names no {prefix[:-1]} location")
+      return prefix, name[len(prefix):]
+  spec(name)
+  return "", name
+
+
+def default_name(name: str) -> str:
+  """The run name a backbone gives: `.../mobilenet_v2/5` -> `mobilenet_v2`."""
+  prefix, what = source(name)
+  if not prefix:
+    return name
+  generic = {"feature_vector", "classification", "saved_model", "savedmodel", "tf2", "model"}
+  parts = [p for p in re.split(r"[/\\]+", what.rstrip("/")) if p]
+  for part in reversed(parts):
+    stem = re.sub(r"\.(keras|h5)$", "", part)
+    if stem and not stem.isdigit() and stem.lower() not in generic and ":" not in stem:
+      return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
+  return prefix[:-1]
+
+
 def spec(name: str) -> BackboneSpec:
   """Returns the table entry for `name`, or raises a UsageError listing close matches."""
   if name in MODELS:
     return MODELS[name]
   close = difflib.get_close_matches(str(name).lower(), MODELS, n=4, cutoff=0.5)
-  hint = f"did you mean {', '.join(close)}?" if close else "see --list_models"
+  hint = (f"did you mean {', '.join(close)}?" if close else
+          "see --list_models, or use hub:HANDLE, savedmodel:PATH or keras:PATH")
   raise UsageError(f"--model: unknown model {name!r}; {hint}")
 
 
@@ -80,13 +111,79 @@ class Backbone:
   image_size: int
 
 
-def build(name: str, weights: str, image_size: int) -> Backbone:
-  """Builds backbone `name` at `image_size` pixels with global average pooling.
+def build(name: str, weights: str = "imagenet", image_size: int | None = None,
+          signature: str = "", output_key: str = "", input_range: str = "0,1",
+          backbone_layer: str = "") -> Backbone:
+  """Builds backbone `name` with global average pooling, frozen (`trainable=False`).
 
-  weights: "imagenet" (Keras' cache in `$KERAS_HOME/models`, downloaded when missing),
-  "none" (random initialization) or the path of a weights file for this backbone.
-  The returned model is frozen (`trainable=False`).
+  name: a Keras Applications name, `hub:HANDLE`, `savedmodel:PATH` or `keras:PATH`.
+  weights (applications): "imagenet" (Keras' cache in `$KERAS_HOME/models`, downloaded
+  when missing), "none" (random initialization) or the path of a weights file.
+  image_size: the input side [the application's own / what the module declares].
+  signature, output_key, input_range: which function and output of a SavedModel or hub
+  module to use and the pixel range it expects ("0,1", "-1,1" or "0,255").
+  backbone_layer: for keras:PATH, the last layer kept [the one before the output layer].
   """
+  prefix, what = source(name)
+  if prefix in ("hub:", "savedmodel:"):
+    return _build_module(name, what, image_size, signature, output_key, input_range)
+  if prefix == "keras:":
+    return _build_keras_file(name, what, backbone_layer)
+  return _build_application(name, weights, image_size or spec(name).default_size)
+
+
+def _build_module(name, handle, image_size, signature, output_key, input_range) -> Backbone:
+  import keras  # pylint: disable=g-import-not-at-top
+  from kerasft import hub  # pylint: disable=g-import-not-at-top
+
+  if input_range not in INPUT_RANGES:
+    raise UsageError(f"--hub_input_range: must be one of {', '.join(INPUT_RANGES)}, "
+                     f"got {input_range!r}")
+  layer = hub.HubLayer(handle, signature or None, output_key or None, name="hub_module")
+  declared = hub.declared_image_size(layer._module, signature or None)  # pylint: disable=protected-access
+  if declared and image_size and declared != image_size:
+    raise UsageError(f"--image_size: the module takes {declared} px, got {image_size}")
+  size = declared or image_size
+  if not size:
+    raise UsageError("--image_size: the module declares no input size; pass --image_size")
+  inputs = keras.Input((size, size, 3), name="pixels")
+  model = keras.Model(inputs, layer(inputs), name=default_name(name))
+  model.trainable = False
+  return Backbone(name=name, model=model, preprocess=INPUT_RANGES[input_range],
+                  image_size=size)
+
+
+def _build_keras_file(name, path, backbone_layer) -> Backbone:
+  import keras  # pylint: disable=g-import-not-at-top
+
+  if not os.path.isfile(path) or not path.endswith(".keras"):
+    raise UsageError(f"--model: {path} is not a .keras file")
+  try:
+    loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UsageError(f"--model: cannot load {path}: {str(e).splitlines()[0]}") from None
+  layers = [layer for layer in loaded.layers if not isinstance(layer, keras.layers.InputLayer)]
+  if backbone_layer:
+    names = [layer.name for layer in layers]
+    if backbone_layer not in names:
+      close = difflib.get_close_matches(backbone_layer, names, n=3)
+      raise UsageError(f"--backbone_layer: {path} has no layer {backbone_layer!r}"
+                       + (f"; did you mean {', '.join(close)}?" if close else ""))
+    last = loaded.get_layer(backbone_layer)
+  else:
+    last = layers[-2] if len(layers) > 1 else layers[-1]
+  outputs = last.output
+  if len(outputs.shape) == 4:
+    outputs = keras.layers.GlobalAveragePooling2D(name="backbone_pool")(outputs)
+  shape = loaded.input_shape
+  if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
+    raise UsageError(f"--model: {path} takes inputs {shape}, not square RGB images")
+  model = keras.Model(loaded.inputs, outputs, name=default_name(name))
+  model.trainable = False
+  return Backbone(name=name, model=model, preprocess="none", image_size=int(shape[1]))
+
+
+def _build_application(name: str, weights: str, image_size: int) -> Backbone:
   import keras  # pylint: disable=g-import-not-at-top
 
   entry = spec(name)
@@ -151,23 +248,76 @@ def freeze(model) -> None:
   model.trainable = False
 
 
-def unfreeze_top(model, n: int) -> list[str]:
-  """Unfreezes the top `n` layers of `model` that have weights, not counting BatchNorm.
+# A block is the weight-carrying layers that share a name prefix in the model's own naming.
+_BLOCK_PATTERNS = (
+    r"^(conv\d+_block\d+)_",  # ResNet, DenseNet: conv4_block2_...
+    r"^(block_?\d+[a-z]?)_",  # MobileNetV2 block_13_..., EfficientNet block6a_..., VGG, Xception
+    r"^conv_(?:dw|pw)_(\d+)(?:_|$)",  # MobileNet v1: conv_dw_5, conv_pw_5_bn -> 5
+    r"^(.*_stage_\d+_block_\d+)_",  # ConvNeXt
+    r"^(expanded_conv(?:_\d+)?)_",  # MobileNetV3
+    r"^(normal_\w+?_\d+|reduction_\w+?_\d+)",  # NASNet
+    r"^(mixed\d+)",  # Inception (named mixes)
+)
 
-  BatchNorm layers keep all their weights frozen; the backbone is called in inference
-  mode, so their statistics never move either. Returns the unfrozen layer names.
+
+def _block_of(layer_name: str) -> str:
+  for pattern in _BLOCK_PATTERNS:
+    match = re.match(pattern, layer_name)
+    if match:
+      return match.group(1)
+  return layer_name
+
+
+def blocks(model) -> list[tuple[str, list]]:
+  """`model`'s blocks from input to output: (name, weight-carrying layers).
+
+  Layers without a block prefix are blocks of their own.
+  """
+  ordered: dict[str, list] = {}
+  for layer in weighted_layers(model):
+    ordered.setdefault(_block_of(layer.name), []).append(layer)
+  return list(ordered.items())
+
+
+def unfreeze(model, top: int = 0, n_blocks: int = 0, from_layer: str = "",
+             bn_mode: str = "frozen") -> list[str]:
+  """Unfreezes the top of `model` for fine-tuning; returns the names of trainable layers.
+
+  Exactly one of: top (the top N weight-carrying layers, BatchNorm not counted), n_blocks
+  (the top K blocks) or from_layer (every layer from that one to the output).
+  bn_mode: what happens to BatchNorm layers in the unfrozen part: "frozen" keeps all their
+  weights fixed; "affine" and "train" make gamma and beta trainable (the moving statistics
+  then move only if the backbone runs in training mode, which `bn_mode="train"` asks of
+  `kerasft.heads.build_classifier`).
   """
   import keras  # pylint: disable=g-import-not-at-top
 
-  candidates = [layer for layer in weighted_layers(model)
-                if not isinstance(layer, keras.layers.BatchNormalization)]
-  if n > len(candidates):
-    raise UsageError(f"--unfreeze_top: {model.name} has {len(candidates)} layers with weights "
-                     f"(BatchNorm excluded), got {n}")
-  chosen = candidates[len(candidates) - n:]
+  is_bn = lambda layer: isinstance(layer, keras.layers.BatchNormalization)  # noqa: E731
+  weighted = weighted_layers(model)
+  if n_blocks:
+    found = blocks(model)
+    if n_blocks > len(found):
+      raise UsageError(f"--unfreeze_blocks: {model.name} has {len(found)} blocks, got "
+                       f"{n_blocks}; see --list_blocks")
+    chosen = [layer for _, layers in found[len(found) - n_blocks:] for layer in layers]
+  elif from_layer:
+    names = [layer.name for layer in model.layers]
+    if from_layer not in names:
+      close = difflib.get_close_matches(from_layer, names, n=3)
+      raise UsageError(f"--unfreeze_from: {model.name} has no layer {from_layer!r}"
+                       + (f"; did you mean {', '.join(close)}?" if close else ""))
+    after = {id(layer) for layer in model.layers[names.index(from_layer):]}
+    chosen = [layer for layer in weighted if id(layer) in after]
+  else:
+    candidates = [layer for layer in weighted if not is_bn(layer)]
+    if top > len(candidates):
+      raise UsageError(f"--unfreeze_top: {model.name} has {len(candidates)} layers with "
+                       f"weights (BatchNorm excluded), got {top}")
+    first = weighted.index(candidates[len(candidates) - top]) if top else len(weighted)
+    chosen = weighted[first:]
   model.trainable = True
   for layer in model.layers:
     layer.trainable = False
   for layer in chosen:
-    layer.trainable = True
-  return [layer.name for layer in chosen]
+    layer.trainable = not is_bn(layer) or bn_mode != "frozen"
+  return [layer.name for layer in chosen if layer.trainable]

@@ -20,6 +20,8 @@ from kerasft import backbones
 from kerasft.errors import UsageError
 
 OPTIMIZERS = ("adam", "sgd", "adamw")
+BN_MODES = ("frozen", "affine", "train")
+LR_SCHEDULES = ("constant", "cosine")
 CACHE_MODES = ("auto", "on", "off")
 
 
@@ -51,15 +53,25 @@ class ModelConfig:
   image_size: Optional[int] = None  # None: the backbone's own default size
   head: tuple[int, ...] = ()  # hidden Dense sizes before the classifier layer
   dropout: float = 0.2
-  unfreeze_top: int = 0  # layers with weights to unfreeze for the fine-tune phase
+  # What the fine-tune phase unfreezes: at most one of these three, or gradual_unfreeze.
+  unfreeze_top: int = 0  # the top N backbone layers with weights (BatchNorm not counted)
+  unfreeze_blocks: int = 0  # the top K blocks (see --list_blocks)
+  unfreeze_from: str = ""  # every layer from this one to the top
+  gradual_unfreeze: int = 0  # K more blocks at the start of each fine-tune epoch
+  bn_mode: str = "frozen"  # unfrozen BatchNorm: frozen | affine (gamma, beta) | train
+  # hub:/savedmodel: sources
+  signature: str = ""
+  output_key: str = ""
+  hub_input_range: str = "0,1"
+  backbone_layer: str = ""  # keras: source
 
   def __post_init__(self):
-    backbones.spec(self.model)  # raises UsageError with close matches
+    prefix, _ = backbones.source(self.model)  # raises UsageError with close matches
     _check(isinstance(self.weights, str) and self.weights != "", "weights",
            "must be 'imagenet', 'none' or a path to a weights file", self.weights)
     if self.image_size is not None:
       _positive_int(self.image_size, "image_size")
-      minimum = backbones.spec(self.model).min_size
+      minimum = 32 if prefix else backbones.spec(self.model).min_size
       _check(self.image_size >= minimum, "image_size",
              f"{self.model} needs at least {minimum} pixels", self.image_size)
     object.__setattr__(self, "head", tuple(self.head))
@@ -68,6 +80,23 @@ class ModelConfig:
     _check(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout",
            "must be in [0, 1)", self.dropout)
     _non_negative_int(self.unfreeze_top, "unfreeze_top")
+    _non_negative_int(self.unfreeze_blocks, "unfreeze_blocks")
+    _non_negative_int(self.gradual_unfreeze, "gradual_unfreeze")
+    chosen = [f for f in ("unfreeze_top", "unfreeze_blocks", "unfreeze_from", "gradual_unfreeze")
+              if getattr(self, f)]
+    if len(chosen) > 1:
+      raise UsageError(f"--{chosen[1]}: pass only one of --unfreeze_top, --unfreeze_blocks, "
+                       f"--unfreeze_from and --gradual_unfreeze, got {', '.join(chosen)}")
+    _check(self.bn_mode in BN_MODES, "bn_mode", f"must be one of {', '.join(BN_MODES)}",
+           self.bn_mode)
+    _check(self.hub_input_range in backbones.INPUT_RANGES, "hub_input_range",
+           f"must be one of {', '.join(backbones.INPUT_RANGES)}", self.hub_input_range)
+
+  @property
+  def unfreezes(self) -> bool:
+    """Whether a fine-tune phase would have anything to train."""
+    return bool(self.unfreeze_top or self.unfreeze_blocks or self.unfreeze_from
+                or self.gradual_unfreeze)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +123,10 @@ class TrainingConfig:
   fine_tune_learning_rate: Optional[float] = None  # None: a tenth of learning_rate
   label_smoothing: float = 0.0
   seed: int = 0
+  lr_schedule: str = "constant"  # constant | cosine, in each phase
+  warmup_epochs: float = 0.0  # linear warmup at the start of each phase
+  weight_decay: Optional[float] = None  # None: adamw's default 0.004, else 0; L2 for adam/sgd
+  layer_lr_decay: float = 1.0  # each backbone block's rate: this factor per block below top
   cache_features: str = "auto"  # auto: cache the frozen backbone's features in the head phase
   feature_cache_memory: int = 0  # MiB of features kept in memory; 0: a quarter of the RAM
   feature_cache_dir: str = ""  # "": <model_dir>/feature_cache
@@ -110,6 +143,15 @@ class TrainingConfig:
     _check(isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1,
            "label_smoothing", "must be in [0, 1)", self.label_smoothing)
     _non_negative_int(self.seed, "seed")
+    _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule",
+           f"must be one of {', '.join(LR_SCHEDULES)}", self.lr_schedule)
+    _check(isinstance(self.warmup_epochs, (int, float)) and self.warmup_epochs >= 0,
+           "warmup_epochs", "must be >= 0", self.warmup_epochs)
+    if self.weight_decay is not None:
+      _check(isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < 1,
+             "weight_decay", "must be in [0, 1)", self.weight_decay)
+    _check(isinstance(self.layer_lr_decay, (int, float)) and 0 < self.layer_lr_decay <= 1,
+           "layer_lr_decay", "must be in (0, 1]", self.layer_lr_decay)
     _check(self.cache_features in CACHE_MODES, "cache_features",
            f"must be one of {', '.join(CACHE_MODES)}", self.cache_features)
     _non_negative_int(self.feature_cache_memory, "feature_cache_memory")
@@ -132,18 +174,19 @@ class RunConfig:
     if self.name:
       _check(os.sep not in self.name and self.name not in (".", ".."), "name",
              "must be a plain name without path separators", self.name)
-    if self.model.unfreeze_top and not self.training.fine_tune_epochs:
-      raise UsageError(f"--unfreeze_top={self.model.unfreeze_top} has no effect without "
-                       "--fine_tune_epochs; pass --fine_tune_epochs=N to fine-tune")
-    if self.training.fine_tune_epochs and not self.model.unfreeze_top:
+    if self.model.unfreezes and not self.training.fine_tune_epochs:
+      raise UsageError("--unfreeze_top/--unfreeze_blocks/--unfreeze_from/--gradual_unfreeze "
+                       "have no effect without --fine_tune_epochs; pass --fine_tune_epochs=N")
+    if self.training.fine_tune_epochs and not self.model.unfreezes:
       raise UsageError(f"--fine_tune_epochs={self.training.fine_tune_epochs} needs layers to "
-                       "train; pass --unfreeze_top=N as well")
+                       "train; pass --unfreeze_top=N (or --unfreeze_blocks, --unfreeze_from, "
+                       "--gradual_unfreeze) as well")
 
   def resolved(self) -> "RunConfig":
     """Returns a copy with name, folders, image size and fine-tune rate filled in."""
-    name = self.name or self.model.model
+    name = self.name or backbones.default_name(self.model.model)
     model = self.model
-    if model.image_size is None:
+    if model.image_size is None and not backbones.source(model.model)[0]:
       model = dataclasses.replace(model, image_size=backbones.spec(model.model).default_size)
     training = self.training
     if training.fine_tune_learning_rate is None:

@@ -173,6 +173,9 @@ def index(data_dir: str, val_dir: str = "", validation_split: float = 0.2, seed:
     train, val = stratified_split(train, validation_split, seed)
   check_images(train.paths, "data_dir")
   check_images(val.paths, "val_dir" if val_dir else "data_dir")
+  logging.info("data: %d training and %d validation images in %d classes (%s)",
+               len(train.paths), len(val.paths), len(train.class_names),
+               ", ".join(train.class_names))
   return train, val
 
 
@@ -240,16 +243,19 @@ def make_pipeline(files: ImageFiles, image_size: int, batch_size: int, shuffle: 
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def pipelines(train: ImageFiles, val: ImageFiles, image_size: int, batch_size: int,
+              seed: int = 0) -> Dataset:
+  """Wraps indexed training and validation images in their tf.data pipelines."""
+  return Dataset(train=make_pipeline(train, image_size, batch_size, shuffle=True, seed=seed),
+                 val=make_pipeline(val, image_size, batch_size),
+                 class_names=train.class_names, train_files=train, val_files=val)
+
+
 def load(data_dir: str, val_dir: str, validation_split: float, image_size: int,
          batch_size: int, seed: int = 0) -> Dataset:
   """Indexes, checks and wraps the images in training and validation pipelines."""
   train, val = index(data_dir, val_dir, validation_split, seed)
-  logging.info("data: %d training and %d validation images in %d classes (%s)",
-               len(train.paths), len(val.paths), len(train.class_names),
-               ", ".join(train.class_names))
-  return Dataset(train=make_pipeline(train, image_size, batch_size, shuffle=True, seed=seed),
-                 val=make_pipeline(val, image_size, batch_size),
-                 class_names=train.class_names, train_files=train, val_files=val)
+  return pipelines(train, val, image_size, batch_size, seed)
 
 
 def builtin_digits(root: str) -> str:

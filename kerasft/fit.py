@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import keras
 from absl import logging
@@ -22,22 +23,100 @@ from kerasft.heads import backbone_of
 BEST_CHECKPOINT = "best.keras"
 
 
-def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-  """"adam", "sgd" (momentum 0.9) or "adamw" at `learning_rate`."""
-  if name == "adam":
-    return keras.optimizers.Adam(learning_rate)
-  if name == "sgd":
-    return keras.optimizers.SGD(learning_rate, momentum=0.9)
+def _with_variable_rates(base):
+  """`base` optimizer class that can scale the rate per variable and add L2 to gradients."""
+
+  class Tuned(base):  # pylint: disable=missing-class-docstring
+
+    def __init__(self, *args, lr_multipliers: dict | None = None, l2: float = 0.0, **kwargs):
+      super().__init__(*args, **kwargs)
+      self._lr_multipliers = dict(lr_multipliers or {})
+      self._l2 = l2
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+      if self._l2:  # coupled L2 on kernels: the gradient of l2 * sum(w ** 2)
+        grads = [g + 2 * self._l2 * keras.ops.cast(v, g.dtype) if len(v.shape) >= 2 else g
+                 for g, v in zip(grads, trainable_variables)]
+      groups: dict[float, tuple[list, list]] = {}
+      for g, v in zip(grads, trainable_variables):
+        pair = groups.setdefault(self._lr_multipliers.get(v.path, 1.0), ([], []))
+        pair[0].append(g)
+        pair[1].append(v)
+      for multiplier, (group_grads, group_vars) in groups.items():
+        super()._backend_update_step(group_grads, group_vars, learning_rate * multiplier)
+
+  Tuned.__name__ = Tuned.__qualname__ = f"Tuned{base.__name__}"
+  return Tuned
+
+
+_OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
+               "adamw": keras.optimizers.AdamW}
+_TUNED = {name: _with_variable_rates(cls) for name, cls in _OPTIMIZERS.items()}
+
+
+def make_optimizer(name: str, learning_rate, weight_decay: float | None = None,
+                   lr_multipliers: dict | None = None) -> keras.optimizers.Optimizer:
+  """"adam", "sgd" (momentum 0.9) or "adamw" at `learning_rate` (a number or schedule).
+
+  weight_decay: decoupled for adamw (None: Keras' default 0.004), L2 on kernels for adam
+  and sgd (None: 0). lr_multipliers: {variable path: factor of the rate}.
+  """
+  if name not in _OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {name!r}")
+  kwargs = {"momentum": 0.9} if name == "sgd" else {}
+  l2 = 0.0
   if name == "adamw":
-    return keras.optimizers.AdamW(learning_rate)
-  raise ValueError(f"unknown optimizer {name!r}")
+    if weight_decay is not None:
+      kwargs["weight_decay"] = weight_decay
+  else:
+    l2 = weight_decay or 0.0
+  if not lr_multipliers and not l2:
+    return _OPTIMIZERS[name](learning_rate, **kwargs)
+  return _TUNED[name](learning_rate, lr_multipliers=lr_multipliers, l2=l2, **kwargs)
 
 
-def compile_model(model: keras.Model, optimizer: str, learning_rate: float,
+def learning_rate(peak: float, schedule: str, warmup_steps: int, total_steps: int):
+  """A constant rate or cosine decay to 0 over a phase, after a linear warmup from 0."""
+  if schedule == "constant" and not warmup_steps:
+    return peak
+  decay = max(total_steps - warmup_steps, 1)
+  if schedule == "cosine":
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup_steps else peak, decay, warmup_target=peak if warmup_steps else None,
+        warmup_steps=warmup_steps)
+  return _Warmup(peak, warmup_steps)
+
+
+@keras.saving.register_keras_serializable(package="kerasft")
+class _Warmup(keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warmup from 0 to `peak` over `warmup_steps`, then constant."""
+
+  def __init__(self, peak: float, warmup_steps: int):
+    self.peak, self.warmup_steps = peak, warmup_steps
+
+  def __call__(self, step):
+    step = keras.ops.cast(step, "float32")
+    return self.peak * keras.ops.minimum(1.0, (step + 1.0) / float(self.warmup_steps))
+
+  def get_config(self):
+    return {"peak": self.peak, "warmup_steps": self.warmup_steps}
+
+
+def layer_lr_multipliers(model: keras.Model, decay: float) -> dict:
+  """{variable path: decay ** k} for the backbone's k-th block from the top (k >= 1)."""
+  if decay == 1.0:
+    return {}
+  found = backbones.blocks(backbone_of(model))
+  return {w.path: decay ** (k + 1)
+          for k, (_, layers) in enumerate(reversed(found)) for layer in layers
+          for w in layer.weights}
+
+
+def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                   label_smoothing: float = 0.0) -> None:
   """Compiles for one-hot labels with categorical cross-entropy and accuracy."""
   model.compile(
-      optimizer=make_optimizer(optimizer, learning_rate),
+      optimizer=optimizer,
       loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
       jit_compile=False)  # XLA made MobileNet-style models 7-12x slower on CPU here.
@@ -54,6 +133,17 @@ class _Checkpoint(keras.callbacks.ModelCheckpoint):
     super().set_model(self._full_model)
 
 
+class _EpochSeconds(keras.callbacks.Callback):
+  """Adds each epoch's wall time to its logs (and so to the history and TensorBoard)."""
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    if logs is not None:
+      logs["epoch_seconds"] = time.perf_counter() - self._start
+
+
 def run(config: RunConfig, model: keras.Model, dataset: Dataset, restore_best: bool = True,
         verbose: int | str = "auto") -> dict:
   """Trains `model` as `config` (resolved) says and returns the history of both phases.
@@ -68,9 +158,20 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, restore_best: b
   best_path = os.path.join(model_dir, BEST_CHECKPOINT)
   checkpoint = _Checkpoint(model, best_path, monitor="val_accuracy", mode="max",
                            save_best_only=True)
-  tensorboard = keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"))
-  callbacks = [checkpoint, tensorboard]  # one checkpoint callback: its best spans both phases
+  # One checkpoint callback for both phases, so that its best spans them.
+  callbacks = [_EpochSeconds(), checkpoint,
+               keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"))]
   backbone = backbone_of(model)
+  steps = -(-len(dataset.train_files.paths) // config.data.batch_size)
+
+  def optimizer(peak, epochs, multipliers=None):
+    rate = learning_rate(peak, training.lr_schedule, round(training.warmup_epochs * steps),
+                         epochs * steps)
+    return make_optimizer(training.optimizer, rate, training.weight_decay, multipliers)
+
+  def fit(trained, train_data, val_data, first, last):
+    return trained.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=last,
+                       callbacks=callbacks, shuffle=False, verbose=verbose).history
 
   backbones.freeze(backbone)
   trained, train_data, val_data = model, dataset.train, dataset.val
@@ -85,27 +186,35 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, restore_best: b
           training.feature_cache_dir or os.path.join(model_dir, "feature_cache"),
           training.feature_cache_dtype, verbose)
       trained, train_data, val_data = features.head_model(model), cached.train, cached.val
-  compile_model(trained, training.optimizer, training.learning_rate, training.label_smoothing)
+  compile_model(trained, optimizer(training.learning_rate, training.epochs),
+                training.label_smoothing)
   logging.info("phase head: %d epochs, %d trainable weights, learning rate %g%s",
                training.epochs, len(trained.trainable_weights), training.learning_rate,
                ", on cached features" if trained is not model else "")
-  history = _merge({}, trained.fit(train_data, validation_data=val_data,
-                                   epochs=training.epochs, callbacks=callbacks,
-                                   shuffle=False, verbose=verbose).history, "head")
+  history = _merge({}, fit(trained, train_data, val_data, 0, training.epochs), "head")
 
   if training.fine_tune_epochs:
-    names = backbones.unfreeze_top(backbone, config.model.unfreeze_top)
-    compile_model(model, training.optimizer, training.fine_tune_learning_rate,
-                  training.label_smoothing)
-    logging.info("phase fine_tune: %d epochs, unfrozen %s, learning rate %g%s",
-                 training.fine_tune_epochs, ", ".join(names), training.fine_tune_learning_rate,
-                 "; feature cache off: the backbone trains" if training.cache_features != "off"
-                 else "")
-    fine = model.fit(dataset.train, validation_data=dataset.val,
-                     initial_epoch=training.epochs,
-                     epochs=training.epochs + training.fine_tune_epochs,
-                     callbacks=callbacks, shuffle=False, verbose=verbose)
-    history = _merge(history, fine.history, "fine_tune")
+    m = config.model
+    if training.cache_features != "off":
+      logging.info("phase fine_tune: feature cache off: the backbone trains")
+    multipliers = layer_lr_multipliers(model, training.layer_lr_decay)
+    # Gradual unfreezing adds blocks every epoch and so recompiles every epoch.
+    stages = ([(e, e + 1, (e + 1) * m.gradual_unfreeze)
+               for e in range(training.fine_tune_epochs)] if m.gradual_unfreeze
+              else [(0, training.fine_tune_epochs, m.unfreeze_blocks)])
+    total_blocks = len(backbones.blocks(backbone))
+    for first, last, n_blocks in stages:
+      names = backbones.unfreeze(backbone, top=m.unfreeze_top,
+                                 n_blocks=min(n_blocks, total_blocks),
+                                 from_layer=m.unfreeze_from, bn_mode=m.bn_mode)
+      compile_model(model, optimizer(training.fine_tune_learning_rate, last - first,
+                                     multipliers), training.label_smoothing)
+      logging.info("phase fine_tune: epochs %d-%d, %d layers unfrozen (top: %s), learning "
+                   "rate %g%s", training.epochs + first + 1, training.epochs + last,
+                   len(names), ", ".join(names[-3:]), training.fine_tune_learning_rate,
+                   f", layer decay {training.layer_lr_decay}" if multipliers else "")
+      history = _merge(history, fit(model, dataset.train, dataset.val, training.epochs + first,
+                                    training.epochs + last), "fine_tune")
 
   if restore_best and os.path.exists(best_path):
     model.load_weights(best_path)

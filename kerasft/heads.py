@@ -16,7 +16,7 @@ from kerasft.backbones import Backbone
 _IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 _IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-PREPROCESS_MODES = ("tf", "torch", "caffe", "none")
+PREPROCESS_MODES = ("tf", "torch", "caffe", "unit", "none")
 
 
 @keras.saving.register_keras_serializable(package="kerasft")
@@ -24,7 +24,8 @@ class Preprocess(keras.layers.Layer):
   """`keras.applications.*.preprocess_input` as a layer, for pixels 0..255 in RGB order.
 
   mode: "tf" scales to [-1, 1]; "torch" to [0, 1] then ImageNet mean/std; "caffe" flips to
-  BGR and subtracts the ImageNet mean; "none" passes pixels through unchanged.
+  BGR and subtracts the ImageNet mean; "unit" scales to [0, 1] (the TF Hub image module
+  convention); "none" passes pixels through unchanged.
   """
 
   def __init__(self, mode: str, **kwargs):
@@ -41,6 +42,8 @@ class Preprocess(keras.layers.Layer):
       return (images / 255.0 - ops.array(_IMAGENET_MEAN_RGB)) / ops.array(_IMAGENET_STD_RGB)
     if self.mode == "caffe":
       return ops.flip(images, axis=-1) - ops.array(_CAFFE_MEAN_BGR)
+    if self.mode == "unit":
+      return images / 255.0
     return images
 
   def get_config(self):
@@ -48,19 +51,21 @@ class Preprocess(keras.layers.Layer):
 
 
 def build_classifier(backbone: Backbone, num_classes: int, head: tuple[int, ...] = (),
-                     dropout: float = 0.2) -> keras.Model:
+                     dropout: float = 0.2, bn_mode: str = "frozen") -> keras.Model:
   """Returns a model from raw pixels [N, S, S, 3] (0..255) to class probabilities [N, C].
 
   head: hidden Dense (ReLU) sizes between the pooled features and the classifier layer;
   dropout: the rate before each Dense layer of the head. The final layer is named
-  "probabilities" and computes in float32.
+  "probabilities" and computes in float32. The backbone runs in inference mode, except
+  with bn_mode="train", where it follows the training flag (frozen BatchNorm layers stay
+  in inference mode either way).
   """
   if num_classes < 2:
     raise ValueError(f"num_classes must be at least 2, got {num_classes}")
   size = backbone.image_size
   inputs = keras.Input((size, size, 3), dtype="float32", name="images")
   x = Preprocess(backbone.preprocess, name="preprocess")(inputs)
-  x = backbone.model(x, training=False)
+  x = backbone.model(x) if bn_mode == "train" else backbone.model(x, training=False)
   for i, units in enumerate(head):
     if dropout:
       x = keras.layers.Dropout(dropout, name=f"head_dropout_{i}")(x)

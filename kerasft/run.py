@@ -7,10 +7,12 @@ an existing run) is checked before the run's folder is written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import time
 
 import keras
 from absl import logging
@@ -33,6 +35,7 @@ class TrainResult:
   export_path: str
   class_names: list[str]
   config: RunConfig
+  seconds: dict  # wall time of each phase: data, model, train, report, export
 
 
 def is_finished(model_dir: str) -> bool:
@@ -54,7 +57,7 @@ def model_card(config: RunConfig, metrics: dict | None) -> dict:
           "weights": config.model.weights, "head": list(config.model.head),
           "input": {"shape": [None, size, size, 3], "dtype": "float32",
                     "range": "RGB pixels 0..255"},
-          "preprocessing": f"{backbones.spec(config.model.model).preprocess} (inside the model)",
+          "preprocessing": f"{_preprocess_mode(config)} (inside the model)",
           "resize": "squash, bilinear", "data_dir": config.data.data_dir,
           "versions": {"kerasft": kerasft.__version__, "tensorflow": tf.__version__,
                        "keras": keras.__version__}}
@@ -63,6 +66,15 @@ def model_card(config: RunConfig, metrics: dict | None) -> dict:
                                   ("accuracy", "top_5_accuracy", "loss", "num_examples",
                                    "macro_avg", "weighted_avg") if k in metrics}
   return card
+
+
+def _preprocess_mode(config: RunConfig) -> str:
+  prefix, _ = backbones.source(config.model.model)
+  if prefix == "keras:":
+    return "none"
+  if prefix:
+    return backbones.INPUT_RANGES[config.model.hub_input_range]
+  return backbones.spec(config.model.model).preprocess
 
 
 def load_run(run_dir: str, checkpoint: str = "") -> tuple[keras.Model, RunConfig, list[str]]:
@@ -165,17 +177,26 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto") -> TrainRes
                                                                   data_dir=data_dir))
   keras.utils.set_random_seed(config.training.seed)
   size = config.model.image_size
-  logging.info("phase data: indexing %s", data_dir)
-  dataset = data.load(data_dir, config.data.val_dir, config.data.validation_split, size,
-                      config.data.batch_size, config.training.seed)
-  logging.info("phase model: %s (weights %s) at %d px", config.model.model,
-               config.model.weights, size)
-  backbone = backbones.build(config.model.model, config.model.weights, size)
-  model = heads.build_classifier(backbone, len(dataset.class_names), config.model.head,
-                                 config.model.dropout)
-  if config.model.unfreeze_top:  # Fails now, not after the head phase, when N is too big.
-    backbones.unfreeze_top(backbone.model, config.model.unfreeze_top)
-    backbones.freeze(backbone.model)
+  seconds = {}
+  with _phase(seconds, "data"):
+    logging.info("phase data: indexing %s", data_dir)
+    train_files, val_files = data.index(data_dir, config.data.val_dir,
+                                        config.data.validation_split, config.training.seed)
+  with _phase(seconds, "model"):
+    m = config.model
+    logging.info("phase model: %s (weights %s)", m.model, m.weights)
+    backbone = backbones.build(m.model, m.weights, size, m.signature, m.output_key,
+                               m.hub_input_range, m.backbone_layer)
+    size = backbone.image_size  # a module or .keras file may decide its own size
+    config = dataclasses.replace(config, model=dataclasses.replace(m, image_size=size))
+    model = heads.build_classifier(backbone, len(train_files.class_names), m.head, m.dropout,
+                                   m.bn_mode)
+    if m.unfreezes:  # Fails now, not after the head phase, when the choice is out of range.
+      backbones.unfreeze(backbone.model, top=m.unfreeze_top, n_blocks=m.unfreeze_blocks,
+                         from_layer=m.unfreeze_from)
+      backbones.freeze(backbone.model)
+  dataset = data.pipelines(train_files, val_files, size, config.data.batch_size,
+                           config.training.seed)
 
   if os.path.isdir(config.model_dir) and config.overwrite:
     shutil.rmtree(config.model_dir)
@@ -183,15 +204,28 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto") -> TrainRes
   config.to_json(os.path.join(config.model_dir, CONFIG_FILE))
   with open(os.path.join(config.model_dir, LABELS_FILE), "w") as f:
     f.write("".join(f"{name}\n" for name in dataset.class_names))
-  history = fit.run(config, model, dataset, verbose=verbose)
-  logging.info("phase report: evaluating on %d validation images", len(dataset.val_files.paths))
-  labels, probabilities = reports.predict(model, dataset.val)
-  metrics = reports.write(labels, probabilities, dataset.class_names, config.model_dir, history)
-  logging.info("validation accuracy %.4f", metrics["accuracy"])
-  logging.info("phase export: %s", config.export_dir)
-  export_path = serving.export(model, dataset.class_names, size, config.export_dir,
-                               model_card=model_card(config, metrics))
-  reports.write_json({"status": "finished", "export_path": export_path},
+  with _phase(seconds, "train"):
+    history = fit.run(config, model, dataset, verbose=verbose)
+  with _phase(seconds, "report"):
+    logging.info("phase report: evaluating on %d validation images",
+                 len(dataset.val_files.paths))
+    labels, probabilities = reports.predict(model, dataset.val)
+    metrics = reports.write(labels, probabilities, dataset.class_names, config.model_dir,
+                            history)
+    logging.info("validation accuracy %.4f", metrics["accuracy"])
+  with _phase(seconds, "export"):
+    logging.info("phase export: %s", config.export_dir)
+    export_path = serving.export(model, dataset.class_names, size, config.export_dir,
+                                 model_card=model_card(config, metrics))
+  reports.write_json({"status": "finished", "export_path": export_path, "seconds": seconds},
                      os.path.join(config.model_dir, STATE_FILE))
   return TrainResult(model=model, history=history, metrics=metrics, export_path=export_path,
-                     class_names=dataset.class_names, config=config)
+                     class_names=dataset.class_names, config=config, seconds=seconds)
+
+
+@contextlib.contextmanager
+def _phase(seconds: dict, name: str):
+  start = time.perf_counter()
+  yield
+  seconds[name] = time.perf_counter() - start
+  logging.info("phase %s took %.1f s", name, seconds[name])

@@ -17,15 +17,37 @@ from kerasft import backbones, config, errors  # noqa: E402
 _M, _D, _T, _R = config.ModelConfig, config.DataConfig, config.TrainingConfig, config.RunConfig
 
 flags.DEFINE_bool("list_models", False, "Print the --model names with their input size and exit.")
-flags.DEFINE_string("model", _M.model, "The backbone: a Keras Applications name (--list_models).")
+flags.DEFINE_bool("list_blocks", False, "Print the blocks of --model (for --unfreeze_blocks) "
+                  "and exit.")
+flags.DEFINE_string("model", _M.model,
+                    "The backbone: a Keras Applications name (--list_models), hub:HANDLE (a TF "
+                    "Hub handle, URL or folder), savedmodel:PATH or keras:PATH (a .keras file).")
 flags.DEFINE_string("weights", _M.weights,
                     "'imagenet' (Keras' cache, $KERAS_HOME/models), 'none', or a weights file.")
 flags.DEFINE_integer("image_size", _M.image_size, "Input side in pixels [the backbone's own].")
 flags.DEFINE_list("head", list(_M.head), "Hidden Dense sizes of the head, e.g. 512,256 [none].")
 flags.DEFINE_float("dropout", _M.dropout, "Dropout rate before each head layer.")
 flags.DEFINE_integer("unfreeze_top", _M.unfreeze_top,
-                     "Unfreeze the top N backbone layers with weights (BatchNorm stays frozen) "
-                     "for the fine-tune phase.")
+                     "Fine-tune phase: unfreeze the top N backbone layers with weights "
+                     "(BatchNorm not counted).")
+flags.DEFINE_integer("unfreeze_blocks", _M.unfreeze_blocks,
+                     "Fine-tune phase: unfreeze the top K blocks (--list_blocks).")
+flags.DEFINE_string("unfreeze_from", _M.unfreeze_from,
+                    "Fine-tune phase: unfreeze every layer from this one to the top.")
+flags.DEFINE_integer("gradual_unfreeze", _M.gradual_unfreeze,
+                     "Fine-tune phase: unfreeze K more blocks at the start of each epoch.")
+flags.DEFINE_enum("bn_mode", _M.bn_mode, config.BN_MODES,
+                  "Unfrozen BatchNorm layers: frozen (all weights fixed, inference mode), "
+                  "affine (train gamma and beta, keep the statistics), train (everything, in "
+                  "training mode).")
+flags.DEFINE_string("signature", _M.signature,
+                    "hub:/savedmodel: the signature to call [__call__, else serving_default].")
+flags.DEFINE_string("output_key", _M.output_key,
+                    "hub:/savedmodel: the output to use when the function returns a dict.")
+flags.DEFINE_enum("hub_input_range", _M.hub_input_range, ("0,1", "-1,1", "0,255"),
+                  "hub:/savedmodel: the pixel range the module expects.")
+flags.DEFINE_string("backbone_layer", _M.backbone_layer,
+                    "keras: the last layer kept as the backbone [the one before the output].")
 flags.DEFINE_string("data_dir", _D.data_dir,
                     "Folder with one sub-folder per class, or train/ and validation/ (val/) "
                     "split folders [the built-in digits recipe].")
@@ -42,6 +64,16 @@ flags.DEFINE_integer("fine_tune_epochs", _T.fine_tune_epochs,
 flags.DEFINE_float("fine_tune_learning_rate", _T.fine_tune_learning_rate,
                    "Learning rate of the fine-tune phase [a tenth of --learning_rate].")
 flags.DEFINE_float("label_smoothing", _T.label_smoothing, "Label smoothing of the loss.")
+flags.DEFINE_enum("lr_schedule", _T.lr_schedule, config.LR_SCHEDULES,
+                  "Learning rate over each phase: constant or cosine decay to 0.")
+flags.DEFINE_float("warmup_epochs", _T.warmup_epochs,
+                   "Linear warmup from 0 at the start of each phase, in epochs.")
+flags.DEFINE_float("weight_decay", _T.weight_decay,
+                   "Decoupled weight decay for adamw [0.004]; L2 on kernels for adam and sgd "
+                   "[0]. Only trainable weights (head, unfrozen layers) are affected.")
+flags.DEFINE_float("layer_lr_decay", _T.layer_lr_decay,
+                   "Fine-tune phase: each backbone block learns at this factor of the block "
+                   "above it (the top block at this factor of the head's rate).")
 flags.DEFINE_integer("seed", _T.seed, "Seed for the split, shuffling and initialization.")
 flags.DEFINE_enum("cache_features", _T.cache_features, config.CACHE_MODES,
                   "Compute the frozen backbone's features once and train the head on them "
@@ -75,7 +107,13 @@ def config_from_flags() -> config.RunConfig:
       model=config.ModelConfig(model=FLAGS.model, weights=FLAGS.weights,
                                image_size=FLAGS.image_size,
                                head=_int_list(FLAGS.head, "head"), dropout=FLAGS.dropout,
-                               unfreeze_top=FLAGS.unfreeze_top),
+                               unfreeze_top=FLAGS.unfreeze_top,
+                               unfreeze_blocks=FLAGS.unfreeze_blocks,
+                               unfreeze_from=FLAGS.unfreeze_from,
+                               gradual_unfreeze=FLAGS.gradual_unfreeze, bn_mode=FLAGS.bn_mode,
+                               signature=FLAGS.signature, output_key=FLAGS.output_key,
+                               hub_input_range=FLAGS.hub_input_range,
+                               backbone_layer=FLAGS.backbone_layer),
       data=config.DataConfig(data_dir=FLAGS.data_dir, val_dir=FLAGS.val_dir,
                              validation_split=FLAGS.validation_split,
                              batch_size=FLAGS.batch_size),
@@ -84,6 +122,8 @@ def config_from_flags() -> config.RunConfig:
           fine_tune_epochs=FLAGS.fine_tune_epochs,
           fine_tune_learning_rate=FLAGS.fine_tune_learning_rate,
           label_smoothing=FLAGS.label_smoothing, seed=FLAGS.seed,
+          lr_schedule=FLAGS.lr_schedule, warmup_epochs=FLAGS.warmup_epochs,
+          weight_decay=FLAGS.weight_decay, layer_lr_decay=FLAGS.layer_lr_decay,
           cache_features=FLAGS.cache_features, feature_cache_memory=FLAGS.feature_cache_memory,
           feature_cache_dir=FLAGS.feature_cache_dir,
           feature_cache_dtype=FLAGS.feature_cache_dtype),
@@ -100,6 +140,14 @@ def main(argv):
       print(f"{name:<22} {entry.default_size}")
     return
   run_config = config_from_flags()
+  if FLAGS.list_blocks:
+    m = run_config.model
+    backbone = backbones.build(m.model, "none" if m.weights == "imagenet" else m.weights,
+                               m.image_size, m.signature, m.output_key, m.hub_input_range,
+                               m.backbone_layer)
+    for name, layers in backbones.blocks(backbone.model):
+      print(f"{name:<28} {len(layers):>3} layers: {', '.join(l.name for l in layers)}")
+    return
   from kerasft.run import train_classifier  # pylint: disable=g-import-not-at-top
   result = train_classifier(run_config)
   print(f"validation accuracy {result.metrics['accuracy']:.4f}; run in "

@@ -84,11 +84,11 @@ def test_bad_weights_paths_are_usage_errors(tmp_path):
 
 def test_unfreeze_top_skips_batchnorm():
   backbone = backbones.build("mobilenet", "none", 32)
-  names = backbones.unfreeze_top(backbone.model, 3)
+  names = backbones.unfreeze(backbone.model, top=3)
   assert names == ["conv_pw_12", "conv_dw_13", "conv_pw_13"]
   trainable_layers = {w.path.split("/")[0] for w in backbone.model.trainable_weights}
   assert trainable_layers == set(names)
   assert not any(isinstance(backbone.model.get_layer(n), keras.layers.BatchNormalization)
                  for n in names)
   with pytest.raises(UsageError, match="^--unfreeze_top"):
-    backbones.unfreeze_top(backbone.model, 10_000)
+    backbones.unfreeze(backbone.model, top=10_000)

@@ -68,7 +68,7 @@ def test_disk_cache_is_used_when_memory_is_too_small(runs):
 def test_caching_is_refused_with_the_reason_when_layers_are_unfrozen():
   model = heads.build_classifier(backbones.build("mobilenet", "imagenet", 32), 3)
   assert features.refusal(model) is None
-  backbones.unfreeze_top(heads.backbone_of(model), 2)
+  backbones.unfreeze(heads.backbone_of(model), top=2)
   assert "backbone weights are trainable" in features.refusal(model)
   assert "augmentation" in features.refusal(model, augmenting=True)
 

@@ -45,7 +45,7 @@ def test_layout_labels_and_signatures(exported):
   with open(os.path.join(exported, "assets", "labels.txt")) as f:
     assert f.read().splitlines() == CLASSES
   loaded = tf.saved_model.load(exported)
-  assert set(loaded.signatures) == {"serving_default", "serving_bytes"}
+  assert set(loaded.signatures) == set(serving.SIGNATURES)
   default = loaded.signatures["serving_default"]
   assert list(default.structured_input_signature[1]) == ["images"]
   assert default.structured_input_signature[1]["images"].shape.as_list() == [None, SIZE, SIZE, 3]

@@ -1,0 +1,302 @@
+"""Training speed of kerasft against a plain Keras transfer-learning script.
+
+  .venv/bin/python benchmarks/train_speed.py                 # all cases, 3 runs each
+  .venv/bin/python benchmarks/train_speed.py --cases=frozen96 --repeats=1
+
+Each run is its own process. (a) "keras" is written the way the Keras transfer-learning
+guide does it: `image_dataset_from_directory`, a frozen backbone called with
+`training=False`, `model.fit`. (b) "kerasft" is `kerasft.train_classifier`. Training time
+is data indexing + feature extraction + training; import, model build, export and reports
+are listed separately. Prints one table of medians (and --markdown prints it as Markdown).
+"""
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+CASES = {  # name: (image size, head epochs, layers to unfreeze, fine-tune epochs)
+    "frozen96": (96, 10, 0, 0),
+    "frozen224": (224, 10, 0, 0),
+    "unfrozen96": (96, 1, 10, 3),
+}
+flags.DEFINE_list("cases", list(CASES), "Cases to run.")
+flags.DEFINE_integer("repeats", 3, "Runs per case and implementation; medians are reported.")
+flags.DEFINE_string("data_dir", os.path.join(SHARED, "data", "fashion_mnist_small", "train"),
+                    "Class folders to train on (20% held out for validation).")
+flags.DEFINE_bool("markdown", False, "Print the table as Markdown.")
+flags.DEFINE_string("child", "", "Internal: run one measurement (keras, kerasft or probe).")
+flags.DEFINE_string("case", "", "Internal: the case of --child.")
+FLAGS = flags.FLAGS
+
+
+def _peak_rss_mib():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _unfrozen_names(model, n):
+  from kerasft import backbones  # pylint: disable=g-import-not-at-top
+  return backbones.unfreeze(model, top=n) if n else []
+
+
+def child_keras(size, epochs, unfreeze, fine_epochs, data_dir, out):
+  """The Keras transfer-learning guide's recipe, timed."""
+  start = time.perf_counter()
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  seconds = {"import": time.perf_counter() - start}
+  t = time.perf_counter()
+  common = dict(validation_split=0.2, seed=0, image_size=(size, size), batch_size=32,
+                label_mode="categorical")
+  train = keras.utils.image_dataset_from_directory(data_dir, subset="training", **common)
+  val = keras.utils.image_dataset_from_directory(data_dir, subset="validation", **common)
+  n = len(train.file_paths)
+  train, val = train.prefetch(tf.data.AUTOTUNE), val.prefetch(tf.data.AUTOTUNE)
+  seconds["data"] = time.perf_counter() - t
+  t = time.perf_counter()
+  base = keras.applications.MobileNet(include_top=False, weights="imagenet",
+                                      input_shape=(size, size, 3), pooling="avg")
+  base.trainable = False
+  inputs = keras.Input((size, size, 3))
+  x = keras.applications.mobilenet.preprocess_input(inputs)
+  x = base(x, training=False)
+  x = keras.layers.Dropout(0.2)(x)
+  model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+  model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy",
+                metrics=["accuracy"])
+  seconds["model"] = time.perf_counter() - t
+  t = time.perf_counter()
+  history = model.fit(train, validation_data=val, epochs=epochs, verbose=0).history
+  seconds["train"] = seconds["data"] + time.perf_counter() - t
+  step_seconds = None
+  if fine_epochs:
+    _unfrozen_names(base, unfreeze)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy",
+                  metrics=["accuracy"])
+    timer = _StepTimer()
+    history = model.fit(train, validation_data=val, epochs=epochs + fine_epochs,
+                        initial_epoch=epochs, callbacks=[timer], verbose=0).history
+    step_seconds = timer.median()
+  json.dump({"seconds": seconds, "val_accuracy": history["val_accuracy"][-1],
+             "step_seconds": step_seconds, "images": n, "epochs": epochs,
+             "peak_rss_mib": _peak_rss_mib()}, open(out, "w"))
+
+
+class _StepTimer:
+  """Median seconds per training step, skipping the first fine-tune epoch (tracing)."""
+
+  def __new__(cls):
+    import keras  # pylint: disable=g-import-not-at-top
+
+    class Timer(keras.callbacks.Callback):
+      def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+      def on_epoch_begin(self, epoch, logs=None):
+        self.steps, self.start = 0, time.perf_counter()
+
+      def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+      def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append((time.perf_counter() - self.start) / max(self.steps, 1))
+
+      def median(self):
+        return statistics.median(self.epochs[1:] or self.epochs)
+    return Timer()
+
+
+def child_kerasft(size, epochs, unfreeze, fine_epochs, data_dir, out):
+  start = time.perf_counter()
+  import kerasft  # pylint: disable=g-import-not-at-top
+  from kerasft import data, run  # pylint: disable=g-import-not-at-top,unused-import
+  seconds = {"import": time.perf_counter() - start}
+  with tempfile.TemporaryDirectory() as tmp:
+    config = kerasft.RunConfig(
+        model=kerasft.ModelConfig(model="mobilenet", image_size=size, unfreeze_top=unfreeze),
+        data=kerasft.DataConfig(data_dir=data_dir),
+        training=kerasft.TrainingConfig(epochs=epochs, fine_tune_epochs=fine_epochs),
+        model_dir=os.path.join(tmp, "run"), export_dir=os.path.join(tmp, "export"))
+    result = kerasft.train_classifier(config, verbose=0)
+  s = result.seconds
+  seconds.update(data=s["data"], model=s["model"], train=s["data"] + s["train"],
+                 export=s["export"], report=s["report"])
+  n = len(data.scan_class_folder(data_dir, "data_dir").paths) - result.metrics["num_examples"]
+  step_seconds = None
+  if fine_epochs:
+    history = result.history
+    fine = [t for t, p in zip(history["epoch_seconds"], history["phase"]) if p == "fine_tune"]
+    step_seconds = statistics.median(fine[1:] or fine) / -(-n // 32)
+  json.dump({"seconds": seconds, "val_accuracy": result.metrics["accuracy"],
+             "step_seconds": step_seconds, "images": n, "epochs": epochs,
+             "peak_rss_mib": _peak_rss_mib()}, open(out, "w"))
+
+
+def child_probe(size, data_dir, out):
+  """Forward pass and input pipeline images/s; export vs in-memory latency for 32 images."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from kerasft import backbones, data, features, heads, serving  # pylint: disable=g-import-not-at-top
+
+  files = data.scan_class_folder(data_dir, "data_dir")
+  n = len(files.paths)
+  pipeline = lambda: data.make_pipeline(files, size, 32)  # noqa: E731
+  images = np.concatenate([x for x, _ in pipeline()])
+  data_seconds = []
+  for _ in range(3):
+    t = time.perf_counter()
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray(files.paths)).map(  # no cache
+        lambda p: data.decode_and_resize(tf.io.read_file(p), size),
+        num_parallel_calls=tf.data.AUTOTUNE).batch(32).prefetch(tf.data.AUTOTUNE)
+    for _ in ds:
+      pass
+    data_seconds.append(time.perf_counter() - t)
+  model = heads.build_classifier(backbones.build("mobilenet", "imagenet", size), 10)
+  extractor = features.feature_model(model)
+  extractor.predict(images[:64], verbose=0)
+  forward_seconds = []
+  for _ in range(3):
+    t = time.perf_counter()
+    extractor.predict(images, batch_size=32, verbose=0)
+    forward_seconds.append(time.perf_counter() - t)
+  with tempfile.TemporaryDirectory() as tmp:
+    path = serving.export(model, [str(i) for i in range(10)], size, os.path.join(tmp, "m"))
+    signature = tf.saved_model.load(path).signatures["serving_default"]
+    batch = images[:32]
+    timings = {"export": [], "keras": []}
+    for _ in range(3):
+      signature(images=tf.constant(batch))
+      model.predict_on_batch(batch)
+    for _ in range(20):
+      t = time.perf_counter()
+      signature(images=tf.constant(batch))
+      timings["export"].append(time.perf_counter() - t)
+      t = time.perf_counter()
+      model.predict_on_batch(batch)
+      timings["keras"].append(time.perf_counter() - t)
+  json.dump({"images": n, "pipeline_images_per_second": n / statistics.median(data_seconds),
+             "forward_images_per_second": n / statistics.median(forward_seconds),
+             "serve32_ms": 1000 * statistics.median(timings["export"]),
+             "predict_on_batch32_ms": 1000 * statistics.median(timings["keras"])},
+            open(out, "w"))
+
+
+def _spawn(args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+  with tempfile.NamedTemporaryFile(suffix=".json") as out:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, __file__, *args, f"--out={out.name}"], env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    result = json.load(open(out.name))
+  result["process_seconds"] = wall
+  return result
+
+
+def _median(runs, *keys):
+  values = []
+  for run in runs:
+    for key in keys:
+      run = run[key]
+    values.append(run)
+  return statistics.median(values) if None not in values else None
+
+
+def main(argv):
+  del argv
+  if FLAGS.child:
+    size, epochs, unfreeze, fine = CASES[FLAGS.case] if FLAGS.case else (96, 0, 0, 0)
+    if FLAGS.child == "keras":
+      child_keras(size, epochs, unfreeze, fine, FLAGS.data_dir, FLAGS.out)
+    elif FLAGS.child == "kerasft":
+      child_kerasft(size, epochs, unfreeze, fine, FLAGS.data_dir, FLAGS.out)
+    else:
+      child_probe(size, FLAGS.data_dir, FLAGS.out)
+    return
+  if "KERAS_HOME" not in os.environ and os.path.isdir(os.path.join(SHARED, "keras_home")):
+    home = tempfile.mkdtemp(prefix="kerasft-bench-keras-home-")
+    os.makedirs(os.path.join(home, "models"))
+    shared_models = os.path.join(SHARED, "keras_home", "models")
+    for name in os.listdir(shared_models):
+      os.symlink(os.path.join(shared_models, name), os.path.join(home, "models", name))
+    os.environ["KERAS_HOME"] = home
+  rows = []
+  for case in FLAGS.cases:
+    size = CASES[case][0]
+    probe = _spawn(["--child=probe", f"--case={case}"])
+    results = {impl: [_spawn([f"--child={impl}", f"--case={case}"])
+                      for _ in range(FLAGS.repeats)] for impl in ("keras", "kerasft")}
+    row = {"case": case, "size": size, **probe}
+    for impl, runs in results.items():
+      train = _median(runs, "seconds", "train")
+      epochs = runs[0]["epochs"]
+      row[impl] = {
+          "train_s": train, "process_s": _median(runs, "process_seconds"),
+          "import_s": _median(runs, "seconds", "import"),
+          "model_s": _median(runs, "seconds", "model"),
+          "images_per_s": runs[0]["images"] * epochs / train,
+          "peak_rss_mib": _median(runs, "peak_rss_mib"),
+          "val_accuracy": _median(runs, "val_accuracy"),
+          "step_ms": (1000 * _median(runs, "step_seconds")
+                      if runs[0]["step_seconds"] is not None else None)}
+    rows.append(row)
+    print(f"# {case}: {json.dumps(row)}", file=sys.stderr, flush=True)
+  print(format_table(rows, FLAGS.markdown))
+
+
+def format_table(rows, markdown):
+  header = ["case", "impl", "train s", "process s", "import s", "build s", "img/s (train)",
+            "peak RSS MiB", "val acc", "fine-tune ms/step"]
+  lines = []
+  for row in rows:
+    for impl in ("keras", "kerasft"):
+      r = row[impl]
+      lines.append([row["case"], impl, f"{r['train_s']:.1f}", f"{r['process_s']:.1f}",
+                    f"{r['import_s']:.1f}", f"{r['model_s']:.1f}", f"{r['images_per_s']:.0f}",
+                    f"{r['peak_rss_mib']:.0f}", f"{r['val_accuracy']:.3f}",
+                    f"{r['step_ms']:.0f}" if r["step_ms"] else "-"])
+    a, b = row["keras"], row["kerasft"]
+    lines.append([row["case"], "kerasft/keras", f"{b['train_s'] / a['train_s']:.2f}x",
+                  f"{b['process_s'] / a['process_s']:.2f}x", "", "", "",
+                  f"{b['peak_rss_mib'] / a['peak_rss_mib']:.2f}x",
+                  f"{100 * (b['val_accuracy'] - a['val_accuracy']):+.1f} pt",
+                  f"{b['step_ms'] / a['step_ms']:.2f}x" if a["step_ms"] else "-"])
+  probe_header = ["case", "px", "input pipeline img/s", "forward pass img/s",
+                  "pipeline/forward", "one forward pass over all images s",
+                  "kerasft train / forward pass", "serve 32 ms", "predict_on_batch 32 ms",
+                  "serve/keras"]
+  probe_lines = []
+  for row in rows:
+    forward = row["images"] / row["forward_images_per_second"]
+    probe_lines.append([row["case"], str(row["size"]),
+                        f"{row['pipeline_images_per_second']:.0f}",
+                        f"{row['forward_images_per_second']:.0f}",
+                        f"{row['pipeline_images_per_second'] / row['forward_images_per_second']:.1f}x",
+                        f"{forward:.1f}", f"{row['kerasft']['train_s'] / forward:.2f}x",
+                        f"{row['serve32_ms']:.1f}", f"{row['predict_on_batch32_ms']:.1f}",
+                        f"{row['serve32_ms'] / row['predict_on_batch32_ms']:.2f}x"])
+  return _render(header, lines, markdown) + "\n\n" + _render(probe_header, probe_lines, markdown)
+
+
+def _render(header, lines, markdown):
+  if markdown:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines])
+  widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+  fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+  return "\n".join(fmt.format(*line) for line in [header] + lines)
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("out", "", "Internal: where a child writes its JSON.")
+  app.run(main)
