@@ -71,7 +71,7 @@ class ModelConfig:
            "must be 'imagenet', 'none' or a path to a weights file", self.weights)
     if self.image_size is not None:
       _positive_int(self.image_size, "image_size")
-      minimum = 32 if prefix else backbones.spec(self.model).min_size
+      minimum = 1 if prefix else backbones.spec(self.model).min_size
       _check(self.image_size >= minimum, "image_size",
              f"{self.model} needs at least {minimum} pixels", self.image_size)
     object.__setattr__(self, "head", tuple(self.head))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from kerasft.backbones import Backbone
+from kerasft.backbones import Backbone, default_name
 
 _IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 _IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
@@ -65,7 +65,11 @@ def build_classifier(backbone: Backbone, num_classes: int, head: tuple[int, ...]
   size = backbone.image_size
   inputs = keras.Input((size, size, 3), dtype="float32", name="images")
   x = Preprocess(backbone.preprocess, name="preprocess")(inputs)
-  x = backbone.model(x) if bn_mode == "train" else backbone.model(x, training=False)
+  if bn_mode == "train":
+    x = backbone.model(x)
+  else:
+    _pin_inference_mode(backbone.model)
+    x = backbone.model(x, training=False)
   for i, units in enumerate(head):
     if dropout:
       x = keras.layers.Dropout(dropout, name=f"head_dropout_{i}")(x)
@@ -74,7 +78,19 @@ def build_classifier(backbone: Backbone, num_classes: int, head: tuple[int, ...]
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
   outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                name="probabilities")(x)
-  return keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
+  return keras.Model(inputs, outputs, name=f"{default_name(backbone.name)}_classifier")
+
+
+def _pin_inference_mode(layer: keras.layers.Layer) -> None:
+  """Makes `layer(x, training=False)` in a functional model stay in inference mode.
+
+  Keras 3 functional models pass their own `training` flag to every layer that accepts
+  one, overriding the `training=False` a node was built with; BatchNorm layers that are
+  trainable (bn_mode "affine") would then update their statistics during `fit`. A layer
+  whose `_call_context_args` lacks "training" keeps the node's own value. A model
+  reloaded from a .keras file does not keep this; it is only needed for training.
+  """
+  layer._call_context_args = set(layer._call_context_args) - {"training"}  # pylint: disable=protected-access
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

@@ -37,7 +37,7 @@ def load(handle: str, flag: str = "model"):
 
 
 def _sanitize(name: str) -> str:
-  return re.sub(r"[^A-Za-z0-9_./-]", "_", name.split(":")[0])
+  return re.sub(r"[^A-Za-z0-9_.-]", "_", name.split(":")[0])
 
 
 def _pick_function(module, signature: str | None, flag: str = "signature"):

@@ -68,3 +68,89 @@ def test_fine_tune_changes_exactly_the_unfrozen_layers_and_no_batchnorm(color_di
         np.testing.assert_array_equal(before[w.path], after[w.path], err_msg=w.path)
 
 
+
+
+def _bn_weights(backbone, block_names):
+  found = dict(backbones.blocks(backbone.model))
+  return {w.path: w.numpy().copy() for name in block_names for layer in found[name]
+          if isinstance(layer, keras.layers.BatchNormalization) for w in layer.weights}
+
+
+@pytest.mark.parametrize("bn_mode, changes", [
+    ("frozen", set()), ("affine", {"gamma", "beta"}),
+    ("train", {"gamma", "beta", "moving_mean", "moving_variance"})])
+def test_bn_mode(color_dir, tmp_path, bn_mode, changes):
+  keras.utils.set_random_seed(0)
+  dataset = data.load(color_dir, "", 0.25, 64, batch_size=8, seed=0)
+  backbone = backbones.build("mobilenet", "imagenet", 64)
+  model = heads.build_classifier(backbone, 3, dropout=0.0, bn_mode=bn_mode)
+  before = _bn_weights(backbone, ["12", "13"])
+  run_config = config.RunConfig(
+      model=config.ModelConfig(unfreeze_blocks=2, bn_mode=bn_mode, image_size=64),
+      training=config.TrainingConfig(epochs=1, fine_tune_epochs=1, cache_features="off",
+                                     fine_tune_learning_rate=0.01),
+      model_dir=str(tmp_path)).resolved()
+  fit.run(run_config, model, dataset, restore_best=False, verbose=0)
+  after = _bn_weights(backbone, ["12", "13"])
+  changed = {path.split("/")[-1] for path in before
+             if not np.array_equal(before[path], after[path])}
+  assert changed == changes
+
+
+def test_layer_lr_decay_scales_each_blocks_update(color_dir):
+  x, y = next(iter(data.load(color_dir, "", 0.25, 64, batch_size=16, seed=0).train))
+
+  def one_step(decay):
+    keras.utils.set_random_seed(0)
+    backbone = backbones.build("mobilenet", "imagenet", 64)
+    model = heads.build_classifier(backbone, 3, dropout=0.0)
+    backbones.unfreeze(backbone.model, n_blocks=3)
+    before = {w.path: w.numpy().copy() for w in model.trainable_weights}
+    fit.compile_model(model, fit.make_optimizer(
+        "sgd", 0.01, lr_multipliers=fit.layer_lr_multipliers(model, decay)))
+    model.train_on_batch(x, y)
+    return {p: np.abs(w.numpy() - before[p]).sum()
+            for p, w in ((w.path, w) for w in model.trainable_weights)}
+
+  flat, decayed = one_step(1.0), one_step(0.5)
+  ratios = {p: decayed[p] / flat[p] for p in flat if flat[p] > 0}
+  for path, ratio in ratios.items():
+    block = path.split("/")[0].split("_")[-1] if path.startswith("conv_") else "head"
+    expected = {"head": 1.0, "13": 0.5, "12": 0.25, "11": 0.125}
+    key = "head" if path.startswith("probabilities") else \
+        [b for b in ("13", "12", "11") if f"_{b}/" in path or f"_{b}_" in path][0]
+    assert ratio == pytest.approx(expected[key], rel=1e-3), (path, block, ratio)
+  assert any("_11" in p for p in ratios) and any(p.startswith("probabilities") for p in ratios)
+
+
+def test_gradual_unfreeze_adds_blocks_each_epoch(color_dir, tmp_path):
+  dataset, backbone, model = _setup(color_dir)
+  before = _weights(backbone.model)
+  run_config = config.RunConfig(
+      model=config.ModelConfig(gradual_unfreeze=1, image_size=64),
+      training=config.TrainingConfig(epochs=1, fine_tune_epochs=2, cache_features="off",
+                                     fine_tune_learning_rate=0.01, lr_schedule="cosine",
+                                     warmup_epochs=0.5),
+      model_dir=str(tmp_path)).resolved()
+  history = fit.run(run_config, model, dataset, restore_best=False, verbose=0)
+  assert history["phase"] == ["head", "fine_tune", "fine_tune"]
+  after = _weights(backbone.model)
+  changed = {p.split("/")[0] for p in before if not np.array_equal(before[p], after[p])}
+  assert changed == {"conv_dw_13", "conv_pw_13", "conv_dw_12", "conv_pw_12"}
+
+
+def test_schedules_and_weight_decay():
+  cosine = fit.learning_rate(0.1, "cosine", warmup_steps=10, total_steps=110)
+  assert float(cosine(0)) < 0.02 and float(cosine(10)) == pytest.approx(0.1)
+  assert float(cosine(60)) == pytest.approx(0.05, rel=1e-3) and float(cosine(110)) < 1e-6
+  warm = fit.learning_rate(0.1, "constant", warmup_steps=4, total_steps=40)
+  assert [round(float(warm(s)), 4) for s in (0, 1, 3, 20)] == [0.025, 0.05, 0.1, 0.1]
+  assert fit.learning_rate(0.1, "constant", 0, 40) == 0.1
+  # L2 for sgd: a zero loss gradient still moves kernels by lr * 2 * wd * w, not biases.
+  kernel, bias = keras.Variable(np.ones((2, 2), "float32")), keras.Variable(np.ones(2, "float32"))
+  optimizer = fit.make_optimizer("sgd", 0.1, weight_decay=0.5)
+  optimizer.apply([np.zeros((2, 2), "float32"), np.zeros(2, "float32")], [kernel, bias])
+  np.testing.assert_allclose(kernel.numpy(), 1 - 0.1 * 2 * 0.5)
+  np.testing.assert_array_equal(bias.numpy(), 1.0)
+  assert fit.make_optimizer("adamw", 0.1, weight_decay=0.01).weight_decay == 0.01
+  assert fit.make_optimizer("adamw", 0.1).weight_decay == 0.004
