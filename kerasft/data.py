@@ -222,10 +222,10 @@ def expand_inputs(patterns: list[str]) -> list[str]:
 
 
 def make_pipeline(files: ImageFiles, image_size: int, batch_size: int, shuffle: bool = False,
-                  seed: int = 0):
+                  seed: int = 0, cache: bool = True):
   """A tf.data pipeline of (float32 pixels [B, S, S, 3], one-hot float32 labels [B, C]).
 
-  Decodes in parallel, caches decoded images in memory when they fit
+  Decodes in parallel, caches decoded images in memory when `cache` and they fit
   (`MEMORY_CACHE_BYTES`), reshuffles every epoch when `shuffle`, batches and prefetches.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -236,7 +236,7 @@ def make_pipeline(files: ImageFiles, image_size: int, batch_size: int, shuffle: 
   ds = ds.map(lambda path, label: (decode_and_resize(tf.io.read_file(path), image_size),
                                    tf.one_hot(label, num_classes)),
               num_parallel_calls=tf.data.AUTOTUNE)
-  if len(files.paths) * image_size * image_size * 3 * 4 <= MEMORY_CACHE_BYTES:
+  if cache and len(files.paths) * image_size * image_size * 3 * 4 <= MEMORY_CACHE_BYTES:
     ds = ds.cache()
   if shuffle:
     ds = ds.shuffle(len(files.paths), seed=seed, reshuffle_each_iteration=True)

@@ -13,6 +13,7 @@ import os
 import time
 
 import keras
+import numpy as np
 from absl import logging
 
 from kerasft import backbones, features
@@ -75,31 +76,40 @@ def make_optimizer(name: str, learning_rate, weight_decay: float | None = None,
   return _TUNED[name](learning_rate, lr_multipliers=lr_multipliers, l2=l2, **kwargs)
 
 
-def learning_rate(peak: float, schedule: str, warmup_steps: int, total_steps: int):
-  """A constant rate or cosine decay to 0 over a phase, after a linear warmup from 0."""
+def learning_rate(peak: float, schedule: str, warmup_steps: int, total_steps: int,
+                  offset: int = 0):
+  """A constant rate or cosine decay to 0 over a phase, after a linear warmup from 0.
+
+  offset: steps of the phase already done (gradual unfreezing recompiles every epoch).
+  """
   if schedule == "constant" and not warmup_steps:
     return peak
-  decay = max(total_steps - warmup_steps, 1)
-  if schedule == "cosine":
-    return keras.optimizers.schedules.CosineDecay(
-        0.0 if warmup_steps else peak, decay, warmup_target=peak if warmup_steps else None,
-        warmup_steps=warmup_steps)
-  return _Warmup(peak, warmup_steps)
+  return _PhaseSchedule(peak, schedule, warmup_steps, total_steps, offset)
 
 
 @keras.saving.register_keras_serializable(package="kerasft")
-class _Warmup(keras.optimizers.schedules.LearningRateSchedule):
-  """Linear warmup from 0 to `peak` over `warmup_steps`, then constant."""
+class _PhaseSchedule(keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warmup from 0 to `peak`, then constant or cosine decay to 0 at `total_steps`."""
 
-  def __init__(self, peak: float, warmup_steps: int):
-    self.peak, self.warmup_steps = peak, warmup_steps
+  def __init__(self, peak: float, schedule: str, warmup_steps: int, total_steps: int,
+               offset: int = 0):
+    self.peak, self.schedule, self.offset = peak, schedule, offset
+    self.warmup_steps, self.total_steps = warmup_steps, total_steps
 
   def __call__(self, step):
-    step = keras.ops.cast(step, "float32")
-    return self.peak * keras.ops.minimum(1.0, (step + 1.0) / float(self.warmup_steps))
+    ops = keras.ops
+    step = ops.cast(step, "float32") + float(self.offset)
+    warm = ops.minimum(1.0, (step + 1.0) / float(max(self.warmup_steps, 1)))
+    if self.schedule == "constant":
+      return self.peak * warm
+    done = ops.clip((step - self.warmup_steps) / float(max(self.total_steps - self.warmup_steps,
+                                                            1)), 0.0, 1.0)
+    cosine = 0.5 * (1.0 + ops.cos(np.pi * done))
+    return self.peak * ops.where(step < self.warmup_steps, warm, cosine)
 
   def get_config(self):
-    return {"peak": self.peak, "warmup_steps": self.warmup_steps}
+    return {"peak": self.peak, "schedule": self.schedule, "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps, "offset": self.offset}
 
 
 def layer_lr_multipliers(model: keras.Model, decay: float) -> dict:
@@ -113,24 +123,52 @@ def layer_lr_multipliers(model: keras.Model, decay: float) -> dict:
 
 
 def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                  label_smoothing: float = 0.0) -> None:
+                  label_smoothing: float = 0.0, steps_per_execution: int = 1) -> None:
   """Compiles for one-hot labels with categorical cross-entropy and accuracy."""
   model.compile(
       optimizer=optimizer,
       loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+      steps_per_execution=steps_per_execution,
       jit_compile=False)  # XLA made MobileNet-style models 7-12x slower on CPU here.
 
 
-class _Checkpoint(keras.callbacks.ModelCheckpoint):
-  """Saves `full_model` whatever model is being fit (the head alone on cached features)."""
+class _BestCheckpoint(keras.callbacks.Callback):
+  """Keeps the best epoch of `model` by validation accuracy, whatever model is being fit
+  (the head alone on cached features): its weights in memory at once, and `path` (a
+  .keras file) at the end of every fit and at most every `interval` seconds in between.
+  One instance serves both phases, so its best spans them."""
 
-  def __init__(self, full_model: keras.Model, *args, **kwargs):
-    super().__init__(*args, **kwargs)
-    self._full_model = full_model
+  def __init__(self, model: keras.Model, path: str, interval: float = 60.0):
+    super().__init__()
+    self._full, self._path, self._interval = model, path, interval
+    self.best, self._weights, self._dirty = -np.inf, None, False
+    self._written = time.monotonic()
 
-  def set_model(self, model):
-    super().set_model(self._full_model)
+  def on_epoch_end(self, epoch, logs=None):
+    value = (logs or {}).get("val_accuracy")
+    if value is not None and value > self.best:
+      self.best, self._weights, self._dirty = value, self._full.get_weights(), True
+      if time.monotonic() - self._written > self._interval:
+        self._write()
+
+  def on_train_end(self, logs=None):
+    if self._dirty:
+      self._write()
+
+  def _write(self):
+    current = self._full.get_weights()
+    self._full.set_weights(self._weights)
+    self._full.save(self._path)
+    self._full.set_weights(current)
+    self._dirty, self._written = False, time.monotonic()
+
+  def restore(self) -> bool:
+    """Gives the model the best epoch's weights; False when there was no best epoch."""
+    if self._weights is None:
+      return False
+    self._full.set_weights(self._weights)
+    return True
 
 
 class _EpochSeconds(keras.callbacks.Callback):
@@ -156,17 +194,15 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, restore_best: b
   """
   training, model_dir = config.training, config.model_dir
   best_path = os.path.join(model_dir, BEST_CHECKPOINT)
-  checkpoint = _Checkpoint(model, best_path, monitor="val_accuracy", mode="max",
-                           save_best_only=True)
-  # One checkpoint callback for both phases, so that its best spans them.
+  checkpoint = _BestCheckpoint(model, best_path)
   callbacks = [_EpochSeconds(), checkpoint,
                keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"))]
   backbone = backbone_of(model)
   steps = -(-len(dataset.train_files.paths) // config.data.batch_size)
 
-  def optimizer(peak, epochs, multipliers=None):
+  def optimizer(peak, epochs, multipliers=None, done_epochs=0):
     rate = learning_rate(peak, training.lr_schedule, round(training.warmup_epochs * steps),
-                         epochs * steps)
+                         epochs * steps, done_epochs * steps)
     return make_optimizer(training.optimizer, rate, training.weight_decay, multipliers)
 
   def fit(trained, train_data, val_data, first, last):
@@ -186,8 +222,9 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, restore_best: b
           training.feature_cache_dir or os.path.join(model_dir, "feature_cache"),
           training.feature_cache_dtype, verbose)
       trained, train_data, val_data = features.head_model(model), cached.train, cached.val
+  # On cached features a step is one small matmul: run a whole epoch per execution.
   compile_model(trained, optimizer(training.learning_rate, training.epochs),
-                training.label_smoothing)
+                training.label_smoothing, steps if trained is not model else 1)
   logging.info("phase head: %d epochs, %d trainable weights, learning rate %g%s",
                training.epochs, len(trained.trainable_weights), training.learning_rate,
                ", on cached features" if trained is not model else "")
@@ -207,8 +244,9 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, restore_best: b
       names = backbones.unfreeze(backbone, top=m.unfreeze_top,
                                  n_blocks=min(n_blocks, total_blocks),
                                  from_layer=m.unfreeze_from, bn_mode=m.bn_mode)
-      compile_model(model, optimizer(training.fine_tune_learning_rate, last - first,
-                                     multipliers), training.label_smoothing)
+      compile_model(model, optimizer(training.fine_tune_learning_rate,
+                                     training.fine_tune_epochs, multipliers, first),
+                    training.label_smoothing)
       logging.info("phase fine_tune: epochs %d-%d, %d layers unfrozen (top: %s), learning "
                    "rate %g%s", training.epochs + first + 1, training.epochs + last,
                    len(names), ", ".join(names[-3:]), training.fine_tune_learning_rate,
@@ -216,9 +254,8 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, restore_best: b
       history = _merge(history, fit(model, dataset.train, dataset.val, training.epochs + first,
                                     training.epochs + last), "fine_tune")
 
-  if restore_best and os.path.exists(best_path):
-    model.load_weights(best_path)
-    logging.info("restored the best epoch (val_accuracy %.4f) from %s", checkpoint.best,
+  if restore_best and checkpoint.restore():
+    logging.info("restored the best epoch (val_accuracy %.4f), saved as %s", checkpoint.best,
                  best_path)
   with open(os.path.join(model_dir, "history.json"), "w") as f:
     json.dump(history, f, indent=2)
