@@ -22,6 +22,9 @@ from kerasft.errors import UsageError
 OPTIMIZERS = ("adam", "sgd", "adamw")
 BN_MODES = ("frozen", "affine", "train")
 LR_SCHEDULES = ("constant", "cosine")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu", "parameter_server")
+MIXED_PRECISION = ("auto", "off", "mixed_float16", "mixed_bfloat16")
+ON_OFF_AUTO = ("auto", "on", "off")
 CACHE_MODES = ("auto", "on", "off")
 
 
@@ -127,6 +130,16 @@ class TrainingConfig:
   warmup_epochs: float = 0.0  # linear warmup at the start of each phase
   weight_decay: Optional[float] = None  # None: adamw's default 0.004, else 0; L2 for adam/sgd
   layer_lr_decay: float = 1.0  # each backbone block's rate: this factor per block below top
+  early_stopping_patience: int = 0  # epochs without a better val_accuracy; 0: off
+  reduce_lr_patience: int = 0  # epochs without a lower val_loss before halving the rate; 0: off
+  deterministic: bool = False  # seeds plus tf.config.experimental.enable_op_determinism()
+  # Distribution and speed (see kerasft/fit.py)
+  strategy: str = "auto"  # auto: mirrored with more than one GPU, else the default
+  cpu_replicas: int = 0  # split the CPU into N logical devices (for mirrored without GPUs)
+  cluster_resolver: str = "tf_config"  # multi_worker: tf_config | slurm
+  mixed_precision: str = "auto"  # auto: mixed_bfloat16 on GPUs that support it, else off
+  jit_compile: str = "auto"  # auto: off on CPU (XLA was 7-12x slower here), on with GPUs
+  steps_per_execution: int = 1
   cache_features: str = "auto"  # auto: cache the frozen backbone's features in the head phase
   feature_cache_memory: int = 0  # MiB of features kept in memory; 0: a quarter of the RAM
   feature_cache_dir: str = ""  # "": <model_dir>/feature_cache
@@ -152,6 +165,21 @@ class TrainingConfig:
              "weight_decay", "must be in [0, 1)", self.weight_decay)
     _check(isinstance(self.layer_lr_decay, (int, float)) and 0 < self.layer_lr_decay <= 1,
            "layer_lr_decay", "must be in (0, 1]", self.layer_lr_decay)
+    _non_negative_int(self.early_stopping_patience, "early_stopping_patience")
+    _non_negative_int(self.reduce_lr_patience, "reduce_lr_patience")
+    if self.reduce_lr_patience and self.lr_schedule != "constant":
+      raise UsageError("--reduce_lr_patience: cannot change the rate of --lr_schedule="
+                       f"{self.lr_schedule}; use one of them")
+    _check(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}",
+           self.strategy)
+    _non_negative_int(self.cpu_replicas, "cpu_replicas")
+    _check(self.cluster_resolver in ("tf_config", "slurm"), "cluster_resolver",
+           "must be tf_config or slurm", self.cluster_resolver)
+    _check(self.mixed_precision in MIXED_PRECISION, "mixed_precision",
+           f"must be one of {', '.join(MIXED_PRECISION)}", self.mixed_precision)
+    _check(self.jit_compile in ON_OFF_AUTO, "jit_compile", "must be auto, on or off",
+           self.jit_compile)
+    _positive_int(self.steps_per_execution, "steps_per_execution")
     _check(self.cache_features in CACHE_MODES, "cache_features",
            f"must be one of {', '.join(CACHE_MODES)}", self.cache_features)
     _non_negative_int(self.feature_cache_memory, "feature_cache_memory")

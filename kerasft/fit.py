@@ -123,14 +123,15 @@ def layer_lr_multipliers(model: keras.Model, decay: float) -> dict:
 
 
 def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                  label_smoothing: float = 0.0, steps_per_execution: int = 1) -> None:
+                  label_smoothing: float = 0.0, steps_per_execution: int = 1,
+                  jit_compile: bool = False) -> None:
   """Compiles for one-hot labels with categorical cross-entropy and accuracy."""
   model.compile(
       optimizer=optimizer,
       loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
       steps_per_execution=steps_per_execution,
-      jit_compile=False)  # XLA made MobileNet-style models 7-12x slower on CPU here.
+      jit_compile=jit_compile)  # XLA made MobileNet-style models 7-12x slower on CPU here.
 
 
 class _BestCheckpoint(keras.callbacks.Callback):
@@ -163,6 +164,13 @@ class _BestCheckpoint(keras.callbacks.Callback):
     self._full.set_weights(current)
     self._dirty, self._written = False, time.monotonic()
 
+  def resume(self, best: float) -> None:
+    """Continues from a previous process's best epoch (its value and `path`)."""
+    current = self._full.get_weights()
+    self._full.load_weights(self._path)
+    self.best, self._weights = best, self._full.get_weights()
+    self._full.set_weights(current)
+
   def restore(self) -> bool:
     """Gives the model the best epoch's weights; False when there was no best epoch."""
     if self._weights is None:
@@ -171,99 +179,176 @@ class _BestCheckpoint(keras.callbacks.Callback):
     return True
 
 
-class _EpochSeconds(keras.callbacks.Callback):
-  """Adds each epoch's wall time to its logs (and so to the history and TensorBoard)."""
+class _EpochLog(keras.callbacks.Callback):
+  """Adds wall time, learning rate and phase to each epoch's logs (and so to TensorBoard)
+  and appends them to `path` (JSON Lines), which the history is rebuilt from on resume."""
+
+  def __init__(self, path: str | None, phase: str):
+    super().__init__()
+    self._path, self._phase = path, phase
 
   def on_epoch_begin(self, epoch, logs=None):
     self._start = time.perf_counter()
 
   def on_epoch_end(self, epoch, logs=None):
-    if logs is not None:
-      logs["epoch_seconds"] = time.perf_counter() - self._start
+    if logs is None:
+      return
+    logs["epoch_seconds"] = time.perf_counter() - self._start
+    rate = self.model.optimizer.learning_rate
+    logs["learning_rate"] = float(keras.ops.convert_to_numpy(rate))
+    logs["phase"] = float(PHASES.index(self._phase))
+    if self._path:
+      with open(self._path, "a") as f:
+        f.write(json.dumps({"epoch": epoch, **{k: float(v) for k, v in logs.items()}}) + "\n")
 
 
-def run(config: RunConfig, model: keras.Model, dataset: Dataset, restore_best: bool = True,
-        verbose: int | str = "auto") -> dict:
+PHASES = ("head", "fine_tune")
+STATE = "fit_state.json"  # which segments of training are done, for resuming
+EPOCH_LOG = "epochs.jsonl"
+RESUME_WEIGHTS = "resume.weights.h5"
+
+
+def _segments(config: RunConfig, total_blocks: int) -> list[tuple[str, int, int, int]]:
+  """(phase, first epoch, last epoch, blocks to unfreeze) of each fit call, in order."""
+  t, m = config.training, config.model
+  out = [("head", 0, t.epochs, 0)]
+  if m.gradual_unfreeze:
+    out += [("fine_tune", t.epochs + e, t.epochs + e + 1,
+             min((e + 1) * m.gradual_unfreeze, total_blocks)) for e in range(t.fine_tune_epochs)]
+  elif t.fine_tune_epochs:
+    out.append(("fine_tune", t.epochs, t.epochs + t.fine_tune_epochs, m.unfreeze_blocks))
+  return out
+
+
+def _read_json(path: str, default):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return default
+
+
+def history_from_log(path: str) -> dict:
+  """The per-epoch history (metrics and phase names) from an epoch log, last entry wins."""
+  by_epoch = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        entry = json.loads(line)
+        by_epoch[entry.pop("epoch")] = entry
+  history: dict = {}
+  for epoch in sorted(by_epoch):
+    for k, v in by_epoch[epoch].items():
+      history.setdefault(k, []).append(PHASES[int(v)] if k == "phase" else v)
+  return history
+
+
+def run(config: RunConfig, model: keras.Model, dataset: Dataset, runtime=None,
+        restore_best: bool = True, verbose: int | str = "auto", work_dir: str = "") -> dict:
   """Trains `model` as `config` (resolved) says and returns the history of both phases.
 
   The history maps each metric to one value per epoch, plus "phase" ("head" or
-  "fine_tune") per epoch. Writes TensorBoard logs to `model_dir/logs` and the best
-  checkpoint to `model_dir/best.keras`, whose weights the model ends with when
-  `restore_best` (else it keeps the last epoch's). With `--cache_features` the head phase
-  trains the head on backbone features computed once (`kerasft.features`).
+  "fine_tune"). The chief writes TensorBoard logs to `model_dir/logs` and the best epoch
+  (by validation accuracy) to `model_dir/best.keras`; the model ends with its weights when
+  `restore_best`. With `--cache_features` the head phase trains the head on backbone
+  features computed once (`kerasft.features`).
+
+  Resuming: every epoch is backed up (`keras.callbacks.BackupAndRestore`) and every
+  finished segment recorded in `model_dir/fit_state.json`, so calling `run` again after a
+  kill skips finished phases and continues the unfinished one from its last epoch.
+  runtime: a `kerasft.distribute.Runtime` (default: this process's default strategy).
+  work_dir: where a non-chief worker writes (default: model_dir).
   """
+  from kerasft import distribute  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  if runtime is None:
+    runtime = distribute.Runtime(tf.distribute.get_strategy(), True, 0, False, "float32")
   training, model_dir = config.training, config.model_dir
-  best_path = os.path.join(model_dir, BEST_CHECKPOINT)
+  out_dir = model_dir if runtime.is_chief else (work_dir or model_dir)
+  best_path = os.path.join(out_dir, BEST_CHECKPOINT)
+  state_path, log_path = os.path.join(model_dir, STATE), os.path.join(out_dir, EPOCH_LOG)
+  state = _read_json(state_path, {"segments_done": 0})
   checkpoint = _BestCheckpoint(model, best_path)
-  callbacks = [_EpochSeconds(), checkpoint,
-               keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"))]
+  if state.get("best") is not None and os.path.exists(best_path):
+    checkpoint.resume(state["best"])
   backbone = backbone_of(model)
   steps = -(-len(dataset.train_files.paths) // config.data.batch_size)
+  total_blocks = len(backbones.blocks(backbone))
+  segments = _segments(config, total_blocks)
+  multipliers = layer_lr_multipliers(model, training.layer_lr_decay)
+  done = state["segments_done"]
+  if done:
+    model.load_weights(os.path.join(model_dir, RESUME_WEIGHTS))
+    logging.info("resuming %s: %d of %d training segments done", model_dir, done,
+                 len(segments))
+  m = config.model
 
-  def optimizer(peak, epochs, multipliers=None, done_epochs=0):
-    rate = learning_rate(peak, training.lr_schedule, round(training.warmup_epochs * steps),
-                         epochs * steps, done_epochs * steps)
-    return make_optimizer(training.optimizer, rate, training.weight_decay, multipliers)
-
-  def fit(trained, train_data, val_data, first, last):
-    return trained.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=last,
-                       callbacks=callbacks, shuffle=False, verbose=verbose).history
-
-  backbones.freeze(backbone)
-  trained, train_data, val_data = model, dataset.train, dataset.val
-  if training.cache_features != "off":
-    reason = features.refusal(model)
-    if reason:
-      logging.warning("feature cache off for the head phase: %s", reason)
-    else:
-      cached = features.build(
-          model, dataset, config.model.image_size, config.data.batch_size, training.seed,
-          training.feature_cache_memory * 2**20 or features.default_memory_budget(),
-          training.feature_cache_dir or os.path.join(model_dir, "feature_cache"),
-          training.feature_cache_dtype, verbose)
-      trained, train_data, val_data = features.head_model(model), cached.train, cached.val
-  # On cached features a step is one small matmul: run a whole epoch per execution.
-  compile_model(trained, optimizer(training.learning_rate, training.epochs),
-                training.label_smoothing, steps if trained is not model else 1)
-  logging.info("phase head: %d epochs, %d trainable weights, learning rate %g%s",
-               training.epochs, len(trained.trainable_weights), training.learning_rate,
-               ", on cached features" if trained is not model else "")
-  history = _merge({}, fit(trained, train_data, val_data, 0, training.epochs), "head")
-
-  if training.fine_tune_epochs:
-    m = config.model
-    if training.cache_features != "off":
-      logging.info("phase fine_tune: feature cache off: the backbone trains")
-    multipliers = layer_lr_multipliers(model, training.layer_lr_decay)
-    # Gradual unfreezing adds blocks every epoch and so recompiles every epoch.
-    stages = ([(e, e + 1, (e + 1) * m.gradual_unfreeze)
-               for e in range(training.fine_tune_epochs)] if m.gradual_unfreeze
-              else [(0, training.fine_tune_epochs, m.unfreeze_blocks)])
-    total_blocks = len(backbones.blocks(backbone))
-    for first, last, n_blocks in stages:
-      names = backbones.unfreeze(backbone, top=m.unfreeze_top,
-                                 n_blocks=min(n_blocks, total_blocks),
-                                 from_layer=m.unfreeze_from, bn_mode=m.bn_mode)
-      compile_model(model, optimizer(training.fine_tune_learning_rate,
-                                     training.fine_tune_epochs, multipliers, first),
-                    training.label_smoothing)
-      logging.info("phase fine_tune: epochs %d-%d, %d layers unfrozen (top: %s), learning "
-                   "rate %g%s", training.epochs + first + 1, training.epochs + last,
-                   len(names), ", ".join(names[-3:]), training.fine_tune_learning_rate,
-                   f", layer decay {training.layer_lr_decay}" if multipliers else "")
-      history = _merge(history, fit(model, dataset.train, dataset.val, training.epochs + first,
-                                    training.epochs + last), "fine_tune")
+  for index, (phase, first, last, n_blocks) in enumerate(segments):
+    if index < done:
+      continue
+    trained, train_data, val_data = model, dataset.train, dataset.val
+    peak, phase_epochs, offset, spe = (training.learning_rate, training.epochs, 0,
+                                       training.steps_per_execution)
+    with runtime.strategy.scope():
+      if phase == "head":
+        backbones.freeze(backbone)
+        reason = features.refusal(model) if training.cache_features != "off" else None
+        if reason:
+          logging.warning("feature cache off for the head phase: %s", reason)
+        elif training.cache_features != "off":
+          cached = features.build(
+              model, dataset, config.model.image_size, config.data.batch_size, training.seed,
+              training.feature_cache_memory * 2**20 or features.default_memory_budget(),
+              training.feature_cache_dir or os.path.join(out_dir, "feature_cache"),
+              training.feature_cache_dtype, verbose)
+          trained, train_data, val_data = features.head_model(model), cached.train, cached.val
+          if runtime.strategy.num_replicas_in_sync == 1:  # Keras fails on >1 replicas here
+            spe = steps  # a step is one small matmul: run a whole epoch per execution
+      else:
+        names = backbones.unfreeze(backbone, top=m.unfreeze_top, n_blocks=n_blocks,
+                                   from_layer=m.unfreeze_from, bn_mode=m.bn_mode)
+        peak, phase_epochs = training.fine_tune_learning_rate, training.fine_tune_epochs
+        offset = first - training.epochs
+        logging.info("phase fine_tune: %d layers unfrozen (top: %s)%s%s", len(names),
+                     ", ".join(names[-3:]),
+                     f", layer decay {training.layer_lr_decay}" if multipliers else "",
+                     "; feature cache off: the backbone trains"
+                     if training.cache_features != "off" else "")
+      rate = learning_rate(peak, training.lr_schedule, round(training.warmup_epochs * steps),
+                           phase_epochs * steps, offset * steps)
+      compile_model(trained, make_optimizer(training.optimizer, rate, training.weight_decay,
+                                            multipliers if phase == "fine_tune" else None),
+                    training.label_smoothing, spe, runtime.jit_compile)
+    logging.info("phase %s: epochs %d-%d, %d trainable weights, learning rate %g%s", phase,
+                 first + 1, last, len(trained.trainable_weights), peak,
+                 ", on cached features" if trained is not model else "")
+    backup = os.path.join(model_dir, "backup", f"segment_{index}",
+                          "chief" if runtime.is_chief else f"worker_{runtime.worker_id}")
+    callbacks = [_EpochLog(log_path, phase), checkpoint,
+                 keras.callbacks.BackupAndRestore(backup)]
+    if runtime.is_chief:
+      callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, "logs")))
+    if training.early_stopping_patience:
+      callbacks.append(keras.callbacks.EarlyStopping(
+          "val_accuracy", patience=training.early_stopping_patience, mode="max"))
+    if training.reduce_lr_patience:
+      callbacks.append(keras.callbacks.ReduceLROnPlateau(
+          "val_loss", factor=0.5, patience=training.reduce_lr_patience))
+    trained.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=last,
+                callbacks=callbacks, shuffle=False, verbose=verbose)
+    trained._initial_epoch = None  # pylint: disable=protected-access  # set by BackupAndRestore
+    if runtime.is_chief:
+      model.save_weights(os.path.join(model_dir, RESUME_WEIGHTS))
+      state = {"segments_done": index + 1, "best": float(checkpoint.best)}
+      with open(state_path + ".tmp", "w") as f:
+        json.dump(state, f)
+      os.replace(state_path + ".tmp", state_path)
 
   if restore_best and checkpoint.restore():
     logging.info("restored the best epoch (val_accuracy %.4f), saved as %s", checkpoint.best,
                  best_path)
-  with open(os.path.join(model_dir, "history.json"), "w") as f:
+  history = history_from_log(log_path)
+  with open(os.path.join(out_dir, "history.json"), "w") as f:
     json.dump(history, f, indent=2)
   return history
-
-
-def _merge(history: dict, new: dict, phase: str) -> dict:
-  n = len(next(iter(new.values()))) if new else 0
-  merged = {k: list(history.get(k, [])) + [float(x) for x in v] for k, v in new.items()}
-  merged["phase"] = list(history.get("phase", [])) + [phase] * n
-  return merged

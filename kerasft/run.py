@@ -12,12 +12,14 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 import time
 
 import keras
+import numpy as np
 from absl import logging
 
-from kerasft import backbones, data, fit, heads, reports, serving
+from kerasft import backbones, data, distribute, fit, heads, reports, serving
 from kerasft.config import RunConfig
 from kerasft.errors import UsageError
 
@@ -102,8 +104,6 @@ def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None
   largest probability difference from the SavedModel on sample images) and
   "tflite_top1_agreement" (the share of those images whose top-1 class is the same).
   """
-  import tempfile  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
 
   is_checkpoint = os.path.isfile(run_or_checkpoint)
   run_dir = os.path.dirname(run_or_checkpoint) if is_checkpoint else run_or_checkpoint
@@ -140,7 +140,6 @@ def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None
 
 def sample_images(config: RunConfig, n: int):
   """Up to `n` validation images of the run as float32 [n, S, S, 3], else random pixels."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
 
   size = config.model.image_size
   try:
@@ -162,12 +161,25 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto") -> TrainRes
 
   Writes `config.json`, `history.json`, `metrics.json`, PNG plots, TensorBoard logs and
   `best.keras` into `config.model_dir` and the next SavedModel version into
-  `config.export_dir`. Raises `UsageError` for mistakes in the config or the data.
+  `config.export_dir`. Running it again on a `model_dir` whose run was interrupted resumes
+  that run. Under multi-worker training only the chief writes these; other workers work in
+  a temporary folder that is removed, and get `export_path=""`. Raises `UsageError` for
+  mistakes in the config or the data.
   """
   config = config.resolved()
   if is_finished(config.model_dir) and not config.overwrite:
     raise UsageError(f"--model_dir: {config.model_dir} already holds a finished run; pass "
                      "--overwrite to replace it or --name/--model_dir for a new run")
+  runtime = distribute.setup(config.training, config.data.batch_size)
+  policy = keras.mixed_precision.global_policy().name
+  try:
+    with tempfile.TemporaryDirectory(prefix="kerasft-worker-") as scratch:
+      return _train(config, runtime, verbose, scratch)
+  finally:
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
   data_dir = config.data.data_dir
   if not data_dir:
     data_dir = builtin_data_dir()
@@ -182,7 +194,7 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto") -> TrainRes
     logging.info("phase data: indexing %s", data_dir)
     train_files, val_files = data.index(data_dir, config.data.val_dir,
                                         config.data.validation_split, config.training.seed)
-  with _phase(seconds, "model"):
+  with _phase(seconds, "model"), runtime.strategy.scope():
     m = config.model
     logging.info("phase model: %s (weights %s)", m.model, m.weights)
     backbone = backbones.build(m.model, m.weights, size, m.signature, m.output_key,
@@ -198,20 +210,33 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto") -> TrainRes
   dataset = data.pipelines(train_files, val_files, size, config.data.batch_size,
                            config.training.seed)
 
-  if os.path.isdir(config.model_dir) and config.overwrite:
+  out_dir = config.model_dir if runtime.is_chief else scratch
+  config_path = os.path.join(config.model_dir, CONFIG_FILE)
+  if os.path.isdir(config.model_dir) and config.overwrite and runtime.is_chief:
     shutil.rmtree(config.model_dir)
-  os.makedirs(config.model_dir, exist_ok=True)
-  config.to_json(os.path.join(config.model_dir, CONFIG_FILE))
-  with open(os.path.join(config.model_dir, LABELS_FILE), "w") as f:
-    f.write("".join(f"{name}\n" for name in dataset.class_names))
+  elif os.path.exists(config_path) and not config.overwrite:
+    previous = RunConfig.from_json(config_path)
+    if dataclasses.replace(previous, overwrite=False) != dataclasses.replace(config,
+                                                                             overwrite=False):
+      raise UsageError(f"--model_dir: {config.model_dir} holds an unfinished run with other "
+                       "settings; run the same command to resume it, or pass --overwrite")
+    logging.info("resuming the unfinished run in %s", config.model_dir)
+  if runtime.is_chief:
+    os.makedirs(config.model_dir, exist_ok=True)
+    config.to_json(config_path)
+    with open(os.path.join(config.model_dir, LABELS_FILE), "w") as f:
+      f.write("".join(f"{name}\n" for name in dataset.class_names))
   with _phase(seconds, "train"):
-    history = fit.run(config, model, dataset, verbose=verbose)
+    history = fit.run(config, model, dataset, runtime, verbose=verbose, work_dir=scratch)
+  logging.info("final weights fingerprint %s", weights_fingerprint(model))
+  if not runtime.is_chief:
+    return TrainResult(model=model, history=history, metrics={}, export_path="",
+                       class_names=dataset.class_names, config=config, seconds=seconds)
   with _phase(seconds, "report"):
     logging.info("phase report: evaluating on %d validation images",
                  len(dataset.val_files.paths))
     labels, probabilities = reports.predict(model, dataset.val)
-    metrics = reports.write(labels, probabilities, dataset.class_names, config.model_dir,
-                            history)
+    metrics = reports.write(labels, probabilities, dataset.class_names, out_dir, history)
     logging.info("validation accuracy %.4f", metrics["accuracy"])
   with _phase(seconds, "export"):
     logging.info("phase export: %s", config.export_dir)
@@ -221,6 +246,15 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto") -> TrainRes
                      os.path.join(config.model_dir, STATE_FILE))
   return TrainResult(model=model, history=history, metrics=metrics, export_path=export_path,
                      class_names=dataset.class_names, config=config, seconds=seconds)
+
+
+def weights_fingerprint(model: keras.Model) -> str:
+  """A SHA-256 of all of `model`'s weights, to compare workers or runs bit for bit."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256()
+  for w in model.weights:
+    digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
+  return digest.hexdigest()[:16]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,177 @@
+"""tf.distribute strategies, mixed precision, determinism and resuming after a kill.
+
+Strategies that change TensorFlow's devices run in subprocesses (`python -m kerasft.train`).
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import FASHION, REPO, needs_fashion, needs_imagenet_mobilenet, run_cli
+from conftest import write_color_images
+import kerasft
+
+pytestmark = needs_imagenet_mobilenet  # random MobileNet features are all ~0
+
+
+def _args(tmp_path, data_dir, *extra, name="run"):
+  return [f"--data_dir={data_dir}", "--model=mobilenet", "--image_size=64", "--epochs=2",
+          f"--model_dir={tmp_path / name}", f"--export_dir={tmp_path / 'export' / name}",
+          *extra]
+
+
+def _fingerprints(text):
+  return re.findall(r"final weights fingerprint (\w+)", text)
+
+
+@needs_fashion
+def test_mirrored_over_two_cpu_replicas_trains_and_exports(tmp_path):
+  run = run_cli("train", *_args(tmp_path, os.path.join(FASHION, "train"), "--strategy=mirrored",
+                                "--cpu_replicas=2", "--batch_size=32"))
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "MirroredStrategy: 2 replicas, global batch 32 = 16 per replica" in run.stderr
+  assert os.listdir(tmp_path / "export" / "run") == ["1"]
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert metrics["accuracy"] > 0.5
+
+
+def _free_ports(n):
+  sockets = [socket.socket() for _ in range(n)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def _multi_worker(tmp_path, data_dir, env_extra=None, timeout=300):
+  ports = _free_ports(2)
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+  procs = []
+  for index in range(2):
+    scratch = tmp_path / f"tmp_{index}"
+    scratch.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": REPO, "TMPDIR": str(scratch),
+           "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker",
+                                                                 "index": index}}),
+           **(env_extra or {})}
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "kerasft.train",
+         *_args(tmp_path, data_dir, "--strategy=multi_worker", "--batch_size=16")],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  deadline = time.monotonic() + timeout
+  results = []
+  for proc in procs:
+    try:
+      out, err = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+      results.append((proc.returncode, out, err))
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      results.append((None, "", "timed out"))
+  return results
+
+
+def test_multi_worker_trains_identically_and_only_the_chief_writes(tmp_path):
+  colors = write_color_images(tmp_path / "colors", per_class=8, size=32)
+  results = _multi_worker(tmp_path, colors)
+  for code, out, err in results:
+    assert code == 0, err[-3000:]
+  prints = [_fingerprints(err) for _, _, err in results]
+  assert prints[0] and prints[0] == prints[1]  # identical weights on both workers
+  assert os.listdir(tmp_path / "export" / "run") == ["1"]
+  assert "exported to" in results[0][1] and "exported to" not in results[1][1]
+  for index in range(2):  # the workers' temporary folders are gone
+    assert not [n for n in os.listdir(tmp_path / f"tmp_{index}") if n.startswith("kerasft-")]
+
+
+@pytest.mark.slow
+def test_multi_worker_fails_without_the_compat_fix(tmp_path):
+  colors = write_color_images(tmp_path / "colors", per_class=8, size=32)
+  results = _multi_worker(tmp_path, colors, {"KERASFT_DISABLE_COMPAT": "1"}, timeout=150)
+  assert any(code != 0 for code, _, _ in results)
+
+
+@needs_fashion
+def test_killed_run_resumes_where_it_stopped(tmp_path):
+  data_dir = os.path.join(FASHION, "train")
+  args = _args(tmp_path, data_dir, "--epochs=5", "--cache_features=off", "--deterministic")
+  env = {**os.environ, "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1"}
+  proc = subprocess.Popen([sys.executable, "-m", "kerasft.train", *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  seen = []
+  deadline = time.monotonic() + 300
+  for line in proc.stdout:
+    seen.append(line)
+    if line.startswith("Epoch 3/5") or time.monotonic() > deadline:
+      proc.send_signal(signal.SIGKILL)
+      break
+  proc.wait(timeout=60)
+  assert any(line.startswith("Epoch 3/5") for line in seen), "".join(seen)[-2000:]
+  assert not (tmp_path / "export" / "run").exists()
+
+  resumed = run_cli("train", *args, env={"PYTHONUNBUFFERED": "1"})
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  epochs = re.findall(r"^Epoch (\d)/5", resumed.stdout, re.M)
+  assert epochs and int(epochs[0]) >= 3, resumed.stdout[-2000:]
+  assert os.listdir(tmp_path / "export" / "run") == ["1"]
+  history = json.loads((tmp_path / "run" / "history.json").read_text())
+  assert len(history["loss"]) == 5 and history["phase"] == ["head"] * 5
+
+  straight = run_cli("train", *_args(tmp_path, data_dir, "--epochs=5", "--cache_features=off",
+                                     "--deterministic", name="straight"))
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  accuracy = [json.loads((tmp_path / n / "metrics.json").read_text())["accuracy"]
+              for n in ("run", "straight")]
+  assert abs(accuracy[0] - accuracy[1]) <= 0.01, accuracy
+
+
+def test_bfloat16_trains_and_exports_float32(tmp_path):
+  colors = write_color_images(tmp_path / "colors", per_class=6, size=32)
+  run = run_cli("train", *_args(tmp_path, colors, "--mixed_precision=mixed_bfloat16",
+                                "--epochs=1"))
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "dtype policy mixed_bfloat16" in run.stderr
+  serve = tf.saved_model.load(str(tmp_path / "export" / "run" / "1")).signatures[
+      "serving_default"]
+  out = serve(images=tf.zeros((2, 64, 64, 3)))
+  assert out["probabilities"].dtype == tf.float32
+  np.testing.assert_allclose(out["probabilities"].numpy().sum(1), 1.0, rtol=1e-2)
+
+
+def test_deterministic_runs_are_bit_identical(tmp_path):
+  colors = write_color_images(tmp_path / "colors", per_class=6, size=32)
+  prints = []
+  for name in ("a", "b"):
+    run = run_cli("train", *_args(tmp_path, colors, "--deterministic", "--unfreeze_top=1",
+                                  "--fine_tune_epochs=1", name=name))
+    assert run.returncode == 0, run.stderr[-3000:]
+    prints += _fingerprints(run.stderr)
+  assert len(prints) == 2 and prints[0] == prints[1]
+
+
+def test_early_stopping_reduce_lr_and_logged_rates(tmp_path):
+  colors = write_color_images(tmp_path / "colors", per_class=6, size=32)
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="mobilenet", image_size=64),
+      data=kerasft.DataConfig(data_dir=colors),
+      training=kerasft.TrainingConfig(epochs=8, learning_rate=1e-9, early_stopping_patience=2,
+                                      reduce_lr_patience=1, cache_features="off"),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  history = kerasft.train_classifier(config, verbose=0).history
+  assert len(history["loss"]) == 3  # no better val_accuracy after epoch 1: stop after 3
+  assert history["learning_rate"][0] == pytest.approx(1e-9)
+  assert history["learning_rate"][-1] < history["learning_rate"][0]
+  assert history["phase"] == ["head"] * 3
+  with pytest.raises(kerasft.UsageError, match="^--reduce_lr_patience"):
+    kerasft.TrainingConfig(reduce_lr_patience=1, lr_schedule="cosine")
