@@ -175,3 +175,16 @@ def test_early_stopping_reduce_lr_and_logged_rates(tmp_path):
   assert history["phase"] == ["head"] * 3
   with pytest.raises(kerasft.UsageError, match="^--reduce_lr_patience"):
     kerasft.TrainingConfig(reduce_lr_patience=1, lr_schedule="cosine")
+
+
+def test_jit_compile_and_steps_per_execution(tmp_path):
+  colors = write_color_images(tmp_path / "colors", per_class=6, size=32)
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="mobilenet", image_size=64),
+      data=kerasft.DataConfig(data_dir=colors, batch_size=4),
+      training=kerasft.TrainingConfig(epochs=2, jit_compile="on", steps_per_execution=2,
+                                      cache_features="off"),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  result = kerasft.train_classifier(config, verbose=0)
+  assert result.model.jit_compile is True and result.model.steps_per_execution == 2
+  assert len(result.history["loss"]) == 2
