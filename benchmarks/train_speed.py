@@ -76,7 +76,6 @@ def child_keras(size, epochs, unfreeze, fine_epochs, data_dir, out):
   seconds["model"] = time.perf_counter() - t
   t = time.perf_counter()
   history = model.fit(train, validation_data=val, epochs=epochs, verbose=0).history
-  seconds["train"] = seconds["data"] + time.perf_counter() - t
   step_seconds = None
   if fine_epochs:
     _unfrozen_names(base, unfreeze)
@@ -86,6 +85,7 @@ def child_keras(size, epochs, unfreeze, fine_epochs, data_dir, out):
     history = model.fit(train, validation_data=val, epochs=epochs + fine_epochs,
                         initial_epoch=epochs, callbacks=[timer], verbose=0).history
     step_seconds = timer.median()
+  seconds["train"] = seconds["data"] + time.perf_counter() - t
   json.dump({"seconds": seconds, "val_accuracy": history["val_accuracy"][-1],
              "step_seconds": step_seconds, "images": n, "epochs": epochs,
              "peak_rss_mib": _peak_rss_mib()}, open(out, "w"))
