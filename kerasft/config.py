@@ -109,11 +109,15 @@ class DataConfig:
   val_dir: str = ""
   validation_split: float = 0.2
   batch_size: int = 32
+  strict_data: bool = False  # unreadable images are an error instead of skipped
+  class_weight: str = "none"  # none | balanced (weights from the training label counts)
 
   def __post_init__(self):
     _check(isinstance(self.validation_split, (int, float)) and 0 < self.validation_split < 1,
            "validation_split", "must be between 0 and 1 (exclusive)", self.validation_split)
     _positive_int(self.batch_size, "batch_size")
+    _check(self.class_weight in ("none", "balanced"), "class_weight",
+           "must be none or balanced", self.class_weight)
 
 
 @dataclasses.dataclass(frozen=True)

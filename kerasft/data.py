@@ -2,8 +2,9 @@
 
 An image folder holds one sub-folder per class (`cats/`, `dogs/`, ...), or split folders
 `train/` and `validation/` (or `val/`) that each hold class sub-folders; a `test/` folder
-is never trained on. Files are indexed and checked once up front, so a bad file is found
-before training starts, never in the middle of an epoch. `decode_and_resize` is the one
+is never trained on. Files are indexed and decoded once up front, so a bad file is found
+(and skipped, or with --strict_data refused) before training starts, never in the middle
+of an epoch. `decode_and_resize` is the one
 function that turns encoded bytes into model input; the export's `serving_bytes`
 signature uses it too, so serving sees exactly what training saw.
 """
@@ -118,7 +119,33 @@ def check_images(paths: list[str], flag: str) -> None:
   failures = [f"{p} ({r})" for p, r in zip(paths, unreadable_reasons(paths)) if r]
   if failures:
     raise UsageError(f"--{flag}: {len(failures)} file(s) are not readable images, first: "
-                     f"{failures[0]}; remove or fix them")
+                     f"{failures[0]}; remove or fix them, or leave out --strict_data to skip "
+                     "them")
+
+
+def readable(files: ImageFiles, flag: str, strict: bool = False) -> ImageFiles:
+  """`files` without the corrupt, truncated or non-image ones, which are found by decoding
+  every file once: skipped with one warning naming the first ten, or with `strict` a
+  UsageError naming the first."""
+  reasons = unreadable_reasons(files.paths)
+  bad = [(p, r) for p, r in zip(files.paths, reasons) if r]
+  if not bad:
+    return files
+  if strict:
+    raise UsageError(f"--strict_data: {len(bad)} file(s) under --{flag} are not readable "
+                     f"images, first: {bad[0][0]} ({bad[0][1]}); remove or fix them")
+  logging.warning("skipping %d unreadable file(s) under --%s: %s%s", len(bad), flag,
+                  ", ".join(p for p, _ in bad[:10]), " ..." if len(bad) > 10 else "")
+  keep = [i for i, r in enumerate(reasons) if r is None]
+  return ImageFiles([files.paths[i] for i in keep], [files.labels[i] for i in keep],
+                    files.class_names)
+
+
+def balanced_class_weights(files: ImageFiles) -> dict[int, float]:
+  """{class id: n / (classes * count)} from the labels (scikit-learn's "balanced")."""
+  counts = np.bincount(files.labels, minlength=len(files.class_names))
+  n, k = len(files.labels), len(files.class_names)
+  return {i: float(n / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
 def stratified_split(files: ImageFiles, fraction: float, seed: int
@@ -146,9 +173,12 @@ def stratified_split(files: ImageFiles, fraction: float, seed: int
   return pick(train_idx), pick(val_idx)
 
 
-def index(data_dir: str, val_dir: str = "", validation_split: float = 0.2, seed: int = 0
-          ) -> tuple[ImageFiles, ImageFiles]:
-  """Finds the training and validation images; see the module docstring for layouts."""
+def index(data_dir: str, val_dir: str = "", validation_split: float = 0.2, seed: int = 0,
+          strict: bool = False) -> tuple[ImageFiles, ImageFiles]:
+  """Finds the training and validation images; see the module docstring for layouts.
+
+  Unreadable files are skipped with a warning, or with `strict` are a UsageError.
+  """
   if not os.path.isdir(data_dir):
     raise UsageError(f"--data_dir: folder {data_dir} does not exist; pass a folder with one "
                      "sub-folder per class")
@@ -162,17 +192,18 @@ def index(data_dir: str, val_dir: str = "", validation_split: float = 0.2, seed:
   elif os.path.isdir(os.path.join(data_dir, "test")):
     raise UsageError(f"--data_dir: {data_dir} has a test/ folder but no train/ folder; "
                      "put the training images in train/ (test/ is never trained on)")
-  train = scan_class_folder(train_dir, "data_dir")
+  train = readable(scan_class_folder(train_dir, "data_dir"), "data_dir", strict)
+  if not train.paths:
+    raise UsageError(f"--data_dir: {train_dir} holds no readable images")
   if len(train.class_names) < 2:
     raise UsageError(f"--data_dir: {train_dir} has a single class ({train.class_names[0]}); "
                      "a classifier needs at least 2 class sub-folders")
   if val_dir or split_val_dir:
-    val = scan_class_folder(val_dir or split_val_dir, "val_dir" if val_dir else "data_dir",
-                            train.class_names)
+    flag = "val_dir" if val_dir else "data_dir"
+    val = readable(scan_class_folder(val_dir or split_val_dir, flag, train.class_names), flag,
+                   strict)
   else:
     train, val = stratified_split(train, validation_split, seed)
-  check_images(train.paths, "data_dir")
-  check_images(val.paths, "val_dir" if val_dir else "data_dir")
   logging.info("data: %d training and %d validation images in %d classes (%s)",
                len(train.paths), len(val.paths), len(train.class_names),
                ", ".join(train.class_names))

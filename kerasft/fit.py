@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from kerasft import backbones, features
+from kerasft import backbones, data, features
 from kerasft.config import RunConfig
 from kerasft.data import Dataset
 from kerasft.heads import backbone_of
@@ -277,6 +277,11 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, runtime=None,
   total_blocks = len(backbones.blocks(backbone))
   segments = _segments(config, total_blocks)
   multipliers = layer_lr_multipliers(model, training.layer_lr_decay)
+  class_weight = None
+  if config.data.class_weight == "balanced":
+    class_weight = data.balanced_class_weights(dataset.train_files)
+    logging.info("class weights (balanced): %s", ", ".join(
+        f"{dataset.class_names[i]} {w:.3f}" for i, w in class_weight.items()))
   done = state["segments_done"]
   if done:
     model.load_weights(os.path.join(model_dir, RESUME_WEIGHTS))
@@ -336,7 +341,7 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, runtime=None,
       callbacks.append(keras.callbacks.ReduceLROnPlateau(
           "val_loss", factor=0.5, patience=training.reduce_lr_patience))
     trained.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=last,
-                callbacks=callbacks, shuffle=False, verbose=verbose)
+                callbacks=callbacks, class_weight=class_weight, shuffle=False, verbose=verbose)
     trained._initial_epoch = None  # pylint: disable=protected-access  # set by BackupAndRestore
     if runtime.is_chief:
       model.save_weights(os.path.join(model_dir, RESUME_WEIGHTS))

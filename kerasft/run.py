@@ -193,7 +193,8 @@ def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
   with _phase(seconds, "data"):
     logging.info("phase data: indexing %s", data_dir)
     train_files, val_files = data.index(data_dir, config.data.val_dir,
-                                        config.data.validation_split, config.training.seed)
+                                        config.data.validation_split, config.training.seed,
+                                        config.data.strict_data)
   with _phase(seconds, "model"), runtime.strategy.scope():
     m = config.model
     logging.info("phase model: %s (weights %s)", m.model, m.weights)

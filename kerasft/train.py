@@ -56,6 +56,10 @@ flags.DEFINE_float("validation_split", _D.validation_split,
                    "Stratified share of --data_dir held out for validation when there is "
                    "no validation folder.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size.")
+flags.DEFINE_bool("strict_data", _D.strict_data,
+                  "Stop on unreadable images instead of skipping them with a warning.")
+flags.DEFINE_enum("class_weight", _D.class_weight, ("none", "balanced"),
+                  "balanced: weight each class's loss by n / (classes * its count).")
 flags.DEFINE_enum("optimizer", _T.optimizer, config.OPTIMIZERS, "The optimizer.")
 flags.DEFINE_float("learning_rate", _T.learning_rate, "Learning rate of the head phase.")
 flags.DEFINE_integer("epochs", _T.epochs, "Epochs of the head phase (frozen backbone).")
@@ -138,7 +142,8 @@ def config_from_flags() -> config.RunConfig:
                                backbone_layer=FLAGS.backbone_layer),
       data=config.DataConfig(data_dir=FLAGS.data_dir, val_dir=FLAGS.val_dir,
                              validation_split=FLAGS.validation_split,
-                             batch_size=FLAGS.batch_size),
+                             batch_size=FLAGS.batch_size, strict_data=FLAGS.strict_data,
+                             class_weight=FLAGS.class_weight),
       training=config.TrainingConfig(
           optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate, epochs=FLAGS.epochs,
           fine_tune_epochs=FLAGS.fine_tune_epochs,

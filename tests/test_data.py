@@ -57,22 +57,45 @@ def test_bad_folders_are_one_line_usage_errors(tmp_path, setup, message):
   assert "\n" not in str(e.value)
 
 
-def test_unreadable_image_is_named(color_dir):
-  bad = os.path.join(color_dir, "red", "broken.jpg")
-  with open(bad, "wb") as f:
-    f.write(b"\xff\xd8\xff\xe0 this is not really a jpeg")
-  with pytest.raises(UsageError, match="broken.jpg"):
-    data.index(color_dir)
+def _spoil(color_dir):
+  """A truncated JPEG, a text file named .png and a zero-byte file."""
+  from PIL import Image
+  jpeg = os.path.join(color_dir, "red", "cut.jpg")
+  Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(jpeg, quality=90)
+  content = open(jpeg, "rb").read()
+  open(jpeg, "wb").write(content[: len(content) // 2])
+  with open(os.path.join(color_dir, "blue", "notes.png"), "w") as f:
+    f.write("not an image")
+  open(os.path.join(color_dir, "green", "empty.png"), "wb").close()
+  return {"cut.jpg", "notes.png", "empty.png"}
 
 
-def test_truncated_png_is_found(color_dir):
-  path = os.path.join(color_dir, "blue", "000.png")
-  with open(path, "rb") as f:
-    content = f.read()
-  with open(path, "wb") as f:
-    f.write(content[: len(content) // 2])
-  with pytest.raises(UsageError, match="000.png"):
-    data.index(color_dir)
+def test_unreadable_files_are_skipped_with_one_warning(color_dir, caplog):
+  import logging
+  bad = _spoil(color_dir)
+  with caplog.at_level(logging.WARNING):
+    train, val = data.index(color_dir)
+  kept = {os.path.basename(p) for p in train.paths + val.paths}
+  assert not kept & bad and len(train.paths + val.paths) == 36
+  warnings = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+  assert len(warnings) == 1 and "skipping 3 unreadable file(s)" in warnings[0]
+  assert all(name in warnings[0] for name in bad)
+
+
+def test_strict_data_makes_them_an_error(color_dir):
+  _spoil(color_dir)
+  with pytest.raises(UsageError, match="^--strict_data: 3 file"):
+    data.index(color_dir, strict=True)
+
+
+def test_balanced_class_weights_follow_the_label_counts():
+  files = data.ImageFiles(["x"] * 10, [0] * 6 + [1] * 3 + [2], ["a", "b", "c"])
+  weights = data.balanced_class_weights(files)
+  assert weights == pytest.approx({0: 10 / 18, 1: 10 / 9, 2: 10 / 3})
+  from sklearn.utils.class_weight import compute_class_weight
+  np.testing.assert_allclose(
+      compute_class_weight("balanced", classes=np.arange(3), y=np.asarray(files.labels)),
+      [weights[i] for i in range(3)])
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P"])

@@ -79,13 +79,17 @@ def test_user_mistakes_are_one_line_exit_2_and_write_nothing(tmp_path, make, ext
   assert not (tmp_path / "export").exists() and not (tmp_path / "run").exists()
 
 
-def test_unreadable_image_names_the_file(tmp_path):
+def test_unreadable_image_is_skipped_or_with_strict_data_names_the_file(tmp_path):
   colors = write_color_images(tmp_path / "c", 3)
   (tmp_path / "c" / "red" / "notes.png").write_text("not an image")
-  result = run_cli("train", *_args(tmp_path, colors))
-  _assert_usage_error(result, "--data_dir:", tmp_path)
+  result = run_cli("train", *_args(tmp_path, colors, "--strict_data"))
+  _assert_usage_error(result, "--strict_data:", tmp_path)
   assert "notes.png" in result.stderr
   assert not (tmp_path / "export").exists() and not (tmp_path / "run").exists()
+  skipped = run_cli("train", *_args(tmp_path, colors, "--class_weight=balanced", "--epochs=1"))
+  assert skipped.returncode == 0, skipped.stderr[-3000:]
+  assert "skipping 1 unreadable file(s) under --data_dir" in skipped.stderr
+  assert "notes.png" in skipped.stderr and "class weights (balanced)" in skipped.stderr
 
 
 @pytest.mark.slow
