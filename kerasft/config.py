@@ -25,6 +25,7 @@ LR_SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu", "parameter_server")
 MIXED_PRECISION = ("auto", "off", "mixed_float16", "mixed_bfloat16")
 ON_OFF_AUTO = ("auto", "on", "off")
+AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate")
 CACHE_MODES = ("auto", "on", "off")
 
 
@@ -110,12 +111,20 @@ class DataConfig:
   validation_split: float = 0.2
   batch_size: int = 32
   strict_data: bool = False  # unreadable images are an error instead of skipped
+  augment: tuple[str, ...] = ()  # training-only Keras preprocessing layers (AUGMENTATIONS)
+  augment_strength: float = 0.1
   class_weight: str = "none"  # none | balanced (weights from the training label counts)
 
   def __post_init__(self):
     _check(isinstance(self.validation_split, (int, float)) and 0 < self.validation_split < 1,
            "validation_split", "must be between 0 and 1 (exclusive)", self.validation_split)
     _positive_int(self.batch_size, "batch_size")
+    object.__setattr__(self, "augment", tuple(self.augment))
+    unknown = [a for a in self.augment if a not in AUGMENTATIONS]
+    _check(not unknown, "augment", f"must be among {', '.join(AUGMENTATIONS)}",
+           ",".join(self.augment))
+    _check(isinstance(self.augment_strength, (int, float)) and 0 < self.augment_strength < 1,
+           "augment_strength", "must be between 0 and 1 (exclusive)", self.augment_strength)
     _check(self.class_weight in ("none", "balanced"), "class_weight",
            "must be none or balanced", self.class_weight)
 

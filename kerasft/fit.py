@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from kerasft import backbones, data, features
+from kerasft import backbones, data, features, heads
 from kerasft.config import RunConfig
 from kerasft.data import Dataset
 from kerasft.heads import backbone_of
@@ -292,13 +292,18 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, runtime=None,
   for index, (phase, first, last, n_blocks) in enumerate(segments):
     if index < done:
       continue
-    trained, train_data, val_data = model, dataset.train, dataset.val
+    trained, train_data, val_data, on_features = model, dataset.train, dataset.val, False
     peak, phase_epochs, offset, spe = (training.learning_rate, training.epochs, 0,
                                        training.steps_per_execution)
     with runtime.strategy.scope():
+      if config.data.augment:  # a training model around the one that is exported
+        inputs = keras.Input(model.input_shape[1:], name="images")
+        trained = keras.Model(inputs, model(heads.augmentation(
+            config.data.augment, config.data.augment_strength)(inputs)), name="training")
       if phase == "head":
         backbones.freeze(backbone)
-        reason = features.refusal(model) if training.cache_features != "off" else None
+        reason = (features.refusal(model, augmenting=bool(config.data.augment))
+                  if training.cache_features != "off" else None)
         if reason:
           logging.warning("feature cache off for the head phase: %s", reason)
         elif training.cache_features != "off":
@@ -308,6 +313,7 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, runtime=None,
               training.feature_cache_dir or os.path.join(out_dir, "feature_cache"),
               training.feature_cache_dtype, verbose)
           trained, train_data, val_data = features.head_model(model), cached.train, cached.val
+          on_features = True
           if runtime.strategy.num_replicas_in_sync == 1:  # Keras fails on >1 replicas here
             spe = steps  # a step is one small matmul: run a whole epoch per execution
       else:
@@ -327,7 +333,7 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, runtime=None,
                     training.label_smoothing, spe, runtime.jit_compile)
     logging.info("phase %s: epochs %d-%d, %d trainable weights, learning rate %g%s", phase,
                  first + 1, last, len(trained.trainable_weights), peak,
-                 ", on cached features" if trained is not model else "")
+                 ", on cached features" if on_features else "")
     backup = os.path.join(model_dir, "backup", f"segment_{index}",
                           "chief" if runtime.is_chief else f"worker_{runtime.worker_id}")
     callbacks = [_EpochLog(log_path, phase), checkpoint,

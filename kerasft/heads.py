@@ -81,6 +81,22 @@ def build_classifier(backbone: Backbone, num_classes: int, head: tuple[int, ...]
   return keras.Model(inputs, outputs, name=f"{default_name(backbone.name)}_classifier")
 
 
+def augmentation(names: tuple[str, ...], strength: float) -> keras.Sequential:
+  """Keras preprocessing layers that change images only in training, for the training model
+  (never the export): flip (horizontal), rotate, zoom, contrast, translate, each at
+  `strength` (a fraction of a full turn, of the size, of the contrast range)."""
+  make = {
+      "flip": lambda: keras.layers.RandomFlip("horizontal", name="augment_flip"),
+      "rotate": lambda: keras.layers.RandomRotation(strength, name="augment_rotate"),
+      "zoom": lambda: keras.layers.RandomZoom(strength, name="augment_zoom"),
+      "contrast": lambda: keras.layers.RandomContrast(strength, value_range=(0, 255),
+                                                      name="augment_contrast"),
+      "translate": lambda: keras.layers.RandomTranslation(strength, strength,
+                                                          name="augment_translate"),
+  }
+  return keras.Sequential([make[n]() for n in names], name="augmentation")
+
+
 def _pin_inference_mode(layer: keras.layers.Layer) -> None:
   """Makes `layer(x, training=False)` in a functional model stay in inference mode.
 

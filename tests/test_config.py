@@ -20,6 +20,8 @@ from kerasft.errors import UsageError
     (lambda: config.RunConfig(training=config.TrainingConfig(fine_tune_epochs=2)),
      "--fine_tune_epochs"),
     (lambda: config.RunConfig(name="a/b"), "--name"),
+    (lambda: config.DataConfig(augment=("flip", "blur")), "--augment"),
+    (lambda: config.DataConfig(class_weight="inverse"), "--class_weight"),
 ])
 def test_bad_values_name_the_flag(make, flag):
   with pytest.raises(UsageError) as e:

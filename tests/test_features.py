@@ -87,3 +87,27 @@ def test_fine_tune_phase_runs_uncached_and_says_why(tmp_path, caplog):
   assert "on cached features" in messages
   assert "feature cache off: the backbone trains" in messages
   assert result.history["phase"] == ["head", "fine_tune"]
+
+
+def test_augmentation_refuses_caching_and_stays_out_of_the_export(tmp_path, caplog):
+  colors = write_color_images(tmp_path / "colors", per_class=6, size=24)
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="mobilenet", image_size=64),
+      data=kerasft.DataConfig(data_dir=colors, augment=("flip", "rotate", "zoom", "contrast",
+                                                        "translate")),
+      training=kerasft.TrainingConfig(epochs=1),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  absl_logging.set_verbosity(absl_logging.INFO)
+  with caplog.at_level(logging.INFO):
+    result = kerasft.train_classifier(config, verbose=0)
+  messages = "\n".join(r.getMessage() for r in caplog.records)
+  assert "feature cache off for the head phase: augmentation" in messages
+  assert "on cached features" not in messages
+  assert not any(layer.name.startswith("augment") for layer in result.model.layers)
+  loaded = tf.saved_model.load(result.export_path)
+  assert len(loaded.model_variables) == len(result.model.variables)  # the classifier's alone
+  images = tf.constant(np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)), tf.float32)
+  first = loaded.signatures["serving_default"](images=images)["probabilities"].numpy()
+  second = loaded.signatures["serving_default"](images=images)["probabilities"].numpy()
+  np.testing.assert_array_equal(first, second)
+  np.testing.assert_allclose(first, result.model.predict(images.numpy(), verbose=0), atol=1e-5)
