@@ -111,6 +111,7 @@ class DataConfig:
   validation_split: float = 0.2
   batch_size: int = 32
   strict_data: bool = False  # unreadable images are an error instead of skipped
+  resize: str = "squash"  # squash | crop | pad, in training and in the export alike
   augment: tuple[str, ...] = ()  # training-only Keras preprocessing layers (AUGMENTATIONS)
   augment_strength: float = 0.1
   class_weight: str = "none"  # none | balanced (weights from the training label counts)
@@ -119,6 +120,8 @@ class DataConfig:
     _check(isinstance(self.validation_split, (int, float)) and 0 < self.validation_split < 1,
            "validation_split", "must be between 0 and 1 (exclusive)", self.validation_split)
     _positive_int(self.batch_size, "batch_size")
+    _check(self.resize in ("squash", "crop", "pad"), "resize", "must be squash, crop or pad",
+           self.resize)
     object.__setattr__(self, "augment", tuple(self.augment))
     unknown = [a for a in self.augment if a not in AUGMENTATIONS]
     _check(not unknown, "augment", f"must be among {', '.join(AUGMENTATIONS)}",

@@ -43,18 +43,32 @@ class Dataset:
   class_names: list[str]
   train_files: ImageFiles
   val_files: ImageFiles
+  resize: str = "squash"
 
 
-def decode_and_resize(image_bytes, image_size: int):
+RESIZE_MODES = ("squash", "crop", "pad")
+
+
+def decode_and_resize(image_bytes, image_size: int, resize: str = "squash"):
   """Decodes one JPEG/PNG/BMP/GIF (first frame) to float32 RGB [S, S, 3], pixels 0..255.
 
-  Grayscale and RGBA images become RGB. Resizing squashes to a square with bilinear
-  interpolation.
+  Grayscale and RGBA images become RGB. resize: "squash" scales to the square ignoring the
+  aspect ratio; "crop" scales the shorter side to S and keeps the central square; "pad"
+  scales the longer side to S and pads with black. Bilinear interpolation.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8)
-  image = tf.image.resize(image, (image_size, image_size), method="bilinear")
+  if resize in ("crop", "pad"):  # scale one side to S, then crop or pad around the centre
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    if resize == "crop":
+      scaled = tf.math.ceil(shape * image_size / tf.reduce_min(shape))
+    else:
+      scaled = tf.minimum(tf.math.floor(shape * image_size / tf.reduce_max(shape)), image_size)
+    image = tf.image.resize(image, tf.cast(scaled, tf.int32), method="bilinear")
+    image = tf.image.resize_with_crop_or_pad(image, image_size, image_size)
+  else:
+    image = tf.image.resize(image, (image_size, image_size), method="bilinear")
   image.set_shape((image_size, image_size, 3))
   return image
 
@@ -253,7 +267,7 @@ def expand_inputs(patterns: list[str]) -> list[str]:
 
 
 def make_pipeline(files: ImageFiles, image_size: int, batch_size: int, shuffle: bool = False,
-                  seed: int = 0, cache: bool = True):
+                  seed: int = 0, cache: bool = True, resize: str = "squash"):
   """A tf.data pipeline of (float32 pixels [B, S, S, 3], one-hot float32 labels [B, C]).
 
   Decodes in parallel, caches decoded images in memory when `cache` and they fit
@@ -264,7 +278,7 @@ def make_pipeline(files: ImageFiles, image_size: int, batch_size: int, shuffle: 
   num_classes = len(files.class_names)
   ds = tf.data.Dataset.from_tensor_slices(
       (np.asarray(files.paths), np.asarray(files.labels, np.int32)))
-  ds = ds.map(lambda path, label: (decode_and_resize(tf.io.read_file(path), image_size),
+  ds = ds.map(lambda path, label: (decode_and_resize(tf.io.read_file(path), image_size, resize),
                                    tf.one_hot(label, num_classes)),
               num_parallel_calls=tf.data.AUTOTUNE)
   if cache and len(files.paths) * image_size * image_size * 3 * 4 <= MEMORY_CACHE_BYTES:
@@ -275,11 +289,13 @@ def make_pipeline(files: ImageFiles, image_size: int, batch_size: int, shuffle: 
 
 
 def pipelines(train: ImageFiles, val: ImageFiles, image_size: int, batch_size: int,
-              seed: int = 0) -> Dataset:
+              seed: int = 0, resize: str = "squash") -> Dataset:
   """Wraps indexed training and validation images in their tf.data pipelines."""
-  return Dataset(train=make_pipeline(train, image_size, batch_size, shuffle=True, seed=seed),
-                 val=make_pipeline(val, image_size, batch_size),
-                 class_names=train.class_names, train_files=train, val_files=val)
+  return Dataset(train=make_pipeline(train, image_size, batch_size, shuffle=True, seed=seed,
+                                     resize=resize),
+                 val=make_pipeline(val, image_size, batch_size, resize=resize),
+                 class_names=train.class_names, train_files=train, val_files=val,
+                 resize=resize)
 
 
 def load(data_dir: str, val_dir: str, validation_split: float, image_size: int,

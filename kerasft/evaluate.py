@@ -52,7 +52,8 @@ def main(argv):
     else:
       files = data.index(config.data.data_dir, config.data.val_dir,
                          config.data.validation_split, config.training.seed)[1]
-    pipeline = data.make_pipeline(files, config.model.image_size, FLAGS.batch_size)
+    pipeline = data.make_pipeline(files, config.model.image_size, FLAGS.batch_size,
+                                  resize=config.data.resize)
     labels, probabilities = reports.predict(model, pipeline)
     history_path = os.path.join(FLAGS.run_dir, "history.json")
     if os.path.exists(history_path):

@@ -98,7 +98,8 @@ def build(model: keras.Model, dataset: Dataset, image_size: int, batch_size: int
   def stream(files: ImageFiles, name: str, shuffle: bool) -> tf.data.Dataset:
     path = os.path.join(cache_dir, name)
     shutil.rmtree(path, ignore_errors=True)
-    images = make_pipeline(files, image_size, EXTRACT_BATCH, cache=False)  # file order
+    images = make_pipeline(files, image_size, EXTRACT_BATCH, cache=False,  # file order
+                           resize=dataset.resize)
     logging.info("feature cache: extracting %d %s images to %s", len(files.paths), name, path)
     labels = np.eye(len(files.class_names), dtype=np.float32)[files.labels]
     features = images.map(lambda x, _: tf.cast(extractor(x, training=False), dtype))
@@ -119,7 +120,8 @@ def build(model: keras.Model, dataset: Dataset, image_size: int, batch_size: int
   # One pass over training and validation images together: one trace, full batches.
   both = ImageFiles(train.paths + val.paths, train.labels + val.labels, train.class_names)
   logging.info("feature cache: extracting %d images", len(both.paths))
-  computed = extractor.predict(make_pipeline(both, image_size, EXTRACT_BATCH, cache=False),
+  computed = extractor.predict(make_pipeline(both, image_size, EXTRACT_BATCH, cache=False,
+                                             resize=dataset.resize),
                                verbose=verbose).astype(dtype)
   onehot = np.eye(len(train.class_names), dtype=np.float32)[both.labels]
   n = len(train.paths)

@@ -60,7 +60,7 @@ def model_card(config: RunConfig, metrics: dict | None) -> dict:
           "input": {"shape": [None, size, size, 3], "dtype": "float32",
                     "range": "RGB pixels 0..255"},
           "preprocessing": f"{_preprocess_mode(config)} (inside the model)",
-          "resize": "squash, bilinear", "data_dir": config.data.data_dir,
+          "resize": f"{config.data.resize}, bilinear", "data_dir": config.data.data_dir,
           "versions": {"kerasft": kerasft.__version__, "tensorflow": tf.__version__,
                        "keras": keras.__version__}}
   if metrics:
@@ -117,7 +117,8 @@ def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None
   card = model_card(config, metrics)
   result = {}
   if fmt in ("saved_model", "both"):
-    saved = serving.export(model, class_names, size, export_dir, version, overwrite, card)
+    saved = serving.export(model, class_names, size, export_dir, version, overwrite, card,
+                           config.data.resize)
     result["saved_model"] = saved
     version = int(os.path.basename(saved))
   if fmt in ("tflite", "both"):
@@ -146,7 +147,8 @@ def sample_images(config: RunConfig, n: int):
     files = data.index(config.data.data_dir, config.data.val_dir,
                        config.data.validation_split, config.training.seed)[1]
     files = data.ImageFiles(files.paths[:n], files.labels[:n], files.class_names)
-    return np.concatenate([x for x, _ in data.make_pipeline(files, size, n)])
+    return np.concatenate([x for x, _ in data.make_pipeline(files, size, n,
+                                                            resize=config.data.resize)])
   except UsageError:  # The run's data is gone: random pixels still exercise the model.
     return np.random.default_rng(0).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
 
@@ -209,7 +211,7 @@ def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
                          from_layer=m.unfreeze_from)
       backbones.freeze(backbone.model)
   dataset = data.pipelines(train_files, val_files, size, config.data.batch_size,
-                           config.training.seed)
+                           config.training.seed, config.data.resize)
 
   out_dir = config.model_dir if runtime.is_chief else scratch
   config_path = os.path.join(config.model_dir, CONFIG_FILE)
@@ -242,7 +244,8 @@ def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
   with _phase(seconds, "export"):
     logging.info("phase export: %s", config.export_dir)
     export_path = serving.export(model, dataset.class_names, size, config.export_dir,
-                                 model_card=model_card(config, metrics))
+                                 model_card=model_card(config, metrics),
+                                 resize=config.data.resize)
   reports.write_json({"status": "finished", "export_path": export_path, "seconds": seconds},
                      os.path.join(config.model_dir, STATE_FILE))
   return TrainResult(model=model, history=history, metrics=metrics, export_path=export_path,

@@ -51,8 +51,10 @@ def _outputs(probabilities, labels):
           "classes": tf.gather(labels, class_ids)}
 
 
-def build_module(model, class_names: list[str], image_size: int, labels_path: str) -> tf.Module:
-  """Wraps `model` (raw pixels -> probabilities) in a tf.Module with the three signatures."""
+def build_module(model, class_names: list[str], image_size: int, labels_path: str,
+                 resize: str = "squash") -> tf.Module:
+  """Wraps `model` (raw pixels -> probabilities) in a tf.Module with the three signatures;
+  encoded images are resized as `resize` says, as in training."""
   module = tf.Module()
   module.model_variables = [v.value for v in model.variables]
   module.labels_asset = tf.saved_model.Asset(labels_path)
@@ -60,7 +62,7 @@ def build_module(model, class_names: list[str], image_size: int, labels_path: st
   image_spec = tf.TensorSpec([image_size, image_size, 3], tf.float32)
 
   def classify_encoded(encoded):
-    images = tf.map_fn(lambda b: data.decode_and_resize(b, image_size), encoded,
+    images = tf.map_fn(lambda b: data.decode_and_resize(b, image_size, resize), encoded,
                        fn_output_signature=image_spec)
     return _outputs(model(images, training=False), labels)
 
@@ -174,7 +176,7 @@ def update_models_config(export_root: str) -> str:
 
 def export(model, class_names: list[str], image_size: int, export_dir: str,
            version: int | None = None, overwrite: bool = False,
-           model_card: dict | None = None) -> str:
+           model_card: dict | None = None, resize: str = "squash") -> str:
   """Writes `model` as SavedModel version `version` (default: the next) of `export_dir`.
 
   The version is written into a temporary folder beside it and renamed into place only
@@ -195,7 +197,7 @@ def export(model, class_names: list[str], image_size: int, export_dir: str,
       labels_path = os.path.join(assets, LABELS_FILE)
       with open(labels_path, "w") as f:
         f.write("".join(f"{name}\n" for name in class_names))
-      module = build_module(model, class_names, image_size, labels_path)
+      module = build_module(model, class_names, image_size, labels_path, resize)
       tf.saved_model.save(module, staging, signatures={
           name: getattr(module, name).get_concrete_function() for name in SIGNATURES})
     write_warmup(os.path.join(staging, WARMUP_FILE), image_size)

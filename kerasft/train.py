@@ -56,6 +56,8 @@ flags.DEFINE_float("validation_split", _D.validation_split,
                    "Stratified share of --data_dir held out for validation when there is "
                    "no validation folder.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size.")
+flags.DEFINE_enum("resize", _D.resize, ("squash", "crop", "pad"),
+                  "How images become squares, in training and in the export's serving_bytes.")
 flags.DEFINE_list("augment", list(_D.augment),
                   "Training-only augmentation, any of flip,rotate,zoom,contrast,translate "
                   "(never in the export; turns feature caching off).")
@@ -148,7 +150,8 @@ def config_from_flags() -> config.RunConfig:
       data=config.DataConfig(data_dir=FLAGS.data_dir, val_dir=FLAGS.val_dir,
                              validation_split=FLAGS.validation_split,
                              batch_size=FLAGS.batch_size, strict_data=FLAGS.strict_data,
-                             class_weight=FLAGS.class_weight, augment=tuple(FLAGS.augment),
+                             class_weight=FLAGS.class_weight, resize=FLAGS.resize,
+                             augment=tuple(FLAGS.augment),
                              augment_strength=FLAGS.augment_strength),
       training=config.TrainingConfig(
           optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate, epochs=FLAGS.epochs,

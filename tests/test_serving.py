@@ -106,3 +106,21 @@ def test_next_run_adds_version_2_and_failures_leave_nothing(model, exported, mon
     serving.export(model, CLASSES, SIZE, root)
   assert sorted(os.listdir(root)) == ["1", "2"]
   assert serving.versions(root) == [1, 2]
+
+
+@pytest.mark.parametrize("resize", ["squash", "crop", "pad"])
+def test_serving_bytes_resizes_like_training_in_every_mode(model, tmp_path, resize):
+  wide = np.zeros((20, 40, 3), np.uint8)
+  wide[:, :20] = 255  # left half white
+  encoded = [_png_bytes(wide), _png_bytes(np.random.default_rng(2).integers(0, 256, (50, 30, 3)))]
+  pixels = np.stack([np.asarray(data.decode_and_resize(b, SIZE, resize)) for b in encoded])
+  if resize == "pad":  # aspect kept: black bands above and below
+    assert pixels[0, 0].max() == 0 and pixels[0, SIZE // 2, 0].min() > 250
+  elif resize == "crop":  # central square of the wide image: both halves present
+    assert pixels[0, SIZE // 2, 0].min() > 250 and pixels[0, SIZE // 2, -1].max() < 5
+  path = serving.export(model, CLASSES, SIZE, str(tmp_path / resize), resize=resize)
+  loaded = tf.saved_model.load(path)
+  by_bytes = loaded.signatures["serving_bytes"](image_bytes=tf.constant(encoded))
+  by_pixels = loaded.signatures["serving_default"](images=tf.constant(pixels))
+  np.testing.assert_allclose(by_bytes["probabilities"].numpy(),
+                             by_pixels["probabilities"].numpy(), atol=1e-5)
