@@ -86,8 +86,12 @@ def test_unreadable_image_is_skipped_or_with_strict_data_names_the_file(tmp_path
   _assert_usage_error(result, "--strict_data:", tmp_path)
   assert "notes.png" in result.stderr
   assert not (tmp_path / "export").exists() and not (tmp_path / "run").exists()
-  skipped = run_cli("train", *_args(tmp_path, colors, "--class_weight=balanced", "--epochs=1"))
+  skipped = run_cli("train", *_args(tmp_path, colors, "--class_weight=balanced", "--epochs=1",
+                                    "--resize=crop"))
   assert skipped.returncode == 0, skipped.stderr[-3000:]
+  assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["resize"] == "crop"
+  card = json.loads((tmp_path / "export" / "1" / "model_card.json").read_text())
+  assert card["resize"] == "crop, bilinear"
   assert "skipping 1 unreadable file(s) under --data_dir" in skipped.stderr
   assert "notes.png" in skipped.stderr and "class weights (balanced)" in skipped.stderr
 
