@@ -23,7 +23,8 @@ demo: $(VENV)/.installed .keras_home/models
 	KERAS_HOME=$(CURDIR)/.keras_home $(PY) -m kerasft.train
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -rs --durations=15 --numprocesses=auto --maxprocesses=4 tests
+	$(PY) -m pytest -q -rs --durations=15 --numprocesses=auto --maxprocesses=4 -m "not serial" tests
+	$(PY) -m pytest -q -rs -m serial tests
 
 clean:
 	rm -rf $(VENV) .keras_home runs eval saved_models/*/

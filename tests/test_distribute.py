@@ -82,6 +82,7 @@ def _multi_worker(tmp_path, data_dir, env_extra=None, timeout=300):
   return results
 
 
+@pytest.mark.serial
 def test_multi_worker_trains_identically_and_only_the_chief_writes(tmp_path):
   colors = write_color_images(tmp_path / "colors", per_class=8, size=32)
   results = _multi_worker(tmp_path, colors)
@@ -96,6 +97,7 @@ def test_multi_worker_trains_identically_and_only_the_chief_writes(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_multi_worker_fails_without_the_compat_fix(tmp_path):
   colors = write_color_images(tmp_path / "colors", per_class=8, size=32)
   results = _multi_worker(tmp_path, colors, {"KERASFT_DISABLE_COMPAT": "1"}, timeout=150)
@@ -103,6 +105,7 @@ def test_multi_worker_fails_without_the_compat_fix(tmp_path):
 
 
 @needs_fashion
+@pytest.mark.serial
 def test_killed_run_resumes_where_it_stopped(tmp_path):
   data_dir = os.path.join(FASHION, "train")
   args = _args(tmp_path, data_dir, "--epochs=5", "--cache_features=off", "--deterministic")
