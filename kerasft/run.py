@@ -25,7 +25,6 @@ from kerasft.errors import UsageError
 
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
-LABELS_FILE = "labels.txt"
 
 
 @dataclasses.dataclass
@@ -83,14 +82,13 @@ def load_run(run_dir: str, checkpoint: str = "") -> tuple[keras.Model, RunConfig
   """Loads a training run's checkpoint (default: its best), resolved config and class names."""
   flag = "checkpoint" if checkpoint else "run_dir"
   paths = [checkpoint or os.path.join(run_dir, fit.BEST_CHECKPOINT),
-           os.path.join(run_dir, CONFIG_FILE), os.path.join(run_dir, LABELS_FILE)]
+           os.path.join(run_dir, CONFIG_FILE), os.path.join(run_dir, serving.LABELS_FILE)]
   for path in paths:
     if not os.path.isfile(path):
       raise UsageError(f"--{flag}: {path} does not exist; pass the --model_dir of a training "
                        "run (runs/NAME) or a .keras checkpoint inside one")
   config = RunConfig.from_json(paths[1])
-  with open(paths[2]) as f:
-    class_names = f.read().splitlines()
+  class_names = serving.read_labels(paths[2])
   return keras.saving.load_model(paths[0], compile=False), config, class_names
 
 
@@ -227,8 +225,8 @@ def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
   if runtime.is_chief:
     os.makedirs(config.model_dir, exist_ok=True)
     config.to_json(config_path)
-    with open(os.path.join(config.model_dir, LABELS_FILE), "w") as f:
-      f.write("".join(f"{name}\n" for name in dataset.class_names))
+    serving.write_labels(os.path.join(config.model_dir, serving.LABELS_FILE),
+                         dataset.class_names)
   with _phase(seconds, "train"):
     history = fit.run(config, model, dataset, runtime, verbose=verbose, work_dir=scratch)
   logging.info("final weights fingerprint %s", weights_fingerprint(model))

@@ -107,8 +107,17 @@ def resolve(export: str, flag: str = "export") -> str:
   return os.path.join(export, str(found[-1]))
 
 
-def read_labels(version_dir: str) -> list[str]:
-  with open(os.path.join(version_dir, "assets", LABELS_FILE)) as f:
+def write_labels(path: str, class_names: list[str]) -> None:
+  """Writes class names one per line, in class-id order (TF Serving's labels convention)."""
+  with open(path, "w") as f:
+    f.write("".join(f"{name}\n" for name in class_names))
+
+
+def read_labels(path: str) -> list[str]:
+  """Reads a labels file; a version folder means its `assets/labels.txt`."""
+  if os.path.isdir(path):
+    path = os.path.join(path, "assets", LABELS_FILE)
+  with open(path) as f:
     return f.read().splitlines()
 
 
@@ -195,8 +204,7 @@ def export(model, class_names: list[str], image_size: int, export_dir: str,
   try:
     with tempfile.TemporaryDirectory() as assets:
       labels_path = os.path.join(assets, LABELS_FILE)
-      with open(labels_path, "w") as f:
-        f.write("".join(f"{name}\n" for name in class_names))
+      write_labels(labels_path, class_names)
       module = build_module(model, class_names, image_size, labels_path, resize)
       tf.saved_model.save(module, staging, signatures={
           name: getattr(module, name).get_concrete_function() for name in SIGNATURES})
