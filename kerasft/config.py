@@ -27,6 +27,7 @@ MIXED_PRECISION = ("auto", "off", "mixed_float16", "mixed_bfloat16")
 ON_OFF_AUTO = ("auto", "on", "off")
 AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate")
 CACHE_MODES = ("auto", "on", "off")
+TASKS = ("multiclass", "multilabel", "regression")
 
 
 def _check(condition: bool, flag: str, message: str, value: Any) -> None:
@@ -68,6 +69,8 @@ class ModelConfig:
   output_key: str = ""
   hub_input_range: str = "0,1"
   backbone_layer: str = ""  # keras: source
+  task: str = "multiclass"  # multiclass | multilabel (sigmoid per label) | regression
+  threshold: float = 0.5  # multilabel: the score at which the export names a label
 
   def __post_init__(self):
     prefix, _ = backbones.source(self.model)  # raises UsageError with close matches
@@ -95,6 +98,9 @@ class ModelConfig:
            self.bn_mode)
     _check(self.hub_input_range in backbones.INPUT_RANGES, "hub_input_range",
            f"must be one of {', '.join(backbones.INPUT_RANGES)}", self.hub_input_range)
+    _check(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}", self.task)
+    _check(isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1, "threshold",
+           "must be between 0 and 1 (exclusive)", self.threshold)
 
   @property
   def unfreezes(self) -> bool:
@@ -105,10 +111,30 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Where the labelled images are and how they are batched."""
-  data_dir: str = ""  # "": the built-in recipe (scikit-learn's digits)
+  """Where the labelled images are and how they are batched.
+
+  One source: data_dir (image folders), csv, tfrecord or tfds; none: the built-in recipe.
+  """
+  data_dir: str = ""  # "" and no other source: the built-in recipe (scikit-learn's digits)
   val_dir: str = ""
+  csv: str = ""  # a .csv/.tsv with --path_column (relative to its folder) and --label_column
+  val_csv: str = ""
+  path_column: str = "path"
+  label_column: str = "label"  # regression: several target columns separated by commas
+  tfrecord: str = ""  # a glob of TFRecord files of tf.train.Examples
+  val_tfrecord: str = ""
+  label_names: str = ""  # tfrecord: a file naming the classes, line i for label id i
+  image_key: str = ""  # tfrecord/tfds: the image feature [image/encoded; tfds: its Image]
+  label_key: str = ""  # tfrecord/tfds: the label feature [image/class/label; its ClassLabel]
+  tfds: str = ""  # NAME or NAME:CONFIG of a prepared TFDS data set (never downloaded)
+  tfds_data_dir: str = ""  # "": TFDS' default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+  train_split: str = "train"
+  val_split: str = ""  # "": the data set's validation split if any, else --validation_split
   validation_split: float = 0.2
+  cache_dir: str = ""  # decoded images cached in files here ("": in memory when they fit)
+  mixup: float = 0.0  # MixUp Beta(alpha, alpha) on training batches; 0: off
+  cutmix: float = 0.0  # CutMix Beta(alpha, alpha) on training batches; 0: off
+  oversample: bool = False  # draw every class up to the largest's count (multiclass)
   batch_size: int = 32
   strict_data: bool = False  # unreadable images are an error instead of skipped
   resize: str = "squash"  # squash | crop | pad, in training and in the export alike
@@ -130,6 +156,22 @@ class DataConfig:
            "augment_strength", "must be between 0 and 1 (exclusive)", self.augment_strength)
     _check(self.class_weight in ("none", "balanced"), "class_weight",
            "must be none or balanced", self.class_weight)
+    sources = [f for f in ("data_dir", "csv", "tfrecord", "tfds") if getattr(self, f)]
+    if len(sources) > 1:
+      raise UsageError(f"--{sources[1]}: pass one data source, got --{' and --'.join(sources)}")
+    for val, train in (("val_dir", "data_dir"), ("val_csv", "csv"),
+                       ("val_tfrecord", "tfrecord"), ("label_names", "tfrecord")):
+      if getattr(self, val) and not getattr(self, train):
+        raise UsageError(f"--{val}: only goes with --{train}")
+    if (self.image_key or self.label_key) and not (self.tfrecord or self.tfds):
+      raise UsageError("--image_key/--label_key: only go with --tfrecord or --tfds")
+    for alpha in ("mixup", "cutmix"):
+      _check(isinstance(getattr(self, alpha), (int, float)) and getattr(self, alpha) >= 0,
+             alpha, "must be >= 0 (the Beta distribution's alpha; 0: off)",
+             getattr(self, alpha))
+    if self.oversample and self.class_weight != "none":
+      raise UsageError("--oversample: already balances the classes; leave out "
+                       "--class_weight=balanced")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +188,7 @@ class TrainingConfig:
   warmup_epochs: float = 0.0  # linear warmup at the start of each phase
   weight_decay: Optional[float] = None  # None: adamw's default 0.004, else 0; L2 for adam/sgd
   layer_lr_decay: float = 1.0  # each backbone block's rate: this factor per block below top
-  early_stopping_patience: int = 0  # epochs without a better val_accuracy; 0: off
+  early_stopping_patience: int = 0  # epochs without a better monitored metric; 0: off
   reduce_lr_patience: int = 0  # epochs without a lower val_loss before halving the rate; 0: off
   deterministic: bool = False  # seeds plus tf.config.experimental.enable_op_determinism()
   # Distribution and speed (see kerasft/fit.py)
@@ -221,6 +263,18 @@ class RunConfig:
     if self.model.unfreezes and not self.training.fine_tune_epochs:
       raise UsageError("--unfreeze_top/--unfreeze_blocks/--unfreeze_from/--gradual_unfreeze "
                        "have no effect without --fine_tune_epochs; pass --fine_tune_epochs=N")
+    task, d = self.model.task, self.data
+    if task != "multiclass":
+      chosen = [f for f, on in (("class_weight", d.class_weight != "none"),
+                                ("oversample", d.oversample)) if on]
+      if task == "regression":
+        chosen += [f for f in ("mixup", "cutmix") if getattr(d, f)]
+        chosen += ["label_smoothing"] if self.training.label_smoothing else []
+        if not d.csv:
+          raise UsageError("--task=regression: needs numeric targets from --csv "
+                           "(--label_column names the target columns)")
+      if chosen:
+        raise UsageError(f"--{chosen[0]}: not for --task={task}")
     if self.training.fine_tune_epochs and not self.model.unfreezes:
       raise UsageError(f"--fine_tune_epochs={self.training.fine_tune_epochs} needs layers to "
                        "train; pass --unfreeze_top=N (or --unfreeze_blocks, --unfreeze_from, "

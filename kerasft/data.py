@@ -1,18 +1,27 @@
-"""Labelled images into tf.data pipelines.
+"""Labelled images from every source into one tf.data pipeline.
 
-An image folder holds one sub-folder per class (`cats/`, `dogs/`, ...), or split folders
-`train/` and `validation/` (or `val/`) that each hold class sub-folders; a `test/` folder
-is never trained on. Files are indexed and decoded once up front, so a bad file is found
-(and skipped, or with --strict_data refused) before training starts, never in the middle
-of an epoch. `decode_and_resize` is the one
-function that turns encoded bytes into model input; the export's `serving_bytes`
+Sources (one per run, `index_source`):
+- an image folder: one sub-folder per class (`cats/`, `dogs/`, ...), or split folders
+  `train/` and `validation/` (or `val/`) that each hold class sub-folders; a `test/` folder
+  is never trained on;
+- a CSV (or TSV) file: a path column (relative to the file's folder) and label column(s):
+  a class name, `a|b` for several labels (multilabel), numbers (regression);
+- TFRecord files of `tf.train.Example`s with `image/encoded` and `image/class/label`;
+- a prepared TFDS data set, read with `download=False`.
+Every example is indexed and decoded once up front, so a bad one is found (and skipped, or
+with --strict_data refused) before training starts, never in the middle of an epoch.
+Records from TFRecord and TFDS are held as their encoded bytes. `decode_and_resize` is the
+one function that turns encoded bytes into model input; the export's `serving_bytes`
 signature uses it too, so serving sees exactly what training saw.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import csv
 import dataclasses
+import hashlib
+import io
 import os
 from typing import Optional
 
@@ -27,12 +36,50 @@ VALIDATION_FOLDERS = ("validation", "val")
 MEMORY_CACHE_BYTES = 2 << 30
 
 
+TASKS = ("multiclass", "multilabel", "regression")
+
+
 @dataclasses.dataclass
 class ImageFiles:
-  """An indexed split: file paths, integer labels (indices into class_names)."""
-  paths: list[str]
-  labels: list[int]
+  """An indexed split: images and their labels.
+
+  paths: file paths, or encoded images (bytes) for records from TFRecord files and TFDS.
+  labels: per image, its class id (multiclass), a list of class ids (multilabel) or a list
+  of float targets (regression). class_names: the classes, or the regression targets'
+  names. names: how messages name each image (default: its path).
+  """
+  paths: list
+  labels: list
   class_names: list[str]
+  task: str = "multiclass"
+  names: Optional[list[str]] = None
+
+  def name(self, i: int) -> str:
+    return self.names[i] if self.names else str(self.paths[i])
+
+  def subset(self, idx) -> "ImageFiles":
+    """The images at positions `idx`, in that order."""
+    return dataclasses.replace(
+        self, paths=[self.paths[i] for i in idx], labels=[self.labels[i] for i in idx],
+        names=[self.names[i] for i in idx] if self.names else None)
+
+  def __add__(self, other: "ImageFiles") -> "ImageFiles":
+    names = None
+    if self.names or other.names:
+      names = [self.name(i) for i in range(len(self.paths))] + [
+          other.name(i) for i in range(len(other.paths))]
+    return dataclasses.replace(self, paths=self.paths + other.paths,
+                               labels=self.labels + other.labels, names=names)
+
+  def targets(self) -> np.ndarray:
+    """float32 [N, C]: one-hot (multiclass), multi-hot (multilabel) or the targets."""
+    n, k = len(self.labels), len(self.class_names)
+    if self.task == "regression":
+      return np.asarray(self.labels, np.float32).reshape(n, k)
+    out = np.zeros((n, k), np.float32)
+    for i, label in enumerate(self.labels):
+      out[i, label] = 1.0
+    return out
 
 
 @dataclasses.dataclass
@@ -111,11 +158,14 @@ def scan_class_folder(folder: str, flag: str, class_names: Optional[list[str]] =
   return ImageFiles(paths, labels, list(class_names))
 
 
-def unreadable_reasons(paths: list[str]) -> list[Optional[str]]:
-  """Decodes every file once (in threads); per path None, or why it is not a readable image."""
+def unreadable_reasons(paths: list) -> list[Optional[str]]:
+  """Decodes every file (or encoded image, bytes) once, in threads; per item None, or why
+  it is not a readable image."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   def reason(path):
+    if isinstance(path, bytes):
+      path = io.BytesIO(path)
     try:
       with Image.open(path) as image:
         image.draft("RGB", (32, 32))  # JPEGs decode at a reduced scale: fast, still complete.
@@ -138,21 +188,36 @@ def check_images(paths: list[str], flag: str) -> None:
 
 
 def readable(files: ImageFiles, flag: str, strict: bool = False) -> ImageFiles:
-  """`files` without the corrupt, truncated or non-image ones, which are found by decoding
-  every file once: skipped with one warning naming the first ten, or with `strict` a
-  UsageError naming the first."""
+  """`files` without the missing, corrupt, truncated or non-image ones, which are found by
+  decoding every image once: skipped with one warning naming the first ten, or with
+  `strict` a UsageError naming the first."""
   reasons = unreadable_reasons(files.paths)
-  bad = [(p, r) for p, r in zip(files.paths, reasons) if r]
+  bad = [(files.name(i), r) for i, r in enumerate(reasons) if r]
   if not bad:
     return files
   if strict:
-    raise UsageError(f"--strict_data: {len(bad)} file(s) under --{flag} are not readable "
-                     f"images, first: {bad[0][0]} ({bad[0][1]}); remove or fix them")
-  logging.warning("skipping %d unreadable file(s) under --%s: %s%s", len(bad), flag,
+    raise UsageError(f"--strict_data: {len(bad)} image(s) from --{flag} are not readable, "
+                     f"first: {bad[0][0]} ({bad[0][1]}); remove or fix them")
+  logging.warning("skipping %d unreadable image(s) from --%s: %s%s", len(bad), flag,
                   ", ".join(p for p, _ in bad[:10]), " ..." if len(bad) > 10 else "")
-  keep = [i for i, r in enumerate(reasons) if r is None]
-  return ImageFiles([files.paths[i] for i in keep], [files.labels[i] for i in keep],
-                    files.class_names)
+  return files.subset([i for i, r in enumerate(reasons) if r is None])
+
+
+def oversampled(files: ImageFiles, seed: int) -> ImageFiles:
+  """Every class drawn up to the largest class's count (its own images first, then random
+  repeats, seeded); for multiclass training data (`--oversample`)."""
+  rng = np.random.default_rng(seed)
+  labels = np.asarray(files.labels)
+  counts = np.bincount(labels, minlength=len(files.class_names))
+  idx = []
+  for label, count in enumerate(counts):
+    members = np.flatnonzero(labels == label)
+    if count:
+      idx.extend(members)
+      idx.extend(rng.choice(members, counts.max() - count, replace=True))
+  logging.info("oversampling: %d training images become %d (%d per class)", len(labels),
+               len(idx), counts.max())
+  return files.subset(sorted(int(i) for i in idx))
 
 
 def balanced_class_weights(files: ImageFiles) -> dict[int, float]:
@@ -164,8 +229,15 @@ def balanced_class_weights(files: ImageFiles) -> dict[int, float]:
 
 def stratified_split(files: ImageFiles, fraction: float, seed: int
                      ) -> tuple[ImageFiles, ImageFiles]:
-  """Splits off `fraction` of each class (at least one image) as validation, seeded."""
+  """Splits off `fraction` of each class (at least one image) as validation, seeded.
+
+  Multilabel and regression data are split at random (not stratified).
+  """
   rng = np.random.default_rng(seed)
+  if files.task != "multiclass":
+    idx = rng.permutation(len(files.paths))
+    n_val = min(max(1, int(round(len(idx) * fraction))), len(idx) - 1)
+    return files.subset(sorted(idx[n_val:])), files.subset(sorted(idx[:n_val]))
   labels = np.asarray(files.labels)
   train_idx, val_idx = [], []
   for label in range(len(files.class_names)):
@@ -179,12 +251,7 @@ def stratified_split(files: ImageFiles, fraction: float, seed: int
     n_val = min(max(1, int(round(len(idx) * fraction))), len(idx) - 1)
     val_idx.extend(idx[:n_val])
     train_idx.extend(idx[n_val:])
-
-  def pick(idx):
-    idx = sorted(idx)
-    return ImageFiles([files.paths[i] for i in idx], [files.labels[i] for i in idx],
-                      files.class_names)
-  return pick(train_idx), pick(val_idx)
+  return files.subset(sorted(train_idx)), files.subset(sorted(val_idx))
 
 
 def index(data_dir: str, val_dir: str = "", validation_split: float = 0.2, seed: int = 0,
@@ -222,6 +289,271 @@ def index(data_dir: str, val_dir: str = "", validation_split: float = 0.2, seed:
                len(train.paths), len(val.paths), len(train.class_names),
                ", ".join(train.class_names))
   return train, val
+
+
+def index_source(config, task: str = "multiclass", seed: int = 0
+                 ) -> tuple[ImageFiles, ImageFiles]:
+  """The training and validation images of a `DataConfig`'s source (--data_dir, --csv,
+  --tfrecord or --tfds) for `task`. Validation comes from the source's validation part
+  (--val_dir, --val_csv, --val_tfrecord, --val_split or a validation folder/split), else a
+  stratified --validation_split. Unreadable images are skipped with a warning, or with
+  --strict_data are a UsageError."""
+  c = config
+  if c.csv:
+    flags, read = ("csv", "val_csv"), lambda path, flag, names: read_csv(
+        path, flag, c.path_column, c.label_column, task, names)
+    sources = (c.csv, c.val_csv)
+  elif c.tfrecord:
+    flags, read = ("tfrecord", "val_tfrecord"), lambda pattern, flag, names: read_tfrecords(
+        pattern, flag, c.image_key, c.label_key, task, c.label_names, names)
+    sources = (c.tfrecord, c.val_tfrecord)
+  elif c.tfds:
+    flags = ("tfds", "tfds")
+    val_split = c.val_split or tfds_validation_split(c.tfds, c.tfds_data_dir)
+    read = lambda split, flag, names: read_tfds(c.tfds, c.tfds_data_dir, split, c.image_key,
+                                                c.label_key, task, names)
+    sources = (c.train_split, val_split)
+  else:
+    if task != "multiclass":
+      raise UsageError(f"--task={task}: an image folder gives each image one class; pass "
+                       "the labels in a --csv, --tfrecord or --tfds source")
+    return index(c.data_dir, c.val_dir, c.validation_split, seed, c.strict_data)
+  train = readable(read(sources[0], flags[0], None), flags[0], c.strict_data)
+  if not train.paths:
+    raise UsageError(f"--{flags[0]}: {sources[0]} holds no readable images")
+  if task != "regression" and len(train.class_names) < 2:
+    raise UsageError(f"--{flags[0]}: {sources[0]} has a single class "
+                     f"({', '.join(train.class_names)}); a classifier needs at least 2")
+  if sources[1]:
+    val = readable(read(sources[1], flags[1], train.class_names), flags[1], c.strict_data)
+  else:
+    train, val = stratified_split(train, c.validation_split, seed)
+  logging.info("data: %d training and %d validation images, %d %s (%s)", len(train.paths),
+               len(val.paths), len(train.class_names),
+               "targets" if task == "regression" else "classes", ", ".join(train.class_names))
+  return train, val
+
+
+def _class_ids(names_per_row: list[list[str]], class_names: Optional[list[str]], flag: str,
+               where: str) -> tuple[list[list[int]], list[str]]:
+  """Class names per row -> class ids per row, and the classes (sorted, unless given)."""
+  found = sorted({n for row in names_per_row for n in row})
+  if class_names is None:
+    class_names = found
+  elif set(found) - set(class_names):
+    raise UsageError(f"--{flag}: {where} has classes {sorted(set(found) - set(class_names))[:10]}"
+                     f" that the training data does not have ({', '.join(class_names[:20])})")
+  position = {n: i for i, n in enumerate(class_names)}
+  return [[position[n] for n in row] for row in names_per_row], list(class_names)
+
+
+def read_table(path: str, flag: str, columns: list[str]) -> list[dict]:
+  """Rows of a .csv, .tsv (tab-separated) or .jsonl file as dicts; the `columns` must be
+  there (a UsageError lists the ones the file has)."""
+  if not os.path.isfile(path):
+    raise UsageError(f"--{flag}: file {path} does not exist")
+  try:
+    with open(path, newline="", encoding="utf-8") as f:
+      if path.endswith(".jsonl"):
+        import json  # pylint: disable=g-import-not-at-top
+        rows = [json.loads(line) for line in f if line.strip()]
+        have = sorted({k for row in rows for k in row})
+      else:
+        reader = csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ",")
+        rows, have = list(reader), reader.fieldnames or []
+  except (UnicodeDecodeError, ValueError, csv.Error) as e:
+    raise UsageError(f"--{flag}: cannot read {path} ({type(e).__name__}: {e})") from None
+  missing = [c for c in columns if c not in have]
+  if missing:
+    raise UsageError(f"--{flag}: {path} has no column {missing[0]!r} (columns: "
+                     f"{', '.join(have)}); name it with --path_column/--label_column/"
+                     "--text_column")
+  if not rows:
+    raise UsageError(f"--{flag}: {path} has no rows")
+  return rows
+
+
+def parse_labels(rows: list[dict], label_column: str, task: str, flag: str, path: str,
+                 class_names: Optional[list[str]] = None) -> tuple[list, list[str]]:
+  """The label cells of table rows -> (labels, class names or target names).
+
+  multiclass: one class name per cell; multilabel: names separated by "|" (an empty cell
+  is an example with no label); regression: numbers, `label_column` may name several
+  columns separated by commas.
+  """
+  columns = label_column.split(",")
+  if task == "regression":
+    labels = []
+    for i, row in enumerate(rows):
+      try:
+        labels.append([float(row[c]) for c in columns])
+      except (TypeError, ValueError):
+        raise UsageError(f"--{flag}: {path} row {i + 1}: --label_column {label_column!r} "
+                         f"must hold numbers for --task=regression, got "
+                         f"{[row[c] for c in columns]}") from None
+    return labels, columns
+  if len(columns) > 1:
+    raise UsageError(f"--label_column: one column for --task={task}, got {label_column!r}")
+  cells = [str(row[label_column] if row[label_column] is not None else "").strip()
+           for row in rows]
+  if task == "multilabel":
+    names = [[n.strip() for n in cell.split("|") if n.strip()] for cell in cells]
+    ids, class_names = _class_ids(names, class_names, flag, path)
+    return ids, class_names
+  empty = [i for i, cell in enumerate(cells) if not cell]
+  if empty:
+    raise UsageError(f"--{flag}: {path} row {empty[0] + 1} has an empty {label_column!r}; "
+                     "give every row a label")
+  ids, class_names = _class_ids([[cell] for cell in cells], class_names, flag, path)
+  return [i[0] for i in ids], class_names
+
+
+def read_csv(path: str, flag: str, path_column: str = "path", label_column: str = "label",
+             task: str = "multiclass", class_names: Optional[list[str]] = None
+             ) -> ImageFiles:
+  """Indexes a CSV/TSV/JSONL of image paths (relative to its folder) and labels."""
+  rows = read_table(path, flag, [path_column] + label_column.split(","))
+  labels, names = parse_labels(rows, label_column, task, flag, path, class_names)
+  folder = os.path.dirname(os.path.abspath(path))
+  paths = [os.path.join(folder, str(row[path_column] or "")) for row in rows]
+  return ImageFiles(paths, labels, names, task)
+
+
+def read_tfrecords(pattern: str, flag: str, image_key: str = "", label_key: str = "",
+                   task: str = "multiclass", label_names: str = "",
+                   class_names: Optional[list[str]] = None) -> ImageFiles:
+  """Indexes TFRecord files of tf.train.Examples: encoded image bytes and int64 label ids.
+
+  image_key/label_key default to `image/encoded` and `image/class/label`. Class names come
+  from `label_names` (a file, one name per line, line i names id i), else the ids found in
+  the training data as strings.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  image_key, label_key = image_key or "image/encoded", label_key or "image/class/label"
+  files = sorted(tf.io.gfile.glob(pattern))
+  if not files:
+    raise UsageError(f"--{flag}: no files match {pattern}")
+  spec = {image_key: tf.io.FixedLenFeature([], tf.string, default_value=""),
+          label_key: tf.io.VarLenFeature(tf.int64)}
+  images, ids, names = [], [], []
+  for path in files:
+    try:
+      for i, record in enumerate(tf.data.TFRecordDataset(path)):
+        example = tf.io.parse_single_example(record, spec)
+        images.append(example[image_key].numpy())
+        ids.append([int(v) for v in example[label_key].values.numpy()])
+        names.append(f"{path}#{i}")
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+      raise UsageError(f"--{flag}: {path} is not a TFRecord file of tf.train.Examples with "
+                       f"a string {image_key!r} and int64 {label_key!r} (name them with "
+                       f"--image_key/--label_key): {e.message.splitlines()[0]}") from None
+  if not images:
+    raise UsageError(f"--{flag}: {pattern} holds no records")
+  missing = [n for image, n in zip(images, names) if not image]
+  if missing:
+    raise UsageError(f"--{flag}: {missing[0]} has no {image_key!r} feature; name the image "
+                     "feature with --image_key")
+  if label_names:
+    if not os.path.isfile(label_names):
+      raise UsageError(f"--label_names: file {label_names} does not exist")
+    with open(label_names, encoding="utf-8") as f:
+      all_names = [line.strip() for line in f if line.strip()]
+    bad = [(n, i) for n, row in zip(names, ids) for i in row if not 0 <= i < len(all_names)]
+    if bad:
+      raise UsageError(f"--{flag}: {bad[0][0]} has label id {bad[0][1]}, but --label_names "
+                       f"{label_names} names {len(all_names)} classes (ids 0-"
+                       f"{len(all_names) - 1})")
+    per_row = [[all_names[i] for i in row] for row in ids]
+    class_names = class_names or all_names
+  else:
+    per_row = [[str(i) for i in row] for row in ids]
+    if class_names is None:
+      class_names = [str(i) for i in sorted({i for row in ids for i in row})]
+  return _records(images, per_row, names, task, class_names, flag, pattern, label_key)
+
+
+def _records(images, per_row, names, task, class_names, flag, where, label_key) -> ImageFiles:
+  """Encoded images with class names per record -> ImageFiles (one label for multiclass)."""
+  if task == "multiclass":
+    wrong = [n for n, row in zip(names, per_row) if len(row) != 1]
+    if wrong:
+      raise UsageError(f"--{flag}: {wrong[0]} has {len(per_row[names.index(wrong[0])])} "
+                       f"{label_key!r} values; a multiclass example has exactly one "
+                       "(pass --task=multilabel for several)")
+  elif task == "regression":
+    raise UsageError(f"--task=regression: --{flag} holds class labels; pass numeric targets "
+                     "in a --csv")
+  ids, class_names = _class_ids(per_row, class_names, flag, where)
+  labels = [row[0] for row in ids] if task == "multiclass" else ids
+  return ImageFiles(images, labels, class_names, task, names)
+
+
+def _tfds_builder(name: str, data_dir: str):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    return tfds.builder(name, data_dir=data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UsageError(f"--tfds: no data set {name!r} in TFDS' catalogue or in "
+                     f"{data_dir or '~/tensorflow_datasets'}; see "
+                     "https://www.tensorflow.org/datasets/catalog") from None
+  except Exception as e:  # pylint: disable=broad-except  # bad config names and such
+    raise UsageError(f"--tfds: {name}: {str(e).splitlines()[0]}") from None
+
+
+def tfds_validation_split(name: str, data_dir: str) -> str:
+  """The data set's validation split ("validation" or "val") when it has one, else ""."""
+  splits = _tfds_builder(name, data_dir).info.splits
+  return next((s for s in VALIDATION_FOLDERS if s in splits), "")
+
+
+def read_tfds(name: str, data_dir: str, split: str, image_key: str = "", label_key: str = "",
+              task: str = "multiclass", class_names: Optional[list[str]] = None
+              ) -> ImageFiles:
+  """Reads one split of a prepared TFDS data set (`download=False`: never waits offline).
+
+  The image and label features are the builder's first `Image` and `ClassLabel` (or a
+  `Sequence` of `ClassLabel`s for multilabel) unless named; images are kept encoded.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  builder = _tfds_builder(name, data_dir)
+  features = builder.info.features
+  if not image_key:
+    image_key = next((k for k, f in features.items() if isinstance(f, tfds.features.Image)), "")
+  if not label_key:
+    label_key = next((k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)
+                      or isinstance(getattr(f, "feature", None), tfds.features.ClassLabel)), "")
+  for flag, key in (("image_key", image_key), ("label_key", label_key)):
+    if key not in features:
+      raise UsageError(f"--{flag}: {name} has no feature {key!r}; its features are "
+                       f"{', '.join(features)}")
+  label = features[label_key]
+  label = getattr(label, "feature", label)
+  all_names = label.names if isinstance(label, tfds.features.ClassLabel) else None
+  try:
+    ds = builder.as_dataset(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
+  except AssertionError:
+    root = data_dir or os.path.dirname(os.path.dirname(os.path.dirname(builder.data_dir)))
+    raise UsageError(f"--tfds: {name} is not prepared in {builder.data_dir}; prepare it on a "
+                     f"machine with internet (`tfds build {name} --data_dir={root}`) and pass "
+                     f"--tfds_data_dir={root}") from None
+  except ValueError as e:
+    raise UsageError(f"--train_split/--val_split: {name} has no split {split!r} "
+                     f"({str(e).splitlines()[0]}); its splits are "
+                     f"{', '.join(builder.info.splits) or 'unknown'}") from None
+  images, per_row, names = [], [], []
+  for i, example in enumerate(ds.as_numpy_iterator()):
+    images.append(example[image_key])
+    ids = np.atleast_1d(example[label_key]).tolist()
+    per_row.append([all_names[j] if all_names else str(j) for j in ids])
+    names.append(f"{name}[{split}]#{i}")
+  if not images:
+    raise UsageError(f"--tfds: split {split!r} of {name} is empty")
+  if class_names is None and all_names:
+    class_names = list(all_names)
+  return _records(images, per_row, names, task, class_names, "tfds", f"{name}[{split}]",
+                  label_key)
 
 
 def evaluation_files(data_dir: str, class_names: list[str]) -> ImageFiles:
@@ -267,33 +599,105 @@ def expand_inputs(patterns: list[str]) -> list[str]:
 
 
 def make_pipeline(files: ImageFiles, image_size: int, batch_size: int, shuffle: bool = False,
-                  seed: int = 0, cache: bool = True, resize: str = "squash"):
-  """A tf.data pipeline of (float32 pixels [B, S, S, 3], one-hot float32 labels [B, C]).
+                  seed: int = 0, cache: bool = True, resize: str = "squash",
+                  cache_dir: str = ""):
+  """A tf.data pipeline of (float32 pixels [B, S, S, 3], float32 targets [B, C]).
 
-  Decodes in parallel, caches decoded images in memory when `cache` and they fit
-  (`MEMORY_CACHE_BYTES`), reshuffles every epoch when `shuffle`, batches and prefetches.
+  Decodes in parallel; caches decoded images in files under `cache_dir` when given, else in
+  memory when `cache` and they fit (`MEMORY_CACHE_BYTES`); reshuffles every epoch when
+  `shuffle`; batches and prefetches. Targets are `files.targets()`.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  num_classes = len(files.class_names)
-  ds = tf.data.Dataset.from_tensor_slices(
-      (np.asarray(files.paths), np.asarray(files.labels, np.int32)))
-  ds = ds.map(lambda path, label: (decode_and_resize(tf.io.read_file(path), image_size, resize),
-                                   tf.one_hot(label, num_classes)),
-              num_parallel_calls=tf.data.AUTOTUNE)
-  if cache and len(files.paths) * image_size * image_size * 3 * 4 <= MEMORY_CACHE_BYTES:
+  encoded = bool(files.paths) and isinstance(files.paths[0], bytes)
+  sources = tf.constant(files.paths, tf.string) if files.paths else tf.zeros([0], tf.string)
+  ds = tf.data.Dataset.from_tensor_slices((sources, files.targets()))
+  ds = ds.map(lambda source, target: (
+      decode_and_resize(source if encoded else tf.io.read_file(source), image_size, resize),
+      target), num_parallel_calls=tf.data.AUTOTUNE)
+  if cache_dir:
+    os.makedirs(cache_dir, exist_ok=True)
+    ds = ds.cache(os.path.join(cache_dir, _cache_key(files, image_size, resize)))
+  elif cache and len(files.paths) * image_size * image_size * 3 * 4 <= MEMORY_CACHE_BYTES:
     ds = ds.cache()
   if shuffle:
     ds = ds.shuffle(len(files.paths), seed=seed, reshuffle_each_iteration=True)
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def _cache_key(files: ImageFiles, image_size: int, resize: str) -> str:
+  """A file name that changes whenever the cached images would: sources, size, resize."""
+  digest = hashlib.sha256(f"{image_size}:{resize}:{len(files.paths)}".encode())
+  for source in files.paths:
+    digest.update(source if isinstance(source, bytes) else source.encode())
+    digest.update(b"\0")
+  digest.update(files.targets().tobytes())
+  return f"images-{image_size}-{resize}-{digest.hexdigest()[:16]}"
+
+
+def mix(ds, mixup: float = 0.0, cutmix: float = 0.0, seed: int = 0):
+  """Mixes each batch of (pixels, targets) with a shuffled copy of itself: MixUp (blend
+  images by a Beta(mixup, mixup) weight) or CutMix (paste a box whose area is a
+  Beta(cutmix, cutmix) share); with both, each batch uses one of them at random. Targets
+  mix in proportion. Seeded, stateless random numbers."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def beta(alpha, rng_seed):
+    a = tf.random.stateless_gamma([], rng_seed, alpha=alpha)
+    b = tf.random.stateless_gamma([], rng_seed + [0, 1], alpha=alpha)
+    return a / (a + b)
+
+  def apply(seeds, images, targets):
+    seeds = tf.reshape(seeds, [4, 2])
+    n, h, w = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+    perm = tf.argsort(tf.random.stateless_uniform([n], seeds[0]))
+    other_images, other_targets = tf.gather(images, perm), tf.gather(targets, perm)
+    use_cutmix = tf.constant(cutmix > 0)
+    if mixup > 0 and cutmix > 0:
+      use_cutmix = tf.random.stateless_uniform([], seeds[1]) < 0.5
+
+    def mixup_batch():
+      lam = beta(mixup, seeds[2]) if mixup > 0 else tf.constant(1.0)
+      return lam * images + (1 - lam) * other_images, lam
+
+    def cutmix_batch():
+      lam = beta(cutmix, seeds[2]) if cutmix > 0 else tf.constant(1.0)
+      cut = tf.sqrt(1.0 - lam)
+      ch = tf.cast(tf.cast(h, tf.float32) * cut, tf.int32)
+      cw = tf.cast(tf.cast(w, tf.float32) * cut, tf.int32)
+      centre = tf.random.stateless_uniform([2], seeds[3])
+      cy, cx = tf.cast(centre[0] * tf.cast(h, tf.float32), tf.int32), tf.cast(
+          centre[1] * tf.cast(w, tf.float32), tf.int32)
+      y0, y1 = tf.maximum(cy - ch // 2, 0), tf.minimum(cy + ch // 2, h)
+      x0, x1 = tf.maximum(cx - cw // 2, 0), tf.minimum(cx + cw // 2, w)
+      rows = tf.logical_and(tf.range(h) >= y0, tf.range(h) < y1)
+      cols = tf.logical_and(tf.range(w) >= x0, tf.range(w) < x1)
+      box = tf.cast(tf.logical_and(rows[:, None], cols[None, :]), images.dtype)[None, :, :,
+                                                                                  None]
+      area = tf.reduce_mean(box)  # the pasted share, after clipping at the borders
+      return images * (1 - box) + other_images * box, 1.0 - area
+
+    mixed, lam = tf.cond(use_cutmix, cutmix_batch, mixup_batch)
+    return mixed, lam * targets + (1 - lam) * other_targets
+
+  seeds = tf.data.Dataset.random(seed=seed).batch(8)
+  return tf.data.Dataset.zip(seeds, ds).map(
+      lambda s, batch: apply(s, *batch), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+          tf.data.AUTOTUNE)
+
+
 def pipelines(train: ImageFiles, val: ImageFiles, image_size: int, batch_size: int,
-              seed: int = 0, resize: str = "squash") -> Dataset:
-  """Wraps indexed training and validation images in their tf.data pipelines."""
-  return Dataset(train=make_pipeline(train, image_size, batch_size, shuffle=True, seed=seed,
-                                     resize=resize),
-                 val=make_pipeline(val, image_size, batch_size, resize=resize),
+              seed: int = 0, resize: str = "squash", cache_dir: str = "",
+              mixup: float = 0.0, cutmix: float = 0.0) -> Dataset:
+  """Wraps indexed training and validation images in their tf.data pipelines; MixUp and
+  CutMix (`mix`) apply to the training pipeline only."""
+  train_ds = make_pipeline(train, image_size, batch_size, shuffle=True, seed=seed,
+                           resize=resize, cache_dir=cache_dir)
+  if mixup or cutmix:
+    train_ds = mix(train_ds, mixup, cutmix, seed)
+  return Dataset(train=train_ds,
+                 val=make_pipeline(val, image_size, batch_size, resize=resize,
+                                   cache_dir=cache_dir),
                  class_names=train.class_names, train_files=train, val_files=val,
                  resize=resize)
 

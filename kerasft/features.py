@@ -36,10 +36,15 @@ def default_memory_budget() -> int:
     return 2 << 30
 
 
-def refusal(model: keras.Model, augmenting: bool = False) -> str | None:
-  """Why features of `model`'s backbone cannot be cached now, or None when they can."""
-  if augmenting:
+def refusal(model: keras.Model, augment: tuple = (), mixing: bool = False) -> str | None:
+  """Why features of `model`'s backbone cannot be cached now, or None when they can.
+
+  augment: the --augment layers in use; mixing: whether MixUp/CutMix mix the images.
+  """
+  if augment:
     return "augmentation changes the backbone's input every epoch"
+  if mixing:
+    return "MixUp/CutMix mix the backbone's input images in every batch"
   trainable = [w for w in backbone_of(model).weights if w.trainable]
   if trainable:
     return f"{len(trainable)} backbone weights are trainable"
@@ -101,7 +106,7 @@ def build(model: keras.Model, dataset: Dataset, image_size: int, batch_size: int
     images = make_pipeline(files, image_size, EXTRACT_BATCH, cache=False,  # file order
                            resize=dataset.resize)
     logging.info("feature cache: extracting %d %s images to %s", len(files.paths), name, path)
-    labels = np.eye(len(files.class_names), dtype=np.float32)[files.labels]
+    labels = files.targets()
     features = images.map(lambda x, _: tf.cast(extractor(x, training=False), dtype))
     tf.data.Dataset.zip(features.unbatch(), tf.data.Dataset.from_tensor_slices(labels)).save(
         path, shard_func=lambda *_: np.int64(0))
@@ -118,12 +123,12 @@ def build(model: keras.Model, dataset: Dataset, image_size: int, batch_size: int
     return FeatureDatasets(train=stream(train, "train", True), val=stream(val, "val", False),
                            on_disk=True)
   # One pass over training and validation images together: one trace, full batches.
-  both = ImageFiles(train.paths + val.paths, train.labels + val.labels, train.class_names)
+  both = train + val
   logging.info("feature cache: extracting %d images", len(both.paths))
   computed = extractor.predict(make_pipeline(both, image_size, EXTRACT_BATCH, cache=False,
                                              resize=dataset.resize),
                                verbose=verbose).astype(dtype)
-  onehot = np.eye(len(train.class_names), dtype=np.float32)[both.labels]
+  onehot = both.targets()
   n = len(train.paths)
   return FeatureDatasets(
       train=finish(tf.data.Dataset.from_tensor_slices((computed[:n], onehot[:n])), n, True),

@@ -122,32 +122,52 @@ def layer_lr_multipliers(model: keras.Model, decay: float) -> dict:
           for w in layer.weights}
 
 
+# What picks the best epoch (and early stopping) per task: (metric, "max" or "min").
+MONITORS = {"multiclass": ("val_accuracy", "max"), "multilabel": ("val_auc", "max"),
+            "regression": ("val_loss", "min")}
+
+
 def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                   label_smoothing: float = 0.0, steps_per_execution: int = 1,
-                  jit_compile: bool = False) -> None:
-  """Compiles for one-hot labels with categorical cross-entropy and accuracy."""
-  model.compile(
-      optimizer=optimizer,
-      loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-      steps_per_execution=steps_per_execution,
-      jit_compile=jit_compile)  # XLA made MobileNet-style models 7-12x slower on CPU here.
+                  jit_compile: bool = False, task: str = "multiclass",
+                  threshold: float = 0.5) -> None:
+  """Compiles for the task's targets: multiclass one-hot labels (categorical cross-entropy,
+  accuracy), multilabel multi-hot labels (binary cross-entropy, AUC, micro F1 at
+  `threshold`) or regression targets (mean squared error, mean absolute error)."""
+  if task == "regression":
+    loss, metrics = keras.losses.MeanSquaredError(), [keras.metrics.MeanAbsoluteError(
+        name="mae")]
+  elif task == "multilabel":
+    loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+    metrics = [keras.metrics.AUC(multi_label=True, name="auc"),
+               keras.metrics.F1Score(average="micro", threshold=threshold, name="f1")]
+  else:
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+    metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+  model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                steps_per_execution=steps_per_execution,
+                jit_compile=jit_compile)  # XLA made MobileNet-style models 7-12x slower on CPU.
 
 
 class _BestCheckpoint(keras.callbacks.Callback):
-  """Keeps the best epoch of `model` by validation accuracy, whatever model is being fit
-  (the head alone on cached features): its weights in memory at once, and `path` (a
-  .keras file) at the end of every fit and at most every `interval` seconds in between.
-  One instance serves both phases, so its best spans them."""
+  """Keeps the best epoch of `model` by `monitor` ("max" or "min" is better by `mode`),
+  whatever model is being fit (the head alone on cached features): its weights in memory
+  at once, and `path` (a .keras file) at the end of every fit and at most every `interval`
+  seconds in between. One instance serves both phases, so its best spans them. `best` is
+  the monitored value, negated for "min"."""
 
-  def __init__(self, model: keras.Model, path: str, interval: float = 60.0):
+  def __init__(self, model: keras.Model, path: str, interval: float = 60.0,
+               monitor: str = "val_accuracy", mode: str = "max"):
     super().__init__()
     self._full, self._path, self._interval = model, path, interval
+    self.monitor, self._sign = monitor, 1.0 if mode == "max" else -1.0
     self.best, self._weights, self._dirty = -np.inf, None, False
     self._written = time.monotonic()
 
   def on_epoch_end(self, epoch, logs=None):
-    value = (logs or {}).get("val_accuracy")
+    value = (logs or {}).get(self.monitor)
+    if value is not None:
+      value = self._sign * float(value)
     if value is not None and value > self.best:
       self.best, self._weights, self._dirty = value, self._full.get_weights(), True
       if time.monotonic() - self._written > self._interval:
@@ -269,7 +289,8 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, runtime=None,
   best_path = os.path.join(out_dir, BEST_CHECKPOINT)
   state_path, log_path = os.path.join(model_dir, STATE), os.path.join(out_dir, EPOCH_LOG)
   state = _read_json(state_path, {"segments_done": 0})
-  checkpoint = _BestCheckpoint(model, best_path)
+  monitor, mode = MONITORS[config.model.task]
+  checkpoint = _BestCheckpoint(model, best_path, monitor=monitor, mode=mode)
   if state.get("best") is not None and os.path.exists(best_path):
     checkpoint.resume(state["best"])
   backbone = backbone_of(model)
@@ -302,7 +323,8 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, runtime=None,
             config.data.augment, config.data.augment_strength)(inputs)), name="training")
       if phase == "head":
         backbones.freeze(backbone)
-        reason = (features.refusal(model, augmenting=bool(config.data.augment))
+        reason = (features.refusal(model, augment=config.data.augment,
+                                   mixing=bool(config.data.mixup or config.data.cutmix))
                   if training.cache_features != "off" else None)
         if reason:
           logging.warning("feature cache off for the head phase: %s", reason)
@@ -330,7 +352,7 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, runtime=None,
                            phase_epochs * steps, offset * steps)
       compile_model(trained, make_optimizer(training.optimizer, rate, training.weight_decay,
                                             multipliers if phase == "fine_tune" else None),
-                    training.label_smoothing, spe, runtime.jit_compile)
+                    training.label_smoothing, spe, runtime.jit_compile, m.task, m.threshold)
     logging.info("phase %s: epochs %d-%d, %d trainable weights, learning rate %g%s", phase,
                  first + 1, last, len(trained.trainable_weights), peak,
                  ", on cached features" if on_features else "")
@@ -342,7 +364,7 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, runtime=None,
       callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, "logs")))
     if training.early_stopping_patience:
       callbacks.append(keras.callbacks.EarlyStopping(
-          "val_accuracy", patience=training.early_stopping_patience, mode="max"))
+          monitor, patience=training.early_stopping_patience, mode=mode))
     if training.reduce_lr_patience:
       callbacks.append(keras.callbacks.ReduceLROnPlateau(
           "val_loss", factor=0.5, patience=training.reduce_lr_patience))
@@ -357,8 +379,8 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, runtime=None,
       os.replace(state_path + ".tmp", state_path)
 
   if restore_best and checkpoint.restore():
-    logging.info("restored the best epoch (val_accuracy %.4f), saved as %s", checkpoint.best,
-                 best_path)
+    logging.info("restored the best epoch (%s %.4f), saved as %s", monitor,
+                 checkpoint.best * (1 if mode == "max" else -1), best_path)
   history = history_from_log(log_path)
   with open(os.path.join(out_dir, "history.json"), "w") as f:
     json.dump(history, f, indent=2)

@@ -50,18 +50,42 @@ class Preprocess(keras.layers.Layer):
     return {**super().get_config(), "mode": self.mode}
 
 
-def build_classifier(backbone: Backbone, num_classes: int, head: tuple[int, ...] = (),
-                     dropout: float = 0.2, bn_mode: str = "frozen") -> keras.Model:
-  """Returns a model from raw pixels [N, S, S, 3] (0..255) to class probabilities [N, C].
+# The last layer's name per task: also the name of the export's main output.
+OUTPUT_LAYERS = {"multiclass": "probabilities", "multilabel": "scores",
+                 "regression": "predictions"}
 
-  head: hidden Dense (ReLU) sizes between the pooled features and the classifier layer;
-  dropout: the rate before each Dense layer of the head. The final layer is named
-  "probabilities" and computes in float32. The backbone runs in inference mode, except
-  with bn_mode="train", where it follows the training flag (frozen BatchNorm layers stay
-  in inference mode either way).
+
+@keras.saving.register_keras_serializable(package="kerasft")
+class Rescale(keras.layers.Layer):
+  """x * scale + offset with fixed per-output constants: a regression head learns
+  standardized targets and outputs them in their own units."""
+
+  def __init__(self, scale, offset, **kwargs):
+    super().__init__(**kwargs)
+    self.scale, self.offset = [float(v) for v in scale], [float(v) for v in offset]
+
+  def call(self, x):
+    return x * ops.array(self.scale, x.dtype) + ops.array(self.offset, x.dtype)
+
+  def get_config(self):
+    return {**super().get_config(), "scale": self.scale, "offset": self.offset}
+
+
+def build_classifier(backbone: Backbone, num_classes: int, head: tuple[int, ...] = (),
+                     dropout: float = 0.2, bn_mode: str = "frozen", task: str = "multiclass",
+                     target_mean=None, target_std=None) -> keras.Model:
+  """Returns a model from raw pixels [N, S, S, 3] (0..255) to the task's output [N, C].
+
+  task: "multiclass" (softmax "probabilities"), "multilabel" (sigmoid "scores" per label)
+  or "regression" (C targets "predictions", a linear layer whose outputs are rescaled by
+  `target_std` and shifted by `target_mean`, the training targets' statistics).
+  head: hidden Dense (ReLU) sizes between the pooled features and the last layer;
+  dropout: the rate before each Dense layer of the head. The output computes in float32.
+  The backbone runs in inference mode, except with bn_mode="train", where it follows the
+  training flag (frozen BatchNorm layers stay in inference mode either way).
   """
-  if num_classes < 2:
-    raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+  if num_classes < (2 if task == "multiclass" else 1):
+    raise ValueError(f"num_classes must be at least 2 for {task}, got {num_classes}")
   size = backbone.image_size
   inputs = keras.Input((size, size, 3), dtype="float32", name="images")
   x = Preprocess(backbone.preprocess, name="preprocess")(inputs)
@@ -76,8 +100,14 @@ def build_classifier(backbone: Backbone, num_classes: int, head: tuple[int, ...]
     x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{i}")(x)
   if dropout:
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-  outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
-                               name="probabilities")(x)
+  if task == "regression":
+    x = keras.layers.Dense(num_classes, dtype="float32", name="regression_dense")(x)
+    outputs = Rescale(target_std if target_std is not None else [1.0] * num_classes,
+                      target_mean if target_mean is not None else [0.0] * num_classes,
+                      dtype="float32", name=OUTPUT_LAYERS[task])(x)
+  else:
+    outputs = keras.layers.Dense(num_classes, dtype="float32", name=OUTPUT_LAYERS[task],
+                                 activation="softmax" if task == "multiclass" else "sigmoid")(x)
   return keras.Model(inputs, outputs, name=f"{default_name(backbone.name)}_classifier")
 
 
@@ -119,5 +149,6 @@ def backbone_of(model: keras.Model) -> keras.Model:
 
 def head_layers(model: keras.Model) -> list:
   """The layers of the new head (everything after the backbone that has weights)."""
-  return [layer for layer in model.layers if layer.name.startswith("head_dense_")
-          or layer.name == "probabilities"]
+  return [layer for layer in model.layers if layer.weights and (
+      layer.name.startswith("head_dense_") or layer.name == "regression_dense"
+      or layer.name in OUTPUT_LAYERS.values())]

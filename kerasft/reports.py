@@ -14,12 +14,60 @@ import numpy as np
 
 
 def predict(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-  """Returns (integer labels [N], probabilities [N, C]) over a (pixels, one-hot) dataset."""
-  labels, probabilities = [], []
-  for images, onehot in dataset:
-    probabilities.append(np.asarray(model(images, training=False)))
-    labels.append(np.argmax(np.asarray(onehot), axis=-1))
-  return np.concatenate(labels), np.concatenate(probabilities)
+  """Returns (targets [N, C], model outputs [N, C]) over a (pixels, targets) dataset."""
+  targets, outputs = [], []
+  for images, target in dataset:
+    outputs.append(np.asarray(model(images, training=False)))
+    targets.append(np.asarray(target))
+  return np.concatenate(targets), np.concatenate(outputs)
+
+
+def multilabel_metrics(targets: np.ndarray, scores: np.ndarray, class_names: list[str],
+                       threshold: float = 0.5) -> dict:
+  """Per-label and averaged ROC AUC, precision, recall and F1 at `threshold`, subset
+  accuracy and binary cross-entropy of multi-hot `targets` [N, C] and `scores` [N, C]."""
+  from sklearn import metrics  # pylint: disable=g-import-not-at-top
+
+  predicted = (scores >= threshold).astype(int)
+  targets = targets.astype(int)
+  per_label = {}
+  for i, name in enumerate(class_names):
+    both = len(np.unique(targets[:, i])) == 2
+    per_label[name] = {
+        "auc": float(metrics.roc_auc_score(targets[:, i], scores[:, i])) if both else None,
+        "precision": float(metrics.precision_score(targets[:, i], predicted[:, i],
+                                                   zero_division=0)),
+        "recall": float(metrics.recall_score(targets[:, i], predicted[:, i], zero_division=0)),
+        "f1-score": float(metrics.f1_score(targets[:, i], predicted[:, i], zero_division=0)),
+        "support": int(targets[:, i].sum())}
+  aucs = [r["auc"] for r in per_label.values() if r["auc"] is not None]
+  clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+  return {
+      "task": "multilabel", "num_examples": int(len(targets)), "threshold": threshold,
+      "macro_auc": float(np.mean(aucs)) if aucs else None,
+      "micro_f1": float(metrics.f1_score(targets, predicted, average="micro", zero_division=0)),
+      "macro_f1": float(metrics.f1_score(targets, predicted, average="macro", zero_division=0)),
+      "subset_accuracy": float(metrics.accuracy_score(targets, predicted)),
+      "loss": float(-np.mean(targets * np.log(clipped) + (1 - targets) * np.log(1 - clipped))),
+      "per_label": per_label}
+
+
+def regression_metrics(targets: np.ndarray, predictions: np.ndarray,
+                       target_names: list[str]) -> dict:
+  """MSE (the loss), MAE and R² overall and per target of `targets`/`predictions` [N, K]."""
+  from sklearn import metrics  # pylint: disable=g-import-not-at-top
+
+  targets, predictions = targets.reshape(len(targets), -1), predictions.reshape(
+      len(predictions), -1)
+  per_target = {name: {"mse": float(metrics.mean_squared_error(targets[:, i], predictions[:, i])),
+                       "mae": float(metrics.mean_absolute_error(targets[:, i], predictions[:, i])),
+                       "r2": float(metrics.r2_score(targets[:, i], predictions[:, i]))}
+                for i, name in enumerate(target_names)}
+  return {"task": "regression", "num_examples": int(len(targets)),
+          "loss": float(metrics.mean_squared_error(targets, predictions)),
+          "mse": float(metrics.mean_squared_error(targets, predictions)),
+          "mae": float(metrics.mean_absolute_error(targets, predictions)),
+          "r2": float(metrics.r2_score(targets, predictions)), "per_target": per_target}
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray,
@@ -47,8 +95,41 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray,
   return result
 
 
+def headline(result: dict) -> str:
+  """The metrics in a few words: "accuracy 0.9025", "macro AUC 0.93, micro F1 0.81" or
+  "MAE 1.23, R² 0.87"."""
+  if result.get("task") == "regression":
+    return f"MAE {result['mae']:.4f}, R2 {result['r2']:.4f}"
+  if result.get("task") == "multilabel":
+    auc = result["macro_auc"]
+    return (f"macro AUC {'-' if auc is None else f'{auc:.4f}'}, "
+            f"micro F1 {result['micro_f1']:.4f}")
+  return f"accuracy {result['accuracy']:.4f}"
+
+
 def format_table(result: dict) -> str:
-  """A readable per-class table of `classification_metrics` output."""
+  """A readable per-class (per-label, per-target) table of the metrics."""
+  if result.get("task") == "regression":
+    width = max([len(n) for n in result["per_target"]] + [8])
+    lines = [f"{'target':<{width}}  {'mse':>10}  {'mae':>10}  {'r2':>8}"]
+    lines += [f"{n:<{width}}  {r['mse']:10.4f}  {r['mae']:10.4f}  {r['r2']:8.4f}"
+              for n, r in result["per_target"].items()]
+    lines.append(f"mse {result['mse']:.4f}  mae {result['mae']:.4f}  r2 {result['r2']:.4f}  "
+                 f"({result['num_examples']} images)")
+    return "\n".join(lines)
+  if result.get("task") == "multilabel":
+    width = max([len(n) for n in result["per_label"]] + [8])
+    lines = [f"{'label':<{width}}  {'auc':>6}  precision  recall  f1-score  support"]
+    for n, r in result["per_label"].items():
+      auc = f"{r['auc']:6.4f}" if r["auc"] is not None else "     -"
+      lines.append(f"{n:<{width}}  {auc}  {r['precision']:9.4f}  {r['recall']:6.4f}  "
+                   f"{r['f1-score']:8.4f}  {r['support']:7d}")
+    macro = result["macro_auc"]
+    lines.append(f"macro auc {macro if macro is None else round(macro, 4)}  micro f1 "
+                 f"{result['micro_f1']:.4f}  macro f1 {result['macro_f1']:.4f}  subset "
+                 f"accuracy {result['subset_accuracy']:.4f}  ({result['num_examples']} images, "
+                 f"threshold {result['threshold']})")
+    return "\n".join(lines)
   width = max([len(n) for n in result["per_class"]] + [12])
   lines = [f"{'class':<{width}}  precision  recall  f1-score  support"]
   rows = list(result["per_class"].items()) + [("macro avg", result["macro_avg"]),
@@ -119,12 +200,35 @@ def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], pa
   plt.close(fig)
 
 
+def plot_predictions(targets: np.ndarray, predictions: np.ndarray, target_names: list[str],
+                     path: str) -> None:
+  """Writes predicted against true values, one panel per regression target, as a PNG."""
+  plt = _pyplot()
+  targets, predictions = targets.reshape(len(targets), -1), predictions.reshape(
+      len(predictions), -1)
+  k = len(target_names)
+  fig, axes = plt.subplots(1, k, figsize=(4.5 * k, 4), squeeze=False)
+  for i, (ax, name) in enumerate(zip(axes[0], target_names)):
+    ax.scatter(targets[:, i], predictions[:, i], s=8, alpha=0.6)
+    low, high = float(min(targets[:, i].min(), predictions[:, i].min())), float(
+        max(targets[:, i].max(), predictions[:, i].max()))
+    ax.plot([low, high], [low, high], color="gray", linestyle="--")
+    ax.set_xlabel(f"true {name}")
+    ax.set_ylabel(f"predicted {name}")
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def plot_training_curves(history: dict, path: str) -> None:
-  """Writes loss and accuracy per epoch (train and validation) as a PNG, phases marked."""
+  """Writes loss and the task's metric (accuracy, auc or mae) per epoch (train and
+  validation) as a PNG, phases marked."""
   plt = _pyplot()
   epochs = np.arange(1, len(history["loss"]) + 1)
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, metric in zip(axes, ("loss", "accuracy")):
+  metric = next((m for m in ("accuracy", "auc", "mae") if m in history), "loss")
+  for ax, metric in zip(axes, ("loss", metric)):
     ax.plot(epochs, history[metric], marker="o", label=f"train {metric}")
     if f"val_{metric}" in history:
       ax.plot(epochs, history[f"val_{metric}"], marker="o", label=f"validation {metric}")
@@ -142,15 +246,27 @@ def plot_training_curves(history: dict, path: str) -> None:
   plt.close(fig)
 
 
-def write(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str], out_dir: str,
-          history: dict | None = None) -> dict:
-  """Writes metrics.json and confusion_matrix.png (and, given a training history,
-  training_curves.png) into `out_dir`. Returns the metrics."""
+def write(labels: np.ndarray, outputs: np.ndarray, class_names: list[str], out_dir: str,
+          history: dict | None = None, task: str = "multiclass", threshold: float = 0.5
+          ) -> dict:
+  """Writes metrics.json and a PNG of the predictions (multiclass: confusion_matrix.png,
+  regression: predictions.png) and, given a training history, training_curves.png into
+  `out_dir`. labels: class ids [N] or one-hot [N, C] (multiclass), multi-hot [N, C]
+  (multilabel) or targets [N, K] (regression). Returns the metrics."""
   os.makedirs(out_dir, exist_ok=True)
-  result = classification_metrics(labels, probabilities, class_names)
+  labels = np.asarray(labels)
+  if task == "regression":
+    result = regression_metrics(labels, outputs, class_names)
+    plot_predictions(labels, outputs, class_names, os.path.join(out_dir, "predictions.png"))
+  elif task == "multilabel":
+    result = multilabel_metrics(labels, outputs, class_names, threshold)
+  else:
+    if labels.ndim == 2:
+      labels = labels.argmax(axis=-1)
+    result = classification_metrics(labels, outputs, class_names)
+    plot_confusion_matrix(result["confusion_matrix"], class_names,
+                          os.path.join(out_dir, "confusion_matrix.png"))
   write_json(result, os.path.join(out_dir, "metrics.json"))
-  plot_confusion_matrix(result["confusion_matrix"], class_names,
-                        os.path.join(out_dir, "confusion_matrix.png"))
   if history:
     plot_training_curves(history, os.path.join(out_dir, "training_curves.png"))
   return result

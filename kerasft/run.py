@@ -54,18 +54,22 @@ def model_card(config: RunConfig, metrics: dict | None) -> dict:
   import kerasft  # pylint: disable=g-import-not-at-top
 
   size = config.model.image_size
-  card = {"name": config.name, "backbone": config.model.model,
+  d = config.data
+  source = next((f"{k} {getattr(d, k)}" for k in ("csv", "tfrecord", "tfds", "data_dir")
+                 if getattr(d, k)), "")
+  card = {"name": config.name, "task": config.model.task, "backbone": config.model.model,
           "weights": config.model.weights, "head": list(config.model.head),
           "input": {"shape": [None, size, size, 3], "dtype": "float32",
                     "range": "RGB pixels 0..255"},
           "preprocessing": f"{_preprocess_mode(config)} (inside the model)",
-          "resize": f"{config.data.resize}, bilinear", "data_dir": config.data.data_dir,
+          "resize": f"{config.data.resize}, bilinear", "data": source,
           "versions": {"kerasft": kerasft.__version__, "tensorflow": tf.__version__,
                        "keras": keras.__version__}}
+  if config.model.task == "multilabel":
+    card["threshold"] = config.model.threshold
   if metrics:
-    card["validation_metrics"] = {k: metrics[k] for k in
-                                  ("accuracy", "top_5_accuracy", "loss", "num_examples",
-                                   "macro_avg", "weighted_avg") if k in metrics}
+    card["validation_metrics"] = {k: v for k, v in metrics.items() if k not in
+                                  ("per_class", "per_label", "per_target", "confusion_matrix")}
   return card
 
 
@@ -116,7 +120,7 @@ def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None
   result = {}
   if fmt in ("saved_model", "both"):
     saved = serving.export(model, class_names, size, export_dir, version, overwrite, card,
-                           config.data.resize)
+                           config.data.resize, config.model.task, config.model.threshold)
     result["saved_model"] = saved
     version = int(os.path.basename(saved))
   if fmt in ("tflite", "both"):
@@ -127,13 +131,15 @@ def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None
       raise UsageError(f"--version: {out_dir} already exists; pass --overwrite to replace it")
     with tempfile.TemporaryDirectory() as scratch:
       saved = result.get("saved_model") or serving.export(
-          model, class_names, size, os.path.join(scratch, "m"), 1, model_card=card)
+          model, class_names, size, os.path.join(scratch, "m"), 1, model_card=card,
+          resize=config.data.resize, task=config.model.task, threshold=config.model.threshold)
       result["tflite"] = serving.export_tflite(saved, out_dir, quantize)
       images = sample_images(config, 16)
       expected = serving.saved_model_probabilities(saved, images)
       got = serving.tflite_probabilities(result["tflite"], images)
       result["tflite_max_difference"] = float(np.max(np.abs(got - expected)))
-      result["tflite_top1_agreement"] = float(np.mean(got.argmax(1) == expected.argmax(1)))
+      if config.model.task == "multiclass":
+        result["tflite_top1_agreement"] = float(np.mean(got.argmax(1) == expected.argmax(1)))
   return result
 
 
@@ -142,9 +148,8 @@ def sample_images(config: RunConfig, n: int):
 
   size = config.model.image_size
   try:
-    files = data.index(config.data.data_dir, config.data.val_dir,
-                       config.data.validation_split, config.training.seed)[1]
-    files = data.ImageFiles(files.paths[:n], files.labels[:n], files.class_names)
+    files = data.index_source(config.data, config.model.task, config.training.seed)[1]
+    files = files.subset(range(min(n, len(files.paths))))
     return np.concatenate([x for x, _ in data.make_pipeline(files, size, n,
                                                             resize=config.data.resize)])
   except UsageError:  # The run's data is gone: random pixels still exercise the model.
@@ -180,36 +185,42 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto") -> TrainRes
 
 
 def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
-  data_dir = config.data.data_dir
-  if not data_dir:
+  d = config.data
+  data_dir = d.data_dir
+  if not (data_dir or d.csv or d.tfrecord or d.tfds):
     data_dir = builtin_data_dir()
     logging.info("no --data_dir: the built-in recipe trains on scikit-learn's digits (%s)",
                  data_dir)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data,
                                                                   data_dir=data_dir))
+    d = config.data
   keras.utils.set_random_seed(config.training.seed)
   size = config.model.image_size
   seconds = {}
+  m = config.model
   with _phase(seconds, "data"):
-    logging.info("phase data: indexing %s", data_dir)
-    train_files, val_files = data.index(data_dir, config.data.val_dir,
-                                        config.data.validation_split, config.training.seed,
-                                        config.data.strict_data)
+    logging.info("phase data: indexing %s", data_dir or d.csv or d.tfrecord or d.tfds)
+    train_files, val_files = data.index_source(config.data, m.task, config.training.seed)
+    if config.data.oversample:
+      train_files = data.oversampled(train_files, config.training.seed)
+  mean = std = None
+  if m.task == "regression":  # the head learns standardized targets
+    targets = train_files.targets()
+    mean, std = targets.mean(axis=0).tolist(), np.maximum(targets.std(axis=0), 1e-6).tolist()
   with _phase(seconds, "model"), runtime.strategy.scope():
-    m = config.model
     logging.info("phase model: %s (weights %s)", m.model, m.weights)
     backbone = backbones.build(m.model, m.weights, size, m.signature, m.output_key,
                                m.hub_input_range, m.backbone_layer)
     size = backbone.image_size  # a module or .keras file may decide its own size
     config = dataclasses.replace(config, model=dataclasses.replace(m, image_size=size))
     model = heads.build_classifier(backbone, len(train_files.class_names), m.head, m.dropout,
-                                   m.bn_mode)
+                                   m.bn_mode, m.task, mean, std)
     if m.unfreezes:  # Fails now, not after the head phase, when the choice is out of range.
       backbones.unfreeze(backbone.model, top=m.unfreeze_top, n_blocks=m.unfreeze_blocks,
                          from_layer=m.unfreeze_from)
       backbones.freeze(backbone.model)
-  dataset = data.pipelines(train_files, val_files, size, config.data.batch_size,
-                           config.training.seed, config.data.resize)
+  dataset = data.pipelines(train_files, val_files, size, d.batch_size, config.training.seed,
+                           d.resize, d.cache_dir, d.mixup, d.cutmix)
 
   out_dir = config.model_dir if runtime.is_chief else scratch
   config_path = os.path.join(config.model_dir, CONFIG_FILE)
@@ -236,14 +247,16 @@ def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
   with _phase(seconds, "report"):
     logging.info("phase report: evaluating on %d validation images",
                  len(dataset.val_files.paths))
-    labels, probabilities = reports.predict(model, dataset.val)
-    metrics = reports.write(labels, probabilities, dataset.class_names, out_dir, history)
-    logging.info("validation accuracy %.4f", metrics["accuracy"])
+    targets, outputs = reports.predict(model, dataset.val)
+    metrics = reports.write(targets, outputs, dataset.class_names, out_dir, history, m.task,
+                            m.threshold)
+    logging.info("validation %s", reports.headline(metrics))
   with _phase(seconds, "export"):
     logging.info("phase export: %s", config.export_dir)
     export_path = serving.export(model, dataset.class_names, size, config.export_dir,
                                  model_card=model_card(config, metrics),
-                                 resize=config.data.resize)
+                                 resize=config.data.resize, task=m.task,
+                                 threshold=m.threshold)
   reports.write_json({"status": "finished", "export_path": export_path, "seconds": seconds},
                      os.path.join(config.model_dir, STATE_FILE))
   return TrainResult(model=model, history=history, metrics=metrics, export_path=export_path,

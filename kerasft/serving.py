@@ -6,8 +6,11 @@ the Keras model. No Keras object and no optimizer state enter the saved object g
 TensorFlow's session-based loader (TF Serving, `saved_model_cli run`) restores it, and the
 variables take the parameters' bytes once (`model.export()` stores them twice).
 
-Signatures, all returning probabilities float32 [None, C], class_ids int64 [None] and
-classes string [None] (the top-1 class name):
+Signatures, all returning the task's outputs: multiclass `probabilities` float32 [None, C],
+`class_ids` int64 [None] and `classes` string [None] (the top-1 class name); multilabel
+`scores` float32 [None, C] and `labels` string [None, C] (the label's name where its score
+is at least the threshold, else ""); regression `predictions` float32 [None] (one target)
+or [None, K]:
   serving_default: images float32 [None, S, S, 3], RGB pixels 0..255
   serving_bytes:   image_bytes string [None], encoded JPEG/PNG/BMP/GIF, decoded and
                    resized exactly as in training (`kerasft.data.decode_and_resize`)
@@ -45,31 +48,45 @@ SIGNATURES = ("serving_default", "serving_bytes", "serving_example")
 QUANTIZATIONS = ("none", "dynamic", "float16")
 
 
-def _outputs(probabilities, labels):
-  class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
-  return {"probabilities": tf.cast(probabilities, tf.float32), "class_ids": class_ids,
+MAIN_OUTPUTS = ("probabilities", "scores", "predictions")  # per task, as heads.OUTPUT_LAYERS
+
+
+def outputs(result, class_names: list[str], task: str = "multiclass",
+            threshold: float = 0.5) -> dict:
+  """The signature outputs for a model's output `result` [N, C] (see the module docstring)."""
+  result = tf.cast(result, tf.float32)
+  labels = tf.constant(class_names)
+  if task == "regression":
+    return {"predictions": result[:, 0] if len(class_names) == 1 else result}
+  if task == "multilabel":
+    named = tf.broadcast_to(labels, tf.shape(result))
+    return {"scores": result, "labels": tf.where(result >= threshold, named, "")}
+  class_ids = tf.argmax(result, axis=-1, output_type=tf.int64)
+  return {"probabilities": result, "class_ids": class_ids,
           "classes": tf.gather(labels, class_ids)}
 
 
 def build_module(model, class_names: list[str], image_size: int, labels_path: str,
-                 resize: str = "squash") -> tf.Module:
-  """Wraps `model` (raw pixels -> probabilities) in a tf.Module with the three signatures;
-  encoded images are resized as `resize` says, as in training."""
+                 resize: str = "squash", task: str = "multiclass",
+                 threshold: float = 0.5) -> tf.Module:
+  """Wraps `model` (raw pixels -> the task's output) in a tf.Module with the three
+  signatures; encoded images are resized as `resize` says, as in training."""
   module = tf.Module()
   module.model_variables = [v.value for v in model.variables]
   module.labels_asset = tf.saved_model.Asset(labels_path)
-  labels = tf.constant(class_names)
   image_spec = tf.TensorSpec([image_size, image_size, 3], tf.float32)
 
+  def run(images):
+    return outputs(model(images, training=False), class_names, task, threshold)
+
   def classify_encoded(encoded):
-    images = tf.map_fn(lambda b: data.decode_and_resize(b, image_size, resize), encoded,
-                       fn_output_signature=image_spec)
-    return _outputs(model(images, training=False), labels)
+    return run(tf.map_fn(lambda b: data.decode_and_resize(b, image_size, resize), encoded,
+                         fn_output_signature=image_spec))
 
   @tf.function(input_signature=[
       tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")])
   def serving_default(images):
-    return _outputs(model(images, training=False), labels)
+    return run(images)
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
   def serving_bytes(image_bytes):
@@ -185,13 +202,15 @@ def update_models_config(export_root: str) -> str:
 
 def export(model, class_names: list[str], image_size: int, export_dir: str,
            version: int | None = None, overwrite: bool = False,
-           model_card: dict | None = None, resize: str = "squash") -> str:
+           model_card: dict | None = None, resize: str = "squash", task: str = "multiclass",
+           threshold: float = 0.5) -> str:
   """Writes `model` as SavedModel version `version` (default: the next) of `export_dir`.
 
   The version is written into a temporary folder beside it and renamed into place only
   when complete, so a server polling `export_dir` never sees half a version; an existing
   version is replaced only with `overwrite`. `model_card` (JSON-able) is written as
-  `model_card.json` with the signatures added. Returns the version folder.
+  `model_card.json` with the signatures added. task and threshold choose the outputs
+  (see the module docstring). Returns the version folder.
   """
   os.makedirs(export_dir, exist_ok=True)
   if version is None:
@@ -205,11 +224,15 @@ def export(model, class_names: list[str], image_size: int, export_dir: str,
     with tempfile.TemporaryDirectory() as assets:
       labels_path = os.path.join(assets, LABELS_FILE)
       write_labels(labels_path, class_names)
-      module = build_module(model, class_names, image_size, labels_path, resize)
+      module = build_module(model, class_names, image_size, labels_path, resize, task,
+                            threshold)
       tf.saved_model.save(module, staging, signatures={
           name: getattr(module, name).get_concrete_function() for name in SIGNATURES})
     write_warmup(os.path.join(staging, WARMUP_FILE), image_size)
-    card = {**(model_card or {}), "version": version, "classes": list(class_names),
+    names_key = "targets" if task == "regression" else "classes"
+    card = {**(model_card or {}), "version": version, names_key: list(class_names),
+            "outputs": sorted(module.serving_default.get_concrete_function()
+                              .structured_outputs),
             "signatures": {"serving_default": {"images": f"float32 [N, {image_size}, "
                                                f"{image_size}, 3], RGB 0..255"},
                            "serving_bytes": {"image_bytes": "string [N], encoded image"},
@@ -256,10 +279,16 @@ def export_tflite(saved_model_dir: str, out_dir: str, quantize: str = "none") ->
   return path
 
 
+def main_output(result: dict) -> np.ndarray:
+  """The task's main output among a signature's outputs: probabilities, scores or
+  predictions."""
+  return result[next(k for k in MAIN_OUTPUTS if k in result)].numpy()
+
+
 def saved_model_probabilities(version_dir: str, images: np.ndarray) -> np.ndarray:
-  """Runs an export's `serving_default` on float32 images [N, S, S, 3]."""
+  """Runs an export's `serving_default` on float32 images [N, S, S, 3]; its main output."""
   signature = tf.saved_model.load(version_dir).signatures["serving_default"]
-  return signature(images=tf.constant(images))["probabilities"].numpy()
+  return main_output(signature(images=tf.constant(images)))
 
 
 def tflite_probabilities(tflite_path: str, images: np.ndarray) -> np.ndarray:
@@ -268,17 +297,19 @@ def tflite_probabilities(tflite_path: str, images: np.ndarray) -> np.ndarray:
     warnings.simplefilter("ignore")
     interpreter = tf.lite.Interpreter(model_path=tflite_path)
   runner = interpreter.get_signature_runner("serving_default")
-  return np.concatenate([runner(images=images[i:i + 1])["probabilities"]
-                         for i in range(len(images))])
+  return np.concatenate([
+      next(r[k] for k in MAIN_OUTPUTS if k in r)
+      for r in (runner(images=images[i:i + 1]) for i in range(len(images)))])
 
 
 def load_predictor(version_dir: str):
   """Loads an export; returns (predict, class_names) where `predict(list of encoded image
-  bytes)` returns probabilities [N, C] through the `serving_bytes` signature."""
+  bytes)` returns the main output [N, C] (probabilities, multilabel scores or regression
+  predictions) through the `serving_bytes` signature."""
   signature = tf.saved_model.load(version_dir).signatures["serving_bytes"]
 
   def predict(encoded: list[bytes]) -> np.ndarray:
-    return signature(image_bytes=tf.constant(encoded))["probabilities"].numpy()
+    return main_output(signature(image_bytes=tf.constant(encoded)))
   return predict, read_labels(version_dir)
 
 

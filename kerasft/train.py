@@ -52,6 +52,42 @@ flags.DEFINE_string("data_dir", _D.data_dir,
                     "Folder with one sub-folder per class, or train/ and validation/ (val/) "
                     "split folders [the built-in digits recipe].")
 flags.DEFINE_string("val_dir", _D.val_dir, "Validation folder with the same class sub-folders.")
+flags.DEFINE_string("csv", _D.csv, "A .csv/.tsv of image paths (--path_column, relative to "
+                    "its folder) and labels (--label_column): a class, a|b for multilabel, "
+                    "numbers for regression.")
+flags.DEFINE_string("val_csv", _D.val_csv, "Validation rows, like --csv.")
+flags.DEFINE_string("path_column", _D.path_column, "--csv: the column of image paths.")
+flags.DEFINE_string("label_column", _D.label_column,
+                    "--csv: the label column (regression: target columns, comma-separated).")
+flags.DEFINE_string("tfrecord", _D.tfrecord, "A glob of TFRecord files of tf.train.Examples "
+                    "(--image_key, --label_key).")
+flags.DEFINE_string("val_tfrecord", _D.val_tfrecord, "Validation TFRecord files, like --tfrecord.")
+flags.DEFINE_string("label_names", _D.label_names,
+                    "--tfrecord: a file of class names, line i naming label id i [the ids].")
+flags.DEFINE_string("image_key", _D.image_key, "--tfrecord/--tfds: the image feature "
+                    "[image/encoded; for TFDS its Image feature].")
+flags.DEFINE_string("label_key", _D.label_key, "--tfrecord/--tfds: the label feature "
+                    "[image/class/label; for TFDS its ClassLabel feature].")
+flags.DEFINE_string("tfds", _D.tfds, "A prepared TFDS data set, NAME or NAME:CONFIG (read with "
+                    "download=False; prepare it with `tfds build NAME`).")
+flags.DEFINE_string("tfds_data_dir", _D.tfds_data_dir, "Where TFDS data sets are prepared "
+                    "[~/tensorflow_datasets].")
+flags.DEFINE_string("train_split", _D.train_split, "--tfds: the training split, e.g. "
+                    "train[:80%].")
+flags.DEFINE_string("val_split", _D.val_split, "--tfds: the validation split [validation if "
+                    "the data set has one, else --validation_split of the training split].")
+flags.DEFINE_string("cache_dir", _D.cache_dir, "Cache decoded images in files here [in memory "
+                    "when they fit].")
+flags.DEFINE_float("mixup", _D.mixup, "MixUp on training batches with Beta(alpha, alpha) "
+                   "[0: off].")
+flags.DEFINE_float("cutmix", _D.cutmix, "CutMix on training batches with Beta(alpha, alpha) "
+                   "[0: off]; with --mixup, each batch uses one of them.")
+flags.DEFINE_bool("oversample", _D.oversample,
+                  "Repeat images of smaller classes up to the largest class's count.")
+flags.DEFINE_enum("task", _M.task, config.TASKS, "multiclass (softmax), multilabel (sigmoid per "
+                  "label, binary cross-entropy) or regression (--csv numeric targets, MSE).")
+flags.DEFINE_float("threshold", _M.threshold, "multilabel: the score at which the export's "
+                   "`labels` output names a label.")
 flags.DEFINE_float("validation_split", _D.validation_split,
                    "Stratified share of --data_dir held out for validation when there is "
                    "no validation folder.")
@@ -102,7 +138,8 @@ flags.DEFINE_enum("jit_compile", _T.jit_compile, config.ON_OFF_AUTO,
 flags.DEFINE_integer("steps_per_execution", _T.steps_per_execution,
                      "Training steps per tf.function call.")
 flags.DEFINE_integer("early_stopping_patience", _T.early_stopping_patience,
-                     "Stop a phase after N epochs without a better val_accuracy [0: off].")
+                     "Stop a phase after N epochs without a better val_accuracy (multilabel: val_auc, "
+                     "regression: val_loss) [0: off].")
 flags.DEFINE_integer("reduce_lr_patience", _T.reduce_lr_patience,
                      "Halve the rate after N epochs without a lower val_loss [0: off].")
 flags.DEFINE_bool("deterministic", _T.deterministic,
@@ -146,8 +183,17 @@ def config_from_flags() -> config.RunConfig:
                                gradual_unfreeze=FLAGS.gradual_unfreeze, bn_mode=FLAGS.bn_mode,
                                signature=FLAGS.signature, output_key=FLAGS.output_key,
                                hub_input_range=FLAGS.hub_input_range,
-                               backbone_layer=FLAGS.backbone_layer),
-      data=config.DataConfig(data_dir=FLAGS.data_dir, val_dir=FLAGS.val_dir,
+                               backbone_layer=FLAGS.backbone_layer, task=FLAGS.task,
+                               threshold=FLAGS.threshold),
+      data=config.DataConfig(data_dir=FLAGS.data_dir, val_dir=FLAGS.val_dir, csv=FLAGS.csv,
+                             val_csv=FLAGS.val_csv, path_column=FLAGS.path_column,
+                             label_column=FLAGS.label_column, tfrecord=FLAGS.tfrecord,
+                             val_tfrecord=FLAGS.val_tfrecord, label_names=FLAGS.label_names,
+                             image_key=FLAGS.image_key, label_key=FLAGS.label_key,
+                             tfds=FLAGS.tfds, tfds_data_dir=FLAGS.tfds_data_dir,
+                             train_split=FLAGS.train_split, val_split=FLAGS.val_split,
+                             cache_dir=FLAGS.cache_dir, mixup=FLAGS.mixup, cutmix=FLAGS.cutmix,
+                             oversample=FLAGS.oversample,
                              validation_split=FLAGS.validation_split,
                              batch_size=FLAGS.batch_size, strict_data=FLAGS.strict_data,
                              class_weight=FLAGS.class_weight, resize=FLAGS.resize,
@@ -192,7 +238,8 @@ def main(argv):
   from kerasft.run import train_classifier  # pylint: disable=g-import-not-at-top
   result = train_classifier(run_config)
   if result.export_path:  # not on multi-worker workers other than the chief
-    print(f"validation accuracy {result.metrics['accuracy']:.4f}; run in "
+    from kerasft import reports  # pylint: disable=g-import-not-at-top
+    print(f"validation {reports.headline(result.metrics)}; run in "
           f"{result.config.model_dir}; exported to {result.export_path}")
 
 

@@ -78,13 +78,13 @@ def test_unreadable_files_are_skipped_with_one_warning(color_dir, caplog):
   kept = {os.path.basename(p) for p in train.paths + val.paths}
   assert not kept & bad and len(train.paths + val.paths) == 36
   warnings = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
-  assert len(warnings) == 1 and "skipping 3 unreadable file(s)" in warnings[0]
+  assert len(warnings) == 1 and "skipping 3 unreadable image(s)" in warnings[0]
   assert all(name in warnings[0] for name in bad)
 
 
 def test_strict_data_makes_them_an_error(color_dir):
   _spoil(color_dir)
-  with pytest.raises(UsageError, match="^--strict_data: 3 file"):
+  with pytest.raises(UsageError, match="^--strict_data: 3 image"):
     data.index(color_dir, strict=True)
 
 

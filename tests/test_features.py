@@ -70,7 +70,8 @@ def test_caching_is_refused_with_the_reason_when_layers_are_unfrozen():
   assert features.refusal(model) is None
   backbones.unfreeze(heads.backbone_of(model), top=2)
   assert "backbone weights are trainable" in features.refusal(model)
-  assert "augmentation" in features.refusal(model, augmenting=True)
+  assert "augmentation" in features.refusal(model, augment=("flip",))
+  assert "MixUp/CutMix" in features.refusal(model, mixing=True)
 
 
 def test_fine_tune_phase_runs_uncached_and_says_why(tmp_path, caplog):

@@ -92,7 +92,7 @@ def test_unreadable_image_is_skipped_or_with_strict_data_names_the_file(tmp_path
   assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["resize"] == "crop"
   card = json.loads((tmp_path / "export" / "1" / "model_card.json").read_text())
   assert card["resize"] == "crop, bilinear"
-  assert "skipping 1 unreadable file(s) under --data_dir" in skipped.stderr
+  assert "skipping 1 unreadable image(s) from --data_dir" in skipped.stderr
   assert "notes.png" in skipped.stderr and "class weights (balanced)" in skipped.stderr
 
 
