@@ -573,6 +573,33 @@ def evaluation_files(data_dir: str, class_names: list[str]) -> ImageFiles:
   return files
 
 
+def evaluation_source(config, task: str, class_names: list[str], split: str = "test"
+                      ) -> ImageFiles:
+  """The labelled images to evaluate from a `DataConfig`'s source: --data_dir (its test/,
+  else validation/ folder, else itself), --csv, --tfrecord or --tfds (`split`). Labels
+  must be among the model's `class_names` (for regression: its targets). An unreadable
+  image is a UsageError: metrics over a silently smaller set would mislead."""
+  c = config
+  known = None if task == "regression" else class_names
+  if c.csv:
+    flag, files = "csv", read_csv(c.csv, "csv", c.path_column, c.label_column, task, known)
+  elif c.tfrecord:
+    flag, files = "tfrecord", read_tfrecords(c.tfrecord, "tfrecord", c.image_key, c.label_key,
+                                             task, c.label_names, known)
+  elif c.tfds:
+    flag, files = "tfds", read_tfds(c.tfds, c.tfds_data_dir, split, c.image_key, c.label_key,
+                                    task, known)
+  else:
+    if task != "multiclass":
+      raise UsageError(f"--data_dir: class folders cannot hold {task} labels; pass --csv, "
+                       "--tfrecord or --tfds")
+    return evaluation_files(c.data_dir, class_names)
+  if task == "regression" and files.class_names != class_names:
+    raise UsageError(f"--label_column: the model predicts {', '.join(class_names)}, got "
+                     f"{', '.join(files.class_names)}")
+  return readable(files, flag, strict=True)
+
+
 def expand_inputs(patterns: list[str]) -> list[str]:
   """Files, folders (searched recursively for images) and globs -> a sorted list of paths.
 

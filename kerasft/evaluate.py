@@ -1,10 +1,13 @@
 """Evaluate an export or a training run on labelled images: metrics.json, a table, PNGs.
 
   python -m kerasft.evaluate --export=saved_models/NAME --data_dir=photos/
+  python -m kerasft.evaluate --export=saved_models/NAME --csv=test.csv
+  python -m kerasft.evaluate --export=saved_models/NAME --tfds=NAME --split=test
   python -m kerasft.evaluate --run_dir=runs/NAME      # its validation data by default
 
 --data_dir may hold class folders or split folders (test/ is used first, then
-validation/ or val/).
+validation/ or val/). The data flags mean what they mean in `kerasft.train`. Multilabel
+and regression models get their own metrics (AUC and F1; MSE, MAE and R²).
 """
 
 import json
@@ -20,6 +23,18 @@ flags.DEFINE_string("export", "", "An export: saved_models/NAME (newest version)
                     "saved_models/NAME/N.")
 flags.DEFINE_string("run_dir", "", "A training run's folder (its best checkpoint).")
 flags.DEFINE_string("data_dir", "", "Labelled images [for --run_dir: the run's validation data].")
+flags.DEFINE_string("csv", "", "A .csv/.tsv of image paths and labels, as in training.")
+flags.DEFINE_string("path_column", "path", "--csv: the column of image paths.")
+flags.DEFINE_string("label_column", "", "--csv: the label column [label; regression: the "
+                    "model's target names].")
+flags.DEFINE_string("tfrecord", "", "A glob of TFRecord files of tf.train.Examples.")
+flags.DEFINE_string("label_names", "", "--tfrecord: a file of class names, line i for id i.")
+flags.DEFINE_string("image_key", "", "--tfrecord/--tfds: the image feature.")
+flags.DEFINE_string("label_key", "", "--tfrecord/--tfds: the label feature.")
+flags.DEFINE_string("tfds", "", "A prepared TFDS data set, NAME or NAME:CONFIG.")
+flags.DEFINE_string("tfds_data_dir", "", "Where TFDS data sets are prepared.")
+flags.DEFINE_string("split", "test", "--tfds: the split to evaluate, e.g. test or "
+                    "train[80%:].")
 flags.DEFINE_string("output_dir", "", "Where to write the reports [eval/<name>-<version>].")
 flags.DEFINE_integer("batch_size", 32, "Images per batch.")
 FLAGS = flags.FLAGS
@@ -32,38 +47,55 @@ def main(argv):
     raise errors.UsageError("--export or --run_dir: pass exactly one of them")
   if FLAGS.batch_size <= 0:
     raise errors.UsageError(f"--batch_size: must be a positive integer, got {FLAGS.batch_size}")
-  from kerasft import data, reports, run, serving  # pylint: disable=g-import-not-at-top
+  from kerasft import config, data, reports, run, serving  # pylint: disable=g-import-not-at-top
 
   history = None
+  given = any((FLAGS.data_dir, FLAGS.csv, FLAGS.tfrecord, FLAGS.tfds))
   if FLAGS.export:
     version_dir = serving.resolve(FLAGS.export)
-    if not FLAGS.data_dir:
-      raise errors.UsageError("--data_dir: pass the labelled images to evaluate the export on")
+    if not given:
+      raise errors.UsageError("--data_dir/--csv/--tfrecord/--tfds: pass the labelled images "
+                              "to evaluate the export on")
     predict, class_names = serving.load_predictor(version_dir)
-    files = data.evaluation_files(FLAGS.data_dir, class_names)
-    probabilities = serving.predict_files(predict, files.paths, FLAGS.batch_size)
-    labels = files.labels
+    card = serving.read_model_card(version_dir)
+    task, threshold = card["task"], card.get("threshold", 0.5)
+    files = data.evaluation_source(_data_config(config, task, class_names), task, class_names,
+                                   FLAGS.split)
+    outputs = serving.predict_files(predict, files.paths, FLAGS.batch_size)
+    labels = files.targets() if task != "multiclass" else files.labels
     name = f"{os.path.basename(os.path.dirname(os.path.abspath(version_dir)))}-" \
            f"{os.path.basename(version_dir)}"
   else:
-    model, config, class_names = run.load_run(FLAGS.run_dir)
-    if FLAGS.data_dir:
-      files = data.evaluation_files(FLAGS.data_dir, class_names)
+    model, run_config, class_names = run.load_run(FLAGS.run_dir)
+    task, threshold = run_config.model.task, run_config.model.threshold
+    if given:
+      files = data.evaluation_source(_data_config(config, task, class_names), task,
+                                     class_names, FLAGS.split)
     else:
-      files = data.index(config.data.data_dir, config.data.val_dir,
-                         config.data.validation_split, config.training.seed)[1]
-    pipeline = data.make_pipeline(files, config.model.image_size, FLAGS.batch_size,
-                                  resize=config.data.resize)
-    labels, probabilities = reports.predict(model, pipeline)
+      files = data.index_source(run_config.data, task, run_config.training.seed)[1]
+    pipeline = data.make_pipeline(files, run_config.model.image_size, FLAGS.batch_size,
+                                  resize=run_config.data.resize)
+    labels, outputs = reports.predict(model, pipeline)
     history_path = os.path.join(FLAGS.run_dir, "history.json")
     if os.path.exists(history_path):
       with open(history_path) as f:
         history = json.load(f)
-    name = f"{config.name}-best"
+    name = f"{run_config.name}-best"
   output_dir = FLAGS.output_dir or os.path.join("eval", name)
-  result = reports.write(labels, probabilities, class_names, output_dir, history)
+  result = reports.write(labels, outputs, class_names, output_dir, history, task, threshold)
   print(reports.format_table(result))
   print(f"reports in {output_dir}")
+
+
+def _data_config(config, task: str, class_names: list[str]):
+  """The evaluation data flags as a DataConfig (validated like training's)."""
+  label_column = FLAGS.label_column or (",".join(class_names) if task == "regression"
+                                        else "label")
+  return config.DataConfig(data_dir=FLAGS.data_dir, csv=FLAGS.csv, path_column=FLAGS.path_column,
+                           label_column=label_column, tfrecord=FLAGS.tfrecord,
+                           label_names=FLAGS.label_names, image_key=FLAGS.image_key,
+                           label_key=FLAGS.label_key, tfds=FLAGS.tfds,
+                           tfds_data_dir=FLAGS.tfds_data_dir, batch_size=FLAGS.batch_size)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Classify image files with an export: a table on screen, or a CSV / JSON Lines file.
 
+Multiclass exports give the top-k classes, multilabel exports the top-k labels by score,
+regression exports their predicted targets.
+
   python -m kerasft.predict --export=saved_models/NAME photos/ 'more/*.jpg' one.png
   python -m kerasft.predict --export=saved_models/NAME/3 --top_k=3 --output=preds.csv photos/
 
@@ -37,8 +40,8 @@ def main(argv):
   from kerasft import serving  # pylint: disable=g-import-not-at-top
   rows = serving.classify_files(FLAGS.export, argv[1:], FLAGS.top_k, FLAGS.batch_size)
   failed = sum(1 for r in rows if r["error"])
+  from kerasft import reports  # pylint: disable=g-import-not-at-top
   if FLAGS.output:
-    from kerasft import reports  # pylint: disable=g-import-not-at-top
     reports.write_predictions(rows, FLAGS.output)
     print(f"{len(rows) - failed} predictions written to {FLAGS.output}")
   else:
@@ -47,7 +50,7 @@ def main(argv):
         print(f"{row['file']}\tERROR {row['error']}")
       else:
         print(row["file"] + "\t" + "  ".join(
-            f"{c} {p:.4f}" for c, p in zip(row["classes"], row["probabilities"])))
+            f"{name} {float(value):.4f}" for name, value in reports.prediction_cells(row)))
   if failed:
     print(f"{failed} of {len(rows)} inputs could not be read", file=sys.stderr)
 

@@ -143,8 +143,17 @@ def format_table(result: dict) -> str:
   return "\n".join(lines)
 
 
+def prediction_cells(row: dict) -> list[tuple[str, str]]:
+  """(name, value) pairs of one predict row: class and probability per rank, or target and
+  prediction per regression target."""
+  if "predictions" in row:
+    return [(t, f"{p:.6f}") for t, p in zip(row["targets"], row["predictions"])]
+  return [(c, f"{p:.6f}") for c, p in zip(row["classes"], row["probabilities"])]
+
+
 def write_predictions(rows: list[dict], path: str) -> None:
-  """Writes predict's rows (file, classes, probabilities, error) as .csv or .jsonl."""
+  """Writes predict's rows (file, classes and probabilities, or regression predictions,
+  error) as .csv or .jsonl."""
   import csv  # pylint: disable=g-import-not-at-top
 
   staging = path + ".tmp"
@@ -152,13 +161,20 @@ def write_predictions(rows: list[dict], path: str) -> None:
     if path.endswith(".jsonl"):
       for row in rows:
         f.write(json.dumps(row) + "\n")
+    elif rows and "predictions" in rows[0]:  # regression: one column per target
+      writer = csv.writer(f)
+      writer.writerow(["file"] + list(rows[0]["targets"]) + ["error"])
+      for row in rows:
+        values = [v for _, v in prediction_cells(row)]
+        writer.writerow([row["file"]] + values + [""] * (len(row["targets"]) - len(values))
+                        + [row["error"] or ""])
     else:
       k = max([len(r["classes"]) for r in rows] + [1])
       writer = csv.writer(f)
       writer.writerow(["file"] + [c for i in range(1, k + 1)
                                   for c in (f"class_{i}", f"probability_{i}")] + ["error"])
       for row in rows:
-        pairs = [v for c, p in zip(row["classes"], row["probabilities"]) for v in (c, f"{p:.6f}")]
+        pairs = [v for pair in prediction_cells(row) for v in pair]
         writer.writerow([row["file"]] + pairs + [""] * (2 * k - len(pairs)) + [row["error"] or ""])
   os.replace(staging, path)
 

@@ -313,23 +313,40 @@ def load_predictor(version_dir: str):
   return predict, read_labels(version_dir)
 
 
-def predict_files(predict, paths: list[str], batch_size: int = 32) -> np.ndarray:
-  """Runs `predict` from `load_predictor` over image files in batches; [N, C]."""
+def predict_files(predict, paths: list, batch_size: int = 32) -> np.ndarray:
+  """Runs `predict` from `load_predictor` over image files (or encoded images, bytes) in
+  batches; [N, C]."""
   chunks = []
   for start in range(0, len(paths), batch_size):
     encoded = []
     for path in paths[start:start + batch_size]:
+      if isinstance(path, bytes):
+        encoded.append(path)
+        continue
       with open(path, "rb") as f:
         encoded.append(f.read())
     chunks.append(predict(encoded))
   return np.concatenate(chunks)
 
 
+def read_model_card(version_dir: str) -> dict:
+  """An export's model_card.json ({} when absent); "task" defaults to multiclass."""
+  path = os.path.join(version_dir, MODEL_CARD_FILE)
+  card = {}
+  if os.path.isfile(path):
+    with open(path) as f:
+      card = json.load(f)
+  card.setdefault("task", "multiclass")
+  return card
+
+
 def classify_files(export: str, inputs: list[str], top_k: int, batch_size: int) -> list[dict]:
   """Classifies files, folders and globs with an export's `serving_bytes` signature.
 
   Returns one row per input file: {"file", "classes" (top-k), "probabilities", "error"};
-  a missing or unreadable file gets an empty prediction and its error.
+  for a multilabel export "probabilities" are the top-k labels' scores; for a regression
+  export the row is {"file", "targets", "predictions", "error"}. A missing or unreadable
+  file gets an empty prediction and its error.
   """
   version_dir = resolve(export)
   paths = data.expand_inputs(inputs)
@@ -340,7 +357,13 @@ def classify_files(export: str, inputs: list[str], top_k: int, batch_size: int) 
                    else np.zeros((0, len(class_names))))
   by_path = dict(zip(readable, probabilities))
   rows = []
+  regression = read_model_card(version_dir)["task"] == "regression"
   for path, reason in zip(paths, reasons):
+    if regression:
+      values = [] if reason else [float(v) for v in np.atleast_1d(by_path[path])]
+      rows.append({"file": path, "targets": class_names, "predictions": values,
+                   "error": reason})
+      continue
     if reason:
       rows.append({"file": path, "classes": [], "probabilities": [], "error": reason})
       continue
