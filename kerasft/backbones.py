@@ -62,7 +62,7 @@ MODELS: dict[str, BackboneSpec] = {
 }
 
 
-SOURCES = ("hub:", "savedmodel:", "keras:")
+SOURCES = ("hub:", "savedmodel:", "keras:", "keras_hub:")
 INPUT_RANGES = {"0,1": "unit", "-1,1": "tf", "0,255": "none"}  # --hub_input_range -> Preprocess
 
 
@@ -257,6 +257,7 @@ _BLOCK_PATTERNS = (
     r"^(expanded_conv(?:_\d+)?)_",  # MobileNetV3
     r"^(normal_\w+?_\d+|reduction_\w+?_\d+)",  # NASNet
     r"^(mixed\d+)",  # Inception (named mixes)
+    r"^(transformer_layer_\d+)$",  # KerasHub encoders: one transformer layer per block
 )
 
 

@@ -70,6 +70,8 @@ class ModelConfig:
   hub_input_range: str = "0,1"
   backbone_layer: str = ""  # keras: source
   task: str = "multiclass"  # multiclass | multilabel (sigmoid per label) | regression
+  max_length: int = 0  # keras_hub: tokens per text; 0: the 99th percentile, rounded up to 8
+  pooling: str = "mean"  # keras_hub: mean (of unpadded tokens) | cls
   threshold: float = 0.5  # multilabel: the score at which the export names a label
 
   def __post_init__(self):
@@ -98,6 +100,10 @@ class ModelConfig:
            self.bn_mode)
     _check(self.hub_input_range in backbones.INPUT_RANGES, "hub_input_range",
            f"must be one of {', '.join(backbones.INPUT_RANGES)}", self.hub_input_range)
+    _non_negative_int(self.max_length, "max_length")
+    _check(self.pooling in ("mean", "cls"), "pooling", "must be mean or cls", self.pooling)
+    if (self.max_length or self.pooling != "mean") and prefix != "keras_hub:":
+      raise UsageError("--max_length/--pooling: only for text models (--model=keras_hub:...)")
     _check(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}", self.task)
     _check(isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1, "threshold",
            "must be between 0 and 1 (exclusive)", self.threshold)
@@ -126,6 +132,9 @@ class DataConfig:
   label_names: str = ""  # tfrecord: a file naming the classes, line i for label id i
   image_key: str = ""  # tfrecord/tfds: the image feature [image/encoded; tfds: its Image]
   label_key: str = ""  # tfrecord/tfds: the label feature [image/class/label; its ClassLabel]
+  text_dir: str = ""  # keras_hub: one sub-folder of .txt files per class
+  text_column: str = "text"  # keras_hub with --csv: the column of texts
+  text_key: str = ""  # keras_hub with --tfds: the text feature [its first Text feature]
   tfds: str = ""  # NAME or NAME:CONFIG of a prepared TFDS data set (never downloaded)
   tfds_data_dir: str = ""  # "": TFDS' default (~/tensorflow_datasets or $TFDS_DATA_DIR)
   train_split: str = "train"
@@ -156,7 +165,8 @@ class DataConfig:
            "augment_strength", "must be between 0 and 1 (exclusive)", self.augment_strength)
     _check(self.class_weight in ("none", "balanced"), "class_weight",
            "must be none or balanced", self.class_weight)
-    sources = [f for f in ("data_dir", "csv", "tfrecord", "tfds") if getattr(self, f)]
+    sources = [f for f in ("data_dir", "csv", "tfrecord", "tfds", "text_dir")
+               if getattr(self, f)]
     if len(sources) > 1:
       raise UsageError(f"--{sources[1]}: pass one data source, got --{' and --'.join(sources)}")
     for val, train in (("val_dir", "data_dir"), ("val_csv", "csv"),
@@ -275,10 +285,24 @@ class RunConfig:
                            "(--label_column names the target columns)")
       if chosen:
         raise UsageError(f"--{chosen[0]}: not for --task={task}")
+    if self.is_text:
+      if d.data_dir or d.tfrecord:
+        raise UsageError(f"--{'data_dir' if d.data_dir else 'tfrecord'}: a text model "
+                         "(--model=keras_hub:...) reads --csv, --text_dir or --tfds")
+      used = [f for f in ("augment", "mixup", "cutmix") if getattr(d, f)]
+      if used:
+        raise UsageError(f"--{used[0]}: image augmentation; not for text models")
+    elif d.text_dir:
+      raise UsageError("--text_dir: needs a text model, --model=keras_hub:PRESET_OR_FOLDER")
     if self.training.fine_tune_epochs and not self.model.unfreezes:
       raise UsageError(f"--fine_tune_epochs={self.training.fine_tune_epochs} needs layers to "
                        "train; pass --unfreeze_top=N (or --unfreeze_blocks, --unfreeze_from, "
                        "--gradual_unfreeze) as well")
+
+  @property
+  def is_text(self) -> bool:
+    """Whether this is a text run (a KerasHub encoder)."""
+    return self.model.model.startswith("keras_hub:")
 
   def resolved(self) -> "RunConfig":
     """Returns a copy with name, folders, image size and fine-tune rate filled in."""

@@ -23,7 +23,7 @@ import dataclasses
 import hashlib
 import io
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from absl import logging
@@ -84,13 +84,17 @@ class ImageFiles:
 
 @dataclasses.dataclass
 class Dataset:
-  """What training needs: batched (pixels 0..255, one-hot label) pipelines and class names."""
+  """What training needs: batched (model inputs, targets) pipelines and class names.
+
+  make_inputs(files, batch_size): an unshuffled, uncached pipeline of other examples in
+  the same form (feature caching uses it).
+  """
   train: "tf.data.Dataset"  # noqa: F821
   val: "tf.data.Dataset"  # noqa: F821
   class_names: list[str]
   train_files: ImageFiles
   val_files: ImageFiles
-  resize: str = "squash"
+  make_inputs: Callable
 
 
 RESIZE_MODES = ("squash", "crop", "pad")
@@ -291,14 +295,18 @@ def index(data_dir: str, val_dir: str = "", validation_split: float = 0.2, seed:
   return train, val
 
 
-def index_source(config, task: str = "multiclass", seed: int = 0
+def index_source(config, task: str = "multiclass", seed: int = 0, text: bool = False
                  ) -> tuple[ImageFiles, ImageFiles]:
   """The training and validation images of a `DataConfig`'s source (--data_dir, --csv,
   --tfrecord or --tfds) for `task`. Validation comes from the source's validation part
   (--val_dir, --val_csv, --val_tfrecord, --val_split or a validation folder/split), else a
   stratified --validation_split. Unreadable images are skipped with a warning, or with
-  --strict_data are a UsageError."""
+  --strict_data are a UsageError. With `text`, the examples are texts (in `paths`) from
+  --csv/.tsv/.jsonl (--text_column), --text_dir or --tfds (--text_key); empty or
+  undecodable texts are skipped and counted the same way."""
   c = config
+  if text:
+    return _index_texts(c, task, seed)
   if c.csv:
     flags, read = ("csv", "val_csv"), lambda path, flag, names: read_csv(
         path, flag, c.path_column, c.label_column, task, names)
@@ -334,6 +342,106 @@ def index_source(config, task: str = "multiclass", seed: int = 0
   return train, val
 
 
+def _index_texts(c, task: str, seed: int) -> tuple[ImageFiles, ImageFiles]:
+  if c.csv:
+    flag, train = "csv", read_texts(c.csv, "csv", c.text_column, c.label_column, task)
+    val = (read_texts(c.val_csv, "val_csv", c.text_column, c.label_column, task,
+                      train.class_names) if c.val_csv else None)
+  elif c.text_dir:
+    flag, train = "text_dir", read_text_dir(c.text_dir, "text_dir")
+    val = None
+  elif c.tfds:
+    flag = "tfds"
+    train = read_tfds(c.tfds, c.tfds_data_dir, c.train_split, c.text_key, c.label_key, task,
+                      text=True)
+    val_split = c.val_split or tfds_validation_split(c.tfds, c.tfds_data_dir)
+    val = (read_tfds(c.tfds, c.tfds_data_dir, val_split, c.text_key, c.label_key, task,
+                     train.class_names, text=True) if val_split else None)
+  else:
+    raise UsageError("--csv/--text_dir/--tfds: a text model needs labelled texts; pass "
+                     "--csv=FILE (.csv, .tsv or .jsonl), --text_dir=DIR or --tfds=NAME")
+  train = readable_texts(train, flag, c.strict_data)
+  if task != "regression" and len(train.class_names) < 2:
+    raise UsageError(f"--{flag}: the training texts have a single class "
+                     f"({', '.join(train.class_names)}); a classifier needs at least 2")
+  if val is not None:
+    val = readable_texts(val, "val_csv" if c.csv else flag, c.strict_data)
+  else:
+    train, val = stratified_split(train, c.validation_split, seed)
+  logging.info("data: %d training and %d validation texts, %d %s (%s)", len(train.paths),
+               len(val.paths), len(train.class_names),
+               "targets" if task == "regression" else "classes", ", ".join(train.class_names))
+  return train, val
+
+
+def read_texts(path: str, flag: str, text_column: str = "text", label_column: str = "label",
+               task: str = "multiclass", class_names: Optional[list[str]] = None
+               ) -> ImageFiles:
+  """Indexes a .csv/.tsv/.jsonl of texts (`text_column`) and labels; the texts are held
+  in `paths`, undecodable bytes as they are (see `readable_texts`)."""
+  rows = read_table(path, flag, [text_column] + label_column.split(","))
+  labels, names = parse_labels(rows, label_column, task, flag, path, class_names)
+  texts = ["" if row[text_column] is None else str(row[text_column]) for row in rows]
+  return ImageFiles(texts, labels, names, task,
+                    [f"{path} row {i + 1}" for i in range(len(rows))])
+
+
+def read_text_dir(folder: str, flag: str, class_names: Optional[list[str]] = None
+                  ) -> ImageFiles:
+  """Indexes `folder`/<class>/**/*.txt (the layout of
+  `keras.utils.text_dataset_from_directory`); texts are held in `paths`."""
+  if not os.path.isdir(folder):
+    raise UsageError(f"--{flag}: folder {folder} does not exist; pass a folder with one "
+                     "sub-folder of .txt files per class")
+  found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+  if not found:
+    raise UsageError(f"--{flag}: {folder} has no class sub-folders of .txt files")
+  texts, names = [], []
+  per_row = []
+  for name in found:
+    for root, dirs, files in os.walk(os.path.join(folder, name)):
+      dirs.sort()
+      for f in sorted(files):
+        if f.lower().endswith(".txt") and not f.startswith("."):
+          with open(os.path.join(root, f), "rb") as handle:
+            texts.append(handle.read().decode("utf-8", errors="surrogateescape"))
+          names.append(os.path.join(root, f))
+          per_row.append([name])
+  if not texts:
+    raise UsageError(f"--{flag}: {folder} holds no .txt files in its class sub-folders")
+  ids, class_names = _class_ids(per_row, class_names, flag, folder)
+  return ImageFiles(texts, [i[0] for i in ids], class_names, "multiclass", names)
+
+
+def _text_problem(text: str) -> Optional[str]:
+  if not text.strip():
+    return "empty"
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError:
+    return "not UTF-8"
+  return None
+
+
+def readable_texts(files: ImageFiles, flag: str, strict: bool = False) -> ImageFiles:
+  """`files` without empty or undecodable texts: skipped with one warning that counts them
+  and names the first ten, or with `strict` a UsageError naming the first. All of them
+  bad is a UsageError either way."""
+  problems = [_text_problem(t) for t in files.paths]
+  bad = [(files.name(i), p) for i, p in enumerate(problems) if p]
+  if len(bad) == len(files.paths):
+    raise UsageError(f"--{flag}: every text is empty or undecodable ({len(bad)} rows, first: "
+                     f"{bad[0][0]}); check --text_column")
+  if not bad:
+    return files
+  if strict:
+    raise UsageError(f"--strict_data: {len(bad)} text(s) from --{flag} are empty or not "
+                     f"UTF-8, first: {bad[0][0]} ({bad[0][1]}); remove or fix them")
+  logging.warning("skipping %d empty or undecodable text(s) from --%s: %s%s", len(bad), flag,
+                  ", ".join(f"{n} ({p})" for n, p in bad[:10]), " ..." if len(bad) > 10 else "")
+  return files.subset([i for i, p in enumerate(problems) if p is None])
+
+
 def _class_ids(names_per_row: list[list[str]], class_names: Optional[list[str]], flag: str,
                where: str) -> tuple[list[list[int]], list[str]]:
   """Class names per row -> class ids per row, and the classes (sorted, unless given)."""
@@ -353,7 +461,7 @@ def read_table(path: str, flag: str, columns: list[str]) -> list[dict]:
   if not os.path.isfile(path):
     raise UsageError(f"--{flag}: file {path} does not exist")
   try:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
       if path.endswith(".jsonl"):
         import json  # pylint: disable=g-import-not-at-top
         rows = [json.loads(line) for line in f if line.strip()]
@@ -508,23 +616,26 @@ def tfds_validation_split(name: str, data_dir: str) -> str:
 
 
 def read_tfds(name: str, data_dir: str, split: str, image_key: str = "", label_key: str = "",
-              task: str = "multiclass", class_names: Optional[list[str]] = None
-              ) -> ImageFiles:
+              task: str = "multiclass", class_names: Optional[list[str]] = None,
+              text: bool = False) -> ImageFiles:
   """Reads one split of a prepared TFDS data set (`download=False`: never waits offline).
 
-  The image and label features are the builder's first `Image` and `ClassLabel` (or a
-  `Sequence` of `ClassLabel`s for multilabel) unless named; images are kept encoded.
+  The image (with `text`: text) and label features are the builder's first `Image`
+  (`Text`) and `ClassLabel` (or a `Sequence` of `ClassLabel`s for multilabel) unless
+  named; images are kept encoded, texts decoded.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   builder = _tfds_builder(name, data_dir)
   features = builder.info.features
+  kind = tfds.features.Text if text else tfds.features.Image
   if not image_key:
-    image_key = next((k for k, f in features.items() if isinstance(f, tfds.features.Image)), "")
+    image_key = next((k for k, f in features.items() if isinstance(f, kind)), "")
   if not label_key:
     label_key = next((k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)
                       or isinstance(getattr(f, "feature", None), tfds.features.ClassLabel)), "")
-  for flag, key in (("image_key", image_key), ("label_key", label_key)):
+  for flag, key in (("text_key" if text else "image_key", image_key),
+                    ("label_key", label_key)):
     if key not in features:
       raise UsageError(f"--{flag}: {name} has no feature {key!r}; its features are "
                        f"{', '.join(features)}")
@@ -532,7 +643,8 @@ def read_tfds(name: str, data_dir: str, split: str, image_key: str = "", label_k
   label = getattr(label, "feature", label)
   all_names = label.names if isinstance(label, tfds.features.ClassLabel) else None
   try:
-    ds = builder.as_dataset(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
+    ds = builder.as_dataset(split=split, decoders=None if text else {
+        image_key: tfds.decode.SkipDecoding()})
   except AssertionError:
     root = data_dir or os.path.dirname(os.path.dirname(os.path.dirname(builder.data_dir)))
     raise UsageError(f"--tfds: {name} is not prepared in {builder.data_dir}; prepare it on a "
@@ -544,7 +656,8 @@ def read_tfds(name: str, data_dir: str, split: str, image_key: str = "", label_k
                      f"{', '.join(builder.info.splits) or 'unknown'}") from None
   images, per_row, names = [], [], []
   for i, example in enumerate(ds.as_numpy_iterator()):
-    images.append(example[image_key])
+    images.append(example[image_key].decode("utf-8", errors="surrogateescape") if text
+                  else example[image_key])
     ids = np.atleast_1d(example[label_key]).tolist()
     per_row.append([all_names[j] if all_names else str(j) for j in ids])
     names.append(f"{name}[{split}]#{i}")
@@ -726,7 +839,8 @@ def pipelines(train: ImageFiles, val: ImageFiles, image_size: int, batch_size: i
                  val=make_pipeline(val, image_size, batch_size, resize=resize,
                                    cache_dir=cache_dir),
                  class_names=train.class_names, train_files=train, val_files=val,
-                 resize=resize)
+                 make_inputs=lambda files, batch: make_pipeline(files, image_size, batch,
+                                                                cache=False, resize=resize))
 
 
 def load(data_dir: str, val_dir: str, validation_split: float, image_size: int,

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kerasft.data import Dataset, ImageFiles, make_pipeline
+from kerasft.data import Dataset, ImageFiles
 from kerasft.heads import backbone_of
 
 SHUFFLE_BUFFER = 100_000  # features shuffled at once when streaming from disk
@@ -51,10 +51,16 @@ def refusal(model: keras.Model, augment: tuple = (), mixing: bool = False) -> st
   return None
 
 
+POOLING_LAYER = "pooling"  # a text model's features are its pooling layer's output
+
+
 def _split(model: keras.Model) -> tuple[list, list]:
-  """`model`'s layers before and including the backbone, and the head's layers after it."""
+  """`model`'s layers before and including the backbone (a text model: its pooling layer),
+  and the head's layers after it."""
   layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-  at = layers.index(backbone_of(model)) + 1
+  names = [layer.name for layer in layers]
+  at = (names.index(POOLING_LAYER) if POOLING_LAYER in names
+        else layers.index(backbone_of(model))) + 1
   return layers[:at], layers[at:]
 
 
@@ -67,12 +73,15 @@ def _chain(layers: list, input_shape: tuple, name: str) -> keras.Model:
 
 
 def head_model(model: keras.Model) -> keras.Model:
-  """A model from backbone features to probabilities that shares `model`'s head layers."""
-  return _chain(_split(model)[1], backbone_of(model).output_shape[1:], f"{model.name}_head")
+  """A model from backbone features to the output that shares `model`'s head layers."""
+  return _chain(_split(model)[1], feature_model(model).output_shape[1:], f"{model.name}_head")
 
 
 def feature_model(model: keras.Model) -> keras.Model:
-  """The part of `model` from raw pixels to backbone features (in inference mode)."""
+  """The part of `model` from its inputs to backbone features (in inference mode)."""
+  if POOLING_LAYER in [layer.name for layer in model.layers]:  # several inputs: use the graph
+    return keras.Model(model.inputs, model.get_layer(POOLING_LAYER).output,
+                       name=f"{model.name}_features")
   return _chain(_split(model)[0], model.input_shape[1:], f"{model.name}_features")
 
 
@@ -83,10 +92,11 @@ class FeatureDatasets:
   on_disk: bool
 
 
-def build(model: keras.Model, dataset: Dataset, image_size: int, batch_size: int, seed: int,
+def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
           memory_budget: int, cache_dir: str, dtype: str = "float32",
           verbose: int | str = "auto") -> FeatureDatasets:
-  """Computes backbone features of the training and validation images once.
+  """Computes backbone features of the training and validation examples once, over
+  `dataset.make_inputs` pipelines.
 
   Returns batched (features, one-hot label) pipelines; the training one reshuffles every
   epoch with `seed`, like the image pipeline. Features are kept in memory when both splits
@@ -103,8 +113,7 @@ def build(model: keras.Model, dataset: Dataset, image_size: int, batch_size: int
   def stream(files: ImageFiles, name: str, shuffle: bool) -> tf.data.Dataset:
     path = os.path.join(cache_dir, name)
     shutil.rmtree(path, ignore_errors=True)
-    images = make_pipeline(files, image_size, EXTRACT_BATCH, cache=False,  # file order
-                           resize=dataset.resize)
+    images = dataset.make_inputs(files, EXTRACT_BATCH)  # in file order
     logging.info("feature cache: extracting %d %s images to %s", len(files.paths), name, path)
     labels = files.targets()
     features = images.map(lambda x, _: tf.cast(extractor(x, training=False), dtype))
@@ -125,8 +134,7 @@ def build(model: keras.Model, dataset: Dataset, image_size: int, batch_size: int
   # One pass over training and validation images together: one trace, full batches.
   both = train + val
   logging.info("feature cache: extracting %d images", len(both.paths))
-  computed = extractor.predict(make_pipeline(both, image_size, EXTRACT_BATCH, cache=False,
-                                             resize=dataset.resize),
+  computed = extractor.predict(dataset.make_inputs(both, EXTRACT_BATCH),
                                verbose=verbose).astype(dtype)
   onehot = both.targets()
   n = len(train.paths)

@@ -330,7 +330,7 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, runtime=None,
           logging.warning("feature cache off for the head phase: %s", reason)
         elif training.cache_features != "off":
           cached = features.build(
-              model, dataset, config.model.image_size, config.data.batch_size, training.seed,
+              model, dataset, config.data.batch_size, training.seed,
               training.feature_cache_memory * 2**20 or features.default_memory_budget(),
               training.feature_cache_dir or os.path.join(out_dir, "feature_cache"),
               training.feature_cache_dtype, verbose)

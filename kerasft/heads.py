@@ -94,6 +94,15 @@ def build_classifier(backbone: Backbone, num_classes: int, head: tuple[int, ...]
   else:
     _pin_inference_mode(backbone.model)
     x = backbone.model(x, training=False)
+  outputs = add_head(x, num_classes, head, dropout, task, target_mean, target_std)
+  return keras.Model(inputs, outputs, name=f"{default_name(backbone.name)}_classifier")
+
+
+def add_head(x, num_classes: int, head: tuple[int, ...] = (), dropout: float = 0.2,
+             task: str = "multiclass", target_mean=None, target_std=None):
+  """The new head on pooled features `x` [N, F]: hidden Dense (ReLU) layers of the `head`
+  sizes, `dropout` before each Dense layer, and the task's output layer (named as in
+  OUTPUT_LAYERS, float32). Returns its output tensor."""
   for i, units in enumerate(head):
     if dropout:
       x = keras.layers.Dropout(dropout, name=f"head_dropout_{i}")(x)
@@ -102,13 +111,11 @@ def build_classifier(backbone: Backbone, num_classes: int, head: tuple[int, ...]
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
   if task == "regression":
     x = keras.layers.Dense(num_classes, dtype="float32", name="regression_dense")(x)
-    outputs = Rescale(target_std if target_std is not None else [1.0] * num_classes,
-                      target_mean if target_mean is not None else [0.0] * num_classes,
-                      dtype="float32", name=OUTPUT_LAYERS[task])(x)
-  else:
-    outputs = keras.layers.Dense(num_classes, dtype="float32", name=OUTPUT_LAYERS[task],
-                                 activation="softmax" if task == "multiclass" else "sigmoid")(x)
-  return keras.Model(inputs, outputs, name=f"{default_name(backbone.name)}_classifier")
+    return Rescale(target_std if target_std is not None else [1.0] * num_classes,
+                   target_mean if target_mean is not None else [0.0] * num_classes,
+                   dtype="float32", name=OUTPUT_LAYERS[task])(x)
+  return keras.layers.Dense(num_classes, dtype="float32", name=OUTPUT_LAYERS[task],
+                            activation="softmax" if task == "multiclass" else "sigmoid")(x)
 
 
 def augmentation(names: tuple[str, ...], strength: float) -> keras.Sequential:

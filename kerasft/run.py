@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from kerasft import backbones, data, distribute, fit, heads, reports, serving
+from kerasft import backbones, data, distribute, fit, heads, reports, serving, text
 from kerasft.config import RunConfig
 from kerasft.errors import UsageError
 
@@ -55,16 +55,23 @@ def model_card(config: RunConfig, metrics: dict | None) -> dict:
 
   size = config.model.image_size
   d = config.data
-  source = next((f"{k} {getattr(d, k)}" for k in ("csv", "tfrecord", "tfds", "data_dir")
-                 if getattr(d, k)), "")
+  source = next((f"{k} {getattr(d, k)}" for k in ("csv", "tfrecord", "tfds", "text_dir",
+                                                    "data_dir") if getattr(d, k)), "")
   card = {"name": config.name, "task": config.model.task, "backbone": config.model.model,
-          "weights": config.model.weights, "head": list(config.model.head),
-          "input": {"shape": [None, size, size, 3], "dtype": "float32",
-                    "range": "RGB pixels 0..255"},
-          "preprocessing": f"{_preprocess_mode(config)} (inside the model)",
-          "resize": f"{config.data.resize}, bilinear", "data": source,
+          "weights": config.model.weights, "head": list(config.model.head), "data": source,
           "versions": {"kerasft": kerasft.__version__, "tensorflow": tf.__version__,
                        "keras": keras.__version__}}
+  if config.is_text:
+    card.update(input={"shape": [None], "dtype": "string", "range": "raw text"},
+                preprocessing=f"the preset's tokenizer inside the export (tensorflow-text "
+                f"ops), packed to {config.model.max_length} tokens",
+                pooling=config.model.pooling)
+    card.pop("weights")
+  else:
+    card.update(input={"shape": [None, size, size, 3], "dtype": "float32",
+                       "range": "RGB pixels 0..255"},
+                preprocessing=f"{_preprocess_mode(config)} (inside the model)",
+                resize=f"{config.data.resize}, bilinear")
   if config.model.task == "multilabel":
     card["threshold"] = config.model.threshold
   if metrics:
@@ -187,7 +194,7 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto") -> TrainRes
 def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
   d = config.data
   data_dir = d.data_dir
-  if not (data_dir or d.csv or d.tfrecord or d.tfds):
+  if not (data_dir or d.csv or d.tfrecord or d.tfds or d.text_dir or config.is_text):
     data_dir = builtin_data_dir()
     logging.info("no --data_dir: the built-in recipe trains on scikit-learn's digits (%s)",
                  data_dir)
@@ -199,28 +206,49 @@ def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
   seconds = {}
   m = config.model
   with _phase(seconds, "data"):
-    logging.info("phase data: indexing %s", data_dir or d.csv or d.tfrecord or d.tfds)
-    train_files, val_files = data.index_source(config.data, m.task, config.training.seed)
+    logging.info("phase data: indexing %s",
+                 data_dir or d.csv or d.tfrecord or d.tfds or d.text_dir)
+    train_files, val_files = data.index_source(config.data, m.task, config.training.seed,
+                                               text=config.is_text)
     if config.data.oversample:
       train_files = data.oversampled(train_files, config.training.seed)
   mean = std = None
   if m.task == "regression":  # the head learns standardized targets
     targets = train_files.targets()
     mean, std = targets.mean(axis=0).tolist(), np.maximum(targets.std(axis=0), 1e-6).tolist()
+  preprocessor = None  # text models: the tokenizer and packer the export runs
   with _phase(seconds, "model"), runtime.strategy.scope():
-    logging.info("phase model: %s (weights %s)", m.model, m.weights)
-    backbone = backbones.build(m.model, m.weights, size, m.signature, m.output_key,
-                               m.hub_input_range, m.backbone_layer)
-    size = backbone.image_size  # a module or .keras file may decide its own size
-    config = dataclasses.replace(config, model=dataclasses.replace(m, image_size=size))
-    model = heads.build_classifier(backbone, len(train_files.class_names), m.head, m.dropout,
-                                   m.bn_mode, m.task, mean, std)
+    logging.info("phase model: %s%s", m.model, "" if config.is_text else f" (weights {m.weights})")
+    n_out = len(train_files.class_names)
+    if config.is_text:
+      encoder = text.load(backbones.source(m.model)[1])
+      length = m.max_length or text.choose_max_length(
+          text.token_lengths(encoder, train_files.paths), encoder.max_length)
+      text.set_length(encoder, length)
+      logging.info("texts are packed to %d tokens%s", length,
+                   "" if m.max_length else " (the 99th percentile of the training texts)")
+      config = dataclasses.replace(config, model=dataclasses.replace(m, max_length=length))
+      model = text.build_classifier(encoder, n_out, length, m.pooling, m.head, m.dropout,
+                                    m.task, mean, std)
+      preprocessor = encoder.preprocessor
+    else:
+      backbone = backbones.build(m.model, m.weights, size, m.signature, m.output_key,
+                                 m.hub_input_range, m.backbone_layer)
+      size = backbone.image_size  # a module or .keras file may decide its own size
+      config = dataclasses.replace(config, model=dataclasses.replace(m, image_size=size))
+      model = heads.build_classifier(backbone, n_out, m.head, m.dropout, m.bn_mode, m.task,
+                                     mean, std)
     if m.unfreezes:  # Fails now, not after the head phase, when the choice is out of range.
-      backbones.unfreeze(backbone.model, top=m.unfreeze_top, n_blocks=m.unfreeze_blocks,
+      encoder_model = heads.backbone_of(model)
+      backbones.unfreeze(encoder_model, top=m.unfreeze_top, n_blocks=m.unfreeze_blocks,
                          from_layer=m.unfreeze_from)
-      backbones.freeze(backbone.model)
-  dataset = data.pipelines(train_files, val_files, size, d.batch_size, config.training.seed,
-                           d.resize, d.cache_dir, d.mixup, d.cutmix)
+      backbones.freeze(encoder_model)
+  if config.is_text:
+    dataset = text.pipelines(train_files, val_files, encoder, d.batch_size,
+                             config.training.seed)
+  else:
+    dataset = data.pipelines(train_files, val_files, size, d.batch_size, config.training.seed,
+                             d.resize, d.cache_dir, d.mixup, d.cutmix)
 
   out_dir = config.model_dir if runtime.is_chief else scratch
   config_path = os.path.join(config.model_dir, CONFIG_FILE)
@@ -256,7 +284,7 @@ def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
     export_path = serving.export(model, dataset.class_names, size, config.export_dir,
                                  model_card=model_card(config, metrics),
                                  resize=config.data.resize, task=m.task,
-                                 threshold=m.threshold)
+                                 threshold=m.threshold, text_preprocessor=preprocessor)
   reports.write_json({"status": "finished", "export_path": export_path, "seconds": seconds},
                      os.path.join(config.model_dir, STATE_FILE))
   return TrainResult(model=model, history=history, metrics=metrics, export_path=export_path,

@@ -104,6 +104,25 @@ def build_module(model, class_names: list[str], image_size: int, labels_path: st
   return module
 
 
+def build_text_module(model, preprocessor, class_names: list[str], labels_path: str,
+                      task: str = "multiclass", threshold: float = 0.5) -> tf.Module:
+  """Wraps a text model (packed token inputs -> the task's output) and its preset's
+  preprocessor in a tf.Module whose `serving_default` takes raw strings `text` [None]:
+  tokenization and packing run in the graph (tensorflow-text ops)."""
+  module = tf.Module()
+  module.model_variables = [v.value for v in model.variables]
+  module.labels_asset = tf.saved_model.Asset(labels_path)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+  def serving_default(text):
+    packed = preprocessor(text)
+    inputs = {t.name: tf.cast(packed[t.name], t.dtype) for t in model.inputs}
+    return outputs(model(inputs, training=False), class_names, task, threshold)
+
+  module.serving_default = serving_default
+  return module
+
+
 def versions(export_dir: str) -> list[int]:
   """The finished version numbers under `export_dir`, ascending."""
   if not os.path.isdir(export_dir):
@@ -151,8 +170,9 @@ def image_example(encoded: bytes) -> bytes:
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def write_warmup(path: str, image_size: int) -> bool:
-  """Writes one PredictionLog per signature (a mid-gray image) for TF Serving's warm-up.
+def write_warmup(path: str, image_size: int, text: bool = False) -> bool:
+  """Writes one PredictionLog per signature (a mid-gray image; with `text`, one sentence
+  for serving_default) for TF Serving's warm-up.
 
   Returns False, writing nothing, when tensorflow-serving-api is not installed.
   """
@@ -161,10 +181,12 @@ def write_warmup(path: str, image_size: int) -> bool:
   except ImportError:
     logging.info("no TF Serving warm-up requests: pip install tensorflow-serving-api to add them")
     return False
-  gray = np.full((image_size, image_size, 3), 128, np.uint8)
+  gray = np.full((image_size or 1, image_size or 1, 3), 128, np.uint8)
   inputs = {"serving_default": ("images", tf.make_tensor_proto(gray[None].astype(np.float32))),
             "serving_bytes": ("image_bytes", tf.make_tensor_proto([_png(gray)])),
             "serving_example": ("examples", tf.make_tensor_proto([image_example(_png(gray))]))}
+  if text:
+    inputs = {"serving_default": ("text", tf.make_tensor_proto(["a warm-up sentence"]))}
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with tf.io.TFRecordWriter(path) as writer:
     for signature, (key, tensor) in inputs.items():
@@ -203,14 +225,15 @@ def update_models_config(export_root: str) -> str:
 def export(model, class_names: list[str], image_size: int, export_dir: str,
            version: int | None = None, overwrite: bool = False,
            model_card: dict | None = None, resize: str = "squash", task: str = "multiclass",
-           threshold: float = 0.5) -> str:
+           threshold: float = 0.5, text_preprocessor=None) -> str:
   """Writes `model` as SavedModel version `version` (default: the next) of `export_dir`.
 
   The version is written into a temporary folder beside it and renamed into place only
   when complete, so a server polling `export_dir` never sees half a version; an existing
   version is replaced only with `overwrite`. `model_card` (JSON-able) is written as
   `model_card.json` with the signatures added. task and threshold choose the outputs
-  (see the module docstring). Returns the version folder.
+  (see the module docstring). A text model comes with its `text_preprocessor` and gets
+  one signature, serving_default (`build_text_module`). Returns the version folder.
   """
   os.makedirs(export_dir, exist_ok=True)
   if version is None:
@@ -224,20 +247,26 @@ def export(model, class_names: list[str], image_size: int, export_dir: str,
     with tempfile.TemporaryDirectory() as assets:
       labels_path = os.path.join(assets, LABELS_FILE)
       write_labels(labels_path, class_names)
-      module = build_module(model, class_names, image_size, labels_path, resize, task,
-                            threshold)
+      if text_preprocessor is not None:
+        module = build_text_module(model, text_preprocessor, class_names, labels_path, task,
+                                   threshold)
+        signatures = {"serving_default": {"text": "string [N], raw text"}}
+      else:
+        module = build_module(model, class_names, image_size, labels_path, resize, task,
+                              threshold)
+        signatures = {"serving_default": {"images": f"float32 [N, {image_size}, "
+                                          f"{image_size}, 3], RGB 0..255"},
+                      "serving_bytes": {"image_bytes": "string [N], encoded image"},
+                      "serving_example": {"examples": "string [N], tf.train.Example "
+                                          "with image/encoded"}}
       tf.saved_model.save(module, staging, signatures={
-          name: getattr(module, name).get_concrete_function() for name in SIGNATURES})
-    write_warmup(os.path.join(staging, WARMUP_FILE), image_size)
+          name: getattr(module, name).get_concrete_function() for name in signatures})
+    write_warmup(os.path.join(staging, WARMUP_FILE), image_size, text_preprocessor is not None)
     names_key = "targets" if task == "regression" else "classes"
     card = {**(model_card or {}), "version": version, names_key: list(class_names),
             "outputs": sorted(module.serving_default.get_concrete_function()
                               .structured_outputs),
-            "signatures": {"serving_default": {"images": f"float32 [N, {image_size}, "
-                                               f"{image_size}, 3], RGB 0..255"},
-                           "serving_bytes": {"image_bytes": "string [N], encoded image"},
-                           "serving_example": {"examples": "string [N], tf.train.Example "
-                                               "with image/encoded"}}}
+            "signatures": signatures}
     with open(os.path.join(staging, MODEL_CARD_FILE), "w") as f:
       json.dump(card, f, indent=2)
     os.chmod(staging, 0o755)  # mkdtemp makes it private; a server may run as another user.

@@ -21,7 +21,8 @@ flags.DEFINE_bool("list_blocks", False, "Print the blocks of --model (for --unfr
                   "and exit.")
 flags.DEFINE_string("model", _M.model,
                     "The backbone: a Keras Applications name (--list_models), hub:HANDLE (a TF "
-                    "Hub handle, URL or folder), savedmodel:PATH or keras:PATH (a .keras file).")
+                    "Hub handle, URL or folder), savedmodel:PATH, keras:PATH (a .keras file), "
+                    "or keras_hub:PRESET_OR_FOLDER (a text encoder: BERT, RoBERTa, ...).")
 flags.DEFINE_string("weights", _M.weights,
                     "'imagenet' (Keras' cache, $KERAS_HOME/models), 'none', or a weights file.")
 flags.DEFINE_integer("image_size", _M.image_size, "Input side in pixels [the backbone's own].")
@@ -84,6 +85,17 @@ flags.DEFINE_float("cutmix", _D.cutmix, "CutMix on training batches with Beta(al
                    "[0: off]; with --mixup, each batch uses one of them.")
 flags.DEFINE_bool("oversample", _D.oversample,
                   "Repeat images of smaller classes up to the largest class's count.")
+flags.DEFINE_string("text_dir", _D.text_dir, "Text models: a folder with one sub-folder of "
+                    ".txt files per class.")
+flags.DEFINE_string("text_column", _D.text_column, "Text models with --csv (.csv, .tsv, "
+                    ".jsonl): the column of texts.")
+flags.DEFINE_string("text_key", _D.text_key, "Text models with --tfds: the text feature [its "
+                    "first Text feature].")
+flags.DEFINE_integer("max_length", _M.max_length, "Text models: tokens per text [0: the 99th "
+                     "percentile of the training texts, rounded up to 8, at most the model's "
+                     "limit].")
+flags.DEFINE_enum("pooling", _M.pooling, ("mean", "cls"), "Text models: the mean of the "
+                  "token vectors or the first ([CLS]) token's.")
 flags.DEFINE_enum("task", _M.task, config.TASKS, "multiclass (softmax), multilabel (sigmoid per "
                   "label, binary cross-entropy) or regression (--csv numeric targets, MSE).")
 flags.DEFINE_float("threshold", _M.threshold, "multilabel: the score at which the export's "
@@ -184,7 +196,8 @@ def config_from_flags() -> config.RunConfig:
                                signature=FLAGS.signature, output_key=FLAGS.output_key,
                                hub_input_range=FLAGS.hub_input_range,
                                backbone_layer=FLAGS.backbone_layer, task=FLAGS.task,
-                               threshold=FLAGS.threshold),
+                               threshold=FLAGS.threshold, max_length=FLAGS.max_length,
+                               pooling=FLAGS.pooling),
       data=config.DataConfig(data_dir=FLAGS.data_dir, val_dir=FLAGS.val_dir, csv=FLAGS.csv,
                              val_csv=FLAGS.val_csv, path_column=FLAGS.path_column,
                              label_column=FLAGS.label_column, tfrecord=FLAGS.tfrecord,
@@ -193,7 +206,8 @@ def config_from_flags() -> config.RunConfig:
                              tfds=FLAGS.tfds, tfds_data_dir=FLAGS.tfds_data_dir,
                              train_split=FLAGS.train_split, val_split=FLAGS.val_split,
                              cache_dir=FLAGS.cache_dir, mixup=FLAGS.mixup, cutmix=FLAGS.cutmix,
-                             oversample=FLAGS.oversample,
+                             oversample=FLAGS.oversample, text_dir=FLAGS.text_dir,
+                             text_column=FLAGS.text_column, text_key=FLAGS.text_key,
                              validation_split=FLAGS.validation_split,
                              batch_size=FLAGS.batch_size, strict_data=FLAGS.strict_data,
                              class_weight=FLAGS.class_weight, resize=FLAGS.resize,
