@@ -686,14 +686,26 @@ def evaluation_files(data_dir: str, class_names: list[str]) -> ImageFiles:
   return files
 
 
-def evaluation_source(config, task: str, class_names: list[str], split: str = "test"
-                      ) -> ImageFiles:
+def evaluation_source(config, task: str, class_names: list[str], split: str = "test",
+                      text: bool = False) -> ImageFiles:
   """The labelled images to evaluate from a `DataConfig`'s source: --data_dir (its test/,
   else validation/ folder, else itself), --csv, --tfrecord or --tfds (`split`). Labels
   must be among the model's `class_names` (for regression: its targets). An unreadable
-  image is a UsageError: metrics over a silently smaller set would mislead."""
+  image is a UsageError: metrics over a silently smaller set would mislead. With `text`:
+  texts from --csv, --text_dir or --tfds; an empty or undecodable text is a UsageError."""
   c = config
   known = None if task == "regression" else class_names
+  if text:
+    if c.csv:
+      flag, files = "csv", read_texts(c.csv, "csv", c.text_column, c.label_column, task, known)
+    elif c.text_dir:
+      flag, files = "text_dir", read_text_dir(c.text_dir, "text_dir", known)
+    elif c.tfds:
+      flag, files = "tfds", read_tfds(c.tfds, c.tfds_data_dir, split, c.text_key, c.label_key,
+                                      task, known, text=True)
+    else:
+      raise UsageError("--csv/--text_dir/--tfds: pass the labelled texts to evaluate on")
+    return readable_texts(files, flag, strict=True)
   if c.csv:
     flag, files = "csv", read_csv(c.csv, "csv", c.path_column, c.label_column, task, known)
   elif c.tfrecord:

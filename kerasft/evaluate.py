@@ -33,6 +33,9 @@ flags.DEFINE_string("image_key", "", "--tfrecord/--tfds: the image feature.")
 flags.DEFINE_string("label_key", "", "--tfrecord/--tfds: the label feature.")
 flags.DEFINE_string("tfds", "", "A prepared TFDS data set, NAME or NAME:CONFIG.")
 flags.DEFINE_string("tfds_data_dir", "", "Where TFDS data sets are prepared.")
+flags.DEFINE_string("text_dir", "", "Text models: one sub-folder of .txt files per class.")
+flags.DEFINE_string("text_column", "text", "Text models with --csv: the column of texts.")
+flags.DEFINE_string("text_key", "", "Text models with --tfds: the text feature.")
 flags.DEFINE_string("split", "test", "--tfds: the split to evaluate, e.g. test or "
                     "train[80%:].")
 flags.DEFINE_string("output_dir", "", "Where to write the reports [eval/<name>-<version>].")
@@ -50,7 +53,7 @@ def main(argv):
   from kerasft import config, data, reports, run, serving  # pylint: disable=g-import-not-at-top
 
   history = None
-  given = any((FLAGS.data_dir, FLAGS.csv, FLAGS.tfrecord, FLAGS.tfds))
+  given = any((FLAGS.data_dir, FLAGS.csv, FLAGS.tfrecord, FLAGS.tfds, FLAGS.text_dir))
   if FLAGS.export:
     version_dir = serving.resolve(FLAGS.export)
     if not given:
@@ -59,9 +62,10 @@ def main(argv):
     predict, class_names = serving.load_predictor(version_dir)
     card = serving.read_model_card(version_dir)
     task, threshold = card["task"], card.get("threshold", 0.5)
+    is_text = serving.is_text_export(version_dir)
     files = data.evaluation_source(_data_config(config, task, class_names), task, class_names,
-                                   FLAGS.split)
-    outputs = serving.predict_files(predict, files.paths, FLAGS.batch_size)
+                                   FLAGS.split, is_text)
+    outputs = serving.predict_files(predict, files.paths, FLAGS.batch_size, read=not is_text)
     labels = files.targets() if task != "multiclass" else files.labels
     name = f"{os.path.basename(os.path.dirname(os.path.abspath(version_dir)))}-" \
            f"{os.path.basename(version_dir)}"
@@ -70,11 +74,11 @@ def main(argv):
     task, threshold = run_config.model.task, run_config.model.threshold
     if given:
       files = data.evaluation_source(_data_config(config, task, class_names), task,
-                                     class_names, FLAGS.split)
+                                     class_names, FLAGS.split, run_config.is_text)
     else:
-      files = data.index_source(run_config.data, task, run_config.training.seed)[1]
-    pipeline = data.make_pipeline(files, run_config.model.image_size, FLAGS.batch_size,
-                                  resize=run_config.data.resize)
+      files = data.index_source(run_config.data, task, run_config.training.seed,
+                                run_config.is_text)[1]
+    pipeline = run.input_pipeline(run_config, files, FLAGS.batch_size)
     labels, outputs = reports.predict(model, pipeline)
     history_path = os.path.join(FLAGS.run_dir, "history.json")
     if os.path.exists(history_path):
@@ -95,7 +99,9 @@ def _data_config(config, task: str, class_names: list[str]):
                            label_column=label_column, tfrecord=FLAGS.tfrecord,
                            label_names=FLAGS.label_names, image_key=FLAGS.image_key,
                            label_key=FLAGS.label_key, tfds=FLAGS.tfds,
-                           tfds_data_dir=FLAGS.tfds_data_dir, batch_size=FLAGS.batch_size)
+                           tfds_data_dir=FLAGS.tfds_data_dir, batch_size=FLAGS.batch_size,
+                           text_dir=FLAGS.text_dir, text_column=FLAGS.text_column,
+                           text_key=FLAGS.text_key)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Classify image files with an export: a table on screen, or a CSV / JSON Lines file.
 
+  python -m kerasft.predict --export=saved_models/all-minilm-l6-v2 "first text" "second"
+
 Multiclass exports give the top-k classes, multilabel exports the top-k labels by score,
-regression exports their predicted targets.
+regression exports their predicted targets. A text model's export takes the texts
+themselves as arguments.
 
   python -m kerasft.predict --export=saved_models/NAME photos/ 'more/*.jpg' one.png
   python -m kerasft.predict --export=saved_models/NAME/3 --top_k=3 --output=preds.csv photos/
@@ -32,7 +35,8 @@ def main(argv):
     raise errors.UsageError("--export: pass an export folder, saved_models/NAME or "
                             "saved_models/NAME/N")
   if len(argv) < 2:
-    raise errors.UsageError("inputs: pass image files, folders or globs after the flags")
+    raise errors.UsageError("inputs: pass image files, folders or globs (for a text model: "
+                            "texts) after the flags")
   if FLAGS.top_k <= 0:
     raise errors.UsageError(f"--top_k: must be a positive integer, got {FLAGS.top_k}")
   if FLAGS.output and not FLAGS.output.endswith((".csv", ".jsonl")):
@@ -47,9 +51,9 @@ def main(argv):
   else:
     for row in rows:
       if row["error"]:
-        print(f"{row['file']}\tERROR {row['error']}")
+        print(f"{row.get('file')}\tERROR {row['error']}")
       else:
-        print(row["file"] + "\t" + "  ".join(
+        print(row.get("file", row.get("text")) + "\t" + "  ".join(
             f"{name} {float(value):.4f}" for name, value in reports.prediction_cells(row)))
   if failed:
     print(f"{failed} of {len(rows)} inputs could not be read", file=sys.stderr)

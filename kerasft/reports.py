@@ -156,6 +156,7 @@ def write_predictions(rows: list[dict], path: str) -> None:
   error) as .csv or .jsonl."""
   import csv  # pylint: disable=g-import-not-at-top
 
+  key = "text" if rows and "text" in rows[0] else "file"
   staging = path + ".tmp"
   with open(staging, "w", newline="") as f:
     if path.endswith(".jsonl"):
@@ -163,19 +164,19 @@ def write_predictions(rows: list[dict], path: str) -> None:
         f.write(json.dumps(row) + "\n")
     elif rows and "predictions" in rows[0]:  # regression: one column per target
       writer = csv.writer(f)
-      writer.writerow(["file"] + list(rows[0]["targets"]) + ["error"])
+      writer.writerow([key] + list(rows[0]["targets"]) + ["error"])
       for row in rows:
         values = [v for _, v in prediction_cells(row)]
-        writer.writerow([row["file"]] + values + [""] * (len(row["targets"]) - len(values))
+        writer.writerow([row[key]] + values + [""] * (len(row["targets"]) - len(values))
                         + [row["error"] or ""])
     else:
       k = max([len(r["classes"]) for r in rows] + [1])
       writer = csv.writer(f)
-      writer.writerow(["file"] + [c for i in range(1, k + 1)
+      writer.writerow([key] + [c for i in range(1, k + 1)
                                   for c in (f"class_{i}", f"probability_{i}")] + ["error"])
       for row in rows:
         pairs = [v for pair in prediction_cells(row) for v in pair]
-        writer.writerow([row["file"]] + pairs + [""] * (2 * k - len(pairs)) + [row["error"] or ""])
+        writer.writerow([row[key]] + pairs + [""] * (2 * k - len(pairs)) + [row["error"] or ""])
   os.replace(staging, path)
 
 

@@ -100,7 +100,24 @@ def load_run(run_dir: str, checkpoint: str = "") -> tuple[keras.Model, RunConfig
                        "run (runs/NAME) or a .keras checkpoint inside one")
   config = RunConfig.from_json(paths[1])
   class_names = serving.read_labels(paths[2])
+  if config.is_text:
+    text.import_keras_hub()  # registers the encoder classes the checkpoint names
   return keras.saving.load_model(paths[0], compile=False), config, class_names
+
+
+def text_encoder(config: RunConfig) -> text.TextBackbone:
+  """A text run's encoder and preprocessor, packing to the run's max_length."""
+  encoder = text.load(backbones.source(config.model.model)[1])
+  text.set_length(encoder, config.model.max_length)
+  return encoder
+
+
+def input_pipeline(config: RunConfig, files: data.ImageFiles, batch_size: int):
+  """An unshuffled pipeline of `files` as the run's model takes them (pixels or tokens)."""
+  if config.is_text:
+    return text.make_pipeline(files, text_encoder(config), batch_size)
+  return data.make_pipeline(files, config.model.image_size, batch_size,
+                            resize=config.data.resize)
 
 
 def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None = None,
@@ -125,9 +142,16 @@ def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None
       metrics = json.load(f)
   card = model_card(config, metrics)
   result = {}
+  preprocessor = None
+  if config.is_text:
+    if fmt != "saved_model":
+      raise UsageError(f"--format={fmt}: text models export as saved_model only (TFLite has "
+                       "no tensorflow-text tokenizer ops)")
+    preprocessor = text_encoder(config).preprocessor
   if fmt in ("saved_model", "both"):
     saved = serving.export(model, class_names, size, export_dir, version, overwrite, card,
-                           config.data.resize, config.model.task, config.model.threshold)
+                           config.data.resize, config.model.task, config.model.threshold,
+                           preprocessor)
     result["saved_model"] = saved
     version = int(os.path.basename(saved))
   if fmt in ("tflite", "both"):

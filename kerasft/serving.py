@@ -331,10 +331,23 @@ def tflite_probabilities(tflite_path: str, images: np.ndarray) -> np.ndarray:
       for r in (runner(images=images[i:i + 1]) for i in range(len(images)))])
 
 
+def is_text_export(version_dir: str) -> bool:
+  """Whether an export takes raw text (a KerasHub text model) rather than images."""
+  return read_model_card(version_dir).get("input", {}).get("dtype") == "string"
+
+
 def load_predictor(version_dir: str):
   """Loads an export; returns (predict, class_names) where `predict(list of encoded image
   bytes)` returns the main output [N, C] (probabilities, multilabel scores or regression
-  predictions) through the `serving_bytes` signature."""
+  predictions) through the `serving_bytes` signature. A text export's `predict` takes a
+  list of strings (its `serving_default`; tensorflow-text is imported for its ops)."""
+  if is_text_export(version_dir):
+    import tensorflow_text  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    signature = tf.saved_model.load(version_dir).signatures["serving_default"]
+
+    def predict_texts(texts: list[str]) -> np.ndarray:
+      return main_output(signature(text=tf.constant(texts, tf.string)))
+    return predict_texts, read_labels(version_dir)
   signature = tf.saved_model.load(version_dir).signatures["serving_bytes"]
 
   def predict(encoded: list[bytes]) -> np.ndarray:
@@ -342,19 +355,20 @@ def load_predictor(version_dir: str):
   return predict, read_labels(version_dir)
 
 
-def predict_files(predict, paths: list, batch_size: int = 32) -> np.ndarray:
-  """Runs `predict` from `load_predictor` over image files (or encoded images, bytes) in
-  batches; [N, C]."""
+def predict_files(predict, paths: list, batch_size: int = 32, read: bool = True
+                  ) -> np.ndarray:
+  """Runs `predict` from `load_predictor` in batches over image files (or encoded images,
+  bytes), or with `read=False` over the inputs as they are (texts); [N, C]."""
   chunks = []
   for start in range(0, len(paths), batch_size):
-    encoded = []
+    batch = []
     for path in paths[start:start + batch_size]:
-      if isinstance(path, bytes):
-        encoded.append(path)
+      if isinstance(path, bytes) or not read:
+        batch.append(path)
         continue
       with open(path, "rb") as f:
-        encoded.append(f.read())
-    chunks.append(predict(encoded))
+        batch.append(f.read())
+    chunks.append(predict(batch))
   return np.concatenate(chunks)
 
 
@@ -375,9 +389,16 @@ def classify_files(export: str, inputs: list[str], top_k: int, batch_size: int) 
   Returns one row per input file: {"file", "classes" (top-k), "probabilities", "error"};
   for a multilabel export "probabilities" are the top-k labels' scores; for a regression
   export the row is {"file", "targets", "predictions", "error"}. A missing or unreadable
-  file gets an empty prediction and its error.
+  file gets an empty prediction and its error. A text export takes the texts as `inputs`
+  and its rows have "text" instead of "file".
   """
   version_dir = resolve(export)
+  if is_text_export(version_dir):  # the inputs are the texts themselves
+    predict, class_names = load_predictor(version_dir)
+    scores = predict_files(predict, list(inputs), batch_size, read=False)
+    return [{"text": t, "classes": [class_names[i] for i in np.argsort(-p)[:top_k]],
+             "probabilities": [float(p[i]) for i in np.argsort(-p)[:top_k]], "error": None}
+            for t, p in zip(inputs, scores)]
   paths = data.expand_inputs(inputs)
   reasons = data.unreadable_reasons(paths)
   readable = [p for p, r in zip(paths, reasons) if r is None]

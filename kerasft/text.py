@@ -41,7 +41,8 @@ class TextBackbone:
   max_length: int  # the encoder's limit
 
 
-def _import_keras_hub():
+def import_keras_hub():
+  """Imports keras_hub (and tensorflow_text, for the tokenizers' ops) or raises a UsageError."""
   try:
     import keras_hub  # pylint: disable=g-import-not-at-top
     import tensorflow_text  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
@@ -62,7 +63,7 @@ def load(preset: str) -> TextBackbone:
   `tokenizer_config.json` with `strip_accents: null` on an uncased vocabulary strips
   accents (the Hugging Face meaning), so "Café" becomes "cafe", not [UNK].
   """
-  keras_hub = _import_keras_hub()
+  keras_hub = import_keras_hub()
   if _is_folder(preset):
     if not os.path.isdir(preset):
       raise UsageError(f"--model: keras_hub: folder {preset} does not exist; pass a KerasHub "

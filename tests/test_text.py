@@ -1,0 +1,216 @@
+"""Text classification with a KerasHub encoder (`--model=keras_hub:...`), end to end."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import SHARED, run_cli
+import kerasft
+from kerasft import backbones, data
+from kerasft.errors import UsageError
+
+MINILM = os.path.join(SHARED, "models", "all-minilm-l6-v2")
+FORTUNES = os.path.join(SHARED, "data", "fortunes_4class")
+needs_minilm = pytest.mark.skipif(not os.path.isfile(os.path.join(MINILM, "model.safetensors")),
+                                  reason="../shared/models/all-minilm-l6-v2 is absent")
+needs_fortunes = pytest.mark.skipif(not os.path.isfile(os.path.join(FORTUNES, "test.csv")),
+                                    reason="../shared/data/fortunes_4class is absent")
+keras_hub = pytest.importorskip("keras_hub", reason="pip install 'kerasft[text]'")
+tensorflow_text = pytest.importorskip("tensorflow_text")
+
+TEXTS = {"food": ["I love a good soup with bread", "Cheese and wine for dinner tonight",
+                  "The café serves crêpes and coffee", "Fresh pasta with tomato sauce"],
+         "computers": ["The kernel crashed after the update", "Compile the program again",
+                       "My keyboard and mouse stopped working", "Unix pipes connect programs"]}
+
+
+def _write_csv(path, texts=TEXTS, times=1):
+  import csv
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["text", "label"])
+    for _ in range(times):
+      for label, items in texts.items():
+        for t in items:
+          writer.writerow([t, label])
+  return str(path)
+
+
+# ---- Sources ----------------------------------------------------------------------------
+
+def test_tsv_jsonl_and_text_dir_give_the_same_texts(tmp_path):
+  (tmp_path / "a.tsv").write_text("text\tlabel\nhello there\tx\nbye now\ty\n")
+  (tmp_path / "a.jsonl").write_text(json.dumps({"text": "hello there", "label": "x"}) + "\n"
+                                    + json.dumps({"text": "bye now", "label": "y"}) + "\n")
+  for name in ("x", "y"):
+    (tmp_path / "dir" / name).mkdir(parents=True)
+  (tmp_path / "dir" / "x" / "1.txt").write_text("hello there")
+  (tmp_path / "dir" / "y" / "2.txt").write_text("bye now")
+  for files in (data.read_texts(str(tmp_path / "a.tsv"), "csv"),
+                data.read_texts(str(tmp_path / "a.jsonl"), "csv"),
+                data.read_text_dir(str(tmp_path / "dir"), "text_dir")):
+    assert files.paths == ["hello there", "bye now"] and files.class_names == ["x", "y"]
+    assert files.labels == [0, 1]
+
+
+def test_empty_and_undecodable_texts_are_skipped_or_refused(tmp_path, caplog):
+  import logging
+  path = tmp_path / "t.csv"
+  path.write_bytes(b"text,label\nfine text,a\n,b\n   ,a\nbad \xff\xfe bytes,b\nmore,b\nok,a\n")
+  files = data.read_texts(str(path), "csv")
+  with caplog.at_level(logging.WARNING):
+    kept = data.readable_texts(files, "csv")
+  assert kept.paths == ["fine text", "more", "ok"]
+  message = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+  assert len(message) == 1 and "skipping 3 empty or undecodable text(s)" in message[0]
+  assert "row 2 (empty)" in message[0] and "row 4 (not UTF-8)" in message[0]
+  with pytest.raises(UsageError, match=r"^--strict_data: 3 text\(s\) from --csv .* row 2"):
+    data.readable_texts(files, "csv", strict=True)
+
+
+def test_text_and_image_flags_do_not_mix():
+  with pytest.raises(UsageError, match="^--data_dir: a text model"):
+    kerasft.RunConfig.from_dict({"model": {"model": "keras_hub:x"}, "data": {"data_dir": "d"}})
+  with pytest.raises(UsageError, match="^--augment: image augmentation"):
+    kerasft.RunConfig.from_dict({"model": {"model": "keras_hub:x"},
+                                 "data": {"csv": "a.csv", "augment": ["flip"]}})
+  with pytest.raises(UsageError, match="^--text_dir: needs a text model"):
+    kerasft.RunConfig.from_dict({"data": {"text_dir": "d"}})
+  with pytest.raises(UsageError, match="^--max_length/--pooling: only for text models"):
+    kerasft.RunConfig.from_dict({"model": {"max_length": 64}})
+
+
+def test_max_length_is_the_99th_percentile_rounded_up_to_8():
+  from kerasft import text
+  assert text.choose_max_length(np.arange(1, 101), 512) == 104  # p99 = 99.01
+  assert text.choose_max_length(np.full(10, 3), 512) == 8
+  assert text.choose_max_length(np.full(10, 700), 512) == 512
+
+
+# ---- With the shared MiniLM encoder ------------------------------------------------------
+
+@needs_minilm
+def test_accented_input_tokenizes_to_real_tokens():
+  from kerasft import text
+  encoder = text.load(MINILM)
+  tokenizer = encoder.preprocessor.tokenizer
+  unk = tokenizer.token_to_id("[UNK]")
+  for row in tokenizer(["Café", "crème brûlée", "naïve résumé"]):
+    assert unk not in [int(i) for i in row]
+  assert [tokenizer.id_to_token(int(i)) for i in tokenizer(["Café"])[0]] == ["cafe"]
+  assert backbones.blocks(encoder.model)[-1][0] == "transformer_layer_5"
+
+
+@needs_minilm
+@pytest.mark.parametrize("args, message", [
+    (["--model=keras_hub:/no/such/preset", "--csv={csv}"],
+     "--model: keras_hub: folder /no/such/preset does not exist"),
+    (["--model=keras_hub:" + MINILM, "--csv={csv}", "--text_column=body"],
+     "--csv: {csv} has no column 'body' (columns: text, label)"),
+    (["--model=keras_hub:" + MINILM, "--csv={empty}"],
+     "--csv: every text is empty or undecodable (8 rows, first: {empty} row 1)"),
+])
+def test_text_mistakes_are_one_line_errors(tmp_path, args, message):
+  csv_path = _write_csv(tmp_path / "t.csv")
+  empty = _write_csv(tmp_path / "empty.csv", {"a": [""] * 4, "b": ["  "] * 4})
+  args = [a.format(csv=csv_path, empty=empty) for a in args]
+  result = run_cli("train", *args, f"--model_dir={tmp_path / 'run'}",
+                   f"--export_dir={tmp_path / 'export'}", timeout=300)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: " + message.format(csv=csv_path, empty=empty)), last
+  assert not (tmp_path / "run").exists() and not (tmp_path / "export").exists()
+
+
+@needs_minilm
+def test_unfreezing_the_top_block_changes_exactly_that_block(tmp_path):
+  from kerasft import fit, heads, text
+  path = _write_csv(tmp_path / "t.csv", times=2)
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="keras_hub:" + MINILM, max_length=16,
+                                unfreeze_blocks=1),
+      data=kerasft.DataConfig(csv=path, batch_size=8),
+      training=kerasft.TrainingConfig(epochs=1, fine_tune_epochs=1, learning_rate=1e-2),
+      model_dir=str(tmp_path / "run")).resolved()
+  train, val = data.index_source(config.data, text=True)
+  encoder = text.load(MINILM)
+  text.set_length(encoder, 16)
+  model = text.build_classifier(encoder, 2, 16)
+  before = {w.path: np.asarray(w) for w in encoder.model.weights}
+  history = fit.run(config, model, text.pipelines(train, val, encoder, 8), restore_best=False,
+                    verbose=0)
+  after = {w.path: np.asarray(w) for w in heads.backbone_of(model).weights}
+  assert set(before) == set(after)
+  changed = {p for p in before if not np.array_equal(before[p], after[p])}
+  block = {p for p in before if p.startswith("transformer_layer_5/")}
+  assert changed and changed <= block
+  assert len(changed) == len(block)  # every weight of the block moved
+  assert history["phase"] == ["head", "fine_tune"]
+
+
+@pytest.fixture(scope="module")
+def fortunes_run(tmp_path_factory):
+  if not (os.path.isfile(os.path.join(MINILM, "model.safetensors"))
+          and os.path.isfile(os.path.join(FORTUNES, "test.csv"))):
+    pytest.skip("../shared/models/all-minilm-l6-v2 or ../shared/data/fortunes_4class is absent")
+  root = tmp_path_factory.mktemp("fortunes")
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="keras_hub:" + MINILM),
+      data=kerasft.DataConfig(csv=os.path.join(FORTUNES, "train.csv")),
+      training=kerasft.TrainingConfig(epochs=10),
+      name="fortunes", model_dir=str(root / "run"), export_dir=str(root / "export"))
+  return kerasft.train_classifier(config, verbose=0)
+
+
+@pytest.mark.slow
+def test_frozen_minilm_with_the_default_head_reaches_080_on_fortunes_test(fortunes_run, tmp_path):
+  result = fortunes_run
+  assert result.class_names == ["computers", "food", "politics", "science"]
+  assert 8 <= result.config.model.max_length <= 512 and result.config.model.max_length % 8 == 0
+  out = tmp_path / "eval"
+  run = run_cli("evaluate", f"--export={result.export_path}",
+                f"--csv={os.path.join(FORTUNES, 'test.csv')}", f"--output_dir={out}")
+  assert run.returncode == 0, run.stderr[-3000:]
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert metrics["num_examples"] == 620
+  assert metrics["accuracy"] >= 0.80, metrics["accuracy"]  # majority class: 0.381
+
+
+@pytest.mark.slow
+def test_text_export_reproduces_the_model_on_raw_strings(fortunes_run, tmp_path):
+  import tensorflow as tf
+  from kerasft import text
+  result = fortunes_run
+  strings = ["Café au lait and croissants", "The senate votes on the budget",
+             "Black holes bend light", "rm -rf / is a bad idea", ""]
+  signature = tf.saved_model.load(result.export_path).signatures["serving_default"]
+  out = signature(text=tf.constant(strings))
+  encoder = text.load(MINILM)
+  text.set_length(encoder, result.config.model.max_length)
+  expected = np.asarray(result.model(text.model_inputs(
+      encoder, encoder.preprocessor(tf.constant(strings)))))
+  np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+  assert [c.decode() for c in out["classes"].numpy()] == [
+      result.class_names[i] for i in expected.argmax(1)]
+  # saved_model_cli cannot load tensorflow-text's ops itself: run its main() in a process
+  # that imported tensorflow_text first, as the README says.
+  script = ("import sys, tensorflow_text\n"
+            "from tensorflow.python.tools import saved_model_cli\n"
+            "sys.argv = ['saved_model_cli'] + sys.argv[1:]\n"
+            "saved_model_cli.main()\n")
+  import subprocess
+  run = subprocess.run([sys.executable, "-c", script, "run", "--dir", result.export_path,
+                        "--tag_set", "serve", "--signature_def", "serving_default",
+                        "--input_exprs", f"text={strings!r}", "--outdir", str(tmp_path / "cli")],
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  cli = np.load(tmp_path / "cli" / "probabilities.npy")
+  np.testing.assert_allclose(cli, expected, atol=1e-5)
+  variables = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in
+                  os.walk(os.path.join(result.export_path, "variables")) for f in fs)
+  params = sum(int(np.prod(w.shape)) * 4 for w in result.model.weights)
+  assert variables <= 1.1 * params
