@@ -115,7 +115,7 @@ def format_table(result: dict) -> str:
     lines += [f"{n:<{width}}  {r['mse']:10.4f}  {r['mae']:10.4f}  {r['r2']:8.4f}"
               for n, r in result["per_target"].items()]
     lines.append(f"mse {result['mse']:.4f}  mae {result['mae']:.4f}  r2 {result['r2']:.4f}  "
-                 f"({result['num_examples']} images)")
+                 f"({result['num_examples']} examples)")
     return "\n".join(lines)
   if result.get("task") == "multilabel":
     width = max([len(n) for n in result["per_label"]] + [8])
@@ -127,7 +127,7 @@ def format_table(result: dict) -> str:
     macro = result["macro_auc"]
     lines.append(f"macro auc {macro if macro is None else round(macro, 4)}  micro f1 "
                  f"{result['micro_f1']:.4f}  macro f1 {result['macro_f1']:.4f}  subset "
-                 f"accuracy {result['subset_accuracy']:.4f}  ({result['num_examples']} images, "
+                 f"accuracy {result['subset_accuracy']:.4f}  ({result['num_examples']} examples, "
                  f"threshold {result['threshold']})")
     return "\n".join(lines)
   width = max([len(n) for n in result["per_class"]] + [12])
@@ -139,7 +139,7 @@ def format_table(result: dict) -> str:
                  f"{r['f1-score']:8.4f}  {int(r['support']):7d}")
   lines.append(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}"
                + (f"  top-5 {result['top_5_accuracy']:.4f}" if "top_5_accuracy" in result else "")
-               + f"  ({result['num_examples']} images)")
+               + f"  ({result['num_examples']} examples)")
   return "\n".join(lines)
 
 

@@ -297,7 +297,7 @@ def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
     return TrainResult(model=model, history=history, metrics={}, export_path="",
                        class_names=dataset.class_names, config=config, seconds=seconds)
   with _phase(seconds, "report"):
-    logging.info("phase report: evaluating on %d validation images",
+    logging.info("phase report: evaluating on %d validation examples",
                  len(dataset.val_files.paths))
     targets, outputs = reports.predict(model, dataset.val)
     metrics = reports.write(targets, outputs, dataset.class_names, out_dir, history, m.task,

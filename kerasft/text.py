@@ -164,7 +164,9 @@ def build_classifier(backbone: TextBackbone, num_classes: int, max_length: int,
   backbone.model.trainable = False
   heads._pin_inference_mode(backbone.model)  # pylint: disable=protected-access
   encoded = backbone.model(inputs, training=False)
-  x = Pooling(pooling, name="pooling")(encoded["sequence_output"], inputs["padding_mask"])
+  if isinstance(encoded, dict):  # BERT, ALBERT: {"sequence_output", "pooled_output"}
+    encoded = encoded["sequence_output"]
+  x = Pooling(pooling, name="pooling")(encoded, inputs["padding_mask"])
   outputs = heads.add_head(x, num_classes, head, dropout, task, target_mean, target_std)
   return keras.Model(inputs, outputs, name=f"{backbone.name.replace('-', '_')}_classifier")
 

@@ -214,3 +214,61 @@ def test_text_export_reproduces_the_model_on_raw_strings(fortunes_run, tmp_path)
                   os.walk(os.path.join(result.export_path, "variables")) for f in fs)
   params = sum(int(np.prod(w.shape)) * 4 for w in result.model.weights)
   assert variables <= 1.1 * params
+
+
+# ---- A tiny encoder in KerasHub's own preset format (no ../shared needed) ----------------
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
+    "i love a good soup with bread cheese and wine for dinner tonight the cafe serves crepes "
+    "coffee fresh pasta tomato sauce kernel crashed after update compile program again my "
+    "keyboard mouse stopped working unix pipes connect programs").split()
+
+
+@pytest.fixture(scope="module")
+def tiny_preset(tmp_path_factory):
+  """A 2-layer DistilBERT (no segment_ids input) saved with `save_to_preset`."""
+  folder = str(tmp_path_factory.mktemp("tiny_distilbert"))
+  keras_hub.models.DistilBertTokenizer(vocabulary=VOCAB, lowercase=True).save_to_preset(folder)
+  keras_hub.models.DistilBertBackbone(
+      vocabulary_size=len(VOCAB), num_layers=2, num_heads=2, hidden_dim=16,
+      intermediate_dim=32, max_sequence_length=32).save_to_preset(folder)
+  return folder
+
+
+def test_a_kerashub_preset_folder_trains_from_text_dir_and_exports(tiny_preset, tmp_path):
+  import tensorflow as tf
+  from kerasft import text
+  for label, items in TEXTS.items():
+    (tmp_path / "texts" / label).mkdir(parents=True)
+    for i, t in enumerate(items * 3):
+      (tmp_path / "texts" / label / f"{i}.txt").write_text(t)
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="keras_hub:" + tiny_preset, pooling="cls", dropout=0.0),
+      data=kerasft.DataConfig(text_dir=str(tmp_path / "texts"), batch_size=4),
+      training=kerasft.TrainingConfig(epochs=2, learning_rate=1e-2),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  result = kerasft.train_classifier(config, verbose=0)
+  assert result.class_names == ["computers", "food"]
+  assert result.config.model.max_length == 16  # the longest text is 11 tokens with [CLS]/[SEP]
+  assert result.config.name == os.path.basename(tiny_preset)
+  strings = ["the cafe serves coffee", "unix programs crashed", "words the model never saw"]
+  out = tf.saved_model.load(result.export_path).signatures["serving_default"](
+      text=tf.constant(strings))
+  encoder = text.load(tiny_preset)
+  text.set_length(encoder, 16)
+  expected = np.asarray(result.model(text.model_inputs(encoder, encoder.preprocessor(
+      tf.constant(strings)))))
+  np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+  assert set(out) == {"probabilities", "class_ids", "classes"}
+  card = json.loads(open(os.path.join(result.export_path, "model_card.json")).read())
+  assert card["input"]["dtype"] == "string" and card["signatures"] == {
+      "serving_default": {"text": "string [N], raw text"}}
+
+
+def test_tfds_text_data_sets_are_read_with_their_text_feature():
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=12):
+    train, val = data.index_source(kerasft.DataConfig(tfds="imdb_reviews"), text=True)
+  assert train.class_names == ["neg", "pos"]
+  assert all(isinstance(t, str) and t for t in train.paths + val.paths)
+  assert len(train.paths) + len(val.paths) <= 24
