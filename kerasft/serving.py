@@ -123,6 +123,21 @@ def build_text_module(model, preprocessor, class_names: list[str], labels_path: 
   return module
 
 
+def custom_ops(saved_model_dir: str) -> list[str]:
+  """The ops a SavedModel needs that core TensorFlow lacks (for a text model, the
+  tensorflow-text tokenizer ops a model server must have linked in)."""
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  proto = saved_model_pb2.SavedModel()
+  with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+    proto.ParseFromString(f.read())
+  ops = set()
+  for graph in proto.meta_graphs:
+    ops.update(node.op for node in graph.graph_def.node)
+    for function in graph.graph_def.library.function:
+      ops.update(node.op for node in function.node_def)
+  return sorted(op for op in ops if not hasattr(tf.raw_ops, op))
+
+
 def versions(export_dir: str) -> list[int]:
   """The finished version numbers under `export_dir`, ascending."""
   if not os.path.isdir(export_dir):
@@ -266,7 +281,7 @@ def export(model, class_names: list[str], image_size: int, export_dir: str,
     card = {**(model_card or {}), "version": version, names_key: list(class_names),
             "outputs": sorted(module.serving_default.get_concrete_function()
                               .structured_outputs),
-            "signatures": signatures}
+            "signatures": signatures, "custom_ops": custom_ops(staging)}
     with open(os.path.join(staging, MODEL_CARD_FILE), "w") as f:
       json.dump(card, f, indent=2)
     os.chmod(staging, 0o755)  # mkdtemp makes it private; a server may run as another user.

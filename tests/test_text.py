@@ -263,6 +263,11 @@ def test_a_kerashub_preset_folder_trains_from_text_dir_and_exports(tiny_preset, 
   card = json.loads(open(os.path.join(result.export_path, "model_card.json")).read())
   assert card["input"]["dtype"] == "string" and card["signatures"] == {
       "serving_default": {"text": "string [N], raw text"}}
+  # What a model server must have linked in: tensorflow-text's tokenizer ops, nothing else.
+  assert "FastWordpieceTokenizeWithOffsets" in card["custom_ops"]
+  assert all(op in ("CaseFoldUTF8", "NormalizeUTF8", "RegexSplitWithOffsets",
+                    "FastWordpieceTokenizeWithOffsets", "TFText>RoundRobinTrim")
+             for op in card["custom_ops"]), card["custom_ops"]
 
 
 def test_tfds_text_data_sets_are_read_with_their_text_feature():
