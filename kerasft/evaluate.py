@@ -50,7 +50,7 @@ def main(argv):
     raise errors.UsageError("--export or --run_dir: pass exactly one of them")
   if FLAGS.batch_size <= 0:
     raise errors.UsageError(f"--batch_size: must be a positive integer, got {FLAGS.batch_size}")
-  from kerasft import config, data, reports, run, serving  # pylint: disable=g-import-not-at-top
+  from kerasft import config, reports, run, serving, sources  # pylint: disable=g-import-not-at-top
 
   history = None
   given = any((FLAGS.data_dir, FLAGS.csv, FLAGS.tfrecord, FLAGS.tfds, FLAGS.text_dir))
@@ -63,7 +63,7 @@ def main(argv):
     card = serving.read_model_card(version_dir)
     task, threshold = card["task"], card.get("threshold", 0.5)
     is_text = serving.is_text_export(version_dir)
-    files = data.evaluation_source(_data_config(config, task, class_names), task, class_names,
+    files = sources.evaluation_source(_data_config(config, task, class_names), task, class_names,
                                    FLAGS.split, is_text)
     outputs = serving.predict_files(predict, files.paths, FLAGS.batch_size, read=not is_text)
     labels = files.targets() if task != "multiclass" else files.labels
@@ -73,10 +73,10 @@ def main(argv):
     model, run_config, class_names = run.load_run(FLAGS.run_dir)
     task, threshold = run_config.model.task, run_config.model.threshold
     if given:
-      files = data.evaluation_source(_data_config(config, task, class_names), task,
+      files = sources.evaluation_source(_data_config(config, task, class_names), task,
                                      class_names, FLAGS.split, run_config.is_text)
     else:
-      files = data.index_source(run_config.data, task, run_config.training.seed,
+      files = sources.index_source(run_config.data, task, run_config.training.seed,
                                 run_config.is_text)[1]
     pipeline = run.input_pipeline(run_config, files, FLAGS.batch_size)
     labels, outputs = reports.predict(model, pipeline)

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from kerasft import backbones, data, distribute, fit, heads, reports, serving, text
+from kerasft import backbones, data, distribute, fit, heads, reports, serving, sources, text
 from kerasft.config import RunConfig
 from kerasft.errors import UsageError
 
@@ -179,7 +179,7 @@ def sample_images(config: RunConfig, n: int):
 
   size = config.model.image_size
   try:
-    files = data.index_source(config.data, config.model.task, config.training.seed)[1]
+    files = sources.index_source(config.data, config.model.task, config.training.seed)[1]
     files = files.subset(range(min(n, len(files.paths))))
     return np.concatenate([x for x, _ in data.make_pipeline(files, size, n,
                                                             resize=config.data.resize)])
@@ -232,7 +232,7 @@ def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
   with _phase(seconds, "data"):
     logging.info("phase data: indexing %s",
                  data_dir or d.csv or d.tfrecord or d.tfds or d.text_dir)
-    train_files, val_files = data.index_source(config.data, m.task, config.training.seed,
+    train_files, val_files = sources.index_source(config.data, m.task, config.training.seed,
                                                text=config.is_text)
     if config.data.oversample:
       train_files = data.oversampled(train_files, config.training.seed)

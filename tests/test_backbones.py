@@ -1,5 +1,4 @@
 import gc
-import os
 
 import numpy as np
 import pytest

@@ -3,7 +3,6 @@
 import json
 import os
 
-import numpy as np
 from PIL import Image
 from sklearn import metrics as skm
 

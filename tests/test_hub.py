@@ -10,7 +10,7 @@ import tensorflow as tf
 from conftest import FASHION, needs_fashion, needs_imagenet_mobilenet, run_cli
 from conftest import write_color_images
 import kerasft
-from kerasft import backbones, data, fit, heads, hub, serving
+from kerasft import backbones, data, fit, heads, serving
 
 SIZE = 16
 

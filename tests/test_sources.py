@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from conftest import COLORS, HAVE_IMAGENET_MOBILENET, run_cli, write_color_images
 import kerasft
-from kerasft import data, serving
+from kerasft import data, serving, sources
 from kerasft.errors import UsageError
 
 WEIGHTS = "imagenet" if HAVE_IMAGENET_MOBILENET else "none"
@@ -68,14 +68,14 @@ def _serve(export_path, signature, **inputs):
 def test_csv_reads_paths_relative_to_its_folder_and_each_task(tmp_path):
   colors = write_color_images(tmp_path / "img" / "colors", per_class=3, size=16)
   path = _write_csv(tmp_path / "img" / "labels.csv", colors)
-  files = data.read_csv(path, "csv")
+  files = sources.read_csv(path, "csv")
   assert files.class_names == ["blue", "green", "red"] and len(files.paths) == 9
   assert all(os.path.isfile(p) for p in files.paths)
-  multi = data.read_csv(path, "csv", label_column="tags", task="multilabel")
+  multi = sources.read_csv(path, "csv", label_column="tags", task="multilabel")
   assert multi.class_names == ["cool", "natural", "warm"]
   green = multi.targets()[np.asarray(files.labels) == 1]
   np.testing.assert_array_equal(green, [[1, 1, 0]] * 3)
-  regression = data.read_csv(path, "csv", label_column="redness,blueness", task="regression")
+  regression = sources.read_csv(path, "csv", label_column="redness,blueness", task="regression")
   assert regression.class_names == ["redness", "blueness"]
   assert regression.targets().shape == (9, 2)
   np.testing.assert_allclose(regression.targets()[np.asarray(files.labels) == 2, 0], 1.0)
@@ -84,11 +84,11 @@ def test_csv_reads_paths_relative_to_its_folder_and_each_task(tmp_path):
 def test_tsv_and_val_csv_with_an_unknown_class(tmp_path):
   path = tmp_path / "train.tsv"
   path.write_text("path\tlabel\na.png\tcat\nb.png\tdog\n")
-  assert data.read_csv(str(path), "csv").class_names == ["cat", "dog"]
+  assert sources.read_csv(str(path), "csv").class_names == ["cat", "dog"]
   val = tmp_path / "val.csv"
   val.write_text("path,label\nc.png,bird\n")
   with pytest.raises(UsageError, match=r"^--val_csv: .* classes \['bird'\]"):
-    data.read_csv(str(val), "val_csv", class_names=["cat", "dog"])
+    sources.read_csv(str(val), "val_csv", class_names=["cat", "dog"])
 
 
 @pytest.mark.parametrize("content, kwargs, message", [
@@ -101,7 +101,7 @@ def test_bad_csv_files_are_one_line_errors(tmp_path, content, kwargs, message):
   path = tmp_path / "d.csv"
   path.write_text(content)
   with pytest.raises(UsageError, match=message) as e:
-    data.read_csv(str(path), "csv", **kwargs)
+    sources.read_csv(str(path), "csv", **kwargs)
   assert "\n" not in str(e.value)
 
 
@@ -113,11 +113,11 @@ def test_missing_files_in_a_csv_are_skipped_or_refused(tmp_path, caplog):
     f.write("colors/red/gone.png,red,warm,1.0,0.1\n")
   config = kerasft.DataConfig(csv=path)
   with caplog.at_level(logging.WARNING):
-    train, val = data.index_source(config)
+    train, val = sources.index_source(config)
   assert len(train.paths) + len(val.paths) == 9
   assert any("gone.png" in r.getMessage() for r in caplog.records)
   with pytest.raises(UsageError, match="^--strict_data: 1 image.* from --csv are not readable, first: .*gone.png"):
-    data.index_source(kerasft.DataConfig(csv=path, strict_data=True))
+    sources.index_source(kerasft.DataConfig(csv=path, strict_data=True))
 
 
 def test_csv_trains_and_exports_through_the_cli(tmp_path):
@@ -189,6 +189,21 @@ def test_regression_head_trains_and_exports_predictions(tmp_path):
       np.concatenate([red, blue])))[:, 0], atol=1e-5)
   if HAVE_IMAGENET_MOBILENET:  # red images are predicted redder than blue ones
     assert out["predictions"][:12].mean() > out["predictions"][12:].mean() + 0.3
+  # evaluate and predict read the task from the export
+  run = run_cli("evaluate", f"--export={result.export_path}", f"--csv={path}",
+                f"--output_dir={tmp_path / 'eval'}")
+  assert run.returncode == 0, run.stderr[-3000:]
+  import json
+  metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+  assert metrics["task"] == "regression" and metrics["num_examples"] == 36
+  assert "redness" in run.stdout and "r2" in run.stdout
+  run = run_cli("predict", f"--export={result.export_path}",
+                f"--output={tmp_path / 'p.csv'}", os.path.join(colors, "red"))
+  assert run.returncode == 0, run.stderr[-3000:]
+  lines = (tmp_path / "p.csv").read_text().splitlines()
+  assert lines[0] == "file,redness,error" and len(lines) == 13
+  first = float(lines[1].split(",")[1])
+  assert abs(first - out["predictions"][0]) < 1e-4
 
 
 def test_two_regression_targets_give_predictions_of_width_two(tmp_path):
@@ -209,31 +224,31 @@ def test_tfrecord_ids_as_names_or_from_label_names(tmp_path):
   colors = write_color_images(tmp_path / "colors", per_class=3, size=16)
   _write_tfrecord(tmp_path / "a.tfrecord", colors,
                   label_ids={"blue": [2], "green": [5], "red": [7]})
-  files = data.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord")
+  files = sources.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord")
   assert files.class_names == ["2", "5", "7"] and isinstance(files.paths[0], bytes)
   assert files.name(0).endswith("a.tfrecord#0")
   names = tmp_path / "names.txt"
   names.write_text("\n".join(f"class{i}" for i in range(8)) + "\n")
-  named = data.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord", label_names=str(names))
+  named = sources.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord", label_names=str(names))
   assert len(named.class_names) == 8 and named.class_names[7] == "class7"
   assert sorted(set(named.labels)) == [2, 5, 7]
   names.write_text("a\nb\n")
   with pytest.raises(UsageError, match="^--tfrecord: .* label id 2, but --label_names"):
-    data.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord", label_names=str(names))
+    sources.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord", label_names=str(names))
 
 
 def test_tfrecord_with_other_keys_and_bad_records(tmp_path):
   colors = write_color_images(tmp_path / "colors", per_class=2, size=16)
   _write_tfrecord(tmp_path / "b.tfrecord", colors, image_key="jpeg", label_key="y")
   with pytest.raises(UsageError, match="^--tfrecord: .* has no 'image/encoded' feature"):
-    data.read_tfrecords(str(tmp_path / "b.tfrecord"), "tfrecord")
-  files = data.read_tfrecords(str(tmp_path / "b.tfrecord"), "tfrecord", "jpeg", "y")
+    sources.read_tfrecords(str(tmp_path / "b.tfrecord"), "tfrecord")
+  files = sources.read_tfrecords(str(tmp_path / "b.tfrecord"), "tfrecord", "jpeg", "y")
   assert len(files.paths) == 6
   (tmp_path / "junk.tfrecord").write_bytes(b"not a tfrecord file at all")
   with pytest.raises(UsageError, match="^--tfrecord: .*junk.tfrecord is not a TFRecord"):
-    data.read_tfrecords(str(tmp_path / "junk.tfrecord"), "tfrecord")
+    sources.read_tfrecords(str(tmp_path / "junk.tfrecord"), "tfrecord")
   with pytest.raises(UsageError, match="^--tfrecord: no files match"):
-    data.read_tfrecords(str(tmp_path / "none-*.tfrecord"), "tfrecord")
+    sources.read_tfrecords(str(tmp_path / "none-*.tfrecord"), "tfrecord")
 
 
 def test_tfrecord_trains_and_exports_with_class_names(tmp_path):
@@ -250,8 +265,8 @@ def test_tfrecord_trains_and_exports_with_class_names(tmp_path):
   result = kerasft.train_classifier(config, verbose=0)
   assert result.class_names == ["blue", "green", "red"]
   assert len(result.history["loss"]) == 6
-  assert (len(kerasft.data.index_source(config.data)[0].paths)
-          + len(kerasft.data.index_source(config.data)[1].paths)) == 32
+  assert (len(sources.index_source(config.data)[0].paths)
+          + len(sources.index_source(config.data)[1].paths)) == 32
   out = _serve(result.export_path, "serving_bytes",
                image_bytes=[open(os.path.join(colors, "green", "003.png"), "rb").read()])
   assert out["classes"].shape == (1,)
@@ -304,12 +319,12 @@ def test_tfds_prepared_in_a_data_dir_trains_through_the_cli(tmp_path):
 
 def test_tfds_split_syntax_and_keys(tmp_path):
   _prepare_tiny_tfds(tmp_path / "tfds")
-  files = data.read_tfds("kerasft_colors", str(tmp_path / "tfds"), "train[:50%]")
+  files = sources.read_tfds("kerasft_colors", str(tmp_path / "tfds"), "train[:50%]")
   assert len(files.paths) == 15 and files.class_names == ["blue", "green", "red"]
   with pytest.raises(UsageError, match="^--image_key: kerasft_colors has no feature 'photo'"):
-    data.read_tfds("kerasft_colors", str(tmp_path / "tfds"), "train", image_key="photo")
+    sources.read_tfds("kerasft_colors", str(tmp_path / "tfds"), "train", image_key="photo")
   with pytest.raises(UsageError, match="^--train_split/--val_split: .* no split 'dev'"):
-    data.read_tfds("kerasft_colors", str(tmp_path / "tfds"), "dev")
+    sources.read_tfds("kerasft_colors", str(tmp_path / "tfds"), "dev")
 
 
 def test_tfds_mock_data_trains_and_exports(tmp_path):
@@ -407,4 +422,4 @@ def test_bad_source_and_task_combinations_are_usage_errors(kwargs, message):
 
 def test_an_image_folder_cannot_hold_multilabel_data(color_dir):
   with pytest.raises(UsageError, match="^--task=multilabel: an image folder"):
-    data.index_source(kerasft.DataConfig(data_dir=color_dir), task="multilabel")
+    sources.index_source(kerasft.DataConfig(data_dir=color_dir), task="multilabel")

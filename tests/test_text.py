@@ -9,7 +9,7 @@ import pytest
 
 from conftest import SHARED, run_cli
 import kerasft
-from kerasft import backbones, data
+from kerasft import backbones, sources
 from kerasft.errors import UsageError
 
 MINILM = os.path.join(SHARED, "models", "all-minilm-l6-v2")
@@ -49,9 +49,9 @@ def test_tsv_jsonl_and_text_dir_give_the_same_texts(tmp_path):
     (tmp_path / "dir" / name).mkdir(parents=True)
   (tmp_path / "dir" / "x" / "1.txt").write_text("hello there")
   (tmp_path / "dir" / "y" / "2.txt").write_text("bye now")
-  for files in (data.read_texts(str(tmp_path / "a.tsv"), "csv"),
-                data.read_texts(str(tmp_path / "a.jsonl"), "csv"),
-                data.read_text_dir(str(tmp_path / "dir"), "text_dir")):
+  for files in (sources.read_texts(str(tmp_path / "a.tsv"), "csv"),
+                sources.read_texts(str(tmp_path / "a.jsonl"), "csv"),
+                sources.read_text_dir(str(tmp_path / "dir"), "text_dir")):
     assert files.paths == ["hello there", "bye now"] and files.class_names == ["x", "y"]
     assert files.labels == [0, 1]
 
@@ -60,15 +60,15 @@ def test_empty_and_undecodable_texts_are_skipped_or_refused(tmp_path, caplog):
   import logging
   path = tmp_path / "t.csv"
   path.write_bytes(b"text,label\nfine text,a\n,b\n   ,a\nbad \xff\xfe bytes,b\nmore,b\nok,a\n")
-  files = data.read_texts(str(path), "csv")
+  files = sources.read_texts(str(path), "csv")
   with caplog.at_level(logging.WARNING):
-    kept = data.readable_texts(files, "csv")
+    kept = sources.readable_texts(files, "csv")
   assert kept.paths == ["fine text", "more", "ok"]
   message = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
   assert len(message) == 1 and "skipping 3 empty or undecodable text(s)" in message[0]
   assert "row 2 (empty)" in message[0] and "row 4 (not UTF-8)" in message[0]
   with pytest.raises(UsageError, match=r"^--strict_data: 3 text\(s\) from --csv .* row 2"):
-    data.readable_texts(files, "csv", strict=True)
+    sources.readable_texts(files, "csv", strict=True)
 
 
 def test_text_and_image_flags_do_not_mix():
@@ -136,7 +136,7 @@ def test_unfreezing_the_top_block_changes_exactly_that_block(tmp_path):
       data=kerasft.DataConfig(csv=path, batch_size=8),
       training=kerasft.TrainingConfig(epochs=1, fine_tune_epochs=1, learning_rate=1e-2),
       model_dir=str(tmp_path / "run")).resolved()
-  train, val = data.index_source(config.data, text=True)
+  train, val = sources.index_source(config.data, text=True)
   encoder = text.load(MINILM)
   text.set_length(encoder, 16)
   model = text.build_classifier(encoder, 2, 16)
@@ -273,7 +273,7 @@ def test_a_kerashub_preset_folder_trains_from_text_dir_and_exports(tiny_preset, 
 def test_tfds_text_data_sets_are_read_with_their_text_feature():
   import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=12):
-    train, val = data.index_source(kerasft.DataConfig(tfds="imdb_reviews"), text=True)
+    train, val = sources.index_source(kerasft.DataConfig(tfds="imdb_reviews"), text=True)
   assert train.class_names == ["neg", "pos"]
   assert all(isinstance(t, str) and t for t in train.paths + val.paths)
   assert len(train.paths) + len(val.paths) <= 24
