@@ -73,7 +73,7 @@ def _kerasft(train_csv, test_csv, work, model_kwargs, training_kwargs, note):
   seconds = time.perf_counter() - start
   predict, names = serving.load_predictor(result.export_path)
   test = sources.read_texts(test_csv, "csv", class_names=names)
-  scores = serving.predict_files(predict, test.paths, 64, read=False)
+  scores = serving.predict_files(predict, test.inputs, 64, read=False)
   accuracy = float(np.mean(scores.argmax(1) == np.asarray(test.labels)))
   return accuracy, seconds, note + f"; {result.config.model.max_length} tokens"
 

@@ -131,7 +131,7 @@ def child_kerasft(size, epochs, unfreeze, fine_epochs, data_dir, out):
   s = result.seconds
   seconds.update(data=s["data"], model=s["model"], train=s["data"] + s["train"],
                  export=s["export"], report=s["report"])
-  n = len(data.scan_class_folder(data_dir, "data_dir").paths) - result.metrics["num_examples"]
+  n = len(data.scan_class_folder(data_dir, "data_dir").inputs) - result.metrics["num_examples"]
   step_seconds = None
   if fine_epochs:
     history = result.history
@@ -149,13 +149,13 @@ def child_probe(size, data_dir, out):
   from kerasft import backbones, data, features, heads, serving  # pylint: disable=g-import-not-at-top
 
   files = data.scan_class_folder(data_dir, "data_dir")
-  n = len(files.paths)
+  n = len(files.inputs)
   pipeline = lambda: data.make_pipeline(files, size, 32)  # noqa: E731
   images = np.concatenate([x for x, _ in pipeline()])
   data_seconds = []
   for _ in range(3):
     t = time.perf_counter()
-    ds = tf.data.Dataset.from_tensor_slices(np.asarray(files.paths)).map(  # no cache
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray(files.inputs)).map(  # no cache
         lambda p: data.decode_and_resize(tf.io.read_file(p), size),
         num_parallel_calls=tf.data.AUTOTUNE).batch(32).prefetch(tf.data.AUTOTUNE)
     for _ in ds:

@@ -1,6 +1,6 @@
 """Labelled images into one tf.data pipeline; image folders.
 
-`ImageFiles` is an indexed split from any source (`kerasft.sources` reads CSV, TFRecord,
+`Examples` is an indexed split from any source (`kerasft.sources` reads CSV, TFRecord,
 TFDS and text sources into it). This module indexes image folders: one sub-folder per
 class (`cats/`, `dogs/`, ...), or split folders `train/` and `validation/` (or `val/`) that
 each hold class sub-folders; a `test/` folder is never trained on. Every image is decoded
@@ -35,35 +35,36 @@ TASKS = ("multiclass", "multilabel", "regression")
 
 
 @dataclasses.dataclass
-class ImageFiles:
-  """An indexed split: images and their labels.
+class Examples:
+  """An indexed split: its examples (images or texts) and their labels.
 
-  paths: file paths, or encoded images (bytes) for records from TFRecord files and TFDS.
-  labels: per image, its class id (multiclass), a list of class ids (multilabel) or a list
+  inputs: image file paths, encoded images (bytes) for records from TFRecord files and
+  TFDS, or (text models) the texts.
+  labels: per example, its class id (multiclass), a list of class ids (multilabel) or a list
   of float targets (regression). class_names: the classes, or the regression targets'
-  names. names: how messages name each image (default: its path).
+  names. names: how messages name each example (default: its input).
   """
-  paths: list
+  inputs: list
   labels: list
   class_names: list[str]
   task: str = "multiclass"
   names: Optional[list[str]] = None
 
   def name(self, i: int) -> str:
-    return self.names[i] if self.names else str(self.paths[i])
+    return self.names[i] if self.names else str(self.inputs[i])
 
-  def subset(self, idx) -> "ImageFiles":
+  def subset(self, idx) -> "Examples":
     """The images at positions `idx`, in that order."""
     return dataclasses.replace(
-        self, paths=[self.paths[i] for i in idx], labels=[self.labels[i] for i in idx],
+        self, inputs=[self.inputs[i] for i in idx], labels=[self.labels[i] for i in idx],
         names=[self.names[i] for i in idx] if self.names else None)
 
-  def __add__(self, other: "ImageFiles") -> "ImageFiles":
+  def __add__(self, other: "Examples") -> "Examples":
     names = None
     if self.names or other.names:
-      names = [self.name(i) for i in range(len(self.paths))] + [
-          other.name(i) for i in range(len(other.paths))]
-    return dataclasses.replace(self, paths=self.paths + other.paths,
+      names = [self.name(i) for i in range(len(self.inputs))] + [
+          other.name(i) for i in range(len(other.inputs))]
+    return dataclasses.replace(self, inputs=self.inputs + other.inputs,
                                labels=self.labels + other.labels, names=names)
 
   def targets(self) -> np.ndarray:
@@ -87,8 +88,8 @@ class Dataset:
   train: "tf.data.Dataset"  # noqa: F821
   val: "tf.data.Dataset"  # noqa: F821
   class_names: list[str]
-  train_files: ImageFiles
-  val_files: ImageFiles
+  train_files: Examples
+  val_files: Examples
   make_inputs: Callable
 
 
@@ -124,7 +125,7 @@ def _is_image(name: str) -> bool:
 
 
 def scan_class_folder(folder: str, flag: str, class_names: Optional[list[str]] = None
-                      ) -> ImageFiles:
+                      ) -> Examples:
   """Indexes `folder`/<class>/**/<image>; class names are the sorted sub-folder names.
 
   class_names: when given (a validation folder), the folder's classes must be among them
@@ -154,7 +155,7 @@ def scan_class_folder(folder: str, flag: str, class_names: Optional[list[str]] =
   if not paths:
     raise UsageError(f"--{flag}: {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}) in "
                      "its class sub-folders")
-  return ImageFiles(paths, labels, list(class_names))
+  return Examples(paths, labels, list(class_names))
 
 
 def unreadable_reasons(paths: list) -> list[Optional[str]]:
@@ -186,11 +187,11 @@ def check_images(paths: list[str], flag: str) -> None:
                      "them")
 
 
-def readable(files: ImageFiles, flag: str, strict: bool = False) -> ImageFiles:
+def readable(files: Examples, flag: str, strict: bool = False) -> Examples:
   """`files` without the missing, corrupt, truncated or non-image ones, which are found by
   decoding every image once: skipped with one warning naming the first ten, or with
   `strict` a UsageError naming the first."""
-  reasons = unreadable_reasons(files.paths)
+  reasons = unreadable_reasons(files.inputs)
   bad = [(files.name(i), r) for i, r in enumerate(reasons) if r]
   if not bad:
     return files
@@ -202,7 +203,7 @@ def readable(files: ImageFiles, flag: str, strict: bool = False) -> ImageFiles:
   return files.subset([i for i, r in enumerate(reasons) if r is None])
 
 
-def oversampled(files: ImageFiles, seed: int) -> ImageFiles:
+def oversampled(files: Examples, seed: int) -> Examples:
   """Every class drawn up to the largest class's count (its own images first, then random
   repeats, seeded); for multiclass training data (`--oversample`)."""
   rng = np.random.default_rng(seed)
@@ -219,22 +220,22 @@ def oversampled(files: ImageFiles, seed: int) -> ImageFiles:
   return files.subset(sorted(int(i) for i in idx))
 
 
-def balanced_class_weights(files: ImageFiles) -> dict[int, float]:
+def balanced_class_weights(files: Examples) -> dict[int, float]:
   """{class id: n / (classes * count)} from the labels (scikit-learn's "balanced")."""
   counts = np.bincount(files.labels, minlength=len(files.class_names))
   n, k = len(files.labels), len(files.class_names)
   return {i: float(n / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
-def stratified_split(files: ImageFiles, fraction: float, seed: int
-                     ) -> tuple[ImageFiles, ImageFiles]:
+def stratified_split(files: Examples, fraction: float, seed: int
+                     ) -> tuple[Examples, Examples]:
   """Splits off `fraction` of each class (at least one image) as validation, seeded.
 
   Multilabel and regression data are split at random (not stratified).
   """
   rng = np.random.default_rng(seed)
   if files.task != "multiclass":
-    idx = rng.permutation(len(files.paths))
+    idx = rng.permutation(len(files.inputs))
     n_val = min(max(1, int(round(len(idx) * fraction))), len(idx) - 1)
     return files.subset(sorted(idx[n_val:])), files.subset(sorted(idx[:n_val]))
   labels = np.asarray(files.labels)
@@ -254,7 +255,7 @@ def stratified_split(files: ImageFiles, fraction: float, seed: int
 
 
 def index(data_dir: str, val_dir: str = "", validation_split: float = 0.2, seed: int = 0,
-          strict: bool = False) -> tuple[ImageFiles, ImageFiles]:
+          strict: bool = False) -> tuple[Examples, Examples]:
   """Finds the training and validation images; see the module docstring for layouts.
 
   Unreadable files are skipped with a warning, or with `strict` are a UsageError.
@@ -273,7 +274,7 @@ def index(data_dir: str, val_dir: str = "", validation_split: float = 0.2, seed:
     raise UsageError(f"--data_dir: {data_dir} has a test/ folder but no train/ folder; "
                      "put the training images in train/ (test/ is never trained on)")
   train = readable(scan_class_folder(train_dir, "data_dir"), "data_dir", strict)
-  if not train.paths:
+  if not train.inputs:
     raise UsageError(f"--data_dir: {train_dir} holds no readable images")
   if len(train.class_names) < 2:
     raise UsageError(f"--data_dir: {train_dir} has a single class ({train.class_names[0]}); "
@@ -285,12 +286,12 @@ def index(data_dir: str, val_dir: str = "", validation_split: float = 0.2, seed:
   else:
     train, val = stratified_split(train, validation_split, seed)
   logging.info("data: %d training and %d validation images in %d classes (%s)",
-               len(train.paths), len(val.paths), len(train.class_names),
+               len(train.inputs), len(val.inputs), len(train.class_names),
                ", ".join(train.class_names))
   return train, val
 
 
-def evaluation_files(data_dir: str, class_names: list[str]) -> ImageFiles:
+def evaluation_files(data_dir: str, class_names: list[str]) -> Examples:
   """The images to evaluate in `data_dir`: its test/ folder, else validation/ (val/), else
   the folder itself; classes must be among the model's `class_names`."""
   if not os.path.isdir(data_dir):
@@ -302,8 +303,8 @@ def evaluation_files(data_dir: str, class_names: list[str]) -> ImageFiles:
       folder = os.path.join(data_dir, name)
       break
   files = scan_class_folder(folder, "data_dir", class_names)
-  check_images(files.paths, "data_dir")
-  logging.info("evaluating %d images in %s", len(files.paths), folder)
+  check_images(files.inputs, "data_dir")
+  logging.info("evaluating %d images in %s", len(files.inputs), folder)
   return files
 
 
@@ -332,7 +333,7 @@ def expand_inputs(patterns: list[str]) -> list[str]:
   return list(dict.fromkeys(paths))
 
 
-def make_pipeline(files: ImageFiles, image_size: int, batch_size: int, shuffle: bool = False,
+def make_pipeline(files: Examples, image_size: int, batch_size: int, shuffle: bool = False,
                   seed: int = 0, cache: bool = True, resize: str = "squash",
                   cache_dir: str = ""):
   """A tf.data pipeline of (float32 pixels [B, S, S, 3], float32 targets [B, C]).
@@ -343,8 +344,8 @@ def make_pipeline(files: ImageFiles, image_size: int, batch_size: int, shuffle: 
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  encoded = bool(files.paths) and isinstance(files.paths[0], bytes)
-  sources = tf.constant(files.paths, tf.string) if files.paths else tf.zeros([0], tf.string)
+  encoded = bool(files.inputs) and isinstance(files.inputs[0], bytes)
+  sources = tf.constant(files.inputs, tf.string) if files.inputs else tf.zeros([0], tf.string)
   ds = tf.data.Dataset.from_tensor_slices((sources, files.targets()))
   ds = ds.map(lambda source, target: (
       decode_and_resize(source if encoded else tf.io.read_file(source), image_size, resize),
@@ -352,17 +353,17 @@ def make_pipeline(files: ImageFiles, image_size: int, batch_size: int, shuffle: 
   if cache_dir:
     os.makedirs(cache_dir, exist_ok=True)
     ds = ds.cache(os.path.join(cache_dir, _cache_key(files, image_size, resize)))
-  elif cache and len(files.paths) * image_size * image_size * 3 * 4 <= MEMORY_CACHE_BYTES:
+  elif cache and len(files.inputs) * image_size * image_size * 3 * 4 <= MEMORY_CACHE_BYTES:
     ds = ds.cache()
   if shuffle:
-    ds = ds.shuffle(len(files.paths), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.shuffle(len(files.inputs), seed=seed, reshuffle_each_iteration=True)
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _cache_key(files: ImageFiles, image_size: int, resize: str) -> str:
+def _cache_key(files: Examples, image_size: int, resize: str) -> str:
   """A file name that changes whenever the cached images would: sources, size, resize."""
-  digest = hashlib.sha256(f"{image_size}:{resize}:{len(files.paths)}".encode())
-  for source in files.paths:
+  digest = hashlib.sha256(f"{image_size}:{resize}:{len(files.inputs)}".encode())
+  for source in files.inputs:
     digest.update(source if isinstance(source, bytes) else source.encode())
     digest.update(b"\0")
   digest.update(files.targets().tobytes())
@@ -420,7 +421,7 @@ def mix(ds, mixup: float = 0.0, cutmix: float = 0.0, seed: int = 0):
           tf.data.AUTOTUNE)
 
 
-def pipelines(train: ImageFiles, val: ImageFiles, image_size: int, batch_size: int,
+def pipelines(train: Examples, val: Examples, image_size: int, batch_size: int,
               seed: int = 0, resize: str = "squash", cache_dir: str = "",
               mixup: float = 0.0, cutmix: float = 0.0) -> Dataset:
   """Wraps indexed training and validation images in their tf.data pipelines; MixUp and

@@ -65,7 +65,7 @@ def main(argv):
     is_text = serving.is_text_export(version_dir)
     files = sources.evaluation_source(_data_config(config, task, class_names), task, class_names,
                                    FLAGS.split, is_text)
-    outputs = serving.predict_files(predict, files.paths, FLAGS.batch_size, read=not is_text)
+    outputs = serving.predict_files(predict, files.inputs, FLAGS.batch_size, read=not is_text)
     labels = files.targets() if task != "multiclass" else files.labels
     name = f"{os.path.basename(os.path.dirname(os.path.abspath(version_dir)))}-" \
            f"{os.path.basename(version_dir)}"

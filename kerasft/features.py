@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kerasft.data import Dataset, ImageFiles
+from kerasft.data import Dataset, Examples
 from kerasft.heads import backbone_of
 
 SHUFFLE_BUFFER = 100_000  # features shuffled at once when streaming from disk
@@ -104,22 +104,22 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
   """
   extractor = feature_model(model)
   width = int(np.prod(extractor.output_shape[1:]))
-  n = len(dataset.train_files.paths) + len(dataset.val_files.paths)
+  n = len(dataset.train_files.inputs) + len(dataset.val_files.inputs)
   needed = n * width * np.dtype(dtype).itemsize
   on_disk = needed > memory_budget
-  logging.info("feature cache: %d images x %d features (%s) = %.1f MiB, %s", n, width, dtype,
+  logging.info("feature cache: %d examples x %d features (%s) = %.1f MiB, %s", n, width, dtype,
                needed / 2**20, f"on disk in {cache_dir}" if on_disk else "in memory")
 
-  def stream(files: ImageFiles, name: str, shuffle: bool) -> tf.data.Dataset:
+  def stream(files: Examples, name: str, shuffle: bool) -> tf.data.Dataset:
     path = os.path.join(cache_dir, name)
     shutil.rmtree(path, ignore_errors=True)
     images = dataset.make_inputs(files, EXTRACT_BATCH)  # in file order
-    logging.info("feature cache: extracting %d %s images to %s", len(files.paths), name, path)
+    logging.info("feature cache: extracting %d %s examples to %s", len(files.inputs), name, path)
     labels = files.targets()
     features = images.map(lambda x, _: tf.cast(extractor(x, training=False), dtype))
     tf.data.Dataset.zip(features.unbatch(), tf.data.Dataset.from_tensor_slices(labels)).save(
         path, shard_func=lambda *_: np.int64(0))
-    return finish(tf.data.Dataset.load(path), min(len(files.paths), SHUFFLE_BUFFER), shuffle)
+    return finish(tf.data.Dataset.load(path), min(len(files.inputs), SHUFFLE_BUFFER), shuffle)
 
   def finish(ds, buffer, shuffle):
     ds = ds.map(lambda f, y: (tf.cast(f, tf.float32), y))
@@ -133,11 +133,11 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
                            on_disk=True)
   # One pass over training and validation images together: one trace, full batches.
   both = train + val
-  logging.info("feature cache: extracting %d images", len(both.paths))
+  logging.info("feature cache: extracting %d examples", len(both.inputs))
   computed = extractor.predict(dataset.make_inputs(both, EXTRACT_BATCH),
                                verbose=verbose).astype(dtype)
   onehot = both.targets()
-  n = len(train.paths)
+  n = len(train.inputs)
   return FeatureDatasets(
       train=finish(tf.data.Dataset.from_tensor_slices((computed[:n], onehot[:n])), n, True),
       val=finish(tf.data.Dataset.from_tensor_slices((computed[n:], onehot[n:])), 0, False),

@@ -294,7 +294,7 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, runtime=None,
   if state.get("best") is not None and os.path.exists(best_path):
     checkpoint.resume(state["best"])
   backbone = backbone_of(model)
-  steps = -(-len(dataset.train_files.paths) // config.data.batch_size)
+  steps = -(-len(dataset.train_files.inputs) // config.data.batch_size)
   total_blocks = len(backbones.blocks(backbone))
   segments = _segments(config, total_blocks)
   multipliers = layer_lr_multipliers(model, training.layer_lr_decay)

@@ -112,7 +112,7 @@ def text_encoder(config: RunConfig) -> text.TextBackbone:
   return encoder
 
 
-def input_pipeline(config: RunConfig, files: data.ImageFiles, batch_size: int):
+def input_pipeline(config: RunConfig, files: data.Examples, batch_size: int):
   """An unshuffled pipeline of `files` as the run's model takes them (pixels or tokens)."""
   if config.is_text:
     return text.make_pipeline(files, text_encoder(config), batch_size)
@@ -180,7 +180,7 @@ def sample_images(config: RunConfig, n: int):
   size = config.model.image_size
   try:
     files = sources.index_source(config.data, config.model.task, config.training.seed)[1]
-    files = files.subset(range(min(n, len(files.paths))))
+    files = files.subset(range(min(n, len(files.inputs))))
     return np.concatenate([x for x, _ in data.make_pipeline(files, size, n,
                                                             resize=config.data.resize)])
   except UsageError:  # The run's data is gone: random pixels still exercise the model.
@@ -247,7 +247,7 @@ def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
     if config.is_text:
       encoder = text.load(backbones.source(m.model)[1])
       length = m.max_length or text.choose_max_length(
-          text.token_lengths(encoder, train_files.paths), encoder.max_length)
+          text.token_lengths(encoder, train_files.inputs), encoder.max_length)
       text.set_length(encoder, length)
       logging.info("texts are packed to %d tokens%s", length,
                    "" if m.max_length else " (the 99th percentile of the training texts)")
@@ -298,7 +298,7 @@ def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
                        class_names=dataset.class_names, config=config, seconds=seconds)
   with _phase(seconds, "report"):
     logging.info("phase report: evaluating on %d validation examples",
-                 len(dataset.val_files.paths))
+                 len(dataset.val_files.inputs))
     targets, outputs = reports.predict(model, dataset.val)
     metrics = reports.write(targets, outputs, dataset.class_names, out_dir, history, m.task,
                             m.threshold)

@@ -1,4 +1,4 @@
-"""Every labelled source besides image folders, indexed into `kerasft.data.ImageFiles`.
+"""Every labelled source besides image folders, indexed into `kerasft.data.Examples`.
 
 `index_source(config)` picks a run's training and validation data from a `DataConfig`:
 - image folders (`kerasft.data.index`);
@@ -8,7 +8,7 @@
 - a prepared TFDS data set, read with `download=False` (never waits offline);
 - for text models, texts from .csv/.tsv/.jsonl, a folder of .txt files per class, or TFDS.
 Records from TFRecord and TFDS are decoded when indexed, like files, and held as their
-encoded bytes; texts are held in `ImageFiles.paths`. `evaluation_source` does the same for
+encoded bytes; texts are held in `Examples.inputs`. `evaluation_source` does the same for
 evaluation.
 """
 
@@ -21,18 +21,18 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
-from kerasft.data import (VALIDATION_FOLDERS, ImageFiles, evaluation_files, index, readable,
+from kerasft.data import (VALIDATION_FOLDERS, Examples, evaluation_files, index, readable,
                           stratified_split)
 from kerasft.errors import UsageError
 
 
 def index_source(config, task: str = "multiclass", seed: int = 0, text: bool = False
-                 ) -> tuple[ImageFiles, ImageFiles]:
+                 ) -> tuple[Examples, Examples]:
   """The training and validation images of a `DataConfig`'s source (--data_dir, --csv,
   --tfrecord or --tfds) for `task`. Validation comes from the source's validation part
   (--val_dir, --val_csv, --val_tfrecord, --val_split or a validation folder/split), else a
   stratified --validation_split. Unreadable images are skipped with a warning, or with
-  --strict_data are a UsageError. With `text`, the examples are texts (in `paths`) from
+  --strict_data are a UsageError. With `text`, the examples are texts (in `inputs`) from
   --csv/.tsv/.jsonl (--text_column), --text_dir or --tfds (--text_key); empty or
   undecodable texts are skipped and counted the same way."""
   c = config
@@ -58,7 +58,7 @@ def index_source(config, task: str = "multiclass", seed: int = 0, text: bool = F
                        "the labels in a --csv, --tfrecord or --tfds source")
     return index(c.data_dir, c.val_dir, c.validation_split, seed, c.strict_data)
   train = readable(read(sources[0], flags[0], None), flags[0], c.strict_data)
-  if not train.paths:
+  if not train.inputs:
     raise UsageError(f"--{flags[0]}: {sources[0]} holds no readable images")
   if task != "regression" and len(train.class_names) < 2:
     raise UsageError(f"--{flags[0]}: {sources[0]} has a single class "
@@ -67,13 +67,13 @@ def index_source(config, task: str = "multiclass", seed: int = 0, text: bool = F
     val = readable(read(sources[1], flags[1], train.class_names), flags[1], c.strict_data)
   else:
     train, val = stratified_split(train, c.validation_split, seed)
-  logging.info("data: %d training and %d validation images, %d %s (%s)", len(train.paths),
-               len(val.paths), len(train.class_names),
+  logging.info("data: %d training and %d validation images, %d %s (%s)", len(train.inputs),
+               len(val.inputs), len(train.class_names),
                "targets" if task == "regression" else "classes", ", ".join(train.class_names))
   return train, val
 
 
-def _index_texts(c, task: str, seed: int) -> tuple[ImageFiles, ImageFiles]:
+def _index_texts(c, task: str, seed: int) -> tuple[Examples, Examples]:
   if c.csv:
     flag, train = "csv", read_texts(c.csv, "csv", c.text_column, c.label_column, task)
     val = (read_texts(c.val_csv, "val_csv", c.text_column, c.label_column, task,
@@ -99,28 +99,28 @@ def _index_texts(c, task: str, seed: int) -> tuple[ImageFiles, ImageFiles]:
     val = readable_texts(val, "val_csv" if c.csv else flag, c.strict_data)
   else:
     train, val = stratified_split(train, c.validation_split, seed)
-  logging.info("data: %d training and %d validation texts, %d %s (%s)", len(train.paths),
-               len(val.paths), len(train.class_names),
+  logging.info("data: %d training and %d validation texts, %d %s (%s)", len(train.inputs),
+               len(val.inputs), len(train.class_names),
                "targets" if task == "regression" else "classes", ", ".join(train.class_names))
   return train, val
 
 
 def read_texts(path: str, flag: str, text_column: str = "text", label_column: str = "label",
                task: str = "multiclass", class_names: Optional[list[str]] = None
-               ) -> ImageFiles:
+               ) -> Examples:
   """Indexes a .csv/.tsv/.jsonl of texts (`text_column`) and labels; the texts are held
-  in `paths`, undecodable bytes as they are (see `readable_texts`)."""
+  in `inputs`, undecodable bytes as they are (see `readable_texts`)."""
   rows = read_table(path, flag, [text_column] + label_column.split(","))
   labels, names = parse_labels(rows, label_column, task, flag, path, class_names)
   texts = ["" if row[text_column] is None else str(row[text_column]) for row in rows]
-  return ImageFiles(texts, labels, names, task,
+  return Examples(texts, labels, names, task,
                     [f"{path} row {i + 1}" for i in range(len(rows))])
 
 
 def read_text_dir(folder: str, flag: str, class_names: Optional[list[str]] = None
-                  ) -> ImageFiles:
+                  ) -> Examples:
   """Indexes `folder`/<class>/**/*.txt (the layout of
-  `keras.utils.text_dataset_from_directory`); texts are held in `paths`."""
+  `keras.utils.text_dataset_from_directory`); texts are held in `inputs`."""
   if not os.path.isdir(folder):
     raise UsageError(f"--{flag}: folder {folder} does not exist; pass a folder with one "
                      "sub-folder of .txt files per class")
@@ -141,7 +141,7 @@ def read_text_dir(folder: str, flag: str, class_names: Optional[list[str]] = Non
   if not texts:
     raise UsageError(f"--{flag}: {folder} holds no .txt files in its class sub-folders")
   ids, class_names = _class_ids(per_row, class_names, flag, folder)
-  return ImageFiles(texts, [i[0] for i in ids], class_names, "multiclass", names)
+  return Examples(texts, [i[0] for i in ids], class_names, "multiclass", names)
 
 
 def _text_problem(text: str) -> Optional[str]:
@@ -154,13 +154,13 @@ def _text_problem(text: str) -> Optional[str]:
   return None
 
 
-def readable_texts(files: ImageFiles, flag: str, strict: bool = False) -> ImageFiles:
+def readable_texts(files: Examples, flag: str, strict: bool = False) -> Examples:
   """`files` without empty or undecodable texts: skipped with one warning that counts them
   and names the first ten, or with `strict` a UsageError naming the first. All of them
   bad is a UsageError either way."""
-  problems = [_text_problem(t) for t in files.paths]
+  problems = [_text_problem(t) for t in files.inputs]
   bad = [(files.name(i), p) for i, p in enumerate(problems) if p]
-  if len(bad) == len(files.paths):
+  if len(bad) == len(files.inputs):
     raise UsageError(f"--{flag}: every text is empty or undecodable ({len(bad)} rows, first: "
                      f"{bad[0][0]}); check --text_column")
   if not bad:
@@ -249,18 +249,18 @@ def parse_labels(rows: list[dict], label_column: str, task: str, flag: str, path
 
 def read_csv(path: str, flag: str, path_column: str = "path", label_column: str = "label",
              task: str = "multiclass", class_names: Optional[list[str]] = None
-             ) -> ImageFiles:
+             ) -> Examples:
   """Indexes a CSV/TSV/JSONL of image paths (relative to its folder) and labels."""
   rows = read_table(path, flag, [path_column] + label_column.split(","))
   labels, names = parse_labels(rows, label_column, task, flag, path, class_names)
   folder = os.path.dirname(os.path.abspath(path))
   paths = [os.path.join(folder, str(row[path_column] or "")) for row in rows]
-  return ImageFiles(paths, labels, names, task)
+  return Examples(paths, labels, names, task)
 
 
 def read_tfrecords(pattern: str, flag: str, image_key: str = "", label_key: str = "",
                    task: str = "multiclass", label_names: str = "",
-                   class_names: Optional[list[str]] = None) -> ImageFiles:
+                   class_names: Optional[list[str]] = None) -> Examples:
   """Indexes TFRecord files of tf.train.Examples: encoded image bytes and int64 label ids.
 
   image_key/label_key default to `image/encoded` and `image/class/label`. Class names come
@@ -312,8 +312,8 @@ def read_tfrecords(pattern: str, flag: str, image_key: str = "", label_key: str 
   return _records(images, per_row, names, task, class_names, flag, pattern, label_key)
 
 
-def _records(images, per_row, names, task, class_names, flag, where, label_key) -> ImageFiles:
-  """Encoded images with class names per record -> ImageFiles (one label for multiclass)."""
+def _records(images, per_row, names, task, class_names, flag, where, label_key) -> Examples:
+  """Encoded images with class names per record -> Examples (one label for multiclass)."""
   if task == "multiclass":
     wrong = [n for n, row in zip(names, per_row) if len(row) != 1]
     if wrong:
@@ -325,7 +325,7 @@ def _records(images, per_row, names, task, class_names, flag, where, label_key) 
                      "in a --csv")
   ids, class_names = _class_ids(per_row, class_names, flag, where)
   labels = [row[0] for row in ids] if task == "multiclass" else ids
-  return ImageFiles(images, labels, class_names, task, names)
+  return Examples(images, labels, class_names, task, names)
 
 
 def _tfds_builder(name: str, data_dir: str):
@@ -348,7 +348,7 @@ def tfds_validation_split(name: str, data_dir: str) -> str:
 
 def read_tfds(name: str, data_dir: str, split: str, image_key: str = "", label_key: str = "",
               task: str = "multiclass", class_names: Optional[list[str]] = None,
-              text: bool = False) -> ImageFiles:
+              text: bool = False) -> Examples:
   """Reads one split of a prepared TFDS data set (`download=False`: never waits offline).
 
   The image (with `text`: text) and label features are the builder's first `Image`
@@ -401,7 +401,7 @@ def read_tfds(name: str, data_dir: str, split: str, image_key: str = "", label_k
 
 
 def evaluation_source(config, task: str, class_names: list[str], split: str = "test",
-                      text: bool = False) -> ImageFiles:
+                      text: bool = False) -> Examples:
   """The labelled images to evaluate from a `DataConfig`'s source: --data_dir (its test/,
   else validation/ folder, else itself), --csv, --tfrecord or --tfds (`split`). Labels
   must be among the model's `class_names` (for regression: its targets). An unreadable

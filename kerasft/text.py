@@ -174,16 +174,16 @@ def build_classifier(backbone: TextBackbone, num_classes: int, max_length: int,
 def make_pipeline(files, backbone: TextBackbone, batch_size: int, shuffle: bool = False,
                   seed: int = 0):
   """A tf.data pipeline of (packed token inputs, float32 targets [B, C]) from texts
-  (`files.paths` holds the texts); tokenized once and cached in memory."""
+  (`files.inputs` holds the texts); tokenized once and cached in memory."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  ds = tf.data.Dataset.from_tensor_slices((tf.constant(files.paths, tf.string),
+  ds = tf.data.Dataset.from_tensor_slices((tf.constant(files.inputs, tf.string),
                                            files.targets()))
   ds = ds.batch(1024).map(lambda text, y: (model_inputs(backbone, backbone.preprocessor(text)),
                                            y), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.unbatch().cache()
   if shuffle:
-    ds = ds.shuffle(len(files.paths), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.shuffle(len(files.inputs), seed=seed, reshuffle_each_iteration=True)
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

@@ -12,13 +12,13 @@ from kerasft.errors import UsageError
 def test_class_folders_and_stratified_split(color_dir):
   train, val = data.index(color_dir, validation_split=0.25, seed=3)
   assert train.class_names == ["blue", "green", "red"]
-  assert len(val.paths) == 9 and len(train.paths) == 27
+  assert len(val.inputs) == 9 and len(train.inputs) == 27
   assert np.bincount(val.labels).tolist() == [3, 3, 3]
-  assert not set(train.paths) & set(val.paths)
+  assert not set(train.inputs) & set(val.inputs)
   again_train, again_val = data.index(color_dir, validation_split=0.25, seed=3)
-  assert again_val.paths == val.paths
+  assert again_val.inputs == val.inputs
   _, other_val = data.index(color_dir, validation_split=0.25, seed=4)
-  assert other_val.paths != val.paths
+  assert other_val.inputs != val.inputs
 
 
 def test_split_folders_are_used_and_test_is_never_trained_on(tmp_path):
@@ -27,11 +27,11 @@ def test_split_folders_are_used_and_test_is_never_trained_on(tmp_path):
   write_color_images(root / "val", per_class=2)
   write_color_images(root / "test", per_class=2)
   train, val = data.index(str(root))
-  assert all("/train/" in p for p in train.paths) and len(train.paths) == 12
-  assert all("/val/" in p for p in val.paths) and len(val.paths) == 6
+  assert all("/train/" in p for p in train.inputs) and len(train.inputs) == 12
+  assert all("/val/" in p for p in val.inputs) and len(val.inputs) == 6
   (root / "val").rename(root / "elsewhere")
   train, val = data.index(str(root), validation_split=0.5)
-  assert all("/train/" in p for p in train.paths + val.paths)
+  assert all("/train/" in p for p in train.inputs + val.inputs)
 
 
 def test_val_dir_with_unknown_class_is_an_error(tmp_path):
@@ -75,8 +75,8 @@ def test_unreadable_files_are_skipped_with_one_warning(color_dir, caplog):
   bad = _spoil(color_dir)
   with caplog.at_level(logging.WARNING):
     train, val = data.index(color_dir)
-  kept = {os.path.basename(p) for p in train.paths + val.paths}
-  assert not kept & bad and len(train.paths + val.paths) == 36
+  kept = {os.path.basename(p) for p in train.inputs + val.inputs}
+  assert not kept & bad and len(train.inputs + val.inputs) == 36
   warnings = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
   assert len(warnings) == 1 and "skipping 3 unreadable image(s)" in warnings[0]
   assert all(name in warnings[0] for name in bad)
@@ -89,7 +89,7 @@ def test_strict_data_makes_them_an_error(color_dir):
 
 
 def test_balanced_class_weights_follow_the_label_counts():
-  files = data.ImageFiles(["x"] * 10, [0] * 6 + [1] * 3 + [2], ["a", "b", "c"])
+  files = data.Examples(["x"] * 10, [0] * 6 + [1] * 3 + [2], ["a", "b", "c"])
   weights = data.balanced_class_weights(files)
   assert weights == pytest.approx({0: 10 / 18, 1: 10 / 9, 2: 10 / 3})
   from sklearn.utils.class_weight import compute_class_weight
@@ -129,7 +129,7 @@ def test_pipeline_shuffles_each_epoch_but_keeps_all(color_dir):
 def test_builtin_digits_are_written_once(tmp_path):
   folder = data.builtin_digits(str(tmp_path))
   files = data.scan_class_folder(folder, "data_dir")
-  assert files.class_names == [str(d) for d in range(10)] and len(files.paths) == 1797
-  mtime = os.path.getmtime(files.paths[0])
+  assert files.class_names == [str(d) for d in range(10)] and len(files.inputs) == 1797
+  mtime = os.path.getmtime(files.inputs[0])
   assert data.builtin_digits(str(tmp_path)) == folder
-  assert os.path.getmtime(files.paths[0]) == mtime
+  assert os.path.getmtime(files.inputs[0]) == mtime

@@ -26,9 +26,9 @@ def test_evaluate_export_matches_scikit_learn_and_writes_pngs(trained_run, tmp_p
   # The same predictions, computed here independently through the export.
   files = _evaluation_files(trained_run)
   predict, names = serving.load_predictor(result.export_path)
-  probabilities = serving.predict_files(predict, files.paths)
+  probabilities = serving.predict_files(predict, files.inputs)
   predicted = probabilities.argmax(1)
-  assert written["num_examples"] == len(files.paths)
+  assert written["num_examples"] == len(files.inputs)
   assert written["accuracy"] == skm.accuracy_score(files.labels, predicted)
   assert written["confusion_matrix"] == skm.confusion_matrix(
       files.labels, predicted, labels=range(len(names))).tolist()
@@ -60,13 +60,13 @@ def test_evaluate_run_writes_training_curves(trained_run, tmp_path):
 def test_predict_agrees_with_evaluate(trained_run, tmp_path):
   result, data_dir = trained_run
   files = _evaluation_files(trained_run)
-  folder = os.path.commonpath(files.paths)
+  folder = os.path.commonpath(files.inputs)
   out = tmp_path / "preds.jsonl"
   run = run_cli("predict", f"--export={os.path.dirname(result.export_path)}", "--top_k=3",
                 f"--output={out}", folder)
   assert run.returncode == 0, run.stderr[-3000:]
   rows = [json.loads(line) for line in out.read_text().splitlines()]
-  assert [r["file"] for r in rows] == sorted(files.paths) == files.paths
+  assert [r["file"] for r in rows] == sorted(files.inputs) == files.inputs
   assert all(len(r["classes"]) == 3 and r["error"] is None for r in rows)
   predicted = [result.class_names.index(r["classes"][0]) for r in rows]
   evaluated = tmp_path / "eval"
@@ -79,7 +79,7 @@ def test_predict_agrees_with_evaluate(trained_run, tmp_path):
 
 def test_predict_reports_unreadable_files_and_writes_csv(trained_run, tmp_path):
   result, _ = trained_run
-  image = _evaluation_files(trained_run).paths[0]
+  image = _evaluation_files(trained_run).inputs[0]
   (tmp_path / "bad.jpg").write_text("not a jpeg")
   out = tmp_path / "preds.csv"
   run = run_cli("predict", f"--export={result.export_path}", f"--output={out}", image,

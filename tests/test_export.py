@@ -22,8 +22,8 @@ def _saved_model_cli(*args):
 def _test_images(trained_run, n):
   result, data_dir = trained_run
   files = data.evaluation_files(data_dir, result.class_names)
-  step = max(1, len(files.paths) // n)
-  return files.paths[::step][:n]
+  step = max(1, len(files.inputs) // n)
+  return files.inputs[::step][:n]
 
 
 def test_three_signatures_through_saved_model_cli_reproduce_the_model(trained_run, tmp_path):

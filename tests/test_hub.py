@@ -213,5 +213,5 @@ def test_mobilenet_as_a_hub_module_reaches_the_accuracy_bar(tmp_path):
   assert result.config.name == "mobilenet_v1" and result.config.model.image_size == 96
   test = data.scan_class_folder(os.path.join(FASHION, "test"), "data_dir", result.class_names)
   predict, _ = serving.load_predictor(result.export_path)
-  accuracy = np.mean(serving.predict_files(predict, test.paths).argmax(1) == test.labels)
+  accuracy = np.mean(serving.predict_files(predict, test.inputs).argmax(1) == test.labels)
   assert accuracy >= 0.75, accuracy

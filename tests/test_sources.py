@@ -69,8 +69,8 @@ def test_csv_reads_paths_relative_to_its_folder_and_each_task(tmp_path):
   colors = write_color_images(tmp_path / "img" / "colors", per_class=3, size=16)
   path = _write_csv(tmp_path / "img" / "labels.csv", colors)
   files = sources.read_csv(path, "csv")
-  assert files.class_names == ["blue", "green", "red"] and len(files.paths) == 9
-  assert all(os.path.isfile(p) for p in files.paths)
+  assert files.class_names == ["blue", "green", "red"] and len(files.inputs) == 9
+  assert all(os.path.isfile(p) for p in files.inputs)
   multi = sources.read_csv(path, "csv", label_column="tags", task="multilabel")
   assert multi.class_names == ["cool", "natural", "warm"]
   green = multi.targets()[np.asarray(files.labels) == 1]
@@ -114,7 +114,7 @@ def test_missing_files_in_a_csv_are_skipped_or_refused(tmp_path, caplog):
   config = kerasft.DataConfig(csv=path)
   with caplog.at_level(logging.WARNING):
     train, val = sources.index_source(config)
-  assert len(train.paths) + len(val.paths) == 9
+  assert len(train.inputs) + len(val.inputs) == 9
   assert any("gone.png" in r.getMessage() for r in caplog.records)
   with pytest.raises(UsageError, match="^--strict_data: 1 image.* from --csv are not readable, first: .*gone.png"):
     sources.index_source(kerasft.DataConfig(csv=path, strict_data=True))
@@ -225,7 +225,7 @@ def test_tfrecord_ids_as_names_or_from_label_names(tmp_path):
   _write_tfrecord(tmp_path / "a.tfrecord", colors,
                   label_ids={"blue": [2], "green": [5], "red": [7]})
   files = sources.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord")
-  assert files.class_names == ["2", "5", "7"] and isinstance(files.paths[0], bytes)
+  assert files.class_names == ["2", "5", "7"] and isinstance(files.inputs[0], bytes)
   assert files.name(0).endswith("a.tfrecord#0")
   names = tmp_path / "names.txt"
   names.write_text("\n".join(f"class{i}" for i in range(8)) + "\n")
@@ -243,7 +243,7 @@ def test_tfrecord_with_other_keys_and_bad_records(tmp_path):
   with pytest.raises(UsageError, match="^--tfrecord: .* has no 'image/encoded' feature"):
     sources.read_tfrecords(str(tmp_path / "b.tfrecord"), "tfrecord")
   files = sources.read_tfrecords(str(tmp_path / "b.tfrecord"), "tfrecord", "jpeg", "y")
-  assert len(files.paths) == 6
+  assert len(files.inputs) == 6
   (tmp_path / "junk.tfrecord").write_bytes(b"not a tfrecord file at all")
   with pytest.raises(UsageError, match="^--tfrecord: .*junk.tfrecord is not a TFRecord"):
     sources.read_tfrecords(str(tmp_path / "junk.tfrecord"), "tfrecord")
@@ -265,8 +265,8 @@ def test_tfrecord_trains_and_exports_with_class_names(tmp_path):
   result = kerasft.train_classifier(config, verbose=0)
   assert result.class_names == ["blue", "green", "red"]
   assert len(result.history["loss"]) == 6
-  assert (len(sources.index_source(config.data)[0].paths)
-          + len(sources.index_source(config.data)[1].paths)) == 32
+  assert (len(sources.index_source(config.data)[0].inputs)
+          + len(sources.index_source(config.data)[1].inputs)) == 32
   out = _serve(result.export_path, "serving_bytes",
                image_bytes=[open(os.path.join(colors, "green", "003.png"), "rb").read()])
   assert out["classes"].shape == (1,)
@@ -320,7 +320,7 @@ def test_tfds_prepared_in_a_data_dir_trains_through_the_cli(tmp_path):
 def test_tfds_split_syntax_and_keys(tmp_path):
   _prepare_tiny_tfds(tmp_path / "tfds")
   files = sources.read_tfds("kerasft_colors", str(tmp_path / "tfds"), "train[:50%]")
-  assert len(files.paths) == 15 and files.class_names == ["blue", "green", "red"]
+  assert len(files.inputs) == 15 and files.class_names == ["blue", "green", "red"]
   with pytest.raises(UsageError, match="^--image_key: kerasft_colors has no feature 'photo'"):
     sources.read_tfds("kerasft_colors", str(tmp_path / "tfds"), "train", image_key="photo")
   with pytest.raises(UsageError, match="^--train_split/--val_split: .* no split 'dev'"):
@@ -379,11 +379,11 @@ def test_mixup_and_cutmix_mix_images_and_targets_alike(mixup, cutmix):
 
 
 def test_oversample_balances_the_classes():
-  files = data.ImageFiles([f"{i}.png" for i in range(10)], [0] * 7 + [1] * 2 + [2], list("abc"))
+  files = data.Examples([f"{i}.png" for i in range(10)], [0] * 7 + [1] * 2 + [2], list("abc"))
   out = data.oversampled(files, seed=0)
   assert np.bincount(out.labels).tolist() == [7, 7, 7]
-  assert set(files.paths) <= set(out.paths)
-  assert data.oversampled(files, seed=0).paths == out.paths
+  assert set(files.inputs) <= set(out.inputs)
+  assert data.oversampled(files, seed=0).inputs == out.inputs
 
 
 def test_cache_dir_holds_the_decoded_images(tmp_path, color_dir):

@@ -52,7 +52,7 @@ def test_tsv_jsonl_and_text_dir_give_the_same_texts(tmp_path):
   for files in (sources.read_texts(str(tmp_path / "a.tsv"), "csv"),
                 sources.read_texts(str(tmp_path / "a.jsonl"), "csv"),
                 sources.read_text_dir(str(tmp_path / "dir"), "text_dir")):
-    assert files.paths == ["hello there", "bye now"] and files.class_names == ["x", "y"]
+    assert files.inputs == ["hello there", "bye now"] and files.class_names == ["x", "y"]
     assert files.labels == [0, 1]
 
 
@@ -63,7 +63,7 @@ def test_empty_and_undecodable_texts_are_skipped_or_refused(tmp_path, caplog):
   files = sources.read_texts(str(path), "csv")
   with caplog.at_level(logging.WARNING):
     kept = sources.readable_texts(files, "csv")
-  assert kept.paths == ["fine text", "more", "ok"]
+  assert kept.inputs == ["fine text", "more", "ok"]
   message = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
   assert len(message) == 1 and "skipping 3 empty or undecodable text(s)" in message[0]
   assert "row 2 (empty)" in message[0] and "row 4 (not UTF-8)" in message[0]
@@ -275,5 +275,5 @@ def test_tfds_text_data_sets_are_read_with_their_text_feature():
   with tfds.testing.mock_data(num_examples=12):
     train, val = sources.index_source(kerasft.DataConfig(tfds="imdb_reviews"), text=True)
   assert train.class_names == ["neg", "pos"]
-  assert all(isinstance(t, str) and t for t in train.paths + val.paths)
-  assert len(train.paths) + len(val.paths) <= 24
+  assert all(isinstance(t, str) and t for t in train.inputs + val.inputs)
+  assert len(train.inputs) + len(val.inputs) <= 24

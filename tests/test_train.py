@@ -111,8 +111,8 @@ def test_default_recipe_transfers_to_fashion_mnist_test_split(tmp_path):
   test = data.scan_class_folder(os.path.join(FASHION, "test"), "data_dir", result.class_names)
   serve = tf.saved_model.load(result.export_path).signatures["serving_bytes"]
   predicted = []
-  for start in range(0, len(test.paths), 100):
-    encoded = [open(p, "rb").read() for p in test.paths[start:start + 100]]
+  for start in range(0, len(test.inputs), 100):
+    encoded = [open(p, "rb").read() for p in test.inputs[start:start + 100]]
     predicted.extend(serve(image_bytes=tf.constant(encoded))["class_ids"].numpy())
   accuracy = float(np.mean(np.asarray(predicted) == np.asarray(test.labels)))
   assert accuracy >= 0.75, accuracy
