@@ -189,17 +189,24 @@ def check_images(paths: list[str], flag: str) -> None:
 
 def readable(files: Examples, flag: str, strict: bool = False) -> Examples:
   """`files` without the missing, corrupt, truncated or non-image ones, which are found by
-  decoding every image once: skipped with one warning naming the first ten, or with
-  `strict` a UsageError naming the first."""
-  reasons = unreadable_reasons(files.inputs)
+  decoding every image once (see `without`)."""
+  return without(files, unreadable_reasons(files.inputs), flag, strict, "unreadable image(s)")
+
+
+def without(files: Examples, reasons: list[Optional[str]], flag: str, strict: bool,
+            what: str, with_reasons: bool = False) -> Examples:
+  """`files` without the examples whose reason (why they cannot be used) is not None:
+  skipped with one warning that counts them and names the first ten (`with_reasons`: and
+  why), or with `strict` a UsageError naming the first. what: e.g. "unreadable image(s)"."""
   bad = [(files.name(i), r) for i, r in enumerate(reasons) if r]
   if not bad:
     return files
   if strict:
-    raise UsageError(f"--strict_data: {len(bad)} image(s) from --{flag} are not readable, "
-                     f"first: {bad[0][0]} ({bad[0][1]}); remove or fix them")
-  logging.warning("skipping %d unreadable image(s) from --%s: %s%s", len(bad), flag,
-                  ", ".join(p for p, _ in bad[:10]), " ..." if len(bad) > 10 else "")
+    raise UsageError(f"--strict_data: {len(bad)} {what} from --{flag}, first: {bad[0][0]} "
+                     f"({bad[0][1]}); remove or fix them")
+  logging.warning("skipping %d %s from --%s: %s%s", len(bad), what, flag,
+                  ", ".join(f"{n} ({r})" if with_reasons else n for n, r in bad[:10]),
+                  " ..." if len(bad) > 10 else "")
   return files.subset([i for i, r in enumerate(reasons) if r is None])
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from kerasft.data import (VALIDATION_FOLDERS, Examples, evaluation_files, index, readable,
-                          stratified_split)
+                          stratified_split, without)
 from kerasft.errors import UsageError
 
 
@@ -60,16 +60,24 @@ def index_source(config, task: str = "multiclass", seed: int = 0, text: bool = F
   train = readable(read(sources[0], flags[0], None), flags[0], c.strict_data)
   if not train.inputs:
     raise UsageError(f"--{flags[0]}: {sources[0]} holds no readable images")
-  if task != "regression" and len(train.class_names) < 2:
-    raise UsageError(f"--{flags[0]}: {sources[0]} has a single class "
-                     f"({', '.join(train.class_names)}); a classifier needs at least 2")
+  val = None
   if sources[1]:
     val = readable(read(sources[1], flags[1], train.class_names), flags[1], c.strict_data)
-  else:
+  return _split(train, val, flags[0], "images", c, seed)
+
+
+def _split(train: Examples, val: Optional[Examples], flag: str, what: str, c, seed: int
+           ) -> tuple[Examples, Examples]:
+  """Checks the classes, splits off validation data when there is none, logs the sizes."""
+  if train.task != "regression" and len(train.class_names) < 2:
+    raise UsageError(f"--{flag}: the training {what} have a single class "
+                     f"({', '.join(train.class_names)}); a classifier needs at least 2")
+  if val is None:
     train, val = stratified_split(train, c.validation_split, seed)
-  logging.info("data: %d training and %d validation images, %d %s (%s)", len(train.inputs),
-               len(val.inputs), len(train.class_names),
-               "targets" if task == "regression" else "classes", ", ".join(train.class_names))
+  logging.info("data: %d training and %d validation %s, %d %s (%s)", len(train.inputs),
+               len(val.inputs), what, len(train.class_names),
+               "targets" if train.task == "regression" else "classes",
+               ", ".join(train.class_names))
   return train, val
 
 
@@ -92,17 +100,9 @@ def _index_texts(c, task: str, seed: int) -> tuple[Examples, Examples]:
     raise UsageError("--csv/--text_dir/--tfds: a text model needs labelled texts; pass "
                      "--csv=FILE (.csv, .tsv or .jsonl), --text_dir=DIR or --tfds=NAME")
   train = readable_texts(train, flag, c.strict_data)
-  if task != "regression" and len(train.class_names) < 2:
-    raise UsageError(f"--{flag}: the training texts have a single class "
-                     f"({', '.join(train.class_names)}); a classifier needs at least 2")
   if val is not None:
     val = readable_texts(val, "val_csv" if c.csv else flag, c.strict_data)
-  else:
-    train, val = stratified_split(train, c.validation_split, seed)
-  logging.info("data: %d training and %d validation texts, %d %s (%s)", len(train.inputs),
-               len(val.inputs), len(train.class_names),
-               "targets" if task == "regression" else "classes", ", ".join(train.class_names))
-  return train, val
+  return _split(train, val, flag, "texts", c, seed)
 
 
 def read_texts(path: str, flag: str, text_column: str = "text", label_column: str = "label",
@@ -155,22 +155,14 @@ def _text_problem(text: str) -> Optional[str]:
 
 
 def readable_texts(files: Examples, flag: str, strict: bool = False) -> Examples:
-  """`files` without empty or undecodable texts: skipped with one warning that counts them
-  and names the first ten, or with `strict` a UsageError naming the first. All of them
+  """`files` without empty or undecodable texts (see `kerasft.data.without`); all of them
   bad is a UsageError either way."""
   problems = [_text_problem(t) for t in files.inputs]
-  bad = [(files.name(i), p) for i, p in enumerate(problems) if p]
-  if len(bad) == len(files.inputs):
-    raise UsageError(f"--{flag}: every text is empty or undecodable ({len(bad)} rows, first: "
-                     f"{bad[0][0]}); check --text_column")
-  if not bad:
-    return files
-  if strict:
-    raise UsageError(f"--strict_data: {len(bad)} text(s) from --{flag} are empty or not "
-                     f"UTF-8, first: {bad[0][0]} ({bad[0][1]}); remove or fix them")
-  logging.warning("skipping %d empty or undecodable text(s) from --%s: %s%s", len(bad), flag,
-                  ", ".join(f"{n} ({p})" for n, p in bad[:10]), " ..." if len(bad) > 10 else "")
-  return files.subset([i for i, p in enumerate(problems) if p is None])
+  if all(problems):
+    raise UsageError(f"--{flag}: every text is empty or undecodable ({len(problems)} rows, "
+                     f"first: {files.name(0)}); check --text_column")
+  return without(files, problems, flag, strict, "empty or undecodable text(s)",
+                 with_reasons=True)
 
 
 def _class_ids(names_per_row: list[list[str]], class_names: Optional[list[str]], flag: str,

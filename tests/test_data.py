@@ -84,7 +84,7 @@ def test_unreadable_files_are_skipped_with_one_warning(color_dir, caplog):
 
 def test_strict_data_makes_them_an_error(color_dir):
   _spoil(color_dir)
-  with pytest.raises(UsageError, match="^--strict_data: 3 image"):
+  with pytest.raises(UsageError, match="^--strict_data: 3 unreadable image"):
     data.index(color_dir, strict=True)
 
 

@@ -116,7 +116,8 @@ def test_missing_files_in_a_csv_are_skipped_or_refused(tmp_path, caplog):
     train, val = sources.index_source(config)
   assert len(train.inputs) + len(val.inputs) == 9
   assert any("gone.png" in r.getMessage() for r in caplog.records)
-  with pytest.raises(UsageError, match="^--strict_data: 1 image.* from --csv are not readable, first: .*gone.png"):
+  with pytest.raises(UsageError,
+                     match="^--strict_data: 1 unreadable image.* from --csv, first: .*gone.png"):
     sources.index_source(kerasft.DataConfig(csv=path, strict_data=True))
 
 

@@ -67,7 +67,8 @@ def test_empty_and_undecodable_texts_are_skipped_or_refused(tmp_path, caplog):
   message = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
   assert len(message) == 1 and "skipping 3 empty or undecodable text(s)" in message[0]
   assert "row 2 (empty)" in message[0] and "row 4 (not UTF-8)" in message[0]
-  with pytest.raises(UsageError, match=r"^--strict_data: 3 text\(s\) from --csv .* row 2"):
+  with pytest.raises(UsageError,
+                     match=r"^--strict_data: 3 empty or undecodable text\(s\) from --csv, first: .* row 2"):
     sources.readable_texts(files, "csv", strict=True)
 
 
