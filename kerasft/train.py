@@ -243,10 +243,14 @@ def main(argv):
   run_config = config_from_flags()
   if FLAGS.list_blocks:
     m = run_config.model
-    backbone = backbones.build(m.model, "none" if m.weights == "imagenet" else m.weights,
-                               m.image_size, m.signature, m.output_key, m.hub_input_range,
-                               m.backbone_layer)
-    for name, layers in backbones.blocks(backbone.model):
+    if run_config.is_text:
+      from kerasft import text  # pylint: disable=g-import-not-at-top
+      encoder = text.load(backbones.source(m.model)[1]).model
+    else:
+      encoder = backbones.build(m.model, "none" if m.weights == "imagenet" else m.weights,
+                                m.image_size, m.signature, m.output_key, m.hub_input_range,
+                                m.backbone_layer).model
+    for name, layers in backbones.blocks(encoder):
       print(f"{name:<28} {len(layers):>3} layers: {', '.join(l.name for l in layers)}")
     return
   from kerasft.run import train_classifier  # pylint: disable=g-import-not-at-top

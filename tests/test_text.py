@@ -225,15 +225,65 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
     "keyboard mouse stopped working unix pipes connect programs").split()
 
 
+def _sentencepiece(**special):
+  """A tiny SentencePiece model (word pieces of TEXTS) as serialized bytes."""
+  import io
+  import sentencepiece
+  model = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter([t for items in TEXTS.values() for t in items] * 4),
+      model_writer=model, vocab_size=30, model_type="word", hard_vocab_limit=False, **special)
+  return model.getvalue()
+
+
+def _byte_pair_vocabulary():
+  """A tiny RoBERTa vocabulary and merges that spell every word of TEXTS."""
+  words = sorted({w for items in TEXTS.values() for t in items for w in t.split()})
+  vocabulary = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
+  for c in sorted({c for w in words for c in w}) + ["Ġ"]:
+    vocabulary.setdefault(c, len(vocabulary))
+  merges = []
+  for piece in [p for w in words for p in (w, "Ġ" + w)]:
+    for end in range(2, len(piece) + 1):
+      merges.append(f"{piece[:end - 1]} {piece[end - 1]}")
+      vocabulary.setdefault(piece[:end], len(vocabulary))
+  return vocabulary, list(dict.fromkeys(merges))
+
+
+def make_tiny_preset(family: str, folder: str) -> str:
+  """A 2-layer encoder of a KerasHub family and its tokenizer, saved with `save_to_preset`."""
+  small = dict(num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
+               max_sequence_length=32)
+  models = keras_hub.models
+  if family == "distil_bert":  # WordPiece; no segment_ids input
+    tokenizer = models.DistilBertTokenizer(vocabulary=VOCAB, lowercase=True)
+    backbone = models.DistilBertBackbone(vocabulary_size=len(VOCAB), **small)
+  elif family == "albert":  # SentencePiece; dict output
+    tokenizer = models.AlbertTokenizer(proto=_sentencepiece(
+        pad_id=0, unk_id=1, bos_id=2, eos_id=3, pad_piece="<pad>", unk_piece="<unk>",
+        bos_piece="[CLS]", eos_piece="[SEP]", user_defined_symbols="[MASK]"))
+    backbone = models.AlbertBackbone(vocabulary_size=tokenizer.vocabulary_size(),
+                                     embedding_dim=8, num_groups=1, num_inner_repetitions=1,
+                                     **small)
+  elif family == "deberta_v3":  # SentencePiece; relative attention
+    tokenizer = models.DebertaV3Tokenizer(proto=_sentencepiece(
+        pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="[PAD]", bos_piece="[CLS]",
+        eos_piece="[SEP]", unk_piece="[UNK]", user_defined_symbols="[MASK]"))
+    backbone = models.DebertaV3Backbone(vocabulary_size=tokenizer.vocabulary_size(),
+                                        bucket_size=8, **small)
+  else:  # roberta: byte-pair encoding
+    vocabulary, merges = _byte_pair_vocabulary()
+    tokenizer = models.RobertaTokenizer(vocabulary=vocabulary, merges=merges)
+    backbone = models.RobertaBackbone(vocabulary_size=len(vocabulary), **small)
+  os.makedirs(folder, exist_ok=True)
+  tokenizer.save_to_preset(folder)
+  backbone.save_to_preset(folder)
+  return folder
+
+
 @pytest.fixture(scope="module")
 def tiny_preset(tmp_path_factory):
-  """A 2-layer DistilBERT (no segment_ids input) saved with `save_to_preset`."""
-  folder = str(tmp_path_factory.mktemp("tiny_distilbert"))
-  keras_hub.models.DistilBertTokenizer(vocabulary=VOCAB, lowercase=True).save_to_preset(folder)
-  keras_hub.models.DistilBertBackbone(
-      vocabulary_size=len(VOCAB), num_layers=2, num_heads=2, hidden_dim=16,
-      intermediate_dim=32, max_sequence_length=32).save_to_preset(folder)
-  return folder
+  return make_tiny_preset("distil_bert", str(tmp_path_factory.mktemp("tiny_distilbert")))
 
 
 def test_a_kerashub_preset_folder_trains_from_text_dir_and_exports(tiny_preset, tmp_path):
@@ -278,3 +328,25 @@ def test_tfds_text_data_sets_are_read_with_their_text_feature():
   assert train.class_names == ["neg", "pos"]
   assert all(isinstance(t, str) and t for t in train.inputs + val.inputs)
   assert len(train.inputs) + len(val.inputs) <= 24
+
+
+@pytest.mark.parametrize("family", ["albert", "deberta_v3", "roberta"])
+def test_other_encoder_families_train_and_export(family, tmp_path):
+  import tensorflow as tf
+  from kerasft import heads, text
+  preset = make_tiny_preset(family, str(tmp_path / family))
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="keras_hub:" + preset, unfreeze_blocks=1),
+      data=kerasft.DataConfig(csv=_write_csv(tmp_path / "t.csv", times=2), batch_size=8),
+      training=kerasft.TrainingConfig(epochs=1, fine_tune_epochs=1),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  result = kerasft.train_classifier(config, verbose=0)
+  assert backbones.blocks(heads.backbone_of(result.model))[-1][0] == "transformer_layer_1"
+  strings = ["fresh soup and bread", "the program crashed"]
+  out = tf.saved_model.load(result.export_path).signatures["serving_default"](
+      text=tf.constant(strings))
+  encoder = text.load(preset)
+  text.set_length(encoder, result.config.model.max_length)
+  expected = np.asarray(result.model(text.model_inputs(encoder, encoder.preprocessor(
+      tf.constant(strings)))))
+  np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
