@@ -263,6 +263,8 @@ _BLOCK_PATTERNS = (
     r"^(normal_\w+?_\d+|reduction_\w+?_\d+)",  # NASNet
     r"^(mixed\d+)",  # Inception (named mixes)
     r"^(transformer_layer_\d+)$",  # KerasHub encoders: one transformer layer per block
+    r"^(disentangled_attention_encoder_layer_\d+)$",  # KerasHub DeBERTa-v3
+    r"^(group_\d+_inner_layer_\d+)$",  # KerasHub ALBERT (a layer shared by several passes)
 )
 
 

@@ -112,6 +112,7 @@ def build_text_module(model, preprocessor, class_names: list[str], labels_path: 
   module = tf.Module()
   module.model_variables = [v.value for v in model.variables]
   module.labels_asset = tf.saved_model.Asset(labels_path)
+  module.tokenizer_resources = _resources(preprocessor)  # e.g. a SentencePiece model
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
   def serving_default(text):
@@ -121,6 +122,27 @@ def build_text_module(model, preprocessor, class_names: list[str], labels_path: 
 
   module.serving_default = serving_default
   return module
+
+
+def _resources(obj, depth: int = 0, seen: set | None = None) -> list:
+  """The TF resources (tensorflow-text's SentencePiece model, lookup tables) held in `obj`'s
+  attributes, a few levels deep: a SavedModel must track what its functions capture."""
+  from tensorflow.python.trackable.resource import CapturableResource  # pylint: disable=g-import-not-at-top
+  seen = set() if seen is None else seen
+  if id(obj) in seen or depth > 4:
+    return []
+  seen.add(id(obj))
+  if isinstance(obj, CapturableResource):
+    return [obj]
+  if isinstance(obj, (list, tuple)):
+    children = obj
+  elif isinstance(obj, dict):
+    children = obj.values()
+  elif hasattr(obj, "__dict__") and not isinstance(obj, (tf.Tensor, tf.Variable, type)):
+    children = vars(obj).values()
+  else:
+    return []
+  return [r for child in children for r in _resources(child, depth + 1, seen)]
 
 
 def custom_ops(saved_model_dir: str) -> list[str]:

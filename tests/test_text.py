@@ -330,8 +330,10 @@ def test_tfds_text_data_sets_are_read_with_their_text_feature():
   assert len(train.inputs) + len(val.inputs) <= 24
 
 
-@pytest.mark.parametrize("family", ["albert", "deberta_v3", "roberta"])
-def test_other_encoder_families_train_and_export(family, tmp_path):
+@pytest.mark.parametrize("family, top_block", [
+    ("albert", "group_0_inner_layer_0"), ("deberta_v3", "disentangled_attention_encoder_layer_1"),
+    ("roberta", "transformer_layer_1")])
+def test_other_encoder_families_train_and_export(family, top_block, tmp_path):
   import tensorflow as tf
   from kerasft import heads, text
   preset = make_tiny_preset(family, str(tmp_path / family))
@@ -341,7 +343,9 @@ def test_other_encoder_families_train_and_export(family, tmp_path):
       training=kerasft.TrainingConfig(epochs=1, fine_tune_epochs=1),
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
   result = kerasft.train_classifier(config, verbose=0)
-  assert backbones.blocks(heads.backbone_of(result.model))[-1][0] == "transformer_layer_1"
+  encoder_model = heads.backbone_of(result.model)
+  assert backbones.blocks(encoder_model)[-1][0] == top_block
+  assert result.history["phase"] == ["head", "fine_tune"]
   strings = ["fresh soup and bread", "the program crashed"]
   out = tf.saved_model.load(result.export_path).signatures["serving_default"](
       text=tf.constant(strings))
