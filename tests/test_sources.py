@@ -238,6 +238,17 @@ def test_tfrecord_ids_as_names_or_from_label_names(tmp_path):
     sources.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord", label_names=str(names))
 
 
+def test_tfrecord_with_several_label_ids_is_multilabel(tmp_path):
+  colors = write_color_images(tmp_path / "colors", per_class=2, size=16)
+  _write_tfrecord(tmp_path / "m.tfrecord", colors,
+                  label_ids={"blue": [0], "green": [0, 1], "red": [2]})
+  files = sources.read_tfrecords(str(tmp_path / "m.tfrecord"), "tfrecord", task="multilabel")
+  assert files.class_names == ["0", "1", "2"]
+  np.testing.assert_array_equal(files.targets()[2:4], [[1, 1, 0], [1, 1, 0]])
+  with pytest.raises(UsageError, match="has 2 'image/class/label' values; a multiclass"):
+    sources.read_tfrecords(str(tmp_path / "m.tfrecord"), "tfrecord")
+
+
 def test_tfrecord_with_other_keys_and_bad_records(tmp_path):
   colors = write_color_images(tmp_path / "colors", per_class=2, size=16)
   _write_tfrecord(tmp_path / "b.tfrecord", colors, image_key="jpeg", label_key="y")
