@@ -354,3 +354,32 @@ def test_other_encoder_families_train_and_export(family, top_block, tmp_path):
   expected = np.asarray(result.model(text.model_inputs(encoder, encoder.preprocessor(
       tf.constant(strings)))))
   np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["multilabel", "regression"])
+def test_text_models_take_the_other_tasks(task, tiny_preset, tmp_path):
+  import csv
+  import tensorflow as tf
+  path = tmp_path / "t.csv"
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["text", "label"])
+    for label, items in TEXTS.items():
+      for t in items * 2:
+        cell = {"food": "food|home", "computers": "work"}[label] if task == "multilabel" \
+            else {"food": "1.5", "computers": "-2"}[label]
+        writer.writerow([t, cell])
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="keras_hub:" + tiny_preset, task=task),
+      data=kerasft.DataConfig(csv=str(path), batch_size=4),
+      training=kerasft.TrainingConfig(epochs=2),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  result = kerasft.train_classifier(config, verbose=0)
+  out = tf.saved_model.load(result.export_path).signatures["serving_default"](
+      text=tf.constant(["fresh soup", "unix"]))
+  if task == "multilabel":
+    assert set(out) == {"scores", "labels"} and out["scores"].shape == (2, 3)
+    assert result.class_names == ["food", "home", "work"]
+  else:
+    assert set(out) == {"predictions"} and out["predictions"].shape == (2,)
+    assert result.metrics["task"] == "regression"
