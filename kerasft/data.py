@@ -83,7 +83,10 @@ class Dataset:
   """What training needs: batched (model inputs, targets) pipelines and class names.
 
   make_inputs(files, batch_size): an unshuffled, uncached pipeline of other examples in
-  the same form (feature caching uses it).
+  the same form (feature caching uses it). validation_view: set by `kerasft.fit.run` when
+  the backbone stayed frozen and the head trained on cached features: (head model, cached
+  validation features), which give the model's validation outputs without another pass
+  through the backbone.
   """
   train: "tf.data.Dataset"  # noqa: F821
   val: "tf.data.Dataset"  # noqa: F821
@@ -91,6 +94,7 @@ class Dataset:
   train_files: Examples
   val_files: Examples
   make_inputs: Callable
+  validation_view: Optional[tuple] = None
 
 
 RESIZE_MODES = ("squash", "crop", "pad")

@@ -336,6 +336,8 @@ def run(config: RunConfig, model: keras.Model, dataset: Dataset, runtime=None,
               training.feature_cache_dtype, verbose)
           trained, train_data, val_data = features.head_model(model), cached.train, cached.val
           on_features = True
+          if not training.fine_tune_epochs:  # the features stay valid to the end
+            dataset.validation_view = (trained, cached.val)
           if runtime.strategy.num_replicas_in_sync == 1:  # Keras fails on >1 replicas here
             spe = steps  # a step is one small matmul: run a whole epoch per execution
       else:

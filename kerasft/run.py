@@ -299,7 +299,7 @@ def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
   with _phase(seconds, "report"):
     logging.info("phase report: evaluating on %d validation examples",
                  len(dataset.val_files.inputs))
-    targets, outputs = reports.predict(model, dataset.val)
+    targets, outputs = reports.predict(*(dataset.validation_view or (model, dataset.val)))
     metrics = reports.write(targets, outputs, dataset.class_names, out_dir, history, m.task,
                             m.threshold)
     logging.info("validation %s", reports.headline(metrics))
