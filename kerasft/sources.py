@@ -320,10 +320,21 @@ def _records(images, per_row, names, task, class_names, flag, where, label_key) 
   return Examples(images, labels, class_names, task, names)
 
 
+def tfds_name(name: str) -> str:
+  """--tfds NAME:CONFIG (also NAME/CONFIG, NAME:VERSION, NAME/CONFIG:VERSION) -> TFDS' own
+  spelling, NAME/CONFIG[:VERSION]."""
+  import re  # pylint: disable=g-import-not-at-top
+  base, _, rest = name.partition(":")
+  if rest and not re.fullmatch(r"[\d.*]+", rest) and "/" not in base:
+    config, _, version = rest.partition(":")
+    return f"{base}/{config}" + (f":{version}" if version else "")
+  return name
+
+
 def _tfds_builder(name: str, data_dir: str):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
-    return tfds.builder(name, data_dir=data_dir or None)
+    return tfds.builder(tfds_name(name), data_dir=data_dir or None)
   except tfds.core.registered.DatasetNotFoundError:
     raise UsageError(f"--tfds: no data set {name!r} in TFDS' catalogue or in "
                      f"{data_dir or '~/tensorflow_datasets'}; see "
@@ -369,7 +380,7 @@ def read_tfds(name: str, data_dir: str, split: str, image_key: str = "", label_k
     ds = builder.as_dataset(split=split, decoders=None if text else {
         image_key: tfds.decode.SkipDecoding()})
   except AssertionError:
-    root = data_dir or os.path.dirname(os.path.dirname(os.path.dirname(builder.data_dir)))
+    root = data_dir or str(getattr(builder, "_data_dir_root", "~/tensorflow_datasets"))
     raise UsageError(f"--tfds: {name} is not prepared in {builder.data_dir}; prepare it on a "
                      f"machine with internet (`tfds build {name} --data_dir={root}`) and pass "
                      f"--tfds_data_dir={root}") from None

@@ -339,6 +339,15 @@ def test_tfds_split_syntax_and_keys(tmp_path):
     sources.read_tfds("kerasft_colors", str(tmp_path / "tfds"), "dev")
 
 
+def test_tfds_names_take_a_config_after_a_colon():
+  assert sources.tfds_name("mnist") == "mnist"
+  assert sources.tfds_name("cifar10_corrupted:brightness_1") == "cifar10_corrupted/brightness_1"
+  assert sources.tfds_name("cifar10_corrupted:brightness_1:1.0.0") == \
+      "cifar10_corrupted/brightness_1:1.0.0"
+  assert sources.tfds_name("mnist:3.0.1") == "mnist:3.0.1"
+  assert sources.tfds_name("mnist/x:3.*") == "mnist/x:3.*"
+
+
 def test_tfds_mock_data_trains_and_exports(tmp_path):
   import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=40):
