@@ -382,8 +382,8 @@ def read_tfds(name: str, data_dir: str, split: str, image_key: str = "", label_k
   except AssertionError:
     root = data_dir or str(getattr(builder, "_data_dir_root", "~/tensorflow_datasets"))
     raise UsageError(f"--tfds: {name} is not prepared in {builder.data_dir}; prepare it on a "
-                     f"machine with internet (`tfds build {tfds_name(name)} --data_dir={root}`) and pass "
-                     f"--tfds_data_dir={root}") from None
+                     f"machine with internet (`tfds build {tfds_name(name)} "
+                     f"--data_dir={root}`) and pass --tfds_data_dir={root}") from None
   except ValueError as e:
     raise UsageError(f"--train_split/--val_split: {name} has no split {split!r} "
                      f"({str(e).splitlines()[0]}); its splits are "
