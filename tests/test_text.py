@@ -113,6 +113,10 @@ def test_accented_input_tokenizes_to_real_tokens():
      "--csv: {csv} has no column 'body' (columns: text, label)"),
     (["--model=keras_hub:" + MINILM, "--csv={empty}"],
      "--csv: every text is empty or undecodable (8 rows, first: {empty} row 1)"),
+    (["--model=keras_hub:" + MINILM, "--csv={csv}", "--max_length=1000"],
+     "--max_length: all-minilm-l6-v2 takes at most 512 tokens, got 1000"),
+    (["--model=keras_hub:" + MINILM, "--data_dir={csv}"],
+     "--data_dir: a text model (--model=keras_hub:...) reads --csv, --text_dir or --tfds"),
 ])
 def test_text_mistakes_are_one_line_errors(tmp_path, args, message):
   csv_path = _write_csv(tmp_path / "t.csv")
