@@ -29,6 +29,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 VALIDATION_FOLDERS = ("validation", "val")
 # Decoded training images are cached in memory when they take at most this many bytes.
 MEMORY_CACHE_BYTES = 2 << 30
+PROGRESS_FROM = 20_000  # checking this many images or records shows a progress bar
 
 
 TASKS = ("multiclass", "multilabel", "regression")
@@ -178,8 +179,20 @@ def unreadable_reasons(paths: list) -> list[Optional[str]]:
     except Exception as e:  # pylint: disable=broad-except
       return f"{type(e).__name__}: {e}"
 
+  progress = None
+  if len(paths) >= PROGRESS_FROM:  # a bar for data sets that take a while to check
+    import keras  # pylint: disable=g-import-not-at-top
+    logging.info("checking %d images", len(paths))
+    progress = keras.utils.Progbar(len(paths), unit_name="image")
+  reasons = []
   with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as ex:
-    return list(ex.map(reason, paths))
+    for r in ex.map(reason, paths):
+      reasons.append(r)
+      if progress and len(reasons) % 1000 == 0:
+        progress.update(len(reasons))
+  if progress:
+    progress.update(len(reasons), finalize=True)
+  return reasons
 
 
 def check_images(paths: list[str], flag: str) -> None:

@@ -21,8 +21,8 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
-from kerasft.data import (VALIDATION_FOLDERS, Examples, evaluation_files, index, readable,
-                          stratified_split, without)
+from kerasft.data import (PROGRESS_FROM, VALIDATION_FOLDERS, Examples, evaluation_files, index,
+                          readable, stratified_split, without)
 from kerasft.errors import UsageError
 
 
@@ -275,6 +275,8 @@ def read_tfrecords(pattern: str, flag: str, image_key: str = "", label_key: str 
         images.append(example[image_key].numpy())
         ids.append([int(v) for v in example[label_key].values.numpy()])
         names.append(f"{path}#{i}")
+        if len(names) % PROGRESS_FROM == 0:
+          logging.info("--%s: %d records read", flag, len(names))
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
       raise UsageError(f"--{flag}: {path} is not a TFRecord file of tf.train.Examples with "
                        f"a string {image_key!r} and int64 {label_key!r} (name them with "
@@ -395,6 +397,8 @@ def read_tfds(name: str, data_dir: str, split: str, image_key: str = "", label_k
     ids = np.atleast_1d(example[label_key]).tolist()
     per_row.append([all_names[j] if all_names else str(j) for j in ids])
     names.append(f"{name}[{split}]#{i}")
+    if len(names) % PROGRESS_FROM == 0:
+      logging.info("--tfds: %d records of %s read", len(names), split)
   if not images:
     raise UsageError(f"--tfds: split {split!r} of {name} is empty")
   if class_names is None and all_names:
