@@ -30,6 +30,7 @@ VALIDATION_FOLDERS = ("validation", "val")
 # Decoded training images are cached in memory when they take at most this many bytes.
 MEMORY_CACHE_BYTES = 2 << 30
 PROGRESS_FROM = 20_000  # checking this many images or records shows a progress bar
+STREAM_SHUFFLE_BUFFER = 10_000  # streamed records that do not fit in memory shuffle this many
 
 
 TASKS = ("multiclass", "multilabel", "regression")
@@ -50,17 +51,26 @@ class Examples:
   class_names: list[str]
   task: str = "multiclass"
   names: Optional[list[str]] = None
+  streams: tuple = ()  # RecordStreams the records are read from (then inputs are their keys)
+  problems: Optional[list] = None  # per example, why it is unusable (None: fine), if known
 
   def name(self, i: int) -> str:
     return self.names[i] if self.names else str(self.inputs[i])
 
   def subset(self, idx) -> "Examples":
-    """The images at positions `idx`, in that order."""
+    """The examples at positions `idx`, in that order (for streamed records, positions
+    must ascend: records are read in their stream's order)."""
+    idx = list(idx)
+    if self.streams and any(b < a for a, b in zip(idx, idx[1:])):
+      raise ValueError("streamed records can only be taken in their order")
     return dataclasses.replace(
         self, inputs=[self.inputs[i] for i in idx], labels=[self.labels[i] for i in idx],
-        names=[self.names[i] for i in idx] if self.names else None)
+        names=[self.names[i] for i in idx] if self.names else None,
+        problems=[self.problems[i] for i in idx] if self.problems is not None else None)
 
   def __add__(self, other: "Examples") -> "Examples":
+    if self.streams or other.streams:
+      raise ValueError("streamed records cannot be concatenated; use each part on its own")
     names = None
     if self.names or other.names:
       names = [self.name(i) for i in range(len(self.inputs))] + [
@@ -77,6 +87,69 @@ class Examples:
     for i, label in enumerate(self.labels):
       out[i, label] = 1.0
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordStream:
+  """Where records are read from, always in the same order, as (key, encoded image):
+  TFRecord `files` (key "FILE#i") or a TFDS split (key "NAME[SPLIT]#i"). Training and
+  evaluation stream them instead of holding every encoded image in memory."""
+  image_key: str
+  files: tuple = ()
+  tfds: str = ""  # TFDS' name (NAME/CONFIG[:VERSION])
+  data_dir: str = ""
+  split: str = ""
+  key_prefix: str = ""  # for TFDS: "NAME[SPLIT]#"
+
+  def dataset(self):
+    """A tf.data pipeline of (key string, encoded image bytes)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if self.files:
+      spec = {self.image_key: tf.io.FixedLenFeature([], tf.string, default_value="")}
+
+      def records(path):
+        return tf.data.TFRecordDataset(path).enumerate().map(lambda i, record: (
+            tf.strings.join([path, "#", tf.strings.as_string(i)]),
+            tf.io.parse_single_example(record, spec)[self.image_key]))
+      return tf.data.Dataset.from_tensor_slices(list(self.files)).flat_map(records)
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    builder = tfds.builder(self.tfds, data_dir=self.data_dir or None)
+    ds = builder.as_dataset(split=self.split, shuffle_files=False,
+                            decoders={self.image_key: tfds.decode.SkipDecoding()})
+    return ds.enumerate().map(lambda i, example: (
+        tf.strings.join([self.key_prefix, tf.strings.as_string(i)]), example[self.image_key]))
+
+
+def _streamed(files: Examples):
+  """(encoded image, row) for each example of streamed `files`, in their order: the
+  streams' records filtered to `files` (a record drawn twice by oversampling comes twice)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rows: dict = {}
+  for row, key in enumerate(files.inputs):
+    rows.setdefault(key, []).append(row)
+  table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+      tf.constant(list(rows), tf.string), tf.range(len(rows), dtype=tf.int64)), -1)
+  per_key = tf.ragged.constant(list(rows.values()), dtype=tf.int64)
+  ds = files.streams[0].dataset()
+  for stream in files.streams[1:]:
+    ds = ds.concatenate(stream.dataset())
+  ds = ds.map(lambda key, image: (table.lookup(key), image)).filter(lambda k, _: k >= 0)
+  return ds.flat_map(lambda k, image: tf.data.Dataset.from_tensor_slices(per_key[k]).map(
+      lambda row: (image, row)))
+
+
+def encoded_inputs(files: Examples):
+  """The encoded bytes of each example, in order: read from files, held, or streamed."""
+  if files.streams:
+    for image, _ in _streamed(files).as_numpy_iterator():
+      yield image
+    return
+  for item in files.inputs:
+    if isinstance(item, bytes):
+      yield item
+    else:
+      with open(item, "rb") as f:
+        yield f.read()
 
 
 @dataclasses.dataclass
@@ -207,7 +280,8 @@ def check_images(paths: list[str], flag: str) -> None:
 def readable(files: Examples, flag: str, strict: bool = False) -> Examples:
   """`files` without the missing, corrupt, truncated or non-image ones, which are found by
   decoding every image once (see `without`)."""
-  return without(files, unreadable_reasons(files.inputs), flag, strict, "unreadable image(s)")
+  reasons = files.problems if files.problems is not None else unreadable_reasons(files.inputs)
+  return without(files, reasons, flag, strict, "unreadable image(s)")
 
 
 def without(files: Examples, reasons: list[Optional[str]], flag: str, strict: bool,
@@ -362,25 +436,38 @@ def make_pipeline(files: Examples, image_size: int, batch_size: int, shuffle: bo
                   cache_dir: str = ""):
   """A tf.data pipeline of (float32 pixels [B, S, S, 3], float32 targets [B, C]).
 
-  Decodes in parallel; caches decoded images in files under `cache_dir` when given, else in
-  memory when `cache` and they fit (`MEMORY_CACHE_BYTES`); reshuffles every epoch when
-  `shuffle`; batches and prefetches. Targets are `files.targets()`.
+  Reads files, held encoded images or streamed records (`RecordStream`); decodes in
+  parallel; caches decoded images in files under `cache_dir` when given, else in memory
+  when `cache` and they fit (`MEMORY_CACHE_BYTES`); reshuffles every epoch when `shuffle`
+  (all of them when cached in memory, else a bounded buffer of decoded images from the
+  file cache, or before decoding: all paths, or `STREAM_SHUFFLE_BUFFER` records); batches
+  and prefetches. Targets are `files.targets()`.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  encoded = bool(files.inputs) and isinstance(files.inputs[0], bytes)
-  sources = tf.constant(files.inputs, tf.string) if files.inputs else tf.zeros([0], tf.string)
-  ds = tf.data.Dataset.from_tensor_slices((sources, files.targets()))
-  ds = ds.map(lambda source, target: (
-      decode_and_resize(source if encoded else tf.io.read_file(source), image_size, resize),
+  n = len(files.inputs)
+  targets = tf.constant(files.targets())
+  in_memory = cache and not cache_dir and n * image_size * image_size * 3 * 4 <= MEMORY_CACHE_BYTES
+  if files.streams:
+    ds = _streamed(files).map(lambda image, row: (image, tf.gather(targets, row)))
+  else:
+    sources = tf.constant(files.inputs, tf.string) if n else tf.zeros([0], tf.string)
+    ds = tf.data.Dataset.from_tensor_slices((sources, targets))
+  if shuffle and not (in_memory or cache_dir):  # shuffle before decoding: paths or records
+    ds = ds.shuffle(min(n, STREAM_SHUFFLE_BUFFER) if files.streams else n, seed=seed,
+                    reshuffle_each_iteration=True)
+  encoded = files.streams or (n and isinstance(files.inputs[0], bytes))
+  ds = ds.map(lambda image, target: (
+      decode_and_resize(image if encoded else tf.io.read_file(image), image_size, resize),
       target), num_parallel_calls=tf.data.AUTOTUNE)
   if cache_dir:
     os.makedirs(cache_dir, exist_ok=True)
     ds = ds.cache(os.path.join(cache_dir, _cache_key(files, image_size, resize)))
-  elif cache and len(files.inputs) * image_size * image_size * 3 * 4 <= MEMORY_CACHE_BYTES:
+  elif in_memory:
     ds = ds.cache()
-  if shuffle:
-    ds = ds.shuffle(len(files.inputs), seed=seed, reshuffle_each_iteration=True)
+  if shuffle and (in_memory or cache_dir):  # decoded images: all of them, or a bounded buffer
+    ds = ds.shuffle(n if in_memory else min(n, STREAM_SHUFFLE_BUFFER), seed=seed,
+                    reshuffle_each_iteration=True)
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

@@ -50,7 +50,7 @@ def main(argv):
     raise errors.UsageError("--export or --run_dir: pass exactly one of them")
   if FLAGS.batch_size <= 0:
     raise errors.UsageError(f"--batch_size: must be a positive integer, got {FLAGS.batch_size}")
-  from kerasft import config, reports, run, serving, sources  # pylint: disable=g-import-not-at-top
+  from kerasft import config, data, reports, run, serving, sources  # pylint: disable=g-import-not-at-top
 
   history = None
   given = any((FLAGS.data_dir, FLAGS.csv, FLAGS.tfrecord, FLAGS.tfds, FLAGS.text_dir))
@@ -65,7 +65,9 @@ def main(argv):
     is_text = serving.is_text_export(version_dir)
     files = sources.evaluation_source(_data_config(config, task, class_names), task, class_names,
                                    FLAGS.split, is_text)
-    outputs = serving.predict_files(predict, files.inputs, FLAGS.batch_size, read=not is_text)
+    outputs = serving.predict_files(predict, files.inputs if is_text else
+                                    data.encoded_inputs(files), FLAGS.batch_size,
+                                    read=not is_text)
     labels = files.targets() if task != "multiclass" else files.labels
     name = f"{os.path.basename(os.path.dirname(os.path.abspath(version_dir)))}-" \
            f"{os.path.basename(version_dir)}"

@@ -131,12 +131,16 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
   if on_disk:
     return FeatureDatasets(train=stream(train, "train", True), val=stream(val, "val", False),
                            on_disk=True)
-  # One pass over training and validation images together: one trace, full batches.
-  both = train + val
-  logging.info("feature cache: extracting %d examples", len(both.inputs))
-  computed = extractor.predict(dataset.make_inputs(both, EXTRACT_BATCH),
-                               verbose=verbose).astype(dtype)
-  onehot = both.targets()
+  logging.info("feature cache: extracting %d examples",
+               len(train.inputs) + len(val.inputs))
+  if train.streams:  # streamed records are read split by split, each in its stream's order
+    computed = np.concatenate([extractor.predict(dataset.make_inputs(files, EXTRACT_BATCH),
+                                                 verbose=verbose) for files in (train, val)])
+  else:  # one pass over training and validation examples together: one trace, full batches
+    computed = extractor.predict(dataset.make_inputs(train + val, EXTRACT_BATCH),
+                                 verbose=verbose)
+  computed = computed.astype(dtype)
+  onehot = np.concatenate([train.targets(), val.targets()])
   n = len(train.inputs)
   return FeatureDatasets(
       train=finish(tf.data.Dataset.from_tensor_slices((computed[:n], onehot[:n])), n, True),

@@ -392,21 +392,21 @@ def load_predictor(version_dir: str):
   return predict, read_labels(version_dir)
 
 
-def predict_files(predict, paths: list, batch_size: int = 32, read: bool = True
-                  ) -> np.ndarray:
-  """Runs `predict` from `load_predictor` in batches over image files (or encoded images,
-  bytes), or with `read=False` over the inputs as they are (texts); [N, C]."""
-  chunks = []
-  for start in range(0, len(paths), batch_size):
-    batch = []
-    for path in paths[start:start + batch_size]:
-      if isinstance(path, bytes) or not read:
-        batch.append(path)
-        continue
-      with open(path, "rb") as f:
-        batch.append(f.read())
+def predict_files(predict, inputs, batch_size: int = 32, read: bool = True) -> np.ndarray:
+  """Runs `predict` from `load_predictor` in batches over image files or encoded images
+  (bytes), any iterable, or with `read=False` over the inputs as they are (texts); [N, C]."""
+  import itertools  # pylint: disable=g-import-not-at-top
+  chunks, items = [], iter(inputs)
+  while batch := list(itertools.islice(items, batch_size)):
+    if read:
+      batch = [b if isinstance(b, bytes) else _read_bytes(b) for b in batch]
     chunks.append(predict(batch))
   return np.concatenate(chunks)
+
+
+def _read_bytes(path: str) -> bytes:
+  with open(path, "rb") as f:
+    return f.read()
 
 
 def read_model_card(version_dir: str) -> dict:

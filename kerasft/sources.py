@@ -7,8 +7,9 @@
 - TFRecord files of `tf.train.Example`s with `image/encoded` and `image/class/label`;
 - a prepared TFDS data set, read with `download=False` (never waits offline);
 - for text models, texts from .csv/.tsv/.jsonl, a folder of .txt files per class, or TFDS.
-Records from TFRecord and TFDS are decoded when indexed, like files, and held as their
-encoded bytes; texts are held in `Examples.inputs`. `evaluation_source` does the same for
+Records from TFRecord and TFDS are decoded once when indexed, like files, but not kept:
+training and evaluation stream them again (`kerasft.data.RecordStream`); texts are held in
+`Examples.inputs`. `evaluation_source` does the same for
 evaluation.
 """
 
@@ -21,8 +22,8 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
-from kerasft.data import (PROGRESS_FROM, VALIDATION_FOLDERS, Examples, evaluation_files, index,
-                          readable, stratified_split, without)
+from kerasft.data import (PROGRESS_FROM, VALIDATION_FOLDERS, Examples, RecordStream, evaluation_files, index,
+                          readable, stratified_split, unreadable_reasons, without)
 from kerasft.errors import UsageError
 
 
@@ -267,26 +268,24 @@ def read_tfrecords(pattern: str, flag: str, image_key: str = "", label_key: str 
     raise UsageError(f"--{flag}: no files match {pattern}")
   spec = {image_key: tf.io.FixedLenFeature([], tf.string, default_value=""),
           label_key: tf.io.VarLenFeature(tf.int64)}
-  images, ids, names = [], [], []
+  checker, ids, names = _ImageChecker(flag), [], []
   for path in files:
     try:
       for i, record in enumerate(tf.data.TFRecordDataset(path)):
         example = tf.io.parse_single_example(record, spec)
-        images.append(example[image_key].numpy())
+        name = f"{path}#{i}"
+        if not example[image_key].numpy():
+          raise UsageError(f"--{flag}: {name} has no {image_key!r} feature; name the image "
+                           "feature with --image_key")
+        checker.add(example[image_key].numpy())
         ids.append([int(v) for v in example[label_key].values.numpy()])
-        names.append(f"{path}#{i}")
-        if len(names) % PROGRESS_FROM == 0:
-          logging.info("--%s: %d records read", flag, len(names))
+        names.append(name)
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
       raise UsageError(f"--{flag}: {path} is not a TFRecord file of tf.train.Examples with "
                        f"a string {image_key!r} and int64 {label_key!r} (name them with "
                        f"--image_key/--label_key): {e.message.splitlines()[0]}") from None
-  if not images:
+  if not names:
     raise UsageError(f"--{flag}: {pattern} holds no records")
-  missing = [n for image, n in zip(images, names) if not image]
-  if missing:
-    raise UsageError(f"--{flag}: {missing[0]} has no {image_key!r} feature; name the image "
-                     "feature with --image_key")
   if label_names:
     if not os.path.isfile(label_names):
       raise UsageError(f"--label_names: file {label_names} does not exist")
@@ -303,11 +302,39 @@ def read_tfrecords(pattern: str, flag: str, image_key: str = "", label_key: str 
     per_row = [[str(i) for i in row] for row in ids]
     if class_names is None:
       class_names = [str(i) for i in sorted({i for row in ids for i in row})]
-  return _records(images, per_row, names, task, class_names, flag, pattern, label_key)
+  stream = RecordStream(image_key=image_key, files=tuple(files))
+  return _records(names, per_row, names, task, class_names, flag, pattern, label_key,
+                  checker.problems(), stream)
 
 
-def _records(images, per_row, names, task, class_names, flag, where, label_key) -> Examples:
-  """Encoded images with class names per record -> Examples (one label for multiclass)."""
+class _ImageChecker:
+  """Checks encoded images as they are read, in batches, keeping only why each is
+  unusable (None: fine), so that indexing a large record set holds no image bytes."""
+
+  def __init__(self, flag: str, batch: int = 2048):
+    self._flag, self._batch, self._pending, self._problems = flag, batch, [], []
+
+  def add(self, encoded: bytes) -> None:
+    self._pending.append(encoded)
+    if len(self._pending) >= self._batch:
+      self._check()
+
+  def _check(self):
+    before = len(self._problems)
+    self._problems += unreadable_reasons(self._pending)
+    self._pending = []
+    if before // PROGRESS_FROM != len(self._problems) // PROGRESS_FROM:  # a line per 20,000
+      logging.info("--%s: %d records read and checked", self._flag, len(self._problems))
+
+  def problems(self) -> list:
+    self._check()
+    return self._problems
+
+
+def _records(inputs, per_row, names, task, class_names, flag, where, label_key,
+             problems=None, stream=None) -> Examples:
+  """Records with class names per record -> Examples (one label for multiclass); images
+  are streamed from `stream` (their keys are the names) and checked (`problems`)."""
   if task == "multiclass":
     wrong = [n for n, row in zip(names, per_row) if len(row) != 1]
     if wrong:
@@ -319,7 +346,8 @@ def _records(images, per_row, names, task, class_names, flag, where, label_key) 
                      "in a --csv")
   ids, class_names = _class_ids(per_row, class_names, flag, where)
   labels = [row[0] for row in ids] if task == "multiclass" else ids
-  return Examples(images, labels, class_names, task, names)
+  return Examples(inputs, labels, class_names, task, names, (stream,) if stream else (),
+                  problems)
 
 
 def tfds_name(name: str) -> str:
@@ -390,21 +418,26 @@ def read_tfds(name: str, data_dir: str, split: str, image_key: str = "", label_k
     raise UsageError(f"--train_split/--val_split: {name} has no split {split!r} "
                      f"({str(e).splitlines()[0]}); its splits are "
                      f"{', '.join(builder.info.splits) or 'unknown'}") from None
-  images, per_row, names = [], [], []
+  texts, per_row, names, checker = [], [], [], _ImageChecker("tfds")
   for i, example in enumerate(ds.as_numpy_iterator()):
-    images.append(example[image_key].decode("utf-8", errors="surrogateescape") if text
-                  else example[image_key])
+    if text:
+      texts.append(example[image_key].decode("utf-8", errors="surrogateescape"))
+    else:
+      checker.add(example[image_key])
     ids = np.atleast_1d(example[label_key]).tolist()
     per_row.append([all_names[j] if all_names else str(j) for j in ids])
     names.append(f"{name}[{split}]#{i}")
-    if len(names) % PROGRESS_FROM == 0:
-      logging.info("--tfds: %d records of %s read", len(names), split)
-  if not images:
+  if not names:
     raise UsageError(f"--tfds: split {split!r} of {name} is empty")
   if class_names is None and all_names:
     class_names = list(all_names)
-  return _records(images, per_row, names, task, class_names, "tfds", f"{name}[{split}]",
-                  label_key)
+  where = f"{name}[{split}]"
+  if text:
+    return _records(texts, per_row, names, task, class_names, "tfds", where, label_key)
+  stream = RecordStream(image_key=image_key, tfds=tfds_name(name), data_dir=data_dir,
+                        split=split, key_prefix=f"{where}#")
+  return _records(names, per_row, names, task, class_names, "tfds", where, label_key,
+                  checker.problems(), stream)
 
 
 def evaluation_source(config, task: str, class_names: list[str], split: str = "test",

@@ -226,7 +226,8 @@ def test_tfrecord_ids_as_names_or_from_label_names(tmp_path):
   _write_tfrecord(tmp_path / "a.tfrecord", colors,
                   label_ids={"blue": [2], "green": [5], "red": [7]})
   files = sources.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord")
-  assert files.class_names == ["2", "5", "7"] and isinstance(files.inputs[0], bytes)
+  assert files.class_names == ["2", "5", "7"]
+  assert files.streams and files.inputs[0].endswith("a.tfrecord#0")  # streamed, not held
   assert files.name(0).endswith("a.tfrecord#0")
   names = tmp_path / "names.txt"
   names.write_text("\n".join(f"class{i}" for i in range(8)) + "\n")
@@ -444,3 +445,34 @@ def test_bad_source_and_task_combinations_are_usage_errors(kwargs, message):
 def test_an_image_folder_cannot_hold_multilabel_data(color_dir):
   with pytest.raises(UsageError, match="^--task=multilabel: an image folder"):
     sources.index_source(kerasft.DataConfig(data_dir=color_dir), task="multilabel")
+
+
+def test_streamed_records_come_in_order_with_their_targets(tmp_path):
+  from PIL import Image
+  folder = tmp_path / "gray"
+  for c in ("a", "b"):
+    (folder / c).mkdir(parents=True)
+  for i in range(12):  # image i is the constant 10 * i; even ones are "a", odd ones "b"
+    Image.fromarray(np.full((8, 8, 3), 10 * i, np.uint8)).save(
+        folder / ("a" if i % 2 == 0 else "b") / f"{i:02d}.png")
+  _write_tfrecord(tmp_path / "g.tfrecord", str(folder))
+  files = sources.read_tfrecords(str(tmp_path / "g.tfrecord"), "tfrecord")
+  assert files.streams and not any(isinstance(x, bytes) for x in files.inputs)
+  value = {key: 10 * int(os.path.basename(n)[:2]) for key, n in zip(
+      files.inputs, sorted(str(p) for p in folder.rglob("*.png")))}
+  train, val = data.stratified_split(files, 0.25, seed=1)
+  train = data.oversampled(data.Examples(train.inputs, [0] * 2 + train.labels[2:],
+                                         train.class_names, names=train.names,
+                                         streams=train.streams), seed=0)
+  for part in (train, val):
+    x, y = (np.concatenate(t) for t in zip(*data.make_pipeline(
+        part, 8, 4, cache=False).as_numpy_iterator()))
+    np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), [value[k] for k in part.inputs])
+    np.testing.assert_array_equal(y, part.targets())
+  shuffled = data.make_pipeline(train, 8, 100, shuffle=True, cache=False, seed=3)
+  first, second = (np.concatenate([x for x, _ in shuffled.as_numpy_iterator()])
+                   .mean(axis=(1, 2, 3)) for _ in range(2))
+  assert sorted(first) == sorted(second) == sorted(value[k] for k in train.inputs)
+  assert first.tolist() != second.tolist()
+  encoded = list(data.encoded_inputs(val))
+  assert len(encoded) == len(val.inputs) and all(e.startswith(b"\x89PNG") for e in encoded)
