@@ -226,7 +226,6 @@ def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
                                                                   data_dir=data_dir))
     d = config.data
   keras.utils.set_random_seed(config.training.seed)
-  size = config.model.image_size
   seconds = {}
   m = config.model
   with _phase(seconds, "data"):
@@ -236,38 +235,17 @@ def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
                                                text=config.is_text)
     if config.data.oversample:
       train_files = data.oversampled(train_files, config.training.seed)
-  mean = std = None
-  if m.task == "regression":  # the head learns standardized targets
-    targets = train_files.targets()
-    mean, std = targets.mean(axis=0).tolist(), np.maximum(targets.std(axis=0), 1e-6).tolist()
-  preprocessor = None  # text models: the tokenizer and packer the export runs
   with _phase(seconds, "model"), runtime.strategy.scope():
-    logging.info("phase model: %s%s", m.model, "" if config.is_text else f" (weights {m.weights})")
-    n_out = len(train_files.class_names)
-    if config.is_text:
-      encoder = text.load(backbones.source(m.model)[1])
-      length = m.max_length or text.choose_max_length(
-          text.token_lengths(encoder, train_files.inputs), encoder.max_length)
-      text.set_length(encoder, length)
-      logging.info("texts are packed to %d tokens%s", length,
-                   "" if m.max_length else " (the 99th percentile of the training texts)")
-      config = dataclasses.replace(config, model=dataclasses.replace(m, max_length=length))
-      model = text.build_classifier(encoder, n_out, length, m.pooling, m.head, m.dropout,
-                                    m.task, mean, std)
-      preprocessor = encoder.preprocessor
-    else:
-      backbone = backbones.build(m.model, m.weights, size, m.signature, m.output_key,
-                                 m.hub_input_range, m.backbone_layer)
-      size = backbone.image_size  # a module or .keras file may decide its own size
-      config = dataclasses.replace(config, model=dataclasses.replace(m, image_size=size))
-      model = heads.build_classifier(backbone, n_out, m.head, m.dropout, m.bn_mode, m.task,
-                                     mean, std)
+    logging.info("phase model: %s%s", m.model, "" if config.is_text else
+                 f" (weights {m.weights})")
+    config, model, encoder = _build_model(config, train_files)
     if m.unfreezes:  # Fails now, not after the head phase, when the choice is out of range.
       encoder_model = heads.backbone_of(model)
       backbones.unfreeze(encoder_model, top=m.unfreeze_top, n_blocks=m.unfreeze_blocks,
                          from_layer=m.unfreeze_from)
       backbones.freeze(encoder_model)
-  if config.is_text:
+  size = config.model.image_size
+  if encoder:
     dataset = text.pipelines(train_files, val_files, encoder, d.batch_size,
                              config.training.seed)
   else:
@@ -308,11 +286,40 @@ def _train(config: RunConfig, runtime, verbose, scratch: str) -> TrainResult:
     export_path = serving.export(model, dataset.class_names, size, config.export_dir,
                                  model_card=model_card(config, metrics),
                                  resize=config.data.resize, task=m.task,
-                                 threshold=m.threshold, text_preprocessor=preprocessor)
+                                 threshold=m.threshold,
+                                 text_preprocessor=encoder.preprocessor if encoder else None)
   reports.write_json({"status": "finished", "export_path": export_path, "seconds": seconds},
                      os.path.join(config.model_dir, STATE_FILE))
   return TrainResult(model=model, history=history, metrics=metrics, export_path=export_path,
                      class_names=dataset.class_names, config=config, seconds=seconds)
+
+
+def _build_model(config: RunConfig, train_files: data.Examples):
+  """The classifier `config` asks for, with its output sized for `train_files`; returns
+  (config with the image size or text length filled in, model, text encoder or None)."""
+  m = config.model
+  mean = std = None
+  if m.task == "regression":  # the head learns standardized targets
+    targets = train_files.targets()
+    mean, std = targets.mean(axis=0).tolist(), np.maximum(targets.std(axis=0), 1e-6).tolist()
+  n_out = len(train_files.class_names)
+  if config.is_text:
+    encoder = text.load(backbones.source(m.model)[1])
+    length = m.max_length or text.choose_max_length(
+        text.token_lengths(encoder, train_files.inputs), encoder.max_length)
+    text.set_length(encoder, length)
+    logging.info("texts are packed to %d tokens%s", length,
+                 "" if m.max_length else " (the 99th percentile of the training texts)")
+    model = text.build_classifier(encoder, n_out, length, m.pooling, m.head, m.dropout,
+                                  m.task, mean, std)
+    return dataclasses.replace(config, model=dataclasses.replace(m, max_length=length)), \
+        model, encoder
+  backbone = backbones.build(m.model, m.weights, m.image_size, m.signature, m.output_key,
+                             m.hub_input_range, m.backbone_layer)
+  size = backbone.image_size  # a module or .keras file may decide its own size
+  model = heads.build_classifier(backbone, n_out, m.head, m.dropout, m.bn_mode, m.task, mean,
+                                 std)
+  return dataclasses.replace(config, model=dataclasses.replace(m, image_size=size)), model, None
 
 
 def weights_fingerprint(model: keras.Model) -> str:
