@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kerasft import data
+from kerasft import data, heads
 from kerasft.errors import UsageError
 
 LABELS_FILE = "labels.txt"
@@ -48,7 +48,7 @@ SIGNATURES = ("serving_default", "serving_bytes", "serving_example")
 QUANTIZATIONS = ("none", "dynamic", "float16")
 
 
-MAIN_OUTPUTS = ("probabilities", "scores", "predictions")  # per task, as heads.OUTPUT_LAYERS
+MAIN_OUTPUTS = tuple(heads.OUTPUT_LAYERS.values())  # probabilities, scores, predictions
 
 
 def outputs(result, class_names: list[str], task: str = "multiclass",
