@@ -270,16 +270,24 @@ def read_tfrecords(pattern: str, flag: str, image_key: str = "", label_key: str 
           label_key: tf.io.VarLenFeature(tf.int64)}
   checker, ids, names = _ImageChecker(flag), [], []
   for path in files:
+    first = len(names)
+
+    def parse(record):
+      example = tf.io.parse_single_example(record, spec)
+      return example[image_key], example[label_key].values
+
+    records = tf.data.TFRecordDataset(path).map(
+        parse, num_parallel_calls=tf.data.AUTOTUNE).ragged_batch(512).prefetch(2)
     try:
-      for i, record in enumerate(tf.data.TFRecordDataset(path)):
-        example = tf.io.parse_single_example(record, spec)
-        name = f"{path}#{i}"
-        if not example[image_key].numpy():
-          raise UsageError(f"--{flag}: {name} has no {image_key!r} feature; name the image "
-                           "feature with --image_key")
-        checker.add(example[image_key].numpy())
-        ids.append([int(v) for v in example[label_key].values.numpy()])
-        names.append(name)
+      for images, label_ids in records:  # in batches: one Python step per 512 records
+        for image, row in zip(images.numpy(), label_ids.to_list()):
+          name = f"{path}#{len(names) - first}"
+          if not image:
+            raise UsageError(f"--{flag}: {name} has no {image_key!r} feature; name the image "
+                             "feature with --image_key")
+          checker.add(image)
+          ids.append(row)
+          names.append(name)
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
       raise UsageError(f"--{flag}: {path} is not a TFRecord file of tf.train.Examples with "
                        f"a string {image_key!r} and int64 {label_key!r} (name them with "
@@ -419,14 +427,16 @@ def read_tfds(name: str, data_dir: str, split: str, image_key: str = "", label_k
                      f"({str(e).splitlines()[0]}); its splits are "
                      f"{', '.join(builder.info.splits) or 'unknown'}") from None
   texts, per_row, names, checker = [], [], [], _ImageChecker("tfds")
-  for i, example in enumerate(ds.as_numpy_iterator()):
-    if text:
-      texts.append(example[image_key].decode("utf-8", errors="surrogateescape"))
-    else:
-      checker.add(example[image_key])
-    ids = np.atleast_1d(example[label_key]).tolist()
-    per_row.append([all_names[j] if all_names else str(j) for j in ids])
-    names.append(f"{name}[{split}]#{i}")
+  batches = ds.map(lambda example: (example[image_key], example[label_key])).ragged_batch(512)
+  for inputs, labels in batches:  # in batches: one Python step per 512 records
+    labels = labels.to_list() if hasattr(labels, "to_list") else labels.numpy().tolist()
+    for item, ids in zip(inputs.numpy(), labels):
+      if text:
+        texts.append(item.decode("utf-8", errors="surrogateescape"))
+      else:
+        checker.add(item)
+      per_row.append([all_names[j] if all_names else str(j) for j in np.atleast_1d(ids)])
+      names.append(f"{name}[{split}]#{len(names)}")
   if not names:
     raise UsageError(f"--tfds: split {split!r} of {name} is empty")
   if class_names is None and all_names:
