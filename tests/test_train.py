@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import FASHION, HAVE_IMAGENET_MOBILENET, needs_fashion, needs_imagenet_mobilenet
-from conftest import run_cli, write_color_images
+from conftest import REPO, SHARED, run_cli, write_color_images
 import kerasft
 from kerasft import data
 
@@ -116,3 +116,15 @@ def test_default_recipe_transfers_to_fashion_mnist_test_split(tmp_path):
     predicted.extend(serve(image_bytes=tf.constant(encoded))["class_ids"].numpy())
   accuracy = float(np.mean(np.asarray(predicted) == np.asarray(test.labels)))
   assert accuracy >= 0.75, accuracy
+
+
+@pytest.mark.parametrize("recipe", sorted(os.listdir(os.path.join(REPO, "flags"))))
+def test_every_recipe_file_parses_and_builds_its_backbone(recipe):
+  """--list_blocks parses the whole flagfile into a config and builds the backbone."""
+  needs = {"fashion": FASHION, "minilm": os.path.join(SHARED, "models", "all-minilm-l6-v2")}
+  for key, path in needs.items():
+    if key in recipe and not os.path.exists(path):
+      pytest.skip(f"{path} is absent")
+  result = run_cli("train", f"--flagfile=flags/{recipe}", "--list_blocks", timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert len(result.stdout.strip().splitlines()) >= 6  # one line per block
