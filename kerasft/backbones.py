@@ -238,14 +238,9 @@ def keras_home() -> str:
   return home if os.access(home, os.W_OK) else os.path.join("/tmp", ".keras")
 
 
-# Layers a classifier never uses: KerasHub's BERT pooler ([CLS] -> Dense -> tanh); kerasft
-# pools the token vectors itself (kerasft.text.Pooling), so the pooler is not a block.
-_UNUSED_LAYERS = ("pooled_dense",)
-
-
 def weighted_layers(model) -> list:
-  """The layers of `model` that own weights and feed its output, from input to output."""
-  return [layer for layer in model.layers if layer.weights and layer.name not in _UNUSED_LAYERS]
+  """The layers of `model` that own weights, in order from input to output."""
+  return [layer for layer in model.layers if layer.weights]
 
 
 def freeze(model) -> None:

@@ -145,11 +145,15 @@ def encoded_inputs(files: Examples):
       yield image
     return
   for item in files.inputs:
-    if isinstance(item, bytes):
-      yield item
-    else:
-      with open(item, "rb") as f:
-        yield f.read()
+    yield encoded_bytes(item)
+
+
+def encoded_bytes(item) -> bytes:
+  """An encoded image: held (bytes) or read from its file (a path)."""
+  if isinstance(item, bytes):
+    return item
+  with open(item, "rb") as f:
+    return f.read()
 
 
 @dataclasses.dataclass

@@ -398,15 +398,8 @@ def predict_files(predict, inputs, batch_size: int = 32, read: bool = True) -> n
   import itertools  # pylint: disable=g-import-not-at-top
   chunks, items = [], iter(inputs)
   while batch := list(itertools.islice(items, batch_size)):
-    if read:
-      batch = [b if isinstance(b, bytes) else _read_bytes(b) for b in batch]
-    chunks.append(predict(batch))
+    chunks.append(predict([data.encoded_bytes(b) for b in batch] if read else batch))
   return np.concatenate(chunks)
-
-
-def _read_bytes(path: str) -> bytes:
-  with open(path, "rb") as f:
-    return f.read()
 
 
 def read_model_card(version_dir: str) -> dict:

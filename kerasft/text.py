@@ -36,7 +36,7 @@ POOLINGS = ("mean", "cls")
 class TextBackbone:
   """A KerasHub encoder and the preprocessor (tokenizer + packer) of the same preset."""
   name: str
-  model: keras.Model  # token inputs -> {"sequence_output", ...}
+  model: keras.Model  # token inputs -> token vectors [N, L, H]
   preprocessor: keras.layers.Layer  # strings [N] -> packed token inputs of sequence_length
   max_length: int  # the encoder's limit
 
@@ -81,11 +81,16 @@ def load(preset: str) -> TextBackbone:
         "; offline, download the preset where there is internet and pass its folder")
     raise UsageError(f"--model: cannot load KerasHub preset {preset!r} ({first}){where}"
                      ) from None
+  limit = int(getattr(model, "max_sequence_length", 0) or 512)
+  # The token vectors are all a classifier uses: a functional model on the same layers that
+  # ends there leaves out what only feeds other outputs (BERT's [CLS] pooler), so blocks and
+  # unfreezing see only the layers that train.
+  sequence = model.output["sequence_output"] if isinstance(model.output, dict) else model.output
+  model = keras.Model(model.input, sequence, name=model.name)
   tokenizer = preprocessor.tokenizer
   if getattr(tokenizer, "lowercase", False) and not getattr(tokenizer, "strip_accents", True):
     if _hf_strip_accents(preset) is not False:
       tokenizer.strip_accents = True
-  limit = int(getattr(model, "max_sequence_length", 0) or 512)
   name = os.path.basename(os.path.normpath(preset)) if _is_folder(preset) else preset
   return TextBackbone(name=name, model=model, preprocessor=preprocessor, max_length=limit)
 
@@ -164,8 +169,6 @@ def build_classifier(backbone: TextBackbone, num_classes: int, max_length: int,
   backbone.model.trainable = False
   heads._pin_inference_mode(backbone.model)  # pylint: disable=protected-access
   encoded = backbone.model(inputs, training=False)
-  if isinstance(encoded, dict):  # BERT, ALBERT: {"sequence_output", "pooled_output"}
-    encoded = encoded["sequence_output"]
   x = Pooling(pooling, name="pooling")(encoded, inputs["padding_mask"])
   outputs = heads.add_head(x, num_classes, head, dropout, task, target_mean, target_std)
   return keras.Model(inputs, outputs, name=f"{backbone.name.replace('-', '_')}_classifier")
