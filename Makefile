@@ -15,11 +15,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-.keras_home/models:
-	mkdir -p $@
-	if [ -d $(SHARED_MODELS) ]; then ln -sf $(SHARED_MODELS)/* $@/; fi
+.keras_home/.linked:
+	mkdir -p .keras_home/models
+	if [ -d $(SHARED_MODELS) ]; then ln -sf $(SHARED_MODELS)/* .keras_home/models/; fi
+	touch $@
 
-demo: $(VENV)/.installed .keras_home/models
+demo: $(VENV)/.installed .keras_home/.linked
 	KERAS_HOME=$(CURDIR)/.keras_home $(PY) -m kerasft.train
 
 test: $(VENV)/.installed

@@ -1,7 +1,12 @@
-"""Narrowly scoped fixes for upstream bugs, each with its issue link and version guard.
+"""Every use of a private Keras or TensorFlow API, each with its reason, upstream link,
+the versions it was checked on, and a guard.
 
-`apply()` is called by `kerasft.fit` before training; set KERASFT_DISABLE_COMPAT=1 to
-run without the fixes (the tests do, to show each one is still needed).
+Checked on Keras 3.10-3.15 and TensorFlow 2.21 (`CHECKED`). Outside that range each
+workaround first checks that the private API it needs is still there, and falls back
+(or refuses with a `UsageError` naming the flag) when it is not; `tests/test_compat.py`
+has one canary test per workaround that fails when upstream behaviour changes. Set
+KERASFT_DISABLE_COMPAT=1 to run without the multi-worker fix (the tests do, to show it is
+still needed).
 """
 
 from __future__ import annotations
@@ -11,23 +16,179 @@ import os
 import keras
 from absl import logging
 
+from kerasft.errors import UsageError
+
+CHECKED = ("3.10", "3.15")  # Keras versions every workaround here was checked on
 _applied = False
 
 
-def _affected(first: str, last: str) -> bool:
-  version = tuple(int(p) for p in keras.__version__.split(".")[:2])
-  return (tuple(int(p) for p in first.split(".")) <= version
-          <= tuple(int(p) for p in last.split(".")))
+def _version(text: str) -> tuple[int, int]:
+  return tuple(int(p) for p in text.split(".")[:2])
+
+
+def checked(first: str = CHECKED[0], last: str = CHECKED[1]) -> bool:
+  """Whether the installed Keras is within [first, last] (major.minor)."""
+  return _version(first) <= _version(keras.__version__) <= _version(last)
+
+
+def _missing(obj, attribute: str, what: str) -> bool:
+  """True (and a warning) when a private attribute a workaround needs is gone."""
+  if hasattr(obj, attribute):
+    return False
+  logging.warning("kerasft._compat: Keras %s has no %s (%s); checked on %s-%s",
+                  keras.__version__, attribute, what, *CHECKED)
+  return True
+
+
+def pin_inference_mode(layer) -> None:
+  """Makes `layer(x, training=False)` in a functional model stay in inference mode.
+
+  Keras 3 functional models pass their own `training` flag to every layer that accepts
+  one, overriding the `training=False` a node was built with (upstream: Layer.__call__'s
+  call-context propagation in keras/src/layers/layer.py; no issue filed), so trainable
+  BatchNorm layers (--bn_mode=affine) would update their statistics during
+  `fit`. A layer whose private `_call_context_args` lacks "training" keeps the node's own
+  value. Fallback without it: nothing is pinned (a warning says so).
+  """
+  if _missing(layer, "_call_context_args", "pinning a backbone in inference mode"):
+    return
+  layer._call_context_args = set(layer._call_context_args) - {"training"}  # pylint: disable=protected-access
+
+
+def reset_initial_epoch(model) -> None:
+  """Clears the epoch `keras.callbacks.BackupAndRestore` leaves on the model.
+
+  BackupAndRestore sets the private `model._initial_epoch` when it restores a backup, and
+  `fit` prefers it to its own `initial_epoch` in every later call (upstream:
+  keras/src/callbacks/backup_and_restore.py and `self._initial_epoch or initial_epoch` in
+  keras/src/backend/tensorflow/trainer.py; no issue filed), so the next phase's `fit`
+  would start at the wrong epoch. Fallback: nothing to clear.
+  """
+  if hasattr(model, "_initial_epoch"):
+    model._initial_epoch = None  # pylint: disable=protected-access
+
+
+def track_variable(layer, variable) -> None:
+  """Makes a Keras layer own `variable` (a TF Hub module's weight) as one of its weights.
+
+  Keras 3 has no public way to adopt an existing variable (`add_weight` makes a new one;
+  upstream: keras/src/layers/layer.py); `Layer._track_variable` is what `add_weight` uses. Refuses when it is gone: a hub
+  backbone cannot be trained or saved without it.
+  """
+  if _missing(layer, "_track_variable", "adopting a TF Hub module's variables"):
+    raise UsageError(f"--model: hub:/savedmodel: backbones need Keras {CHECKED[0]}-"
+                     f"{CHECKED[1]} (Layer._track_variable); installed {keras.__version__}")
+  layer._track_variable(variable)  # pylint: disable=protected-access
+
+
+def capturable_resources(obj, depth: int = 0, seen: set | None = None) -> list:
+  """The TF resources (tensorflow-text's SentencePiece model, lookup tables) held in
+  `obj`'s attributes, a few levels deep: a SavedModel must track what its functions
+  capture, and KerasHub tokenizers keep them in plain attributes. The resource base class
+  is only importable from `tensorflow.python` (no public alias in TF 2.21); without it,
+  nothing is found and the export fails loudly if the graph needs a resource."""
+  try:
+    from tensorflow.python.trackable.resource import CapturableResource  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.warning("kerasft._compat: no tensorflow.python.trackable.resource; tokenizer "
+                    "resources are not tracked")
+    return []
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  seen = set() if seen is None else seen
+  if id(obj) in seen or depth > 4:
+    return []
+  seen.add(id(obj))
+  if isinstance(obj, CapturableResource):
+    return [obj]
+  if isinstance(obj, (list, tuple)):
+    children = obj
+  elif isinstance(obj, dict):
+    children = obj.values()
+  elif hasattr(obj, "__dict__") and not isinstance(obj, (tf.Tensor, tf.Variable, type)):
+    children = vars(obj).values()
+  else:
+    return []
+  return [r for child in children for r in capturable_resources(child, depth + 1, seen)]
+
+
+def keras_home() -> str:
+  """The folder whose models/ Keras searches for ImageNet weights (as `keras.utils.get_file`
+  does). Keras 3 has no public accessor (`keras.src.backend.config.keras_home`); the
+  fallback is Keras' own rule: $KERAS_HOME, else ~/.keras, else /tmp/.keras when that is
+  not writable."""
+  try:
+    from keras.src.backend import config as keras_config  # pylint: disable=g-import-not-at-top
+    home = keras_config.keras_home()
+  except (ImportError, AttributeError):
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+  return home if os.access(home, os.W_OK) else os.path.join("/tmp", ".keras")
+
+
+def with_variable_rates(base):
+  """`base` optimizer class that scales the rate per variable and adds L2 to gradients.
+
+  Keras has no per-variable learning rates (upstream: keras/src/optimizers/
+  base_optimizer.py `apply`; no issue filed). This overrides the private
+  `_backend_update_step` (called by `apply` with the gradients and the rate) to update
+  each group of variables at its own rate, and `_apply_weight_decay` so that decoupled
+  weight decay (AdamW) is scaled with the same factor: Keras applies it inside `apply`,
+  before the update step, at the unscaled rate. Refuses (naming --layer_lr_decay) when
+  the optimizer lacks those methods.
+  """
+  for name in ("_backend_update_step", "_apply_weight_decay"):
+    if _missing(base, name, "per-variable learning rates"):
+      raise UsageError(f"--layer_lr_decay/--weight_decay: need Keras {CHECKED[0]}-"
+                       f"{CHECKED[1]} ({base.__name__}.{name}); installed {keras.__version__}")
+
+  class Tuned(base):  # pylint: disable=missing-class-docstring
+
+    def __init__(self, *args, lr_multipliers: dict | None = None, l2: float = 0.0, **kwargs):
+      super().__init__(*args, **kwargs)
+      self._lr_multipliers = dict(lr_multipliers or {})
+      self._l2 = l2
+
+    def _groups(self, grads, variables):
+      groups: dict[float, tuple[list, list]] = {}
+      for g, v in zip(grads, variables):
+        pair = groups.setdefault(self._lr_multipliers.get(v.path, 1.0), ([], []))
+        pair[0].append(g)
+        pair[1].append(v)
+      return groups
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+      if self._l2:  # coupled L2 on kernels: the gradient of l2 * sum(w ** 2)
+        grads = [g + 2 * self._l2 * keras.ops.cast(v, g.dtype) if len(v.shape) >= 2 else g
+                 for g, v in zip(grads, trainable_variables)]
+      for multiplier, (group_grads, group_vars) in self._groups(
+          grads, trainable_variables).items():
+        super()._backend_update_step(group_grads, group_vars, learning_rate * multiplier)
+
+    def _apply_weight_decay(self, variables):
+      if self.weight_decay is None or not self._lr_multipliers:
+        return super()._apply_weight_decay(variables)
+      decay = self.weight_decay
+      try:  # read when the decay is applied (traced), so each group gets its own factor
+        for multiplier, (_, group) in self._groups(variables, variables).items():
+          self.weight_decay = decay * multiplier
+          super()._apply_weight_decay(group)
+      finally:
+        self.weight_decay = decay
+
+  Tuned.__name__ = Tuned.__qualname__ = f"Tuned{base.__name__}"
+  return Tuned
 
 
 def apply() -> None:
-  """Applies every fix whose version guard matches the installed Keras, once."""
+  """Applies the process-wide fixes whose version guard matches the installed Keras, once."""
   global _applied
   if _applied or os.environ.get("KERASFT_DISABLE_COMPAT") == "1":
     return
   _applied = True
-  if _affected("3.0", "3.15") and keras.backend.backend() == "tensorflow":
+  if checked("3.0", CHECKED[1]) and keras.backend.backend() == "tensorflow":
     _fix_multi_worker_fit()
+  elif keras.backend.backend() == "tensorflow":
+    logging.warning("kerasft._compat: Keras %s is newer than %s; the multi-worker fit fix "
+                    "(keras-team/keras#20585) is not applied", keras.__version__, CHECKED[1])
 
 
 def _fix_multi_worker_fit() -> None:

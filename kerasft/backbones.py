@@ -111,25 +111,40 @@ class Backbone:
   image_size: int
 
 
-def build(name: str, weights: str = "imagenet", image_size: int | None = None,
-          signature: str = "", output_key: str = "", input_range: str = "0,1",
-          backbone_layer: str = "") -> Backbone:
-  """Builds backbone `name` with global average pooling, frozen (`trainable=False`).
+def build(m) -> Backbone:
+  """Builds the backbone a `ModelConfig` names, with global average pooling, frozen.
 
-  name: a Keras Applications name, `hub:HANDLE`, `savedmodel:PATH` or `keras:PATH`.
-  weights (applications): "imagenet" (Keras' cache in `$KERAS_HOME/models`, downloaded
+  m.model: a Keras Applications name, `hub:HANDLE`, `savedmodel:PATH` or `keras:PATH`.
+  m.weights (applications): "imagenet" (Keras' cache in `$KERAS_HOME/models`, downloaded
   when missing), "none" (random initialization) or the path of a weights file.
-  image_size: the input side [the application's own / what the module declares].
-  signature, output_key, input_range: which function and output of a SavedModel or hub
-  module to use and the pixel range it expects ("0,1", "-1,1" or "0,255").
-  backbone_layer: for keras:PATH, the last layer kept [the one before the output layer].
+  m.image_size: the input side [the application's own / what the module declares].
+  m.signature, m.output_key, m.hub_input_range: which function and output of a SavedModel
+  or hub module to use and the pixel range it expects ("0,1", "-1,1" or "0,255").
+  m.backbone_layer: for keras:PATH, the last layer kept [the one before the output layer].
   """
-  prefix, what = source(name)
+  prefix, what = source(m.model)
   if prefix in ("hub:", "savedmodel:"):
-    return _build_module(name, what, image_size, signature, output_key, input_range)
+    return _build_module(m.model, what, m.image_size, m.signature, m.output_key,
+                         m.hub_input_range)
   if prefix == "keras:":
-    return _build_keras_file(name, what, backbone_layer)
-  return _build_application(name, weights, image_size or spec(name).default_size)
+    return _build_keras_file(m.model, what, m.backbone_layer)
+  return _build_application(m.model, m.weights, m.image_size or spec(m.model).default_size)
+
+
+def preprocess_name(m) -> str:
+  """What the model does to pixels before the backbone (`kerasft.heads.Preprocess` mode)."""
+  prefix, _ = source(m.model)
+  if prefix == "keras:":
+    return "none"
+  if prefix:
+    return INPUT_RANGES[m.hub_input_range]
+  return spec(m.model).preprocess
+
+
+def model_table() -> str:
+  """--list_models: every Keras Applications name with its default input size."""
+  return "\n".join([f"{'model':<22} default input size"] + [
+      f"{name:<22} {entry.default_size}" for name, entry in MODELS.items()])
 
 
 def _build_module(name, handle, image_size, signature, output_key, input_range) -> Backbone:
@@ -209,7 +224,8 @@ def _build_application(name: str, weights: str, image_size: int) -> Backbone:
     match = re.search(r"URL fetch failure on (\S+?): ", str(e))
     if keras_weights != "imagenet" or not match:
       raise
-    cache = os.path.join(keras_home(), "models")
+    from kerasft import _compat  # pylint: disable=g-import-not-at-top
+    cache = os.path.join(_compat.keras_home(), "models")
     raise UsageError(
         f"--weights=imagenet: {name}'s ImageNet weights {os.path.basename(match.group(1))} are "
         f"not in Keras' cache {cache} and cannot be downloaded ({str(e).split(': ')[-1]}); "
@@ -228,14 +244,6 @@ def _build_application(name: str, weights: str, image_size: int) -> Backbone:
                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
   model.trainable = False
   return Backbone(name=name, model=model, preprocess=entry.preprocess, image_size=image_size)
-
-
-def keras_home() -> str:
-  """The folder whose models/ Keras searches for ImageNet weights (as `keras.utils.get_file`)."""
-  from keras.src.backend import config as keras_config  # pylint: disable=g-import-not-at-top
-
-  home = keras_config.keras_home()  # Keras 3 has no public accessor for this folder.
-  return home if os.access(home, os.W_OK) else os.path.join("/tmp", ".keras")
 
 
 def weighted_layers(model) -> list:

@@ -1,112 +1,100 @@
-"""The frozen dataclasses that describe one training run.
+"""The frozen dataclasses that describe one training run: each setting declared once.
 
-Field names are the command-line flag names and field defaults are the flags' defaults
-(`kerasft/train.py` reads them from here). Every value is validated when the dataclass is
-made, so a bad value fails before anything is read or written, with a `UsageError` that
-names the flag. `RunConfig.resolved()` fills the defaults that depend on other values
-(name, folders, image size); the resolved config is written as `config.json` next to every
-run and `RunConfig.from_json` reads it back.
+Field names are the command-line flag names; each field carries its default, its help
+text and its choices (`kerasft.settings.setting`), and `kerasft.cli` defines the flags of
+every entry point from them. Every value is validated when the dataclass is made, so a bad
+value fails before anything is read or written, with a `UsageError` that names the flag.
+`RunConfig.resolved()` fills the defaults that depend on other values (name, folders, image
+size); the resolved config is written as `config.json` next to every run and
+`RunConfig.from_json` reads it back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-from typing import Any, Optional
+from typing import Optional
 
 from kerasft import backbones
 from kerasft.errors import UsageError
+from kerasft.files import write_json
+from kerasft.settings import (check, check_choices, fraction, non_negative_int,
+                              positive_float, positive_int, setting)
 
-OPTIMIZERS = ("adam", "sgd", "adamw")
-BN_MODES = ("frozen", "affine", "train")
-LR_SCHEDULES = ("constant", "cosine")
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu", "parameter_server")
-MIXED_PRECISION = ("auto", "off", "mixed_float16", "mixed_bfloat16")
-ON_OFF_AUTO = ("auto", "on", "off")
-AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate")
-CACHE_MODES = ("auto", "on", "off")
 TASKS = ("multiclass", "multilabel", "regression")
-
-
-def _check(condition: bool, flag: str, message: str, value: Any) -> None:
-  if not condition:
-    raise UsageError(f"--{flag}: {message}, got {value!r}")
-
-
-def _positive_int(value, flag):
-  _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-         flag, "must be a positive integer", value)
-
-
-def _non_negative_int(value, flag):
-  _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-         flag, "must be an integer >= 0", value)
-
-
-def _positive_float(value, flag):
-  _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
-         flag, "must be a positive number", value)
+AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate")
+AUTO_ON_OFF = ("auto", "on", "off")
+DATA_SOURCES = ("data_dir", "csv", "tfrecord", "tfds", "text_dir")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """The backbone, its weights and the new head."""
-  model: str = "mobilenet"
-  weights: str = "imagenet"  # "imagenet", "none", or a path to a weights file
-  image_size: Optional[int] = None  # None: the backbone's own default size
-  head: tuple[int, ...] = ()  # hidden Dense sizes before the classifier layer
-  dropout: float = 0.2
-  # What the fine-tune phase unfreezes: at most one of these three, or gradual_unfreeze.
-  unfreeze_top: int = 0  # the top N backbone layers with weights (BatchNorm not counted)
-  unfreeze_blocks: int = 0  # the top K blocks (see --list_blocks)
-  unfreeze_from: str = ""  # every layer from this one to the top
-  gradual_unfreeze: int = 0  # K more blocks at the start of each fine-tune epoch
-  bn_mode: str = "frozen"  # unfrozen BatchNorm: frozen | affine (gamma, beta) | train
-  # hub:/savedmodel: sources
-  signature: str = ""
-  output_key: str = ""
-  hub_input_range: str = "0,1"
-  backbone_layer: str = ""  # keras: source
-  task: str = "multiclass"  # multiclass | multilabel (sigmoid per label) | regression
-  max_length: int = 0  # keras_hub: tokens per text; 0: the 99th percentile, rounded up to 8
-  pooling: str = "mean"  # keras_hub: mean (of unpadded tokens) | cls
-  threshold: float = 0.5  # multilabel: the score at which the export names a label
+  model: str = setting(
+      "mobilenet", "The backbone: a Keras Applications name (--list_models), hub:HANDLE (a "
+      "TF Hub handle, URL or folder), savedmodel:PATH, keras:PATH (a .keras file), or "
+      "keras_hub:PRESET_OR_FOLDER (a text encoder: BERT, RoBERTa, ...).")
+  weights: str = setting("imagenet", "'imagenet' (Keras' cache, $KERAS_HOME/models), 'none', "
+                         "or a weights file.")
+  image_size: Optional[int] = setting(None, "Input side in pixels [the backbone's own].")
+  head: tuple[int, ...] = setting((), "Hidden Dense sizes of the head, e.g. 512,256 [none].")
+  dropout: float = setting(0.2, "Dropout rate before each head layer.")
+  unfreeze_top: int = setting(0, "Fine-tune phase: unfreeze the top N backbone layers with "
+                              "weights (BatchNorm not counted).")
+  unfreeze_blocks: int = setting(0, "Fine-tune phase: unfreeze the top K blocks "
+                                 "(--list_blocks).")
+  unfreeze_from: str = setting("", "Fine-tune phase: unfreeze every layer from this one to "
+                               "the top.")
+  gradual_unfreeze: int = setting(0, "Fine-tune phase: unfreeze K more blocks at the start "
+                                  "of each epoch.")
+  bn_mode: str = setting(
+      "frozen", "Unfrozen BatchNorm layers: frozen (all weights fixed, inference mode), "
+      "affine (train gamma and beta, keep the statistics), train (everything, in training "
+      "mode).", choices=("frozen", "affine", "train"))
+  signature: str = setting("", "hub:/savedmodel: the signature to call [__call__, else "
+                           "serving_default].")
+  output_key: str = setting("", "hub:/savedmodel: the output to use when the function "
+                            "returns a dict.")
+  hub_input_range: str = setting("0,1", "hub:/savedmodel: the pixel range the module "
+                                 "expects.", choices=tuple(backbones.INPUT_RANGES))
+  backbone_layer: str = setting("", "keras: the last layer kept as the backbone [the one "
+                                "before the output].")
+  task: str = setting("multiclass", "multiclass (softmax), multilabel (sigmoid per label, "
+                      "binary cross-entropy) or regression (--csv numeric targets, MSE).",
+                      choices=TASKS)
+  max_length: int = setting(0, "Text models: tokens per text [0: the 99th percentile of the "
+                            "training texts, rounded up to 8, at most the model's limit].")
+  pooling: str = setting("mean", "Text models: the mean of the token vectors or the first "
+                         "([CLS]) token's.", choices=("mean", "cls"))
+  threshold: float = setting(0.5, "multilabel: the score at which the export's `labels` "
+                             "output names a label.")
 
   def __post_init__(self):
     prefix, _ = backbones.source(self.model)  # raises UsageError with close matches
-    _check(isinstance(self.weights, str) and self.weights != "", "weights",
-           "must be 'imagenet', 'none' or a path to a weights file", self.weights)
+    check_choices(self)
+    check(isinstance(self.weights, str) and self.weights != "", "weights",
+          "must be 'imagenet', 'none' or a path to a weights file", self.weights)
     if self.image_size is not None:
-      _positive_int(self.image_size, "image_size")
+      positive_int(self.image_size, "image_size")
       minimum = 1 if prefix else backbones.spec(self.model).min_size
-      _check(self.image_size >= minimum, "image_size",
-             f"{self.model} needs at least {minimum} pixels", self.image_size)
+      check(self.image_size >= minimum, "image_size",
+            f"{self.model} needs at least {minimum} pixels", self.image_size)
     object.__setattr__(self, "head", tuple(self.head))
     for size in self.head:
-      _positive_int(size, "head")
-    _check(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout",
-           "must be in [0, 1)", self.dropout)
-    _non_negative_int(self.unfreeze_top, "unfreeze_top")
-    _non_negative_int(self.unfreeze_blocks, "unfreeze_blocks")
-    _non_negative_int(self.gradual_unfreeze, "gradual_unfreeze")
+      positive_int(size, "head")
+    fraction(self.dropout, "dropout", low_open=False)
+    for name in ("unfreeze_top", "unfreeze_blocks", "gradual_unfreeze", "max_length"):
+      non_negative_int(getattr(self, name), name)
     chosen = [f for f in ("unfreeze_top", "unfreeze_blocks", "unfreeze_from", "gradual_unfreeze")
               if getattr(self, f)]
     if len(chosen) > 1:
       raise UsageError(f"--{chosen[1]}: pass only one of --unfreeze_top, --unfreeze_blocks, "
                        f"--unfreeze_from and --gradual_unfreeze, got {', '.join(chosen)}")
-    _check(self.bn_mode in BN_MODES, "bn_mode", f"must be one of {', '.join(BN_MODES)}",
-           self.bn_mode)
-    _check(self.hub_input_range in backbones.INPUT_RANGES, "hub_input_range",
-           f"must be one of {', '.join(backbones.INPUT_RANGES)}", self.hub_input_range)
-    _non_negative_int(self.max_length, "max_length")
-    _check(self.pooling in ("mean", "cls"), "pooling", "must be mean or cls", self.pooling)
     if (self.max_length or self.pooling != "mean") and prefix != "keras_hub:":
       raise UsageError("--max_length/--pooling: only for text models (--model=keras_hub:...)")
-    _check(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}", self.task)
-    _check(isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1, "threshold",
-           "must be between 0 and 1 (exclusive)", self.threshold)
+    check(isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1, "threshold",
+          "must be between 0 and 1 (exclusive)", self.threshold)
 
   @property
   def unfreezes(self) -> bool:
@@ -117,56 +105,72 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Where the labelled images are and how they are batched.
+  """Where the labelled examples are and how they are batched.
 
-  One source: data_dir (image folders), csv, tfrecord or tfds; none: the built-in recipe.
+  One source: data_dir (image folders), csv, tfrecord, tfds or text_dir; none: the built-in
+  recipe (scikit-learn's digits).
   """
-  data_dir: str = ""  # "" and no other source: the built-in recipe (scikit-learn's digits)
-  val_dir: str = ""
-  csv: str = ""  # a .csv/.tsv with --path_column (relative to its folder) and --label_column
-  val_csv: str = ""
-  path_column: str = "path"
-  label_column: str = "label"  # regression: several target columns separated by commas
-  tfrecord: str = ""  # a glob of TFRecord files of tf.train.Examples
-  val_tfrecord: str = ""
-  label_names: str = ""  # tfrecord: a file naming the classes, line i for label id i
-  image_key: str = ""  # tfrecord/tfds: the image feature [image/encoded; tfds: its Image]
-  label_key: str = ""  # tfrecord/tfds: the label feature [image/class/label; its ClassLabel]
-  text_dir: str = ""  # keras_hub: one sub-folder of .txt files per class
-  text_column: str = "text"  # keras_hub with --csv: the column of texts
-  text_key: str = ""  # keras_hub with --tfds: the text feature [its first Text feature]
-  tfds: str = ""  # NAME or NAME:CONFIG of a prepared TFDS data set (never downloaded)
-  tfds_data_dir: str = ""  # "": TFDS' default (~/tensorflow_datasets or $TFDS_DATA_DIR)
-  train_split: str = "train"
-  val_split: str = ""  # "": the data set's validation split if any, else --validation_split
-  validation_split: float = 0.2
-  cache_dir: str = ""  # decoded images cached in files here ("": in memory when they fit)
-  mixup: float = 0.0  # MixUp Beta(alpha, alpha) on training batches; 0: off
-  cutmix: float = 0.0  # CutMix Beta(alpha, alpha) on training batches; 0: off
-  oversample: bool = False  # draw every class up to the largest's count (multiclass)
-  batch_size: int = 32
-  strict_data: bool = False  # unreadable images are an error instead of skipped
-  resize: str = "squash"  # squash | crop | pad, in training and in the export alike
-  augment: tuple[str, ...] = ()  # training-only Keras preprocessing layers (AUGMENTATIONS)
-  augment_strength: float = 0.1
-  class_weight: str = "none"  # none | balanced (weights from the training label counts)
+  data_dir: str = setting("", "Folder with one sub-folder per class, or train/ and "
+                          "validation/ (val/) split folders [the built-in digits recipe].")
+  val_dir: str = setting("", "Validation folder with the same class sub-folders.")
+  csv: str = setting("", "A .csv/.tsv of image paths (--path_column, relative to its folder) "
+                     "and labels (--label_column): a class, a|b for multilabel, numbers for "
+                     "regression. Text models: .csv, .tsv or .jsonl of texts.")
+  val_csv: str = setting("", "Validation rows, like --csv.")
+  path_column: str = setting("path", "--csv: the column of image paths.")
+  label_column: str = setting("label", "--csv: the label column (regression: target columns, "
+                              "comma-separated) [evaluate, regression: the model's targets].")
+  tfrecord: str = setting("", "A glob of TFRecord files of tf.train.Examples (--image_key, "
+                          "--label_key).")
+  val_tfrecord: str = setting("", "Validation TFRecord files, like --tfrecord.")
+  label_names: str = setting("", "--tfrecord: a file of class names, line i naming label id "
+                             "i [the ids].")
+  image_key: str = setting("", "--tfrecord/--tfds: the image feature [image/encoded; for TFDS "
+                           "its Image feature].")
+  label_key: str = setting("", "--tfrecord/--tfds: the label feature [image/class/label; for "
+                           "TFDS its ClassLabel feature].")
+  text_dir: str = setting("", "Text models: a folder with one sub-folder of .txt files per "
+                          "class.")
+  text_column: str = setting("text", "Text models with --csv (.csv, .tsv, .jsonl): the column "
+                             "of texts.")
+  text_key: str = setting("", "Text models with --tfds: the text feature [its first Text "
+                          "feature].")
+  tfds: str = setting("", "A prepared TFDS data set, NAME or NAME:CONFIG (read with "
+                      "download=False; prepare it with `tfds build NAME`).")
+  tfds_data_dir: str = setting("", "Where TFDS data sets are prepared [~/tensorflow_datasets "
+                               "or $TFDS_DATA_DIR].")
+  train_split: str = setting("train", "--tfds: the training split, e.g. train[:80%].")
+  val_split: str = setting("", "--tfds: the validation split [validation if the data set has "
+                           "one, else --validation_split of the training split].")
+  validation_split: float = setting(0.2, "Stratified share of the training data held out for "
+                                    "validation when there is no validation part.")
+  cache_dir: str = setting("", "Cache decoded images in files here [in memory when they fit].")
+  mixup: float = setting(0.0, "MixUp on training batches with Beta(alpha, alpha) [0: off].")
+  cutmix: float = setting(0.0, "CutMix on training batches with Beta(alpha, alpha) [0: off]; "
+                          "with --mixup, each batch uses one of them.")
+  oversample: bool = setting(False, "Repeat examples of smaller classes up to the largest "
+                             "class's count.")
+  batch_size: int = setting(32, "Global batch size.")
+  strict_data: bool = setting(False, "Stop on unreadable images instead of skipping them "
+                              "with a warning.")
+  resize: str = setting("squash", "How images become squares, in training and in the "
+                        "export's serving_bytes.", choices=("squash", "crop", "pad"))
+  augment: tuple[str, ...] = setting(
+      (), "Training-only augmentation, any of flip,rotate,zoom,contrast,translate (never in "
+      "the export; turns feature caching off).", choices=AUGMENTATIONS)
+  augment_strength: float = setting(0.1, "How strong each augmentation is (fraction of a turn "
+                                    "/ size / contrast).")
+  class_weight: str = setting("none", "balanced: weight each class's loss by n / (classes * "
+                              "its count).", choices=("none", "balanced"))
 
   def __post_init__(self):
-    _check(isinstance(self.validation_split, (int, float)) and 0 < self.validation_split < 1,
-           "validation_split", "must be between 0 and 1 (exclusive)", self.validation_split)
-    _positive_int(self.batch_size, "batch_size")
-    _check(self.resize in ("squash", "crop", "pad"), "resize", "must be squash, crop or pad",
-           self.resize)
     object.__setattr__(self, "augment", tuple(self.augment))
-    unknown = [a for a in self.augment if a not in AUGMENTATIONS]
-    _check(not unknown, "augment", f"must be among {', '.join(AUGMENTATIONS)}",
-           ",".join(self.augment))
-    _check(isinstance(self.augment_strength, (int, float)) and 0 < self.augment_strength < 1,
-           "augment_strength", "must be between 0 and 1 (exclusive)", self.augment_strength)
-    _check(self.class_weight in ("none", "balanced"), "class_weight",
-           "must be none or balanced", self.class_weight)
-    sources = [f for f in ("data_dir", "csv", "tfrecord", "tfds", "text_dir")
-               if getattr(self, f)]
+    check_choices(self)
+    check(isinstance(self.validation_split, (int, float)) and 0 < self.validation_split < 1,
+          "validation_split", "must be between 0 and 1 (exclusive)", self.validation_split)
+    positive_int(self.batch_size, "batch_size")
+    fraction(self.augment_strength, "augment_strength")
+    sources = [f for f in DATA_SOURCES if getattr(self, f)]
     if len(sources) > 1:
       raise UsageError(f"--{sources[1]}: pass one data source, got --{' and --'.join(sources)}")
     for val, train in (("val_dir", "data_dir"), ("val_csv", "csv"),
@@ -176,133 +180,125 @@ class DataConfig:
     if (self.image_key or self.label_key) and not (self.tfrecord or self.tfds):
       raise UsageError("--image_key/--label_key: only go with --tfrecord or --tfds")
     for alpha in ("mixup", "cutmix"):
-      _check(isinstance(getattr(self, alpha), (int, float)) and getattr(self, alpha) >= 0,
-             alpha, "must be >= 0 (the Beta distribution's alpha; 0: off)",
-             getattr(self, alpha))
+      check(isinstance(getattr(self, alpha), (int, float)) and getattr(self, alpha) >= 0,
+            alpha, "must be >= 0 (the Beta distribution's alpha; 0: off)",
+            getattr(self, alpha))
     if self.oversample and self.class_weight != "none":
       raise UsageError("--oversample: already balances the classes; leave out "
                        "--class_weight=balanced")
+
+  @property
+  def source(self) -> str:
+    """The flag of the data source in use ("" when none is given)."""
+    return next((f for f in DATA_SOURCES if getattr(self, f)), "")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
   """The optimizer and the two phases: head (frozen backbone), then optional fine-tuning."""
-  optimizer: str = "adam"
-  learning_rate: float = 1e-3
-  epochs: int = 5
-  fine_tune_epochs: int = 0
-  fine_tune_learning_rate: Optional[float] = None  # None: a tenth of learning_rate
-  label_smoothing: float = 0.0
-  seed: int = 0
-  lr_schedule: str = "constant"  # constant | cosine, in each phase
-  warmup_epochs: float = 0.0  # linear warmup at the start of each phase
-  weight_decay: Optional[float] = None  # None: adamw's default 0.004, else 0; L2 for adam/sgd
-  layer_lr_decay: float = 1.0  # each backbone block's rate: this factor per block below top
-  early_stopping_patience: int = 0  # epochs without a better monitored metric; 0: off
-  reduce_lr_patience: int = 0  # epochs without a lower val_loss before halving the rate; 0: off
-  deterministic: bool = False  # seeds plus tf.config.experimental.enable_op_determinism()
-  # Distribution and speed (see kerasft/fit.py)
-  strategy: str = "auto"  # auto: mirrored with more than one GPU, else the default
-  cpu_replicas: int = 0  # split the CPU into N logical devices (for mirrored without GPUs)
-  cluster_resolver: str = "tf_config"  # multi_worker: tf_config | slurm
-  mixed_precision: str = "auto"  # auto: mixed_bfloat16 on GPUs that support it, else off
-  jit_compile: str = "auto"  # auto: off on CPU (XLA was 7-12x slower here), on with GPUs
-  steps_per_execution: int = 1
-  cache_features: str = "auto"  # auto: cache the frozen backbone's features in the head phase
-  feature_cache_memory: int = 0  # MiB of features kept in memory; 0: a quarter of the RAM
-  feature_cache_dir: str = ""  # "": <model_dir>/feature_cache
-  feature_cache_dtype: str = "float32"
+  optimizer: str = setting("adam", "The optimizer (sgd: momentum 0.9).",
+                           choices=("adam", "sgd", "adamw"))
+  learning_rate: float = setting(1e-3, "Learning rate of the head phase.")
+  epochs: int = setting(5, "Epochs of the head phase (frozen backbone).")
+  fine_tune_epochs: int = setting(0, "Epochs of the fine-tune phase after the head phase "
+                                  "(needs --unfreeze_top or another unfreeze flag).")
+  fine_tune_learning_rate: Optional[float] = setting(
+      None, "Learning rate of the fine-tune phase [a tenth of --learning_rate].")
+  label_smoothing: float = setting(0.0, "Label smoothing of the loss.")
+  seed: int = setting(0, "Seed for the split, shuffling and initialization.")
+  lr_schedule: str = setting("constant", "Learning rate over each phase: constant or cosine "
+                             "decay to 0.", choices=("constant", "cosine"))
+  warmup_epochs: float = setting(0.0, "Linear warmup from 0 at the start of each phase, in "
+                                 "epochs.")
+  weight_decay: Optional[float] = setting(
+      None, "Decoupled weight decay for adamw [0.004]; L2 on kernels for adam and sgd [0]. "
+      "Only trainable weights (head, unfrozen layers) are affected; with --layer_lr_decay "
+      "each block's decay is scaled with its rate.")
+  layer_lr_decay: float = setting(1.0, "Fine-tune phase: each backbone block learns at this "
+                                  "factor of the block above it (the top block at this factor "
+                                  "of the head's rate).")
+  early_stopping_patience: int = setting(0, "Stop a phase after N epochs without a better "
+                                         "monitored metric (val_accuracy; multilabel: val_auc; "
+                                         "regression: val_loss) [0: off].")
+  reduce_lr_patience: int = setting(0, "Halve the rate after N epochs without a lower "
+                                    "val_loss [0: off].")
+  deterministic: bool = setting(False, "Seeds plus tf.config.experimental."
+                                "enable_op_determinism(): two runs give bit-identical weights "
+                                "on CPU.")
+  strategy: str = setting(
+      "auto", "tf.distribute strategy; auto: mirrored with more than one GPU, else the "
+      "default. --batch_size is the global batch.",
+      choices=("auto", "one_device", "mirrored", "multi_worker", "tpu", "parameter_server"))
+  cpu_replicas: int = setting(0, "Split the CPU into N logical devices (to run "
+                              "--strategy=mirrored without GPUs).")
+  cluster_resolver: str = setting("tf_config", "multi_worker: where the cluster comes from "
+                                  "(TF_CONFIG or Slurm).", choices=("tf_config", "slurm"))
+  mixed_precision: str = setting(
+      "auto", "auto: mixed_bfloat16 on GPUs that support it, off on CPU. The output layer "
+      "and the export stay float32.",
+      choices=("auto", "off", "mixed_float16", "mixed_bfloat16"))
+  jit_compile: str = setting("auto", "XLA; auto: on with GPUs, off on CPU (7-12x slower for "
+                             "MobileNets here).", choices=AUTO_ON_OFF)
+  steps_per_execution: int = setting(1, "Training steps per tf.function call.")
+  cache_features: str = setting(
+      "auto", "Compute the frozen backbone's features once and train the head on them "
+      "(auto/on: when the backbone is frozen and nothing augments its input).",
+      choices=AUTO_ON_OFF)
+  feature_cache_memory: int = setting(0, "MiB of cached features kept in memory; more go to "
+                                      "--feature_cache_dir [0: a quarter of the RAM].")
+  feature_cache_dir: str = setting("", "Where features that do not fit in memory go "
+                                   "[<model_dir>/feature_cache].")
+  feature_cache_dtype: str = setting("float32", "How cached features are stored.",
+                                     choices=("float32", "float16"))
 
   def __post_init__(self):
-    _check(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}",
-           self.optimizer)
-    _positive_float(self.learning_rate, "learning_rate")
-    _positive_int(self.epochs, "epochs")
-    _non_negative_int(self.fine_tune_epochs, "fine_tune_epochs")
+    check_choices(self)
+    positive_float(self.learning_rate, "learning_rate")
+    positive_int(self.epochs, "epochs")
+    positive_int(self.steps_per_execution, "steps_per_execution")
+    for name in ("fine_tune_epochs", "seed", "early_stopping_patience", "reduce_lr_patience",
+                 "cpu_replicas", "feature_cache_memory"):
+      non_negative_int(getattr(self, name), name)
     if self.fine_tune_learning_rate is not None:
-      _positive_float(self.fine_tune_learning_rate, "fine_tune_learning_rate")
-    _check(isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1,
-           "label_smoothing", "must be in [0, 1)", self.label_smoothing)
-    _non_negative_int(self.seed, "seed")
-    _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule",
-           f"must be one of {', '.join(LR_SCHEDULES)}", self.lr_schedule)
-    _check(isinstance(self.warmup_epochs, (int, float)) and self.warmup_epochs >= 0,
-           "warmup_epochs", "must be >= 0", self.warmup_epochs)
+      positive_float(self.fine_tune_learning_rate, "fine_tune_learning_rate")
+    fraction(self.label_smoothing, "label_smoothing", low_open=False)
+    check(isinstance(self.warmup_epochs, (int, float)) and self.warmup_epochs >= 0,
+          "warmup_epochs", "must be >= 0", self.warmup_epochs)
     if self.weight_decay is not None:
-      _check(isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < 1,
-             "weight_decay", "must be in [0, 1)", self.weight_decay)
-    _check(isinstance(self.layer_lr_decay, (int, float)) and 0 < self.layer_lr_decay <= 1,
-           "layer_lr_decay", "must be in (0, 1]", self.layer_lr_decay)
-    _non_negative_int(self.early_stopping_patience, "early_stopping_patience")
-    _non_negative_int(self.reduce_lr_patience, "reduce_lr_patience")
+      fraction(self.weight_decay, "weight_decay", low_open=False)
+    fraction(self.layer_lr_decay, "layer_lr_decay", high_open=False)
     if self.reduce_lr_patience and self.lr_schedule != "constant":
       raise UsageError("--reduce_lr_patience: cannot change the rate of --lr_schedule="
                        f"{self.lr_schedule}; use one of them")
-    _check(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}",
-           self.strategy)
-    _non_negative_int(self.cpu_replicas, "cpu_replicas")
-    _check(self.cluster_resolver in ("tf_config", "slurm"), "cluster_resolver",
-           "must be tf_config or slurm", self.cluster_resolver)
-    _check(self.mixed_precision in MIXED_PRECISION, "mixed_precision",
-           f"must be one of {', '.join(MIXED_PRECISION)}", self.mixed_precision)
-    _check(self.jit_compile in ON_OFF_AUTO, "jit_compile", "must be auto, on or off",
-           self.jit_compile)
-    _positive_int(self.steps_per_execution, "steps_per_execution")
-    _check(self.cache_features in CACHE_MODES, "cache_features",
-           f"must be one of {', '.join(CACHE_MODES)}", self.cache_features)
-    _non_negative_int(self.feature_cache_memory, "feature_cache_memory")
-    _check(self.feature_cache_dtype in ("float32", "float16"), "feature_cache_dtype",
-           "must be float32 or float16", self.feature_cache_dtype)
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """One training run: model, data, training, and where its outputs go."""
-  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-  data: DataConfig = dataclasses.field(default_factory=DataConfig)
-  training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
-  name: str = ""  # "": derived from the backbone
-  model_dir: str = ""  # "": runs/<name>
-  export_dir: str = ""  # "": saved_models/<name>
-  overwrite: bool = False
+  model: ModelConfig = setting(factory=ModelConfig)
+  data: DataConfig = setting(factory=DataConfig)
+  training: TrainingConfig = setting(factory=TrainingConfig)
+  name: str = setting("", "The model's name; names runs/<name> and saved_models/<name> "
+                      "[the backbone's].")
+  model_dir: str = setting("", "The run's folder [runs/<name>].")
+  export_dir: str = setting("", "The model's TF Serving folder; each run or export adds a "
+                            "version [saved_models/<name>; export: the run's].")
+  overwrite: bool = setting(False, "Replace a finished run in --model_dir, or an existing "
+                            "--version.")
 
   def __post_init__(self):
     if self.name:
-      _check(os.sep not in self.name and self.name not in (".", ".."), "name",
+      check(os.sep not in self.name and self.name not in (".", ".."), "name",
              "must be a plain name without path separators", self.name)
     if self.model.unfreezes and not self.training.fine_tune_epochs:
       raise UsageError("--unfreeze_top/--unfreeze_blocks/--unfreeze_from/--gradual_unfreeze "
                        "have no effect without --fine_tune_epochs; pass --fine_tune_epochs=N")
-    task, d = self.model.task, self.data
-    if task != "multiclass":
-      chosen = [f for f, on in (("class_weight", d.class_weight != "none"),
-                                ("oversample", d.oversample)) if on]
-      if task == "regression":
-        chosen += [f for f in ("mixup", "cutmix") if getattr(d, f)]
-        chosen += ["label_smoothing"] if self.training.label_smoothing else []
-        if not d.csv:
-          raise UsageError("--task=regression: needs numeric targets from --csv "
-                           "(--label_column names the target columns)")
-      if chosen:
-        raise UsageError(f"--{chosen[0]}: not for --task={task}")
-    if self.is_text:
-      if d.data_dir or d.tfrecord:
-        raise UsageError(f"--{'data_dir' if d.data_dir else 'tfrecord'}: a text model "
-                         "(--model=keras_hub:...) reads --csv, --text_dir or --tfds")
-      used = [f for f in ("augment", "mixup", "cutmix") if getattr(d, f)]
-      if used:
-        raise UsageError(f"--{used[0]}: image augmentation; not for text models")
-    elif d.text_dir:
-      raise UsageError("--text_dir: needs a text model, --model=keras_hub:PRESET_OR_FOLDER")
+    from kerasft import tasks  # pylint: disable=g-import-not-at-top  # tasks read configs
+    tasks.check(self)  # what the modality and the output type cannot honour
     if self.training.fine_tune_epochs and not self.model.unfreezes:
       raise UsageError(f"--fine_tune_epochs={self.training.fine_tune_epochs} needs layers to "
                        "train; pass --unfreeze_top=N (or --unfreeze_blocks, --unfreeze_from, "
                        "--gradual_unfreeze) as well")
-
-  @property
-  def is_text(self) -> bool:
-    """Whether this is a text run (a KerasHub encoder)."""
-    return self.model.model.startswith("keras_hub:")
 
   def resolved(self) -> "RunConfig":
     """Returns a copy with name, folders, image size and fine-tune rate filled in."""
@@ -323,9 +319,7 @@ class RunConfig:
     return dataclasses.asdict(self)
 
   def to_json(self, path: str) -> None:
-    with open(path, "w") as f:
-      json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-      f.write("\n")
+    write_json(self.to_dict(), path, sort_keys=True)
 
   @classmethod
   def from_dict(cls, d: dict) -> "RunConfig":

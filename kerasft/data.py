@@ -24,6 +24,7 @@ import numpy as np
 from absl import logging
 
 from kerasft.errors import UsageError
+from kerasft.tasks.outputs import Output
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 VALIDATION_FOLDERS = ("validation", "val")
@@ -31,9 +32,6 @@ VALIDATION_FOLDERS = ("validation", "val")
 MEMORY_CACHE_BYTES = 2 << 30
 PROGRESS_FROM = 20_000  # checking this many images or records shows a progress bar
 STREAM_SHUFFLE_BUFFER = 10_000  # streamed records that do not fit in memory shuffle this many
-
-
-TASKS = ("multiclass", "multilabel", "regression")
 
 
 @dataclasses.dataclass
@@ -44,12 +42,13 @@ class Examples:
   TFDS, or (text models) the texts.
   labels: per example, its class id (multiclass), a list of class ids (multilabel) or a list
   of float targets (regression). class_names: the classes, or the regression targets'
-  names. names: how messages name each example (default: its input).
+  names. output: the kind of labels (`kerasft.tasks.outputs`). names: how messages name
+  each example (default: its input).
   """
   inputs: list
   labels: list
   class_names: list[str]
-  task: str = "multiclass"
+  output: Output = dataclasses.field(default_factory=Output)
   names: Optional[list[str]] = None
   streams: tuple = ()  # RecordStreams the records are read from (then inputs are their keys)
   problems: Optional[list] = None  # per example, why it is unusable (None: fine), if known
@@ -80,13 +79,7 @@ class Examples:
 
   def targets(self) -> np.ndarray:
     """float32 [N, C]: one-hot (multiclass), multi-hot (multilabel) or the targets."""
-    n, k = len(self.labels), len(self.class_names)
-    if self.task == "regression":
-      return np.asarray(self.labels, np.float32).reshape(n, k)
-    out = np.zeros((n, k), np.float32)
-    for i, label in enumerate(self.labels):
-      out[i, label] = 1.0
-    return out
+    return self.output.targets(self.labels, len(self.class_names))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,14 +326,14 @@ def stratified_split(files: Examples, fraction: float, seed: int
                      ) -> tuple[Examples, Examples]:
   """Splits off `fraction` of each class (at least one image) as validation, seeded.
 
-  Multilabel and regression data are split at random (not stratified).
+  Data whose output has no strata (multilabel, regression) are split at random.
   """
   rng = np.random.default_rng(seed)
-  if files.task != "multiclass":
+  labels = files.output.strata(files.labels)
+  if labels is None:
     idx = rng.permutation(len(files.inputs))
     n_val = min(max(1, int(round(len(idx) * fraction))), len(idx) - 1)
     return files.subset(sorted(idx[n_val:])), files.subset(sorted(idx[:n_val]))
-  labels = np.asarray(files.labels)
   train_idx, val_idx = [], []
   for label in range(len(files.class_names)):
     idx = np.flatnonzero(labels == label)

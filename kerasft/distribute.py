@@ -28,6 +28,11 @@ class Runtime:
   policy: str  # the Keras dtype policy name
 
 
+def default_runtime() -> Runtime:
+  """This process's default strategy, as the chief, without XLA, in float32."""
+  return Runtime(tf.distribute.get_strategy(), True, 0, False, "float32")
+
+
 def _split_cpu(n: int) -> None:
   cpus = tf.config.list_physical_devices("CPU")
   try:

@@ -12,39 +12,27 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import flags  # noqa: E402  pylint: disable=g-import-not-at-top
+from kerasft import cli, commands, errors  # noqa: E402
 
-from kerasft import errors  # noqa: E402
-
-FORMATS = ("saved_model", "tflite", "both")
-flags.DEFINE_string("run_dir", "", "A training run's folder; its best checkpoint is exported.")
-flags.DEFINE_string("checkpoint", "", "A .keras checkpoint inside a run folder.")
-flags.DEFINE_string("export_dir", "", "The model's TF Serving folder [the run's --export_dir].")
-flags.DEFINE_integer("version", None, "The version number [the next free one].")
-flags.DEFINE_bool("overwrite", False, "Replace an existing --version.")
-flags.DEFINE_enum("format", "saved_model", FORMATS, "What to write.")
-flags.DEFINE_enum("quantize", "none", ("none", "dynamic", "float16"), "TFLite quantization.")
-FLAGS = flags.FLAGS
+cli.define_flags(commands.ExportConfig)
 
 
 def main(argv):
   if len(argv) > 1:
     raise errors.UsageError(f"unexpected arguments {argv[1:]}; all inputs are --flags")
-  if bool(FLAGS.run_dir) == bool(FLAGS.checkpoint):
-    raise errors.UsageError("--run_dir or --checkpoint: pass exactly one of them")
-  if FLAGS.version is not None and FLAGS.version <= 0:
-    raise errors.UsageError(f"--version: must be a positive integer, got {FLAGS.version}")
-  from kerasft import run  # pylint: disable=g-import-not-at-top
-
-  result = run.export_run(FLAGS.run_dir or FLAGS.checkpoint, FLAGS.export_dir, FLAGS.version,
-                          FLAGS.overwrite, FLAGS.format, FLAGS.quantize)
+  settings = cli.from_flags(commands.ExportConfig)
+  from kerasft import artifacts  # pylint: disable=g-import-not-at-top
+  result = artifacts.export_run(settings.run_dir or settings.checkpoint, settings.export_dir,
+                                settings.version, settings.overwrite, settings.format,
+                                settings.quantize)
   for kind in ("saved_model", "tflite"):
     if kind in result:
       print(f"{kind}: {result[kind]}")
   if "tflite" in result:
-    print(f"TFLite vs SavedModel on sample images: largest probability difference "
-          f"{result['tflite_max_difference']:.2e}, same top-1 class on "
-          f"{100 * result['tflite_top1_agreement']:.0f}%")
+    agreement = result.get("tflite_top1_agreement")
+    print(f"TFLite vs SavedModel on sample inputs: largest probability difference "
+          f"{result['tflite_max_difference']:.2e}" + (
+              "" if agreement is None else f", same top-1 class on {100 * agreement:.0f}%"))
 
 
 if __name__ == "__main__":

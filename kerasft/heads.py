@@ -11,7 +11,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kerasft import _compat
 from kerasft.backbones import Backbone, default_name
+from kerasft.tasks.outputs import KINDS, Output
 
 _IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 _IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
@@ -50,11 +52,6 @@ class Preprocess(keras.layers.Layer):
     return {**super().get_config(), "mode": self.mode}
 
 
-# The last layer's name per task: also the name of the export's main output.
-OUTPUT_LAYERS = {"multiclass": "probabilities", "multilabel": "scores",
-                 "regression": "predictions"}
-
-
 @keras.saving.register_keras_serializable(package="kerasft")
 class Rescale(keras.layers.Layer):
   """x * scale + offset with fixed per-output constants: a regression head learns
@@ -71,51 +68,45 @@ class Rescale(keras.layers.Layer):
     return {**super().get_config(), "scale": self.scale, "offset": self.offset}
 
 
-def build_classifier(backbone: Backbone, num_classes: int, head: tuple[int, ...] = (),
-                     dropout: float = 0.2, bn_mode: str = "frozen", task: str = "multiclass",
-                     target_mean=None, target_std=None) -> keras.Model:
-  """Returns a model from raw pixels [N, S, S, 3] (0..255) to the task's output [N, C].
+def build_classifier(backbone: Backbone, num_classes: int, output: Output,
+                     head: tuple[int, ...] = (), dropout: float = 0.2, bn_mode: str = "frozen",
+                     stats=None) -> keras.Model:
+  """Returns a model from raw pixels [N, S, S, 3] (0..255) to `output`'s last layer [N, C].
 
-  task: "multiclass" (softmax "probabilities"), "multilabel" (sigmoid "scores" per label)
-  or "regression" (C targets "predictions", a linear layer whose outputs are rescaled by
-  `target_std` and shifted by `target_mean`, the training targets' statistics).
-  head: hidden Dense (ReLU) sizes between the pooled features and the last layer;
-  dropout: the rate before each Dense layer of the head. The output computes in float32.
-  The backbone runs in inference mode, except with bn_mode="train", where it follows the
-  training flag (frozen BatchNorm layers stay in inference mode either way).
+  output: the kind of head (`kerasft.tasks.outputs`), built with `stats` (what
+  `output.head_stats` gives). head: hidden Dense (ReLU) sizes between the pooled features
+  and the last layer; dropout: the rate before each Dense layer of the head. The output
+  computes in float32. The backbone runs in inference mode, except with bn_mode="train",
+  where it follows the training flag (frozen BatchNorm layers stay in inference mode
+  either way).
   """
-  if num_classes < (2 if task == "multiclass" else 1):
-    raise ValueError(f"num_classes must be at least 2 for {task}, got {num_classes}")
+  if num_classes < output.min_classes:
+    raise ValueError(f"num_classes must be at least {output.min_classes} for {output.name}, "
+                     f"got {num_classes}")
   size = backbone.image_size
   inputs = keras.Input((size, size, 3), dtype="float32", name="images")
   x = Preprocess(backbone.preprocess, name="preprocess")(inputs)
   if bn_mode == "train":
     x = backbone.model(x)
   else:
-    _pin_inference_mode(backbone.model)
+    _compat.pin_inference_mode(backbone.model)
     x = backbone.model(x, training=False)
-  outputs = add_head(x, num_classes, head, dropout, task, target_mean, target_std)
+  outputs = add_head(x, num_classes, output, head, dropout, stats)
   return keras.Model(inputs, outputs, name=f"{default_name(backbone.name)}_classifier")
 
 
-def add_head(x, num_classes: int, head: tuple[int, ...] = (), dropout: float = 0.2,
-             task: str = "multiclass", target_mean=None, target_std=None):
+def add_head(x, num_classes: int, output: Output, head: tuple[int, ...] = (),
+             dropout: float = 0.2, stats=None):
   """The new head on pooled features `x` [N, F]: hidden Dense (ReLU) layers of the `head`
-  sizes, `dropout` before each Dense layer, and the task's output layer (named as in
-  OUTPUT_LAYERS, float32). Returns its output tensor."""
+  sizes, `dropout` before each Dense layer, and `output`'s last layer (float32). Returns
+  its output tensor."""
   for i, units in enumerate(head):
     if dropout:
       x = keras.layers.Dropout(dropout, name=f"head_dropout_{i}")(x)
     x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{i}")(x)
   if dropout:
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-  if task == "regression":
-    x = keras.layers.Dense(num_classes, dtype="float32", name="regression_dense")(x)
-    return Rescale(target_std if target_std is not None else [1.0] * num_classes,
-                   target_mean if target_mean is not None else [0.0] * num_classes,
-                   dtype="float32", name=OUTPUT_LAYERS[task])(x)
-  return keras.layers.Dense(num_classes, dtype="float32", name=OUTPUT_LAYERS[task],
-                            activation="softmax" if task == "multiclass" else "sigmoid")(x)
+  return output.last_layer(x, num_classes, stats)
 
 
 def augmentation(names: tuple[str, ...], strength: float) -> keras.Sequential:
@@ -134,18 +125,6 @@ def augmentation(names: tuple[str, ...], strength: float) -> keras.Sequential:
   return keras.Sequential([make[n]() for n in names], name="augmentation")
 
 
-def _pin_inference_mode(layer: keras.layers.Layer) -> None:
-  """Makes `layer(x, training=False)` in a functional model stay in inference mode.
-
-  Keras 3 functional models pass their own `training` flag to every layer that accepts
-  one, overriding the `training=False` a node was built with; BatchNorm layers that are
-  trainable (bn_mode "affine") would then update their statistics during `fit`. A layer
-  whose `_call_context_args` lacks "training" keeps the node's own value. A model
-  reloaded from a .keras file does not keep this; it is only needed for training.
-  """
-  layer._call_context_args = set(layer._call_context_args) - {"training"}  # pylint: disable=protected-access
-
-
 def backbone_of(model: keras.Model) -> keras.Model:
   """Returns the backbone sub-model of a model made by `build_classifier`."""
   nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
@@ -156,6 +135,6 @@ def backbone_of(model: keras.Model) -> keras.Model:
 
 def head_layers(model: keras.Model) -> list:
   """The layers of the new head (everything after the backbone that has weights)."""
+  names = {n for kind in KINDS.values() for n in kind().head_layer_names()}
   return [layer for layer in model.layers if layer.weights and (
-      layer.name.startswith("head_dense_") or layer.name == "regression_dense"
-      or layer.name in OUTPUT_LAYERS.values())]
+      layer.name.startswith("head_dense_") or layer.name in names)]

@@ -17,6 +17,7 @@ import re
 import keras
 import tensorflow as tf
 
+from kerasft import _compat
 from kerasft.errors import UsageError
 
 
@@ -103,8 +104,8 @@ class HubLayer(keras.layers.Layer):
     trainable_ids = {id(v) for v in getattr(module, "trainable_variables", [])}
     with keras.name_scope(self.name, caller=self):
       for v in getattr(module, "variables", []):
-        self._track_variable(keras.Variable(initializer=v, name=_sanitize(v.name),
-                                            trainable=id(v) in trainable_ids))
+        _compat.track_variable(self, keras.Variable(initializer=v, name=_sanitize(v.name),
+                                                    trainable=id(v) in trainable_ids))
 
   def call(self, inputs, training=None):
     if self._input_key:

@@ -18,43 +18,27 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import flags  # noqa: E402  pylint: disable=g-import-not-at-top
+from kerasft import cli, commands, errors  # noqa: E402
 
-from kerasft import errors  # noqa: E402
-
-flags.DEFINE_string("export", "", "An export: saved_models/NAME (newest version) or "
-                    "saved_models/NAME/N.")
-flags.DEFINE_integer("top_k", 5, "How many classes to report per image.")
-flags.DEFINE_string("output", "", "Write the predictions to this .csv or .jsonl file.")
-flags.DEFINE_integer("batch_size", 32, "Images per batch.")
-FLAGS = flags.FLAGS
+cli.define_flags(commands.PredictConfig)
 
 
 def main(argv):
-  if not FLAGS.export:
-    raise errors.UsageError("--export: pass an export folder, saved_models/NAME or "
-                            "saved_models/NAME/N")
+  settings = cli.from_flags(commands.PredictConfig)
   if len(argv) < 2:
     raise errors.UsageError("inputs: pass image files, folders or globs (for a text model: "
                             "texts) after the flags")
-  if FLAGS.top_k <= 0:
-    raise errors.UsageError(f"--top_k: must be a positive integer, got {FLAGS.top_k}")
-  if FLAGS.output and not FLAGS.output.endswith((".csv", ".jsonl")):
-    raise errors.UsageError(f"--output: must end in .csv or .jsonl, got {FLAGS.output!r}")
-  from kerasft import serving  # pylint: disable=g-import-not-at-top
-  rows = serving.classify_files(FLAGS.export, argv[1:], FLAGS.top_k, FLAGS.batch_size)
+  from kerasft import client, reports  # pylint: disable=g-import-not-at-top
+  rows = client.classify_files(settings.export, argv[1:], settings.top_k, settings.batch_size)
   failed = sum(1 for r in rows if r["error"])
-  from kerasft import reports  # pylint: disable=g-import-not-at-top
-  if FLAGS.output:
-    reports.write_predictions(rows, FLAGS.output)
-    print(f"{len(rows) - failed} predictions written to {FLAGS.output}")
+  if settings.output:
+    reports.write_predictions(rows, settings.output)
+    print(f"{len(rows) - failed} predictions written to {settings.output}")
   else:
     for row in rows:
-      if row["error"]:
-        print(f"{row.get('file')}\tERROR {row['error']}")
-      else:
-        print(row.get("file", row.get("text")) + "\t" + "  ".join(
-            f"{name} {float(value):.4f}" for name, value in reports.prediction_cells(row)))
+      name = row.get("file", row.get("text"))
+      print(f"{name}\tERROR {row['error']}" if row["error"] else name + "\t" + "  ".join(
+          f"{label} {float(value):.4f}" for label, value in reports.prediction_cells(row)))
   if failed:
     print(f"{failed} of {len(rows)} inputs could not be read", file=sys.stderr)
 

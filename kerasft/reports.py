@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from kerasft.files import write_json
+
 
 def predict(model, dataset) -> tuple[np.ndarray, np.ndarray]:
   """Returns (targets [N, C], model outputs [N, C]) over a (pixels, targets) dataset."""
@@ -95,41 +97,35 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray,
   return result
 
 
-def headline(result: dict) -> str:
-  """The metrics in a few words: "accuracy 0.9025", "macro AUC 0.93, micro F1 0.81" or
-  "MAE 1.23, R² 0.87"."""
-  if result.get("task") == "regression":
-    return f"MAE {result['mae']:.4f}, R2 {result['r2']:.4f}"
-  if result.get("task") == "multilabel":
-    auc = result["macro_auc"]
-    return (f"macro AUC {'-' if auc is None else f'{auc:.4f}'}, "
-            f"micro F1 {result['micro_f1']:.4f}")
-  return f"accuracy {result['accuracy']:.4f}"
+def target_table(result: dict) -> str:
+  """A per-target table of regression metrics."""
+  width = max([len(n) for n in result["per_target"]] + [8])
+  lines = [f"{'target':<{width}}  {'mse':>10}  {'mae':>10}  {'r2':>8}"]
+  lines += [f"{n:<{width}}  {r['mse']:10.4f}  {r['mae']:10.4f}  {r['r2']:8.4f}"
+            for n, r in result["per_target"].items()]
+  lines.append(f"mse {result['mse']:.4f}  mae {result['mae']:.4f}  r2 {result['r2']:.4f}  "
+               f"({result['num_examples']} examples)")
+  return "\n".join(lines)
 
 
-def format_table(result: dict) -> str:
-  """A readable per-class (per-label, per-target) table of the metrics."""
-  if result.get("task") == "regression":
-    width = max([len(n) for n in result["per_target"]] + [8])
-    lines = [f"{'target':<{width}}  {'mse':>10}  {'mae':>10}  {'r2':>8}"]
-    lines += [f"{n:<{width}}  {r['mse']:10.4f}  {r['mae']:10.4f}  {r['r2']:8.4f}"
-              for n, r in result["per_target"].items()]
-    lines.append(f"mse {result['mse']:.4f}  mae {result['mae']:.4f}  r2 {result['r2']:.4f}  "
-                 f"({result['num_examples']} examples)")
-    return "\n".join(lines)
-  if result.get("task") == "multilabel":
-    width = max([len(n) for n in result["per_label"]] + [8])
-    lines = [f"{'label':<{width}}  {'auc':>6}  precision  recall  f1-score  support"]
-    for n, r in result["per_label"].items():
-      auc = f"{r['auc']:6.4f}" if r["auc"] is not None else "     -"
-      lines.append(f"{n:<{width}}  {auc}  {r['precision']:9.4f}  {r['recall']:6.4f}  "
-                   f"{r['f1-score']:8.4f}  {r['support']:7d}")
-    macro = result["macro_auc"]
-    lines.append(f"macro auc {macro if macro is None else round(macro, 4)}  micro f1 "
-                 f"{result['micro_f1']:.4f}  macro f1 {result['macro_f1']:.4f}  subset "
-                 f"accuracy {result['subset_accuracy']:.4f}  ({result['num_examples']} examples, "
-                 f"threshold {result['threshold']})")
-    return "\n".join(lines)
+def label_table(result: dict) -> str:
+  """A per-label table of multilabel metrics."""
+  width = max([len(n) for n in result["per_label"]] + [8])
+  lines = [f"{'label':<{width}}  {'auc':>6}  precision  recall  f1-score  support"]
+  for n, r in result["per_label"].items():
+    auc = f"{r['auc']:6.4f}" if r["auc"] is not None else "     -"
+    lines.append(f"{n:<{width}}  {auc}  {r['precision']:9.4f}  {r['recall']:6.4f}  "
+                 f"{r['f1-score']:8.4f}  {r['support']:7d}")
+  macro = result["macro_auc"]
+  lines.append(f"macro auc {macro if macro is None else round(macro, 4)}  micro f1 "
+               f"{result['micro_f1']:.4f}  macro f1 {result['macro_f1']:.4f}  subset "
+               f"accuracy {result['subset_accuracy']:.4f}  ({result['num_examples']} examples, "
+               f"threshold {result['threshold']})")
+  return "\n".join(lines)
+
+
+def class_table(result: dict) -> str:
+  """A per-class table of multiclass metrics."""
   width = max([len(n) for n in result["per_class"]] + [12])
   lines = [f"{'class':<{width}}  precision  recall  f1-score  support"]
   rows = list(result["per_class"].items()) + [("macro avg", result["macro_avg"]),
@@ -178,12 +174,6 @@ def write_predictions(rows: list[dict], path: str) -> None:
         pairs = [v for pair in prediction_cells(row) for v in pair]
         writer.writerow([row[key]] + pairs + [""] * (2 * k - len(pairs)) + [row["error"] or ""])
   os.replace(staging, path)
-
-
-def write_json(obj: dict, path: str) -> None:
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
 
 
 def _pyplot():
@@ -263,26 +253,14 @@ def plot_training_curves(history: dict, path: str) -> None:
   plt.close(fig)
 
 
-def write(labels: np.ndarray, outputs: np.ndarray, class_names: list[str], out_dir: str,
-          history: dict | None = None, task: str = "multiclass", threshold: float = 0.5
-          ) -> dict:
-  """Writes metrics.json and a PNG of the predictions (multiclass: confusion_matrix.png,
-  regression: predictions.png) and, given a training history, training_curves.png into
-  `out_dir`. labels: class ids [N] or one-hot [N, C] (multiclass), multi-hot [N, C]
-  (multilabel) or targets [N, K] (regression). Returns the metrics."""
+def write(output, labels: np.ndarray, outputs: np.ndarray, class_names: list[str],
+          out_dir: str, history: dict | None = None) -> dict:
+  """Writes metrics.json and the `output`'s PNG (a `kerasft.tasks.outputs.Output`:
+  confusion_matrix.png, predictions.png) and, given a training history,
+  training_curves.png into `out_dir`. labels: what `output.evaluation_labels` gives (class
+  ids or one-hot [N, C], multi-hot [N, C], targets [N, K]). Returns the metrics."""
   os.makedirs(out_dir, exist_ok=True)
-  labels = np.asarray(labels)
-  if task == "regression":
-    result = regression_metrics(labels, outputs, class_names)
-    plot_predictions(labels, outputs, class_names, os.path.join(out_dir, "predictions.png"))
-  elif task == "multilabel":
-    result = multilabel_metrics(labels, outputs, class_names, threshold)
-  else:
-    if labels.ndim == 2:
-      labels = labels.argmax(axis=-1)
-    result = classification_metrics(labels, outputs, class_names)
-    plot_confusion_matrix(result["confusion_matrix"], class_names,
-                          os.path.join(out_dir, "confusion_matrix.png"))
+  result = output.report(labels, outputs, class_names, out_dir)
   write_json(result, os.path.join(out_dir, "metrics.json"))
   if history:
     plot_training_curves(history, os.path.join(out_dir, "training_curves.png"))

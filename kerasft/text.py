@@ -25,7 +25,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasft import heads
+from kerasft import _compat, heads
 from kerasft.errors import UsageError
 
 PREFIX = "keras_hub:"
@@ -155,22 +155,21 @@ class Pooling(keras.layers.Layer):
     return {**super().get_config(), "mode": self.mode}
 
 
-def build_classifier(backbone: TextBackbone, num_classes: int, max_length: int,
-                     pooling: str = "mean", head: tuple[int, ...] = (),
-                     dropout: float = 0.2, task: str = "multiclass", target_mean=None,
-                     target_std=None) -> keras.Model:
-  """Returns a model from packed token inputs of `max_length` to the task's output.
+def build_classifier(backbone: TextBackbone, num_classes: int, max_length: int, output,
+                     pooling: str = "mean", head: tuple[int, ...] = (), dropout: float = 0.2,
+                     stats=None) -> keras.Model:
+  """Returns a model from packed token inputs of `max_length` to `output`'s last layer.
 
   The encoder is frozen and called in inference mode; "pooling" pools its token vectors;
-  the head is `kerasft.heads.add_head`.
+  the head is `kerasft.heads.add_head` (output: `kerasft.tasks.outputs.Output`).
   """
   inputs = {t.name: keras.Input((max_length,), dtype=t.dtype, name=t.name)
             for t in backbone.model.inputs}
   backbone.model.trainable = False
-  heads._pin_inference_mode(backbone.model)  # pylint: disable=protected-access
+  _compat.pin_inference_mode(backbone.model)
   encoded = backbone.model(inputs, training=False)
   x = Pooling(pooling, name="pooling")(encoded, inputs["padding_mask"])
-  outputs = heads.add_head(x, num_classes, head, dropout, task, target_mean, target_std)
+  outputs = heads.add_head(x, num_classes, output, head, dropout, stats)
   return keras.Model(inputs, outputs, name=f"{backbone.name.replace('-', '_')}_classifier")
 
 

@@ -1,0 +1,114 @@
+"""What a finished run leaves, used again: loading its checkpoint, exporting it (SavedModel,
+TFLite), and evaluating it or one of its exports on labelled data."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+from kerasft import client, reports, serving, tasks
+from kerasft.errors import UsageError
+from kerasft.files import read_labels
+from kerasft.run_folder import RunFolder
+
+
+def load_run(run_dir: str, checkpoint: str = ""):
+  """Loads a training run's checkpoint (default: its best); returns (model, task,
+  class names)."""
+  folder = RunFolder(run_dir)
+  path = folder.require(checkpoint, "checkpoint" if checkpoint else "run_dir")
+  task = tasks.for_config(folder.read_config())
+  return task.load_model(path), task, folder.class_names()
+
+
+def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None = None,
+               overwrite: bool = False, fmt: str = "saved_model", quantize: str = "none"
+               ) -> dict:
+  """Exports a run's best checkpoint (or a .keras checkpoint inside a run folder).
+
+  fmt: "saved_model", "tflite" or "both". export_dir defaults to the run's. Returns the
+  written paths ("saved_model", "tflite") and, for TFLite, how it agrees with the
+  SavedModel on sample inputs (`Output.agreement`: "tflite_max_difference", and for
+  multiclass "tflite_top1_agreement").
+  """
+  is_checkpoint = os.path.isfile(run_or_checkpoint)
+  run_dir = os.path.dirname(run_or_checkpoint) if is_checkpoint else run_or_checkpoint
+  model, task, class_names = load_run(run_dir, run_or_checkpoint if is_checkpoint else "")
+  task.check_format(fmt)
+  export_dir = export_dir or task.config.export_dir
+  card, result = task.card(RunFolder(run_dir).metrics()), {}
+  if fmt in ("saved_model", "both"):
+    result["saved_model"] = task.export(model, class_names, export_dir, card, version,
+                                        overwrite)
+    version = int(os.path.basename(result["saved_model"]))
+  if fmt in ("tflite", "both"):
+    version = version or (serving.versions(export_dir) or [0])[-1] + 1
+    out_dir = os.path.join(export_dir, serving.TFLITE_FOLDER, str(version))
+    if os.path.exists(out_dir) and not overwrite:
+      raise UsageError(f"--version: {out_dir} already exists; pass --overwrite to replace it")
+    with tempfile.TemporaryDirectory() as scratch:
+      saved = result.get("saved_model") or task.export(
+          model, class_names, os.path.join(scratch, "m"), card, 1)
+      result["tflite"] = serving.export_tflite(saved, out_dir, quantize)
+      inputs = task.sample_inputs(16)
+      result.update(task.output.agreement(client.tflite_probabilities(result["tflite"], inputs),
+                                          client.saved_model_probabilities(saved, inputs)))
+  return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """An evaluation's metrics, its printable table and the folder of its reports."""
+  metrics: dict
+  table: str
+  output_dir: str
+
+
+def evaluate_export(export: str, data_config, split: str = "test", output_dir: str = "",
+                    label_column_given: bool = True) -> Evaluation:
+  """Evaluates an export (`saved_models/NAME[/N]`) on a `DataConfig`'s labelled data
+  through its own signatures. For regression, the label columns default to the model's
+  target names unless `label_column_given`."""
+  version_dir = client.resolve(export)
+  if not data_config.source:
+    raise UsageError("--data_dir/--csv/--tfrecord/--tfds/--text_dir: pass the labelled data "
+                     "to evaluate the export on")
+  task_class, output = tasks.for_card(client.read_model_card(version_dir))
+  class_names = read_labels(version_dir)
+  data_config = _label_columns(data_config, output, class_names, label_column_given)
+  files = task_class.evaluation_examples(data_config, output, class_names, split)
+  predict, _ = client.load_predictor(version_dir)
+  outputs = client.predict_files(predict, task_class.client_items(files),
+                                 data_config.batch_size)
+  name = (f"{os.path.basename(os.path.dirname(os.path.abspath(version_dir)))}-"
+          f"{os.path.basename(version_dir)}")
+  return _write(output, output.evaluation_labels(files), outputs, class_names,
+                output_dir or os.path.join("eval", name), None)
+
+
+def evaluate_run(run_dir: str, data_config, split: str = "test", output_dir: str = "",
+                 label_column_given: bool = True) -> Evaluation:
+  """Evaluates a run's best checkpoint on a `DataConfig`'s labelled data, or without a
+  data source on the run's own validation data; with the run's training curves."""
+  model, task, class_names = load_run(run_dir)
+  if data_config.source:
+    data_config = _label_columns(data_config, task.output, class_names, label_column_given)
+    files = task.evaluation_examples(data_config, task.output, class_names, split)
+  else:
+    files = task.index(task.config.training.seed)[1]
+  labels, outputs = reports.predict(model, task.pipeline(files, data_config.batch_size))
+  return _write(task.output, labels, outputs, class_names,
+                output_dir or os.path.join("eval", f"{task.config.name}-best"),
+                RunFolder(run_dir).history())
+
+
+def _label_columns(data_config, output, class_names, given: bool):
+  if given or output.classifies:
+    return data_config
+  return dataclasses.replace(data_config, label_column=",".join(class_names))
+
+
+def _write(output, labels, outputs, class_names, output_dir, history) -> Evaluation:
+  metrics = reports.write(output, labels, outputs, class_names, output_dir, history)
+  return Evaluation(metrics, output.table(metrics), output_dir)

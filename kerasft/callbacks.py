@@ -1,0 +1,102 @@
+"""The callbacks of a training segment: the best epoch in memory and on disk, and the
+epoch log a resumed run's history is rebuilt from."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import keras
+import numpy as np
+
+PHASES = ("head", "fine_tune")
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+  """Keeps the best epoch of `model` by `monitor` ("max" or "min" is better by `mode`),
+  whatever model is being fit (the head alone on cached features): its weights in memory
+  at once, and `path` (a .keras file) at the end of every fit and at most every `interval`
+  seconds in between. One instance serves both phases, so its best spans them. `best` is
+  the monitored value, negated for "min"."""
+
+  def __init__(self, model: keras.Model, path: str, interval: float = 60.0,
+               monitor: str = "val_accuracy", mode: str = "max"):
+    super().__init__()
+    self._full, self._path, self._interval = model, path, interval
+    self.monitor, self._sign = monitor, 1.0 if mode == "max" else -1.0
+    self.best, self._weights, self._dirty = -np.inf, None, False
+    self._written = time.monotonic()
+
+  def on_epoch_end(self, epoch, logs=None):
+    value = (logs or {}).get(self.monitor)
+    if value is not None:
+      value = self._sign * float(value)
+    if value is not None and value > self.best:
+      self.best, self._weights, self._dirty = value, self._full.get_weights(), True
+      if time.monotonic() - self._written > self._interval:
+        self._write()
+
+  def on_train_end(self, logs=None):
+    if self._dirty:
+      self._write()
+
+  def _write(self):
+    current = self._full.get_weights()
+    self._full.set_weights(self._weights)
+    self._full.save(self._path)
+    self._full.set_weights(current)
+    self._dirty, self._written = False, time.monotonic()
+
+  def resume(self, best: float) -> None:
+    """Continues from a previous process's best epoch (its value and `path`)."""
+    current = self._full.get_weights()
+    self._full.load_weights(self._path)
+    self.best, self._weights = best, self._full.get_weights()
+    self._full.set_weights(current)
+
+  def restore(self) -> bool:
+    """Gives the model the best epoch's weights; False when there was no best epoch."""
+    if self._weights is None:
+      return False
+    self._full.set_weights(self._weights)
+    return True
+
+
+class EpochLog(keras.callbacks.Callback):
+  """Adds wall time, learning rate and phase to each epoch's logs (and so to TensorBoard)
+  and appends them to `path` (JSON Lines), which the history is rebuilt from on resume."""
+
+  def __init__(self, path: str | None, phase: str):
+    super().__init__()
+    self._path, self._phase = path, phase
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    if logs is None:
+      return
+    logs["epoch_seconds"] = time.perf_counter() - self._start
+    rate = self.model.optimizer.learning_rate
+    logs["learning_rate"] = float(keras.ops.convert_to_numpy(rate))
+    logs["phase"] = float(PHASES.index(self._phase))
+    if self._path:
+      with open(self._path, "a") as f:
+        f.write(json.dumps({"epoch": epoch, **{k: float(v) for k, v in logs.items()}}) + "\n")
+
+
+def history_from_log(path: str) -> dict:
+  """The per-epoch history (metrics and phase names) from an epoch log, last entry wins."""
+  by_epoch = {}
+  try:
+    with open(path) as f:
+      for line in f:
+        entry = json.loads(line)
+        by_epoch[entry.pop("epoch")] = entry
+  except FileNotFoundError:
+    pass
+  history: dict = {}
+  for epoch in sorted(by_epoch):
+    for k, v in by_epoch[epoch].items():
+      history.setdefault(k, []).append(PHASES[int(v)] if k == "phase" else v)
+  return history

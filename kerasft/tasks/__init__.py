@@ -1,0 +1,52 @@
+"""Task objects: everything that differs by input modality (images, texts) and output type.
+
+    task = tasks.for_config(run_config)      # ImageTask or TextTask, holding an Output
+    train, val = task.index(seed)
+    task, model = task.build_model(train)   # the config's image size / text length filled
+    dataset = task.pipelines(train, val)
+
+A task is made of its modality's class and one `Output` (`kerasft.tasks.outputs`:
+multiclass, multilabel, regression) for its head; the rest of kerasft asks these objects
+and never compares modality or task names. Several heads on one backbone (multi-task),
+per-token outputs (tagging) and per-pixel outputs (segmentation) are further `Output`s and
+modalities on the same seams: `Output.last_layer`, `loss`, `metrics`, `serving_outputs`,
+`report`; `Task.build_model`, `pipelines`, `export_signatures`.
+
+Importing this package imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+from kerasft.tasks.outputs import MAIN_OUTPUTS, Output, make as make_output
+
+TEXT_PREFIX = "keras_hub:"  # --model=keras_hub:PRESET_OR_FOLDER is a text encoder
+
+
+def modality_class(model: str):
+  """The task class for a --model value: `TextTask` for keras_hub:, else `ImageTask`."""
+  from kerasft.tasks import image, text  # pylint: disable=g-import-not-at-top
+  return text.TextTask if model.startswith(TEXT_PREFIX) else image.ImageTask
+
+
+def for_config(config, backbone=None):
+  """The task of a `RunConfig`; `backbone` is an already loaded backbone to reuse."""
+  output = make_output(config.model.task, config.model.threshold)
+  return modality_class(config.model.model)(config, output, backbone)
+
+
+def check(config) -> None:
+  """Raises a UsageError for settings the config's modality or output cannot honour."""
+  make_output(config.model.task, config.model.threshold).check(config)
+  modality_class(config.model.model).check_inputs(config)
+
+
+def for_card(card: dict):
+  """(task class, Output) of an export, from its model card."""
+  from kerasft.tasks import image, text  # pylint: disable=g-import-not-at-top
+  cls = next(c for c in (text.TextTask, image.ImageTask)
+             if card.get("input", {}).get("dtype", "float32") == c.INPUT_DTYPE)
+  return cls, make_output(card.get("task", "multiclass"), card.get("threshold", 0.5))
+
+
+__all__ = ["MAIN_OUTPUTS", "Output", "check", "for_card", "for_config", "make_output",
+           "modality_class"]

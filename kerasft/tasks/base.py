@@ -1,0 +1,81 @@
+"""What every task does the same way, whatever its modality: the model card, checkpoints,
+exporting through `kerasft.serving`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kerasft.tasks.outputs import Output
+
+
+class Task:
+  """A run's task: its (resolved) `RunConfig`, its modality (the subclass) and its
+  `Output`. `backbone` is the loaded backbone once `build_model` has run (or one given to
+  reuse). Subclasses say how inputs are read, batched, modelled and served."""
+  INPUT_DTYPE = "float32"  # what the export's serving_default takes
+  TFLITE = True  # whether a TFLite file can be made
+
+  def __init__(self, config, output: Output, backbone=None):
+    self.config, self.output, self.backbone = config, output, backbone
+
+  def replace(self, backbone=None, **model_fields) -> "Task":
+    """A task of the same kind whose ModelConfig has `model_fields` replaced."""
+    config = dataclasses.replace(self.config, model=dataclasses.replace(
+        self.config.model, **model_fields))
+    return type(self)(config, self.output, backbone or self.backbone)
+
+  @classmethod
+  def check_inputs(cls, config) -> None:
+    """Raises a UsageError for data or model flags this modality cannot honour."""
+
+  def resolve_data(self) -> "Task":
+    """The task with its default data filled in (image tasks: the built-in recipe)."""
+    return self
+
+  def card(self, metrics: dict | None) -> dict:
+    """What a version's `model_card.json` says about the model and how it was made."""
+    import keras  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import kerasft  # pylint: disable=g-import-not-at-top
+    c, d = self.config, self.config.data
+    card = {"name": c.name, **self.output.card(), "backbone": c.model.model,
+            "weights": c.model.weights, "head": list(c.model.head),
+            "data": f"{d.source} {getattr(d, d.source)}" if d.source else "",
+            "versions": {"kerasft": kerasft.__version__, "tensorflow": tf.__version__,
+                         "keras": keras.__version__}}
+    card.update(self.input_card())
+    if metrics:
+      card["validation_metrics"] = {k: v for k, v in metrics.items() if k not in (
+          "per_class", "per_label", "per_target", "confusion_matrix")}
+    return card
+
+  def input_card(self) -> dict:
+    """The model card's entries about the input (shape, range, preprocessing)."""
+    raise NotImplementedError
+
+  def load_model(self, path: str):
+    """Loads a .keras checkpoint of this task's model."""
+    import keras  # pylint: disable=g-import-not-at-top
+    return keras.saving.load_model(path, compile=False)
+
+  def export(self, model, class_names: list[str], export_dir: str, card: dict,
+             version: int | None = None, overwrite: bool = False) -> str:
+    """Writes `model` as a TF Serving version of `export_dir` (see `kerasft.serving`)."""
+    from kerasft import serving  # pylint: disable=g-import-not-at-top
+    return serving.export(lambda labels_path: self.export_signatures(model, class_names,
+                                                                     labels_path),
+                          class_names, export_dir, version, overwrite,
+                          {**card, self.output.names_key: list(class_names)})
+
+  def export_signatures(self, model, class_names: list[str], labels_path: str):
+    """A `kerasft.serving.Signatures` for `model` (its module, descriptions, warm-up)."""
+    raise NotImplementedError
+
+  def block_table(self) -> str:
+    """One line per block of the backbone (what --unfreeze_blocks counts), for --list_blocks."""
+    from kerasft import backbones  # pylint: disable=g-import-not-at-top
+    return "\n".join(f"{name:<28} {len(layers):>3} layers: {', '.join(l.name for l in layers)}"
+                     for name, layers in backbones.blocks(self.block_model()))
+
+  def check_format(self, fmt: str) -> None:
+    """Raises a UsageError when --format asks for what this modality cannot write."""

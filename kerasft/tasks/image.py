@@ -1,0 +1,117 @@
+"""Image tasks: a Keras Applications, TF Hub, SavedModel or .keras backbone on pixels."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+from absl import logging
+
+from kerasft import _compat, backbones, data, sources
+from kerasft.errors import UsageError
+from kerasft.tasks.base import Task
+
+
+class ImageTask(Task):
+  """Images in: folders, CSV, TFRecord or TFDS; float32 RGB pixels 0..255 to the model;
+  an export with pixel, encoded-image and tf.train.Example signatures."""
+  INPUT_DTYPE = "float32"
+  CLIENT_SIGNATURE, CLIENT_INPUT, ROW_KEY = "serving_bytes", "image_bytes", "file"
+
+  @classmethod
+  def check_inputs(cls, config) -> None:
+    if config.data.text_dir:
+      raise UsageError("--text_dir: needs a text model, --model=keras_hub:PRESET_OR_FOLDER")
+
+  def resolve_data(self) -> "ImageTask":
+    """With no data source: the built-in recipe, scikit-learn's digits as PNG folders in
+    Keras' datasets cache."""
+    if self.config.data.source:
+      return self
+    data_dir = data.builtin_digits(os.path.join(_compat.keras_home(), "datasets"))
+    logging.info("no --data_dir: the built-in recipe trains on scikit-learn's digits (%s)",
+                 data_dir)
+    config = dataclasses.replace(self.config, data=dataclasses.replace(
+        self.config.data, data_dir=data_dir))
+    return type(self)(config, self.output, self.backbone)
+
+  def index(self, seed: int = 0):
+    """(training, validation) `Examples` of the config's data."""
+    return sources.index_images(self.config.data, self.output, seed)
+
+  @staticmethod
+  def evaluation_examples(data_config, output, class_names: list[str], split: str = "test"):
+    """The labelled images to evaluate on (`kerasft.sources.evaluation_images`)."""
+    return sources.evaluation_images(data_config, output, class_names, split)
+
+  def build_model(self, train_files):
+    """(this task with the backbone's image size, the classifier sized for `train_files`)."""
+    m = self.config.model
+    backbone = self.backbone or backbones.build(m)
+    from kerasft import heads  # pylint: disable=g-import-not-at-top
+    model = heads.build_classifier(backbone, len(train_files.class_names), self.output, m.head,
+                                   m.dropout, m.bn_mode, self.output.head_stats(train_files))
+    return self.replace(backbone=backbone, image_size=backbone.image_size), model
+
+  def pipelines(self, train, val) -> data.Dataset:
+    """Training (shuffled, MixUp/CutMix) and validation pipelines of pixels."""
+    d = self.config.data
+    return data.pipelines(train, val, self.config.model.image_size, d.batch_size,
+                          self.config.training.seed, d.resize, d.cache_dir, d.mixup, d.cutmix)
+
+  def pipeline(self, files, batch_size: int):
+    """An unshuffled pipeline of `files` as the model takes them (pixels)."""
+    return data.make_pipeline(files, self.config.model.image_size, batch_size,
+                              resize=self.config.data.resize)
+
+  @staticmethod
+  def client_items(files):
+    """What an export's client is given for `files`: their encoded images."""
+    return data.encoded_inputs(files)
+
+  def input_card(self) -> dict:
+    size = self.config.model.image_size
+    return {"input": {"shape": [None, size, size, 3], "dtype": "float32",
+                      "range": "RGB pixels 0..255"},
+            "preprocessing": f"{backbones.preprocess_name(self.config.model)} (inside the "
+                             "model)",
+            "resize": f"{self.config.data.resize}, bilinear"}
+
+  def export_signatures(self, model, class_names, labels_path):
+    from kerasft import serving  # pylint: disable=g-import-not-at-top
+    return serving.image_signatures(model, class_names, self.config.model.image_size,
+                                    labels_path, self.config.data.resize,
+                                    self.output.serving_outputs)
+
+  def sample_inputs(self, n: int) -> np.ndarray:
+    """Up to `n` validation images of the run as float32 [n, S, S, 3], else random pixels
+    (when the run's data is gone)."""
+    size = self.config.model.image_size
+    try:
+      files = self.index(self.config.training.seed)[1]
+      files = files.subset(range(min(n, len(files.inputs))))
+      return np.concatenate([x for x, _ in self.pipeline(files, n)])
+    except UsageError:
+      return np.random.default_rng(0).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
+
+  def block_model(self):
+    """The backbone (without downloading weights) whose blocks --list_blocks prints."""
+    m = self.config.model
+    return backbones.build(dataclasses.replace(
+        m, weights="none" if m.weights == "imagenet" else m.weights)).model
+
+  @staticmethod
+  def import_serving_ops() -> None:
+    """Imports what loading an export needs (nothing for images)."""
+
+  @staticmethod
+  def request_items(items: list) -> list:
+    """Encoded images of image files or encoded bytes, for `serving_bytes`."""
+    return [data.encoded_bytes(item) for item in items]
+
+  @staticmethod
+  def client_inputs(patterns: list[str]) -> tuple[list, list]:
+    """(image files of files, folders and globs; why each is unreadable, or None)."""
+    paths = data.expand_inputs(patterns)
+    return paths, data.unreadable_reasons(paths)

@@ -1,0 +1,114 @@
+"""Text tasks: a KerasHub encoder (BERT, DistilBERT, RoBERTa, DeBERTa-v3, ALBERT) on texts."""
+
+from __future__ import annotations
+
+import functools
+
+from absl import logging
+
+from kerasft import backbones, sources, text
+from kerasft.errors import UsageError
+from kerasft.tasks.base import Task
+
+
+class TextTask(Task):
+  """Texts in: CSV/TSV/JSONL, text folders or TFDS; tokenized by the preset's preprocessor
+  in tf.data and inside the export, whose serving_default takes raw strings."""
+  INPUT_DTYPE = "string"
+  TFLITE = False
+  CLIENT_SIGNATURE, CLIENT_INPUT, ROW_KEY = "serving_default", "text", "text"
+
+  @classmethod
+  def check_inputs(cls, config) -> None:
+    d = config.data
+    if d.data_dir or d.tfrecord:
+      raise UsageError(f"--{'data_dir' if d.data_dir else 'tfrecord'}: a text model "
+                       "(--model=keras_hub:...) reads --csv, --text_dir or --tfds")
+    used = [f for f in ("augment", "mixup", "cutmix") if getattr(d, f)]
+    if used:
+      raise UsageError(f"--{used[0]}: image augmentation; not for text models")
+
+  @property
+  def preset(self) -> str:
+    return backbones.source(self.config.model.model)[1]
+
+  @functools.cached_property
+  def encoder(self) -> text.TextBackbone:
+    """The encoder and preprocessor, packing to the config's max_length (loaded once)."""
+    encoder = self.backbone or text.load(self.preset)
+    if self.config.model.max_length:
+      text.set_length(encoder, self.config.model.max_length)
+    return encoder
+
+  def index(self, seed: int = 0):
+    return sources.index_texts(self.config.data, self.output, seed)
+
+  @staticmethod
+  def evaluation_examples(data_config, output, class_names, split="test"):
+    return sources.evaluation_texts(data_config, output, class_names, split)
+
+  def build_model(self, train_files):
+    """(this task with the text length chosen, the classifier sized for `train_files`)."""
+    m = self.config.model
+    encoder = self.backbone or text.load(self.preset)
+    length = m.max_length or text.choose_max_length(
+        text.token_lengths(encoder, train_files.inputs), encoder.max_length)
+    text.set_length(encoder, length)
+    logging.info("texts are packed to %d tokens%s", length,
+                 "" if m.max_length else " (the 99th percentile of the training texts)")
+    model = text.build_classifier(encoder, len(train_files.class_names), length, self.output,
+                                  m.pooling, m.head, m.dropout,
+                                  self.output.head_stats(train_files))
+    return self.replace(backbone=encoder, max_length=length), model
+
+  def pipelines(self, train, val):
+    return text.pipelines(train, val, self.encoder, self.config.data.batch_size,
+                          self.config.training.seed)
+
+  def pipeline(self, files, batch_size: int):
+    return text.make_pipeline(files, self.encoder, batch_size)
+
+  @staticmethod
+  def client_items(files):
+    return files.inputs
+
+  def card(self, metrics):
+    card = super().card(metrics)
+    card.pop("weights")
+    return card
+
+  def input_card(self) -> dict:
+    return {"input": {"shape": [None], "dtype": "string", "range": "raw text"},
+            "preprocessing": f"the preset's tokenizer inside the export (tensorflow-text "
+                             f"ops), packed to {self.config.model.max_length} tokens",
+            "pooling": self.config.model.pooling}
+
+  def load_model(self, path: str):
+    text.import_keras_hub()  # registers the encoder classes the checkpoint names
+    return super().load_model(path)
+
+  def export_signatures(self, model, class_names, labels_path):
+    from kerasft import serving  # pylint: disable=g-import-not-at-top
+    return serving.text_signatures(model, self.encoder.preprocessor, class_names,
+                                   labels_path, self.output.serving_outputs)
+
+  def check_format(self, fmt: str) -> None:
+    if fmt != "saved_model":
+      raise UsageError(f"--format={fmt}: text models export as saved_model only (TFLite has "
+                       "no tensorflow-text tokenizer ops)")
+
+  def block_model(self):
+    return text.load(self.preset).model
+
+  @staticmethod
+  def import_serving_ops() -> None:
+    """tensorflow-text registers the tokenizer ops a text export's graph uses."""
+    import tensorflow_text  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
+  @staticmethod
+  def request_items(items: list) -> list:
+    return list(items)
+
+  @staticmethod
+  def client_inputs(texts: list[str]) -> tuple[list, list]:
+    return list(texts), [None] * len(texts)
