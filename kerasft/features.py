@@ -21,7 +21,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kerasft.data import Dataset, Examples
+from kerasft.data import Examples
+from kerasft.pipeline import Dataset
 from kerasft.heads import backbone_of
 
 SHUFFLE_BUFFER = 100_000  # features shuffled at once when streaming from disk

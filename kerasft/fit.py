@@ -17,10 +17,10 @@ import os
 import keras
 from absl import logging
 
-from kerasft import _compat, backbones, data, features, heads, optimizers
+from kerasft import _compat, backbones, data, features, optimizers, pipeline
 from kerasft.callbacks import BestCheckpoint, EpochLog, history_from_log
 from kerasft.config import RunConfig
-from kerasft.data import Dataset
+from kerasft.pipeline import Dataset
 from kerasft.files import write_json
 from kerasft.heads import backbone_of
 from kerasft.plan import Segment, make_plan
@@ -146,7 +146,7 @@ def _with_augmentation(model, config: RunConfig):
   if not config.data.augment:
     return model
   inputs = keras.Input(model.input_shape[1:], name="images")
-  return keras.Model(inputs, model(heads.augmentation(
+  return keras.Model(inputs, model(pipeline.augmentation(
       config.data.augment, config.data.augment_strength)(inputs)), name="training")
 
 

@@ -109,22 +109,6 @@ def add_head(x, num_classes: int, output: Output, head: tuple[int, ...] = (),
   return output.last_layer(x, num_classes, stats)
 
 
-def augmentation(names: tuple[str, ...], strength: float) -> keras.Sequential:
-  """Keras preprocessing layers that change images only in training, for the training model
-  (never the export): flip (horizontal), rotate, zoom, contrast, translate, each at
-  `strength` (a fraction of a full turn, of the size, of the contrast range)."""
-  make = {
-      "flip": lambda: keras.layers.RandomFlip("horizontal", name="augment_flip"),
-      "rotate": lambda: keras.layers.RandomRotation(strength, name="augment_rotate"),
-      "zoom": lambda: keras.layers.RandomZoom(strength, name="augment_zoom"),
-      "contrast": lambda: keras.layers.RandomContrast(strength, value_range=(0, 255),
-                                                      name="augment_contrast"),
-      "translate": lambda: keras.layers.RandomTranslation(strength, strength,
-                                                          name="augment_translate"),
-  }
-  return keras.Sequential([make[n]() for n in names], name="augmentation")
-
-
 def backbone_of(model: keras.Model) -> keras.Model:
   """Returns the backbone sub-model of a model made by `build_classifier`."""
   nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]

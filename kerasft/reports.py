@@ -45,7 +45,7 @@ def multilabel_metrics(targets: np.ndarray, scores: np.ndarray, class_names: lis
   aucs = [r["auc"] for r in per_label.values() if r["auc"] is not None]
   clipped = np.clip(scores, 1e-7, 1 - 1e-7)
   return {
-      "task": "multilabel", "num_examples": int(len(targets)), "threshold": threshold,
+      "num_examples": int(len(targets)), "threshold": threshold,
       "macro_auc": float(np.mean(aucs)) if aucs else None,
       "micro_f1": float(metrics.f1_score(targets, predicted, average="micro", zero_division=0)),
       "macro_f1": float(metrics.f1_score(targets, predicted, average="macro", zero_division=0)),
@@ -65,7 +65,7 @@ def regression_metrics(targets: np.ndarray, predictions: np.ndarray,
                        "mae": float(metrics.mean_absolute_error(targets[:, i], predictions[:, i])),
                        "r2": float(metrics.r2_score(targets[:, i], predictions[:, i]))}
                 for i, name in enumerate(target_names)}
-  return {"task": "regression", "num_examples": int(len(targets)),
+  return {"num_examples": int(len(targets)),
           "loss": float(metrics.mean_squared_error(targets, predictions)),
           "mse": float(metrics.mean_squared_error(targets, predictions)),
           "mae": float(metrics.mean_absolute_error(targets, predictions)),

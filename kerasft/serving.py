@@ -13,7 +13,7 @@ is at least the threshold, else ""); regression `predictions` float32 [None] (on
 or [None, K]:
   serving_default: images float32 [None, S, S, 3], RGB pixels 0..255
   serving_bytes:   image_bytes string [None], encoded JPEG/PNG/BMP/GIF, decoded and
-                   resized exactly as in training (`kerasft.data.decode_and_resize`)
+                   resized exactly as in training (`kerasft.pipeline.decode_and_resize`)
   serving_example: examples string [None], serialized tf.train.Examples whose
                    `image/encoded` feature holds the encoded image
 A version folder also holds `assets/labels.txt` (class names in class-id order),
@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kerasft import _compat, data
+from kerasft import _compat, pipeline
 from kerasft.errors import UsageError
 from kerasft.files import LABELS, write_labels
 
@@ -81,7 +81,7 @@ def image_signatures(model, class_names: list[str], image_size: int, labels_path
     return outputs(model(images, training=False), class_names)
 
   def classify_encoded(encoded):
-    return run(tf.map_fn(lambda b: data.decode_and_resize(b, image_size, resize), encoded,
+    return run(tf.map_fn(lambda b: pipeline.decode_and_resize(b, image_size, resize), encoded,
                          fn_output_signature=image_spec))
 
   @tf.function(input_signature=[

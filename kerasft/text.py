@@ -191,9 +191,9 @@ def make_pipeline(files, backbone: TextBackbone, batch_size: int, shuffle: bool 
 
 def pipelines(train, val, backbone: TextBackbone, batch_size: int, seed: int = 0):
   """Training (reshuffled each epoch) and validation pipelines of texts, as a
-  `kerasft.data.Dataset`."""
-  from kerasft import data  # pylint: disable=g-import-not-at-top
-  return data.Dataset(
+  `kerasft.pipeline.Dataset`."""
+  from kerasft import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.Dataset(
       train=make_pipeline(train, backbone, batch_size, shuffle=True, seed=seed),
       val=make_pipeline(val, backbone, batch_size), class_names=train.class_names,
       train_files=train, val_files=val,

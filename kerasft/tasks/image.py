@@ -8,7 +8,7 @@ import os
 import numpy as np
 from absl import logging
 
-from kerasft import _compat, backbones, data, sources
+from kerasft import _compat, backbones, data, pipeline, sources
 from kerasft.errors import UsageError
 from kerasft.tasks.base import Task
 
@@ -54,21 +54,21 @@ class ImageTask(Task):
                                    m.dropout, m.bn_mode, self.output.head_stats(train_files))
     return self.replace(backbone=backbone, image_size=backbone.image_size), model
 
-  def pipelines(self, train, val) -> data.Dataset:
+  def pipelines(self, train, val) -> pipeline.Dataset:
     """Training (shuffled, MixUp/CutMix) and validation pipelines of pixels."""
     d = self.config.data
-    return data.pipelines(train, val, self.config.model.image_size, d.batch_size,
+    return pipeline.pipelines(train, val, self.config.model.image_size, d.batch_size,
                           self.config.training.seed, d.resize, d.cache_dir, d.mixup, d.cutmix)
 
   def pipeline(self, files, batch_size: int):
     """An unshuffled pipeline of `files` as the model takes them (pixels)."""
-    return data.make_pipeline(files, self.config.model.image_size, batch_size,
+    return pipeline.make_pipeline(files, self.config.model.image_size, batch_size,
                               resize=self.config.data.resize)
 
   @staticmethod
   def client_items(files):
     """What an export's client is given for `files`: their encoded images."""
-    return data.encoded_inputs(files)
+    return pipeline.encoded_inputs(files)
 
   def input_card(self) -> dict:
     size = self.config.model.image_size

@@ -209,7 +209,8 @@ class Multilabel(Output):
     return {"tflite_max_difference": float(np.max(np.abs(got - expected)))}
 
   def report(self, labels, outputs, class_names, out_dir):
-    return reports.multilabel_metrics(np.asarray(labels), outputs, class_names, self.threshold)
+    return {"task": self.name, **reports.multilabel_metrics(np.asarray(labels), outputs,
+                                                            class_names, self.threshold)}
 
   def headline(self, metrics):
     auc = metrics["macro_auc"]
@@ -298,7 +299,8 @@ class Regression(Multilabel):
             "error": error}
 
   def report(self, labels, outputs, class_names, out_dir):
-    result = reports.regression_metrics(np.asarray(labels), outputs, class_names)
+    result = {"task": self.name,
+              **reports.regression_metrics(np.asarray(labels), outputs, class_names)}
     reports.plot_predictions(np.asarray(labels), outputs, class_names,
                              f"{out_dir}/predictions.png")
     return result
