@@ -91,8 +91,6 @@ class ModelConfig:
     if len(chosen) > 1:
       raise UsageError(f"--{chosen[1]}: pass only one of --unfreeze_top, --unfreeze_blocks, "
                        f"--unfreeze_from and --gradual_unfreeze, got {', '.join(chosen)}")
-    if (self.max_length or self.pooling != "mean") and prefix != "keras_hub:":
-      raise UsageError("--max_length/--pooling: only for text models (--model=keras_hub:...)")
     check(isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1, "threshold",
           "must be between 0 and 1 (exclusive)", self.threshold)
 

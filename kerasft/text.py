@@ -28,7 +28,7 @@ from keras import ops
 from kerasft import _compat, heads
 from kerasft.errors import UsageError
 
-PREFIX = "keras_hub:"
+
 POOLINGS = ("mean", "cls")
 
 

@@ -53,9 +53,12 @@ def color_dir(tmp_path):
 
 
 def run_cli(module, *args, env=None, cwd=None, timeout=600):
-  """Runs `python -m kerasft.<module> args...`; returns the CompletedProcess."""
+  """Runs `python -m kerasft.<module> args...` in `cwd` (default: a new temporary folder,
+  so that default outputs such as runs/NAME never land in the checkout); returns the
+  CompletedProcess."""
   full_env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
-  return subprocess.run([sys.executable, "-m", f"kerasft.{module}", *args], cwd=cwd or REPO,
+  cwd = cwd or tempfile.mkdtemp(prefix="kerasft-cli-")
+  return subprocess.run([sys.executable, "-m", f"kerasft.{module}", *args], cwd=cwd,
                         env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -76,3 +79,71 @@ def trained_run(tmp_path_factory):
       name="fashion", model_dir=str(root / "runs" / "fashion"),
       export_dir=str(root / "saved_models" / "fashion"))
   return kerasft.train_classifier(config, verbose=0), data_dir
+
+
+def build_backbone(name, weights="imagenet", image_size=None, **fields):
+  """backbones.build for a ModelConfig with these fields."""
+  from kerasft import backbones, config
+  return backbones.build(config.ModelConfig(model=name, weights=weights, image_size=image_size,
+                                            **fields))
+
+
+def output(task="multiclass", threshold=0.5):
+  from kerasft import tasks
+  return tasks.make_output(task, threshold)
+
+
+def load_dataset(data_dir, val_dir, validation_split, image_size, batch_size, seed=0):
+  """Indexed image folders in their training and validation pipelines."""
+  from kerasft import data, pipeline
+  train, val = data.index(data_dir, val_dir, validation_split, seed)
+  return pipeline.pipelines(train, val, image_size, batch_size, seed)
+
+
+def export_image(model, class_names, image_size, export_dir, version=None, overwrite=False,
+                 resize="squash", task="multiclass", threshold=0.5, card=None):
+  """A SavedModel version of an image model (raw pixels in), as training writes it."""
+  from kerasft import serving
+  out = output(task, threshold)
+  return serving.export(
+      lambda labels: serving.image_signatures(model, class_names, image_size, labels, resize,
+                                              out.serving_outputs),
+      class_names, export_dir, version, overwrite, card)
+
+
+def fit_run(run_config, model, dataset, task="multiclass", **kwargs):
+  """fit.execute into the config's model_dir; returns the history."""
+  from kerasft import fit, run_folder
+  return fit.execute(run_config, model, dataset, output(task),
+                     run_folder.RunFolder(run_config.model_dir), **kwargs).history
+
+
+def call_main(module, *args, cwd=None):
+  """Runs `python -m kerasft.<module> args...` in this process, as the command line would
+  (the same flag parsing, one-line errors and exit codes) but without starting TensorFlow
+  again; in `cwd` when given. Returns a CompletedProcess (stderr holds the log lines)."""
+  import contextlib
+  import importlib
+  import io
+  import logging as pylogging
+  from absl import logging as absl_logging
+  from absl.testing import flagsaver
+  from kerasft import errors
+  entry = importlib.import_module(f"kerasft.{module}")
+  out, err = io.StringIO(), io.StringIO()
+  handler = pylogging.StreamHandler(err)
+  handler.setFormatter(pylogging.Formatter("%(levelname)s %(message)s"))
+  root, verbosity = pylogging.getLogger(), absl_logging.get_verbosity()
+  root.addHandler(handler)
+  absl_logging.set_verbosity(absl_logging.INFO)
+  previous = os.getcwd()
+  try:
+    if cwd:
+      os.chdir(cwd)
+    with flagsaver.flagsaver(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      code = errors.run_in_process(entry.main, [f"kerasft.{module}", *map(str, args)])
+  finally:
+    os.chdir(previous)
+    root.removeHandler(handler)
+    absl_logging.set_verbosity(verbosity)
+  return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())

@@ -8,14 +8,15 @@ import keras
 from conftest import needs_imagenet_mobilenet, run_cli
 from kerasft import backbones, heads
 from kerasft.errors import UsageError
+from conftest import build_backbone, output
 
 
 @pytest.mark.slow
 def test_every_model_builds_small_and_freezing_leaves_only_the_head():
   for name, entry in backbones.MODELS.items():
     size = max(32, entry.min_size)
-    backbone = backbones.build(name, "none", size)
-    model = heads.build_classifier(backbone, 3)
+    backbone = build_backbone(name, "none", size)
+    model = heads.build_classifier(backbone, 3, output())
     assert model.output_shape == (None, 3), name
     trainable = [w.path for w in model.trainable_weights]
     assert trainable == ["probabilities/kernel", "probabilities/bias"], (name, trainable)
@@ -33,7 +34,7 @@ def test_list_models_prints_every_name_with_its_size():
 
 @needs_imagenet_mobilenet
 def test_imagenet_weights_come_from_keras_home():
-  backbone = backbones.build("mobilenet", "imagenet", 64)
+  backbone = build_backbone("mobilenet", "imagenet", 64)
   reference = keras.applications.MobileNet(include_top=False, weights="imagenet",
                                            input_shape=(64, 64, 3), pooling="avg")
   for a, b in zip(backbone.model.weights, reference.weights):
@@ -63,26 +64,26 @@ def test_missing_imagenet_weights_is_one_actionable_line(tmp_path):
 
 
 def test_weights_file_is_loaded(tmp_path):
-  source = backbones.build("mobilenet_v3_small", "none", 32)
+  source = build_backbone("mobilenet_v3_small", "none", 32)
   path = str(tmp_path / "backbone.weights.h5")
   source.model.save_weights(path)
-  loaded = backbones.build("mobilenet_v3_small", path, 32)
+  loaded = build_backbone("mobilenet_v3_small", path, 32)
   for a, b in zip(source.model.weights, loaded.model.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_bad_weights_paths_are_usage_errors(tmp_path):
   with pytest.raises(UsageError, match="^--weights: file .* does not exist"):
-    backbones.build("mobilenet", str(tmp_path / "nope.h5"), 32)
-  other = backbones.build("mobilenet_v3_small", "none", 32)
+    build_backbone("mobilenet", str(tmp_path / "nope.h5"), 32)
+  other = build_backbone("mobilenet_v3_small", "none", 32)
   path = str(tmp_path / "other.weights.h5")
   other.model.save_weights(path)
   with pytest.raises(UsageError, match="^--weights: cannot load"):
-    backbones.build("mobilenet", path, 32)
+    build_backbone("mobilenet", path, 32)
 
 
 def test_unfreeze_top_skips_batchnorm():
-  backbone = backbones.build("mobilenet", "none", 32)
+  backbone = build_backbone("mobilenet", "none", 32)
   names = backbones.unfreeze(backbone.model, top=3)
   assert names == ["conv_pw_12", "conv_dw_13", "conv_pw_13"]
   trainable_layers = {w.path.split("/")[0] for w in backbone.model.trainable_weights}

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from conftest import write_color_images
-from kerasft import data
+from kerasft import data, pipeline
 from kerasft.errors import UsageError
 
 
@@ -102,7 +102,7 @@ def test_balanced_class_weights_follow_the_label_counts():
 def test_grayscale_rgba_and_palette_images_become_rgb(tmp_path, mode):
   folder = write_color_images(tmp_path / "d", per_class=2, size=20, mode=mode)
   files = data.scan_class_folder(folder, "data_dir")
-  ds = data.make_pipeline(files, 16, batch_size=4)
+  ds = pipeline.make_pipeline(files, 16, batch_size=4)
   images, labels = next(iter(ds))
   assert images.shape == (4, 16, 16, 3) and images.dtype.name == "float32"
   assert labels.shape == (4, 3)
@@ -113,13 +113,13 @@ def test_decode_and_resize_matches_pillow_pixels(tmp_path):
   pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
   path = tmp_path / "x.png"
   Image.fromarray(pixels).save(path)
-  out = np.asarray(data.decode_and_resize(path.read_bytes(), 8))
+  out = np.asarray(pipeline.decode_and_resize(path.read_bytes(), 8))
   np.testing.assert_array_equal(out, pixels.astype(np.float32))
 
 
 def test_pipeline_shuffles_each_epoch_but_keeps_all(color_dir):
   files = data.scan_class_folder(color_dir, "data_dir")
-  ds = data.make_pipeline(files, 8, batch_size=100, shuffle=True, seed=1)
+  ds = pipeline.make_pipeline(files, 8, batch_size=100, shuffle=True, seed=1)
   first = np.asarray(next(iter(ds))[1]).argmax(1)
   second = np.asarray(next(iter(ds))[1]).argmax(1)
   assert sorted(first) == sorted(second) == sorted(files.labels)

@@ -68,7 +68,7 @@ def _multi_worker(tmp_path, data_dir, env_extra=None, timeout=300):
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "kerasft.train",
          *_args(tmp_path, data_dir, "--strategy=multi_worker", "--batch_size=16")],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   deadline = time.monotonic() + timeout
   results = []
   for proc in procs:
@@ -110,7 +110,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
   data_dir = os.path.join(FASHION, "train")
   args = _args(tmp_path, data_dir, "--epochs=5", "--cache_features=off", "--deterministic")
   env = {**os.environ, "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1"}
-  proc = subprocess.Popen([sys.executable, "-m", "kerasft.train", *args], cwd=REPO, env=env,
+  proc = subprocess.Popen([sys.executable, "-m", "kerasft.train", *args], cwd=str(tmp_path), env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   seen = []
   deadline = time.monotonic() + 300

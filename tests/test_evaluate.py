@@ -7,7 +7,7 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from conftest import run_cli
-from kerasft import data, serving
+from kerasft import client, data
 
 
 def _evaluation_files(trained_run):
@@ -25,8 +25,8 @@ def test_evaluate_export_matches_scikit_learn_and_writes_pngs(trained_run, tmp_p
   written = json.loads((out / "metrics.json").read_text())
   # The same predictions, computed here independently through the export.
   files = _evaluation_files(trained_run)
-  predict, names = serving.load_predictor(result.export_path)
-  probabilities = serving.predict_files(predict, files.inputs)
+  predict, names = client.load_predictor(result.export_path)
+  probabilities = client.predict_files(predict, files.inputs)
   predicted = probabilities.argmax(1)
   assert written["num_examples"] == len(files.inputs)
   assert written["accuracy"] == skm.accuracy_score(files.labels, predicted)

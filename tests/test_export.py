@@ -11,7 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 from conftest import run_cli
-from kerasft import data, serving
+from kerasft import client, data, pipeline, serving
+from conftest import export_image
 
 
 def _saved_model_cli(*args):
@@ -31,7 +32,7 @@ def test_three_signatures_through_saved_model_cli_reproduce_the_model(trained_ru
   paths = _test_images(trained_run, 3)
   encoded = [open(p, "rb").read() for p in paths]
   size = result.config.model.image_size
-  pixels = np.stack([np.asarray(data.decode_and_resize(b, size)) for b in encoded])
+  pixels = np.stack([np.asarray(pipeline.decode_and_resize(b, size)) for b in encoded])
   expected = np.asarray(result.model(pixels, training=False))
   np.save(tmp_path / "images.npy", pixels)
   np.save(tmp_path / "bytes.npy", np.array(encoded, dtype=object).astype("S"))
@@ -61,7 +62,7 @@ def test_rest_b64_body_gives_the_same_classes_as_pixels(trained_run):
   instances = [base64.b64decode(i["b64"]) for i in json.loads(body)["instances"]]
   loaded = tf.saved_model.load(result.export_path)
   by_bytes = loaded.signatures["serving_bytes"](image_bytes=tf.constant(instances))
-  pixels = tf.stack([data.decode_and_resize(b, result.config.model.image_size)
+  pixels = tf.stack([pipeline.decode_and_resize(b, result.config.model.image_size)
                      for b in instances])
   by_pixels = loaded.signatures["serving_default"](images=pixels)
   assert by_bytes["classes"].numpy().tolist() == by_pixels["classes"].numpy().tolist()
@@ -96,8 +97,8 @@ def test_model_card_and_models_config(trained_run, tmp_path):
   (root / "models.config").write_text(
       'model_config_list {\n  config {\n    name: "kept"\n    base_path: "/elsewhere/kept"\n'
       '    model_platform: "tensorflow"\n  }\n}\n')
-  serving.export(result.model, result.class_names, 64, str(root / "alpha"))
-  serving.export(result.model, result.class_names, 64, str(root / "beta"))
+  export_image(result.model, result.class_names, 64, str(root / "alpha"))
+  export_image(result.model, result.class_names, 64, str(root / "beta"))
   text = (root / "models.config").read_text()
   assert text.count("config {") == 3 and '"/elsewhere/kept"' in text
   assert 'base_path: "/models/alpha"' in text and 'base_path: "/models/beta"' in text
@@ -132,16 +133,16 @@ def test_export_cli_versions_and_tflite(trained_run, tmp_path):
 
   paths = _test_images(trained_run, 200)
   size = result.config.model.image_size
-  images = np.stack([np.asarray(data.decode_and_resize(open(p, "rb").read(), size))
+  images = np.stack([np.asarray(pipeline.decode_and_resize(open(p, "rb").read(), size))
                      for p in paths])
-  expected = serving.saved_model_probabilities(str(export_dir / "1"), images)
-  dynamic = serving.tflite_probabilities(str(tflite), images)
+  expected = client.saved_model_probabilities(str(export_dir / "1"), images)
+  dynamic = client.tflite_probabilities(str(tflite), images)
   # TFLite's dynamic-range kernels quantize activations on the fly; on this MobileNet v1
   # that keeps top-1 on 0.885-0.935 of the fashion test images (measured), not 0.95.
   assert np.mean(dynamic.argmax(1) == expected.argmax(1)) >= 0.85
   float_dir = tmp_path / "float"
   float_path = serving.export_tflite(str(export_dir / "1"), str(float_dir), "none")
-  np.testing.assert_allclose(serving.tflite_probabilities(float_path, images), expected,
+  np.testing.assert_allclose(client.tflite_probabilities(float_path, images), expected,
                              atol=1e-4)
   assert os.path.getsize(tflite) < 0.5 * os.path.getsize(float_path)
 

@@ -11,7 +11,8 @@ from absl import logging as absl_logging
 
 from conftest import needs_imagenet_mobilenet, write_color_images
 import kerasft
-from kerasft import backbones, data, features, heads
+from kerasft import backbones, data, features, heads, pipeline
+from conftest import build_backbone, output
 
 pytestmark = needs_imagenet_mobilenet  # random MobileNet features are all ~0
 
@@ -38,7 +39,7 @@ def runs(tmp_path_factory):
 
 def _val_images(result):
   files = data.index(result.config.data.data_dir, "", 0.2, 0)[1]
-  return np.concatenate([x for x, _ in data.make_pipeline(files, 64, 64)])
+  return np.concatenate([x for x, _ in pipeline.make_pipeline(files, 64, 64)])
 
 
 @pytest.mark.parametrize("cached", ["memory", "disk"])
@@ -66,7 +67,7 @@ def test_disk_cache_is_used_when_memory_is_too_small(runs):
 
 
 def test_caching_is_refused_with_the_reason_when_layers_are_unfrozen():
-  model = heads.build_classifier(backbones.build("mobilenet", "imagenet", 32), 3)
+  model = heads.build_classifier(build_backbone("mobilenet", "imagenet", 32), 3, output())
   assert features.refusal(model) is None
   backbones.unfreeze(heads.backbone_of(model), top=2)
   assert "backbone weights are trainable" in features.refusal(model)

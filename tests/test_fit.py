@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import needs_imagenet_mobilenet, write_color_images
-from kerasft import backbones, config, data, fit, heads
+from kerasft import backbones, config, heads, optimizers
+from conftest import build_backbone, output, load_dataset, fit_run
 
 # A randomly initialized MobileNet maps every image to ~0 features, so these tests train
 # on the real ImageNet weights from ../shared/keras_home.
@@ -20,9 +21,9 @@ def color_dir(tmp_path):
 
 def _setup(color_dir, seed=0):
   keras.utils.set_random_seed(seed)
-  dataset = data.load(color_dir, "", 0.25, 64, batch_size=8, seed=seed)
-  backbone = backbones.build("mobilenet", "imagenet", 64)
-  model = heads.build_classifier(backbone, len(dataset.class_names), dropout=0.0)
+  dataset = load_dataset(color_dir, "", 0.25, 64, batch_size=8, seed=seed)
+  backbone = build_backbone("mobilenet", "imagenet", 64)
+  model = heads.build_classifier(backbone, len(dataset.class_names), output(), dropout=0.0)
   return dataset, backbone, model
 
 
@@ -36,7 +37,7 @@ def test_head_phase_learns_and_leaves_the_backbone_bit_identical(color_dir, tmp_
   run_config = config.RunConfig(
       training=config.TrainingConfig(epochs=4, learning_rate=0.01, cache_features="off"),
       model_dir=str(tmp_path)).resolved()
-  history = fit.run(run_config, model, dataset, verbose=0)
+  history = fit_run(run_config, model, dataset, verbose=0)
   after = _weights(backbone.model)
   assert before.keys() == after.keys()
   for path in before:
@@ -56,7 +57,7 @@ def test_fine_tune_changes_exactly_the_unfrozen_layers_and_no_batchnorm(color_di
       training=config.TrainingConfig(epochs=1, fine_tune_epochs=2, learning_rate=0.01,
                                      fine_tune_learning_rate=0.01),
       model_dir=str(tmp_path)).resolved()
-  history = fit.run(run_config, model, dataset, restore_best=False, verbose=0)
+  history = fit_run(run_config, model, dataset, restore_best=False, verbose=0)
   assert history["phase"] == ["head", "fine_tune", "fine_tune"]
   after = _weights(backbone.model)
   changed = {path.split("/")[0] for path in before
@@ -81,16 +82,16 @@ def _bn_weights(backbone, block_names):
     ("train", {"gamma", "beta", "moving_mean", "moving_variance"})])
 def test_bn_mode(color_dir, tmp_path, bn_mode, changes):
   keras.utils.set_random_seed(0)
-  dataset = data.load(color_dir, "", 0.25, 64, batch_size=8, seed=0)
-  backbone = backbones.build("mobilenet", "imagenet", 64)
-  model = heads.build_classifier(backbone, 3, dropout=0.0, bn_mode=bn_mode)
+  dataset = load_dataset(color_dir, "", 0.25, 64, batch_size=8, seed=0)
+  backbone = build_backbone("mobilenet", "imagenet", 64)
+  model = heads.build_classifier(backbone, 3, output(), dropout=0.0, bn_mode=bn_mode)
   before = _bn_weights(backbone, ["12", "13"])
   run_config = config.RunConfig(
       model=config.ModelConfig(unfreeze_blocks=2, bn_mode=bn_mode, image_size=64),
       training=config.TrainingConfig(epochs=1, fine_tune_epochs=1, cache_features="off",
                                      fine_tune_learning_rate=0.01),
       model_dir=str(tmp_path)).resolved()
-  fit.run(run_config, model, dataset, restore_best=False, verbose=0)
+  fit_run(run_config, model, dataset, restore_best=False, verbose=0)
   after = _bn_weights(backbone, ["12", "13"])
   changed = {path.split("/")[-1] for path in before
              if not np.array_equal(before[path], after[path])}
@@ -98,16 +99,16 @@ def test_bn_mode(color_dir, tmp_path, bn_mode, changes):
 
 
 def test_layer_lr_decay_scales_each_blocks_update(color_dir):
-  x, y = next(iter(data.load(color_dir, "", 0.25, 64, batch_size=16, seed=0).train))
+  x, y = next(iter(load_dataset(color_dir, "", 0.25, 64, batch_size=16, seed=0).train))
 
   def one_step(decay):
     keras.utils.set_random_seed(0)
-    backbone = backbones.build("mobilenet", "imagenet", 64)
-    model = heads.build_classifier(backbone, 3, dropout=0.0)
+    backbone = build_backbone("mobilenet", "imagenet", 64)
+    model = heads.build_classifier(backbone, 3, output(), dropout=0.0)
     backbones.unfreeze(backbone.model, n_blocks=3)
     before = {w.path: w.numpy().copy() for w in model.trainable_weights}
-    fit.compile_model(model, fit.make_optimizer(
-        "sgd", 0.01, lr_multipliers=fit.layer_lr_multipliers(model, decay)))
+    optimizers.compile_model(model, optimizers.make_optimizer(
+        "sgd", 0.01, lr_multipliers=optimizers.layer_lr_multipliers(model, decay)), output())
     model.train_on_batch(x, y)
     return {p: np.abs(w.numpy() - before[p]).sum()
             for p, w in ((w.path, w) for w in model.trainable_weights)}
@@ -132,7 +133,7 @@ def test_gradual_unfreeze_adds_blocks_each_epoch(color_dir, tmp_path):
                                      fine_tune_learning_rate=0.01, lr_schedule="cosine",
                                      warmup_epochs=0.5),
       model_dir=str(tmp_path)).resolved()
-  history = fit.run(run_config, model, dataset, restore_best=False, verbose=0)
+  history = fit_run(run_config, model, dataset, restore_best=False, verbose=0)
   assert history["phase"] == ["head", "fine_tune", "fine_tune"]
   after = _weights(backbone.model)
   changed = {p.split("/")[0] for p in before if not np.array_equal(before[p], after[p])}
@@ -140,19 +141,19 @@ def test_gradual_unfreeze_adds_blocks_each_epoch(color_dir, tmp_path):
 
 
 def test_schedules_and_weight_decay():
-  cosine = fit.learning_rate(0.1, "cosine", warmup_steps=10, total_steps=110)
+  cosine = optimizers.learning_rate(0.1, "cosine", warmup_steps=10, total_steps=110)
   assert float(cosine(0)) == pytest.approx(0.01) and float(cosine(10)) == pytest.approx(0.1)
   assert float(cosine(60)) == pytest.approx(0.05, rel=1e-3) and float(cosine(110)) < 1e-6
-  shifted = fit.learning_rate(0.1, "cosine", warmup_steps=10, total_steps=110, offset=50)
+  shifted = optimizers.learning_rate(0.1, "cosine", warmup_steps=10, total_steps=110, offset=50)
   assert float(shifted(10)) == pytest.approx(0.05, rel=1e-3)
-  warm = fit.learning_rate(0.1, "constant", warmup_steps=4, total_steps=40)
+  warm = optimizers.learning_rate(0.1, "constant", warmup_steps=4, total_steps=40)
   assert [round(float(warm(s)), 4) for s in (0, 1, 3, 20)] == [0.025, 0.05, 0.1, 0.1]
-  assert fit.learning_rate(0.1, "constant", 0, 40) == 0.1
+  assert optimizers.learning_rate(0.1, "constant", 0, 40) == 0.1
   # L2 for sgd: a zero loss gradient still moves kernels by lr * 2 * wd * w, not biases.
   kernel, bias = keras.Variable(np.ones((2, 2), "float32")), keras.Variable(np.ones(2, "float32"))
-  optimizer = fit.make_optimizer("sgd", 0.1, weight_decay=0.5)
+  optimizer = optimizers.make_optimizer("sgd", 0.1, weight_decay=0.5)
   optimizer.apply([np.zeros((2, 2), "float32"), np.zeros(2, "float32")], [kernel, bias])
   np.testing.assert_allclose(kernel.numpy(), 1 - 0.1 * 2 * 0.5)
   np.testing.assert_array_equal(bias.numpy(), 1.0)
-  assert fit.make_optimizer("adamw", 0.1, weight_decay=0.01).weight_decay == 0.01
-  assert fit.make_optimizer("adamw", 0.1).weight_decay == 0.004
+  assert optimizers.make_optimizer("adamw", 0.1, weight_decay=0.01).weight_decay == 0.01
+  assert optimizers.make_optimizer("adamw", 0.1).weight_decay == 0.004

@@ -4,6 +4,7 @@ import pytest
 import keras
 
 from kerasft import backbones, heads
+from conftest import build_backbone, output
 
 
 @pytest.mark.parametrize("mode, module", [
@@ -20,8 +21,8 @@ def test_every_table_mode_is_a_preprocess_mode():
 
 
 def test_classifier_takes_raw_pixels_and_head_is_all_that_trains():
-  backbone = backbones.build("mobilenet", "none", 32)
-  model = heads.build_classifier(backbone, 4, head=(16, 8), dropout=0.1)
+  backbone = build_backbone("mobilenet", "none", 32)
+  model = heads.build_classifier(backbone, 4, output(), head=(16, 8), dropout=0.1)
   assert model.input_shape == (None, 32, 32, 3)
   assert model.output_shape == (None, 4)
   trainable = {w.path for w in model.trainable_weights}
@@ -32,7 +33,7 @@ def test_classifier_takes_raw_pixels_and_head_is_all_that_trains():
 
 
 def test_keras_file_round_trip(tmp_path):
-  model = heads.build_classifier(backbones.build("mobilenet", "none", 32), 3)
+  model = heads.build_classifier(build_backbone("mobilenet", "none", 32), 3, output())
   path = str(tmp_path / "m.keras")
   model.save(path)
   loaded = keras.saving.load_model(path)

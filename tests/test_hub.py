@@ -10,7 +10,8 @@ import tensorflow as tf
 from conftest import FASHION, needs_fashion, needs_imagenet_mobilenet, run_cli
 from conftest import write_color_images
 import kerasft
-from kerasft import backbones, data, fit, heads, serving
+from kerasft import backbones, client, data, heads, optimizers
+from conftest import build_backbone, output, export_image
 
 SIZE = 16
 
@@ -53,8 +54,8 @@ def _colors(tmp_path):
 
 
 def _classifier(handle):
-  backbone = backbones.build(f"hub:{handle}")
-  return heads.build_classifier(backbone, 3, dropout=0.0), backbone
+  backbone = build_backbone(f"hub:{handle}")
+  return heads.build_classifier(backbone, 3, output(), dropout=0.0), backbone
 
 
 def _xy():
@@ -81,7 +82,7 @@ def test_size_name_and_variables_are_the_modules_own(tiny):
 def test_frozen_module_is_bit_identical_after_fit(tiny):
   model, backbone = _classifier(tiny)
   before = [v.numpy().copy() for v in backbone.model.weights]
-  fit.compile_model(model, fit.make_optimizer("adam", 0.01))
+  optimizers.compile_model(model, optimizers.make_optimizer("adam", 0.01), output())
   model.fit(*_xy(), epochs=2, verbose=0)
   for a, b in zip(before, backbone.model.weights):
     np.testing.assert_array_equal(a, b.numpy())
@@ -90,13 +91,13 @@ def test_frozen_module_is_bit_identical_after_fit(tiny):
 @pytest.mark.parametrize("optimizer, bn_mode", [("sgd", "frozen"), ("adam", "affine"),
                                                 ("adamw", "train")])
 def test_trainable_module_trains_and_adds_its_regularization_loss(tiny, optimizer, bn_mode):
-  backbone = backbones.build(f"hub:{tiny}")
-  model = heads.build_classifier(backbone, 3, dropout=0.0, bn_mode=bn_mode)
+  backbone = build_backbone(f"hub:{tiny}")
+  model = heads.build_classifier(backbone, 3, output(), dropout=0.0, bn_mode=bn_mode)
   backbone.model.trainable = True
   layer = backbone.model.get_layer("hub_module")
   before = {w.path: w.numpy().copy() for w in layer.weights}
   x, y = _xy()
-  fit.compile_model(model, fit.make_optimizer(optimizer, 0.05))
+  optimizers.compile_model(model, optimizers.make_optimizer(optimizer, 0.05), output())
   module = layer._module  # pylint: disable=protected-access
   reg = float(module.regularization_losses[0]())
   ce = float(keras.losses.categorical_crossentropy(y, model(x, training=False)).numpy().mean())
@@ -112,11 +113,11 @@ def test_trainable_module_trains_and_adds_its_regularization_loss(tiny, optimize
 def test_export_and_keras_file_reproduce_outputs(tiny, tmp_path):
   model, backbone = _classifier(tiny)
   backbone.model.trainable = True
-  fit.compile_model(model, fit.make_optimizer("adam", 0.05))
+  optimizers.compile_model(model, optimizers.make_optimizer("adam", 0.05), output())
   x, y = _xy()
   model.fit(x, y, epochs=1, verbose=0)
   expected = np.asarray(model(x, training=False))
-  path = serving.export(model, ["a", "b", "c"], SIZE, str(tmp_path / "export"))
+  path = export_image(model, ["a", "b", "c"], SIZE, str(tmp_path / "export"))
   out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(x))
   np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
   model.save(tmp_path / "m.keras")
@@ -145,13 +146,13 @@ def test_savedmodel_signature_and_keras_sources(tmp_path):
   x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
   source = keras.Model(inputs, keras.layers.Dense(5, name="old_head")(x))
   source.save(tmp_path / "src.keras")
-  backbone = backbones.build(f"keras:{tmp_path / 'src.keras'}")
+  backbone = build_backbone(f"keras:{tmp_path / 'src.keras'}")
   assert backbone.model.output_shape == (None, 4) and backbone.image_size == SIZE
-  assert backbones.build(f"keras:{tmp_path / 'src.keras'}",
+  assert build_backbone(f"keras:{tmp_path / 'src.keras'}",
                          backbone_layer="conv_a").model.output_shape == (None, 4)
   source.export(str(tmp_path / "exported"))  # a SavedModel with a serving_default signature
-  sm = backbones.build(f"savedmodel:{tmp_path / 'exported'}", signature="serving_default",
-                       image_size=SIZE, input_range="0,255")
+  sm = build_backbone(f"savedmodel:{tmp_path / 'exported'}", signature="serving_default",
+                       image_size=SIZE, hub_input_range="0,255")
   probe = np.random.default_rng(0).uniform(0, 1, (2, SIZE, SIZE, 3)).astype("float32")
   np.testing.assert_allclose(np.asarray(sm.model(probe)), np.asarray(source(probe)), atol=1e-5)
 
@@ -212,6 +213,6 @@ def test_mobilenet_as_a_hub_module_reaches_the_accuracy_bar(tmp_path):
   result = kerasft.train_classifier(config, verbose=0)
   assert result.config.name == "mobilenet_v1" and result.config.model.image_size == 96
   test = data.scan_class_folder(os.path.join(FASHION, "test"), "data_dir", result.class_names)
-  predict, _ = serving.load_predictor(result.export_path)
-  accuracy = np.mean(serving.predict_files(predict, test.inputs).argmax(1) == test.labels)
+  predict, _ = client.load_predictor(result.export_path)
+  accuracy = np.mean(client.predict_files(predict, test.inputs).argmax(1) == test.labels)
   assert accuracy >= 0.75, accuracy

@@ -10,7 +10,8 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import HAVE_IMAGENET_MOBILENET
-from kerasft import backbones, data, heads, serving
+from kerasft import heads, pipeline, serving
+from conftest import build_backbone, output, export_image
 
 CLASSES = ["cat", "dog", "fish"]
 SIZE = 48
@@ -20,14 +21,14 @@ SIZE = 48
 def model():
   keras.utils.set_random_seed(0)
   weights = "imagenet" if HAVE_IMAGENET_MOBILENET else "none"  # random ones give ~0 features
-  return heads.build_classifier(backbones.build("mobilenet", weights, SIZE), len(CLASSES),
+  return heads.build_classifier(build_backbone("mobilenet", weights, SIZE), len(CLASSES), output(),
                                 head=(8,))
 
 
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory):
   root = tmp_path_factory.mktemp("saved_models") / "pets"
-  return serving.export(model, CLASSES, SIZE, str(root))
+  return export_image(model, CLASSES, SIZE, str(root))
 
 
 def _images(n=4, seed=0):
@@ -67,7 +68,7 @@ def test_serving_default_reproduces_the_model(model, exported):
 def test_serving_bytes_decodes_like_training(model, exported):
   pixels = np.random.default_rng(1).integers(0, 256, (3, 30, 20, 3))
   encoded = [_png_bytes(p) for p in pixels]
-  expected = np.asarray(model(np.stack([data.decode_and_resize(b, SIZE) for b in encoded]),
+  expected = np.asarray(model(np.stack([pipeline.decode_and_resize(b, SIZE) for b in encoded]),
                               training=False))
   out = tf.saved_model.load(exported).signatures["serving_bytes"](
       image_bytes=tf.constant(encoded))
@@ -96,14 +97,14 @@ def test_variables_take_the_parameter_bytes_once(model, exported):
 
 def test_next_run_adds_version_2_and_failures_leave_nothing(model, exported, monkeypatch):
   root = os.path.dirname(exported)
-  second = serving.export(model, CLASSES, SIZE, root)
+  second = export_image(model, CLASSES, SIZE, root)
   assert os.path.basename(second) == "2"
 
   def boom(*args, **kwargs):
     raise RuntimeError("disk full")
   monkeypatch.setattr(tf.saved_model, "save", boom)
   with pytest.raises(RuntimeError):
-    serving.export(model, CLASSES, SIZE, root)
+    export_image(model, CLASSES, SIZE, root)
   assert sorted(os.listdir(root)) == ["1", "2"]
   assert serving.versions(root) == [1, 2]
 
@@ -113,12 +114,12 @@ def test_serving_bytes_resizes_like_training_in_every_mode(model, tmp_path, resi
   wide = np.zeros((20, 40, 3), np.uint8)
   wide[:, :20] = 255  # left half white
   encoded = [_png_bytes(wide), _png_bytes(np.random.default_rng(2).integers(0, 256, (50, 30, 3)))]
-  pixels = np.stack([np.asarray(data.decode_and_resize(b, SIZE, resize)) for b in encoded])
+  pixels = np.stack([np.asarray(pipeline.decode_and_resize(b, SIZE, resize)) for b in encoded])
   if resize == "pad":  # aspect kept: black bands above and below
     assert pixels[0, 0].max() == 0 and pixels[0, SIZE // 2, 0].min() > 250
   elif resize == "crop":  # central square of the wide image: both halves present
     assert pixels[0, SIZE // 2, 0].min() > 250 and pixels[0, SIZE // 2, -1].max() < 5
-  path = serving.export(model, CLASSES, SIZE, str(tmp_path / resize), resize=resize)
+  path = export_image(model, CLASSES, SIZE, str(tmp_path / resize), resize=resize)
   loaded = tf.saved_model.load(path)
   by_bytes = loaded.signatures["serving_bytes"](image_bytes=tf.constant(encoded))
   by_pixels = loaded.signatures["serving_default"](images=tf.constant(pixels))

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import COLORS, HAVE_IMAGENET_MOBILENET, run_cli, write_color_images
+from conftest import COLORS, HAVE_IMAGENET_MOBILENET, output, run_cli, write_color_images
 import kerasft
-from kerasft import data, serving, sources
+from kerasft import data, pipeline, records, sources
+from kerasft.files import read_labels
 from kerasft.errors import UsageError
 
 WEIGHTS = "imagenet" if HAVE_IMAGENET_MOBILENET else "none"
@@ -71,11 +72,11 @@ def test_csv_reads_paths_relative_to_its_folder_and_each_task(tmp_path):
   files = sources.read_csv(path, "csv")
   assert files.class_names == ["blue", "green", "red"] and len(files.inputs) == 9
   assert all(os.path.isfile(p) for p in files.inputs)
-  multi = sources.read_csv(path, "csv", label_column="tags", task="multilabel")
+  multi = sources.read_csv(path, "csv", label_column="tags", output=output("multilabel"))
   assert multi.class_names == ["cool", "natural", "warm"]
   green = multi.targets()[np.asarray(files.labels) == 1]
   np.testing.assert_array_equal(green, [[1, 1, 0]] * 3)
-  regression = sources.read_csv(path, "csv", label_column="redness,blueness", task="regression")
+  regression = sources.read_csv(path, "csv", label_column="redness,blueness", output=output("regression"))
   assert regression.class_names == ["redness", "blueness"]
   assert regression.targets().shape == (9, 2)
   np.testing.assert_allclose(regression.targets()[np.asarray(files.labels) == 2, 0], 1.0)
@@ -94,7 +95,7 @@ def test_tsv_and_val_csv_with_an_unknown_class(tmp_path):
 @pytest.mark.parametrize("content, kwargs, message", [
     ("file,label\na.png,x\n", {}, r"^--csv: .* has no column 'path' \(columns: file, label\)"),
     ("path,label\na.png,x\nb.png,\n", {}, r"^--csv: .* row 2 has an empty 'label'"),
-    ("path,label\na.png,high\n", {"task": "regression"}, r"^--csv: .* row 1: .* numbers"),
+    ("path,label\na.png,high\n", {"output": output("regression")}, r"^--csv: .* row 1: .* numbers"),
     ("path,label\n", {}, r"^--csv: .* has no rows"),
 ])
 def test_bad_csv_files_are_one_line_errors(tmp_path, content, kwargs, message):
@@ -113,12 +114,12 @@ def test_missing_files_in_a_csv_are_skipped_or_refused(tmp_path, caplog):
     f.write("colors/red/gone.png,red,warm,1.0,0.1\n")
   config = kerasft.DataConfig(csv=path)
   with caplog.at_level(logging.WARNING):
-    train, val = sources.index_source(config)
+    train, val = sources.index_images(config)
   assert len(train.inputs) + len(val.inputs) == 9
   assert any("gone.png" in r.getMessage() for r in caplog.records)
   with pytest.raises(UsageError,
                      match="^--strict_data: 1 unreadable image.* from --csv, first: .*gone.png"):
-    sources.index_source(kerasft.DataConfig(csv=path, strict_data=True))
+    sources.index_images(kerasft.DataConfig(csv=path, strict_data=True))
 
 
 def test_csv_trains_and_exports_through_the_cli(tmp_path):
@@ -158,7 +159,7 @@ def test_multilabel_head_trains_and_exports_scores_and_labels(tmp_path):
   assert result.metrics["task"] == "multilabel" and "macro_auc" in result.metrics
   if HAVE_IMAGENET_MOBILENET:
     assert result.metrics["macro_auc"] > 0.75  # chance is 0.5
-  images = np.stack([np.asarray(data.decode_and_resize(
+  images = np.stack([np.asarray(pipeline.decode_and_resize(
       open(os.path.join(colors, c, "001.png"), "rb").read(), 64)) for c in ("blue", "green")])
   out = _serve(result.export_path, "serving_default", images=images)
   assert set(out) == {"scores", "labels"}
@@ -166,7 +167,7 @@ def test_multilabel_head_trains_and_exports_scores_and_labels(tmp_path):
   np.testing.assert_allclose(out["scores"], result.model(images), atol=1e-5)
   expected = np.where(out["scores"] >= 0.4, np.asarray(result.class_names, object), "")
   assert out["labels"].astype(str).tolist() == expected.astype(str).tolist()
-  card = serving.read_labels(result.export_path)
+  card = read_labels(result.export_path)
   assert card == ["cool", "natural", "warm"]
 
 
@@ -181,7 +182,7 @@ def test_regression_head_trains_and_exports_predictions(tmp_path):
   assert {"mae", "val_mae"} <= set(result.history)
   assert result.metrics["task"] == "regression"
   assert (tmp_path / "run" / "predictions.png").stat().st_size > 0
-  red, blue = (np.stack([np.asarray(data.decode_and_resize(
+  red, blue = (np.stack([np.asarray(pipeline.decode_and_resize(
       open(os.path.join(colors, c, f"{i:03d}.png"), "rb").read(), 64)) for i in range(12)])
                for c in ("red", "blue"))
   out = _serve(result.export_path, "serving_default", images=np.concatenate([red, blue]))
@@ -225,43 +226,43 @@ def test_tfrecord_ids_as_names_or_from_label_names(tmp_path):
   colors = write_color_images(tmp_path / "colors", per_class=3, size=16)
   _write_tfrecord(tmp_path / "a.tfrecord", colors,
                   label_ids={"blue": [2], "green": [5], "red": [7]})
-  files = sources.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord")
+  files = records.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord")
   assert files.class_names == ["2", "5", "7"]
   assert files.streams and files.inputs[0].endswith("a.tfrecord#0")  # streamed, not held
   assert files.name(0).endswith("a.tfrecord#0")
   names = tmp_path / "names.txt"
   names.write_text("\n".join(f"class{i}" for i in range(8)) + "\n")
-  named = sources.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord", label_names=str(names))
+  named = records.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord", label_names=str(names))
   assert len(named.class_names) == 8 and named.class_names[7] == "class7"
   assert sorted(set(named.labels)) == [2, 5, 7]
   names.write_text("a\nb\n")
   with pytest.raises(UsageError, match="^--tfrecord: .* label id 2, but --label_names"):
-    sources.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord", label_names=str(names))
+    records.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord", label_names=str(names))
 
 
 def test_tfrecord_with_several_label_ids_is_multilabel(tmp_path):
   colors = write_color_images(tmp_path / "colors", per_class=2, size=16)
   _write_tfrecord(tmp_path / "m.tfrecord", colors,
                   label_ids={"blue": [0], "green": [0, 1], "red": [2]})
-  files = sources.read_tfrecords(str(tmp_path / "m.tfrecord"), "tfrecord", task="multilabel")
+  files = records.read_tfrecords(str(tmp_path / "m.tfrecord"), "tfrecord", output=output("multilabel"))
   assert files.class_names == ["0", "1", "2"]
   np.testing.assert_array_equal(files.targets()[2:4], [[1, 1, 0], [1, 1, 0]])
   with pytest.raises(UsageError, match="has 2 'image/class/label' values; a multiclass"):
-    sources.read_tfrecords(str(tmp_path / "m.tfrecord"), "tfrecord")
+    records.read_tfrecords(str(tmp_path / "m.tfrecord"), "tfrecord")
 
 
 def test_tfrecord_with_other_keys_and_bad_records(tmp_path):
   colors = write_color_images(tmp_path / "colors", per_class=2, size=16)
   _write_tfrecord(tmp_path / "b.tfrecord", colors, image_key="jpeg", label_key="y")
   with pytest.raises(UsageError, match="^--tfrecord: .* has no 'image/encoded' feature"):
-    sources.read_tfrecords(str(tmp_path / "b.tfrecord"), "tfrecord")
-  files = sources.read_tfrecords(str(tmp_path / "b.tfrecord"), "tfrecord", "jpeg", "y")
+    records.read_tfrecords(str(tmp_path / "b.tfrecord"), "tfrecord")
+  files = records.read_tfrecords(str(tmp_path / "b.tfrecord"), "tfrecord", "jpeg", "y")
   assert len(files.inputs) == 6
   (tmp_path / "junk.tfrecord").write_bytes(b"not a tfrecord file at all")
   with pytest.raises(UsageError, match="^--tfrecord: .*junk.tfrecord is not a TFRecord"):
-    sources.read_tfrecords(str(tmp_path / "junk.tfrecord"), "tfrecord")
+    records.read_tfrecords(str(tmp_path / "junk.tfrecord"), "tfrecord")
   with pytest.raises(UsageError, match="^--tfrecord: no files match"):
-    sources.read_tfrecords(str(tmp_path / "none-*.tfrecord"), "tfrecord")
+    records.read_tfrecords(str(tmp_path / "none-*.tfrecord"), "tfrecord")
 
 
 def test_tfrecord_trains_and_exports_with_class_names(tmp_path):
@@ -278,8 +279,8 @@ def test_tfrecord_trains_and_exports_with_class_names(tmp_path):
   result = kerasft.train_classifier(config, verbose=0)
   assert result.class_names == ["blue", "green", "red"]
   assert len(result.history["loss"]) == 6
-  assert (len(sources.index_source(config.data)[0].inputs)
-          + len(sources.index_source(config.data)[1].inputs)) == 32
+  assert (len(sources.index_images(config.data)[0].inputs)
+          + len(sources.index_images(config.data)[1].inputs)) == 32
   out = _serve(result.export_path, "serving_bytes",
                image_bytes=[open(os.path.join(colors, "green", "003.png"), "rb").read()])
   assert out["classes"].shape == (1,)
@@ -327,26 +328,26 @@ def test_tfds_prepared_in_a_data_dir_trains_through_the_cli(tmp_path):
   # Its own validation split (4 per class), not a split of train.
   assert "data: 30 training and 12 validation images, 3 classes (blue, green, red)" in \
       result.stderr
-  assert serving.read_labels(str(tmp_path / "export" / "1")) == ["blue", "green", "red"]
+  assert read_labels(str(tmp_path / "export" / "1")) == ["blue", "green", "red"]
 
 
 def test_tfds_split_syntax_and_keys(tmp_path):
   _prepare_tiny_tfds(tmp_path / "tfds")
-  files = sources.read_tfds("kerasft_colors", str(tmp_path / "tfds"), "train[:50%]")
+  files = records.read_tfds("kerasft_colors", str(tmp_path / "tfds"), "train[:50%]")
   assert len(files.inputs) == 15 and files.class_names == ["blue", "green", "red"]
   with pytest.raises(UsageError, match="^--image_key: kerasft_colors has no feature 'photo'"):
-    sources.read_tfds("kerasft_colors", str(tmp_path / "tfds"), "train", image_key="photo")
+    records.read_tfds("kerasft_colors", str(tmp_path / "tfds"), "train", image_key="photo")
   with pytest.raises(UsageError, match="^--train_split/--val_split: .* no split 'dev'"):
-    sources.read_tfds("kerasft_colors", str(tmp_path / "tfds"), "dev")
+    records.read_tfds("kerasft_colors", str(tmp_path / "tfds"), "dev")
 
 
 def test_tfds_names_take_a_config_after_a_colon():
-  assert sources.tfds_name("mnist") == "mnist"
-  assert sources.tfds_name("cifar10_corrupted:brightness_1") == "cifar10_corrupted/brightness_1"
-  assert sources.tfds_name("cifar10_corrupted:brightness_1:1.0.0") == \
+  assert records.tfds_name("mnist") == "mnist"
+  assert records.tfds_name("cifar10_corrupted:brightness_1") == "cifar10_corrupted/brightness_1"
+  assert records.tfds_name("cifar10_corrupted:brightness_1:1.0.0") == \
       "cifar10_corrupted/brightness_1:1.0.0"
-  assert sources.tfds_name("mnist:3.0.1") == "mnist:3.0.1"
-  assert sources.tfds_name("mnist/x:3.*") == "mnist/x:3.*"
+  assert records.tfds_name("mnist:3.0.1") == "mnist:3.0.1"
+  assert records.tfds_name("mnist/x:3.*") == "mnist/x:3.*"
 
 
 def test_tfds_mock_data_trains_and_exports(tmp_path):
@@ -383,8 +384,8 @@ def _batch(n=8, size=8):
 @pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
 def test_mixup_and_cutmix_mix_images_and_targets_alike(mixup, cutmix):
   values = np.arange(8) * 10.0
-  first = list(data.mix(_batch(), mixup, cutmix, seed=3).as_numpy_iterator())
-  again = list(data.mix(_batch(), mixup, cutmix, seed=3).as_numpy_iterator())
+  first = list(pipeline.mix(_batch(), mixup, cutmix, seed=3).as_numpy_iterator())
+  again = list(pipeline.mix(_batch(), mixup, cutmix, seed=3).as_numpy_iterator())
   changed = 0.0
   for (x, y), (x2, _) in zip(first, again):
     np.testing.assert_array_equal(x, x2)  # seeded
@@ -410,15 +411,15 @@ def test_oversample_balances_the_classes():
 
 def test_cache_dir_holds_the_decoded_images(tmp_path, color_dir):
   files = data.scan_class_folder(color_dir, "data_dir")
-  ds = data.make_pipeline(files, 16, 8, cache_dir=str(tmp_path / "cache"))
+  ds = pipeline.make_pipeline(files, 16, 8, cache_dir=str(tmp_path / "cache"))
   first = np.concatenate([x for x, _ in ds.as_numpy_iterator()])
   written = os.listdir(tmp_path / "cache")
   assert any(n.startswith("images-16-squash-") for n in written)
-  again = np.concatenate([x for x, _ in data.make_pipeline(
+  again = np.concatenate([x for x, _ in pipeline.make_pipeline(
       files, 16, 8, cache_dir=str(tmp_path / "cache")).as_numpy_iterator()])
   np.testing.assert_array_equal(first, again)
-  data.make_pipeline(files, 16, 8, cache_dir=str(tmp_path / "cache"), resize="pad")
-  list(data.make_pipeline(files, 16, 8, cache_dir=str(tmp_path / "cache"),
+  pipeline.make_pipeline(files, 16, 8, cache_dir=str(tmp_path / "cache"), resize="pad")
+  list(pipeline.make_pipeline(files, 16, 8, cache_dir=str(tmp_path / "cache"),
                           resize="pad").as_numpy_iterator())
   assert any(n.startswith("images-16-pad-") for n in os.listdir(tmp_path / "cache"))
 
@@ -444,7 +445,7 @@ def test_bad_source_and_task_combinations_are_usage_errors(kwargs, message):
 
 def test_an_image_folder_cannot_hold_multilabel_data(color_dir):
   with pytest.raises(UsageError, match="^--task=multilabel: an image folder"):
-    sources.index_source(kerasft.DataConfig(data_dir=color_dir), task="multilabel")
+    sources.index_images(kerasft.DataConfig(data_dir=color_dir), output("multilabel"))
 
 
 def test_streamed_records_come_in_order_with_their_targets(tmp_path):
@@ -456,7 +457,7 @@ def test_streamed_records_come_in_order_with_their_targets(tmp_path):
     Image.fromarray(np.full((8, 8, 3), 10 * i, np.uint8)).save(
         folder / ("a" if i % 2 == 0 else "b") / f"{i:02d}.png")
   _write_tfrecord(tmp_path / "g.tfrecord", str(folder))
-  files = sources.read_tfrecords(str(tmp_path / "g.tfrecord"), "tfrecord")
+  files = records.read_tfrecords(str(tmp_path / "g.tfrecord"), "tfrecord")
   assert files.streams and not any(isinstance(x, bytes) for x in files.inputs)
   value = {key: 10 * int(os.path.basename(n)[:2]) for key, n in zip(
       files.inputs, sorted(str(p) for p in folder.rglob("*.png")))}
@@ -465,14 +466,14 @@ def test_streamed_records_come_in_order_with_their_targets(tmp_path):
                                          train.class_names, names=train.names,
                                          streams=train.streams), seed=0)
   for part in (train, val):
-    x, y = (np.concatenate(t) for t in zip(*data.make_pipeline(
+    x, y = (np.concatenate(t) for t in zip(*pipeline.make_pipeline(
         part, 8, 4, cache=False).as_numpy_iterator()))
     np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), [value[k] for k in part.inputs])
     np.testing.assert_array_equal(y, part.targets())
-  shuffled = data.make_pipeline(train, 8, 100, shuffle=True, cache=False, seed=3)
+  shuffled = pipeline.make_pipeline(train, 8, 100, shuffle=True, cache=False, seed=3)
   first, second = (np.concatenate([x for x, _ in shuffled.as_numpy_iterator()])
                    .mean(axis=(1, 2, 3)) for _ in range(2))
   assert sorted(first) == sorted(second) == sorted(value[k] for k in train.inputs)
   assert first.tolist() != second.tolist()
-  encoded = list(data.encoded_inputs(val))
+  encoded = list(pipeline.encoded_inputs(val))
   assert len(encoded) == len(val.inputs) and all(e.startswith(b"\x89PNG") for e in encoded)

@@ -11,6 +11,7 @@ from conftest import SHARED, run_cli
 import kerasft
 from kerasft import backbones, sources
 from kerasft.errors import UsageError
+from conftest import fit_run, output
 
 MINILM = os.path.join(SHARED, "models", "all-minilm-l6-v2")
 FORTUNES = os.path.join(SHARED, "data", "fortunes_4class")
@@ -133,7 +134,7 @@ def test_text_mistakes_are_one_line_errors(tmp_path, args, message):
 
 @needs_minilm
 def test_unfreezing_the_top_block_changes_exactly_that_block(tmp_path):
-  from kerasft import fit, heads, text
+  from kerasft import heads, text
   path = _write_csv(tmp_path / "t.csv", times=2)
   config = kerasft.RunConfig(
       model=kerasft.ModelConfig(model="keras_hub:" + MINILM, max_length=16,
@@ -141,12 +142,12 @@ def test_unfreezing_the_top_block_changes_exactly_that_block(tmp_path):
       data=kerasft.DataConfig(csv=path, batch_size=8),
       training=kerasft.TrainingConfig(epochs=1, fine_tune_epochs=1, learning_rate=1e-2),
       model_dir=str(tmp_path / "run")).resolved()
-  train, val = sources.index_source(config.data, text=True)
+  train, val = sources.index_texts(config.data)
   encoder = text.load(MINILM)
   text.set_length(encoder, 16)
-  model = text.build_classifier(encoder, 2, 16)
+  model = text.build_classifier(encoder, 2, 16, output())
   before = {w.path: np.asarray(w) for w in encoder.model.weights}
-  history = fit.run(config, model, text.pipelines(train, val, encoder, 8), restore_best=False,
+  history = fit_run(config, model, text.pipelines(train, val, encoder, 8), restore_best=False,
                     verbose=0)
   after = {w.path: np.asarray(w) for w in heads.backbone_of(model).weights}
   assert set(before) == set(after)
@@ -328,7 +329,7 @@ def test_a_kerashub_preset_folder_trains_from_text_dir_and_exports(tiny_preset, 
 def test_tfds_text_data_sets_are_read_with_their_text_feature():
   import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=12):
-    train, val = sources.index_source(kerasft.DataConfig(tfds="imdb_reviews"), text=True)
+    train, val = sources.index_texts(kerasft.DataConfig(tfds="imdb_reviews"))
   assert train.class_names == ["neg", "pos"]
   assert all(isinstance(t, str) and t for t in train.inputs + val.inputs)
   assert len(train.inputs) + len(val.inputs) <= 24

@@ -125,6 +125,6 @@ def test_every_recipe_file_parses_and_builds_its_backbone(recipe):
   for key, path in needs.items():
     if key in recipe and not os.path.exists(path):
       pytest.skip(f"{path} is absent")
-  result = run_cli("train", f"--flagfile=flags/{recipe}", "--list_blocks", timeout=300)
+  result = run_cli("train", f"--flagfile=flags/{recipe}", "--list_blocks", timeout=300, cwd=REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(result.stdout.strip().splitlines()) >= 6  # one line per block

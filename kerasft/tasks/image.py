@@ -21,6 +21,8 @@ class ImageTask(Task):
 
   @classmethod
   def check_inputs(cls, config) -> None:
+    if config.model.max_length or config.model.pooling != "mean":
+      raise UsageError("--max_length/--pooling: only for text models (--model=keras_hub:...)")
     if config.data.text_dir:
       raise UsageError("--text_dir: needs a text model, --model=keras_hub:PRESET_OR_FOLDER")
 
