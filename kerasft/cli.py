@@ -9,6 +9,7 @@ imported into one process. The library below the entry points never reads `FLAGS
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from typing import Iterable, Optional
@@ -16,7 +17,7 @@ from typing import Iterable, Optional
 from absl import flags
 
 from kerasft import settings
-from kerasft.errors import UsageError
+from kerasft.errors import UsageError, guarded
 
 flags.disclaim_key_flags()  # flags defined here are key flags of the entry point calling us
 
@@ -114,3 +115,29 @@ def from_flags(cls, only: Optional[Iterable[str]] = None,
 def given(name: str, flag_values: flags.FlagValues = flags.FLAGS) -> bool:
   """Whether the user passed `--name` on the command line (or in a flagfile)."""
   return bool(flag_values[name].present)
+
+
+def _parse(argv):
+  """absl's flag parsing; a bad flag value prints one `error:` line and exits with 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_app(main) -> None:
+  """`absl.app.run(main)` for an entry point: user mistakes become one line and exit 2."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.run(guarded(main), flags_parser=_parse)
+
+
+def run_in_process(main, argv: list[str]) -> int:
+  """Parses `argv` and runs `main` as `run_app` would, in this process (tests, notebooks):
+  returns the exit code. The caller restores the flags (absl's `flagsaver`)."""
+  flags.FLAGS.unparse_flags()
+  try:
+    guarded(main)(_parse(argv))
+  except SystemExit as e:
+    return int(e.code or 0)
+  return 0

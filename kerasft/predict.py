@@ -44,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  errors.run_app(main)
+  cli.run_app(main)

@@ -128,7 +128,7 @@ def call_main(module, *args, cwd=None):
   import logging as pylogging
   from absl import logging as absl_logging
   from absl.testing import flagsaver
-  from kerasft import errors
+  from kerasft import cli
   entry = importlib.import_module(f"kerasft.{module}")
   out, err = io.StringIO(), io.StringIO()
   handler = pylogging.StreamHandler(err)
@@ -141,9 +141,35 @@ def call_main(module, *args, cwd=None):
     if cwd:
       os.chdir(cwd)
     with flagsaver.flagsaver(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-      code = errors.run_in_process(entry.main, [f"kerasft.{module}", *map(str, args)])
+      code = cli.run_in_process(entry.main, [f"kerasft.{module}", "--verbosity=0",
+                                             *map(str, args)])
   finally:
     os.chdir(previous)
     root.removeHandler(handler)
     absl_logging.set_verbosity(verbosity)
   return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def write_tiny_backbone(path, size=32, width=16):
+  """Saves a tiny convolutional backbone as a .keras file (for --model=keras:PATH): pixels
+  0..255 -> rescaling to 0..10 -> three blocks (conv, BatchNorm, ReLU; the last `width`
+  filters) -> average pooling -> a 10-way top layer that the keras: source drops. Its
+  random weights tell colours apart well enough for a head to learn them."""
+  import keras
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((size, size, 3))
+  x = keras.layers.Rescaling(10 / 255.0, name="rescale")(inputs)
+  for i, (filters, stride) in enumerate(((8, 2), (16, 2), (width, 1)), start=1):
+    x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"block{i}_conv")(x)
+    x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+    x = keras.layers.ReLU(name=f"block{i}_relu")(x)
+  x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+  outputs = keras.layers.Dense(10, activation="softmax", name="predictions")(x)
+  keras.Model(inputs, outputs, name="tiny").save(str(path))
+  return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory):
+  """--model=keras:PATH of a tiny 32 px convolutional backbone (`write_tiny_backbone`)."""
+  return "keras:" + write_tiny_backbone(tmp_path_factory.mktemp("tiny") / "tiny.keras")

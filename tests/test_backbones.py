@@ -5,27 +5,45 @@ import pytest
 
 import keras
 
-from conftest import needs_imagenet_mobilenet, run_cli
+from conftest import call_main, needs_imagenet_mobilenet, run_cli
 from kerasft import backbones, heads
 from kerasft.errors import UsageError
 from conftest import build_backbone, output
 
 
-@pytest.mark.slow
-def test_every_model_builds_small_and_freezing_leaves_only_the_head():
+def test_every_table_entry_names_a_keras_application():
   for name, entry in backbones.MODELS.items():
+    assert callable(getattr(keras.applications, entry.keras_name, None)), name
+    assert entry.min_size <= entry.default_size, name
+
+
+# One model per family: the others differ from it only in width and depth.
+FAMILIES = ("convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_b0",
+            "inception_resnet_v2", "inception_v3", "mobilenet", "mobilenet_v2",
+            "mobilenet_v3_small", "nasnet_mobile", "resnet50", "resnet50_v2", "vgg16", "vgg19",
+            "xception")
+
+
+@pytest.mark.slow
+def test_every_family_builds_small_and_freezing_leaves_only_the_head():
+  for name in FAMILIES:
+    entry = backbones.MODELS[name]
     size = max(32, entry.min_size)
     backbone = build_backbone(name, "none", size)
     model = heads.build_classifier(backbone, 3, output())
     assert model.output_shape == (None, 3), name
     trainable = [w.path for w in model.trainable_weights]
     assert trainable == ["probabilities/kernel", "probabilities/bias"], (name, trainable)
+    assert len(backbones.blocks(backbone.model)) >= 5, name  # --unfreeze_blocks has blocks
     keras.backend.clear_session()
     gc.collect()
+  module = lambda e: getattr(keras.applications, e.keras_name).__module__  # noqa: E731
+  tested = {module(backbones.MODELS[n]) for n in FAMILIES}
+  assert {module(e) for e in backbones.MODELS.values()} == tested  # every family is built
 
 
 def test_list_models_prints_every_name_with_its_size():
-  result = run_cli("train", "--list_models")
+  result = call_main("train", "--list_models")
   assert result.returncode == 0, result.stderr
   for name, entry in backbones.MODELS.items():
     assert f"{name} " in result.stdout

@@ -16,29 +16,30 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import FASHION, REPO, needs_fashion, needs_imagenet_mobilenet, run_cli
+from conftest import FASHION, REPO, call_main, needs_fashion, run_cli
 from conftest import write_color_images
 import kerasft
 
-pytestmark = needs_imagenet_mobilenet  # random MobileNet features are all ~0
 
 
-def _args(tmp_path, data_dir, *extra, name="run"):
-  return [f"--data_dir={data_dir}", "--model=mobilenet", "--image_size=64", "--epochs=2",
-          f"--model_dir={tmp_path / name}", f"--export_dir={tmp_path / 'export' / name}",
-          *extra]
+def _args(tmp_path, data_dir, *extra, name="run", model=""):
+  chosen = [f"--model={model}"] if model else ["--model=mobilenet", "--image_size=64"]
+  return [f"--data_dir={data_dir}", *chosen, "--epochs=2", f"--model_dir={tmp_path / name}",
+          f"--export_dir={tmp_path / 'export' / name}", *extra]
 
 
 def _fingerprints(text):
   return re.findall(r"final weights fingerprint (\w+)", text)
 
 
-@needs_fashion
-def test_mirrored_over_two_cpu_replicas_trains_and_exports(tmp_path):
-  run = run_cli("train", *_args(tmp_path, os.path.join(FASHION, "train"), "--strategy=mirrored",
-                                "--cpu_replicas=2", "--batch_size=32"))
+@pytest.mark.slow
+def test_mirrored_over_two_cpu_replicas_trains_and_exports(tmp_path, tiny_backbone):
+  colors = write_color_images(tmp_path / "colors", per_class=12, size=32)
+  run = run_cli("train", *_args(tmp_path, colors, "--strategy=mirrored", "--cpu_replicas=2",
+                                "--batch_size=8", "--epochs=4", "--learning_rate=0.03",
+                                model=tiny_backbone))
   assert run.returncode == 0, run.stderr[-3000:]
-  assert "MirroredStrategy: 2 replicas, global batch 32 = 16 per replica" in run.stderr
+  assert "MirroredStrategy: 2 replicas, global batch 8 = 4 per replica" in run.stderr
   assert os.listdir(tmp_path / "export" / "run") == ["1"]
   metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
   assert metrics["accuracy"] > 0.5
@@ -54,7 +55,7 @@ def _free_ports(n):
   return ports
 
 
-def _multi_worker(tmp_path, data_dir, env_extra=None, timeout=300):
+def _multi_worker(tmp_path, data_dir, model, env_extra=None, timeout=300):
   ports = _free_ports(2)
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   procs = []
@@ -67,7 +68,7 @@ def _multi_worker(tmp_path, data_dir, env_extra=None, timeout=300):
            **(env_extra or {})}
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "kerasft.train",
-         *_args(tmp_path, data_dir, "--strategy=multi_worker", "--batch_size=16")],
+         *_args(tmp_path, data_dir, "--strategy=multi_worker", "--batch_size=16", model=model)],
         cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   deadline = time.monotonic() + timeout
   results = []
@@ -83,9 +84,9 @@ def _multi_worker(tmp_path, data_dir, env_extra=None, timeout=300):
 
 
 @pytest.mark.serial
-def test_multi_worker_trains_identically_and_only_the_chief_writes(tmp_path):
+def test_multi_worker_trains_identically_and_only_the_chief_writes(tmp_path, tiny_backbone):
   colors = write_color_images(tmp_path / "colors", per_class=8, size=32)
-  results = _multi_worker(tmp_path, colors)
+  results = _multi_worker(tmp_path, colors, tiny_backbone)
   for code, out, err in results:
     assert code == 0, err[-3000:]
   prints = [_fingerprints(err) for _, _, err in results]
@@ -98,17 +99,19 @@ def test_multi_worker_trains_identically_and_only_the_chief_writes(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.serial
-def test_multi_worker_fails_without_the_compat_fix(tmp_path):
+def test_multi_worker_fails_without_the_compat_fix(tmp_path, tiny_backbone):
   colors = write_color_images(tmp_path / "colors", per_class=8, size=32)
-  results = _multi_worker(tmp_path, colors, {"KERASFT_DISABLE_COMPAT": "1"}, timeout=150)
+  results = _multi_worker(tmp_path, colors, tiny_backbone, {"KERASFT_DISABLE_COMPAT": "1"},
+                          timeout=150)
   assert any(code != 0 for code, _, _ in results)
 
 
 @needs_fashion
 @pytest.mark.serial
-def test_killed_run_resumes_where_it_stopped(tmp_path):
+def test_killed_run_resumes_where_it_stopped(tmp_path, tiny_backbone):
   data_dir = os.path.join(FASHION, "train")
-  args = _args(tmp_path, data_dir, "--epochs=5", "--cache_features=off", "--deterministic")
+  args = _args(tmp_path, data_dir, "--epochs=5", "--cache_features=off", "--deterministic",
+               model=tiny_backbone)
   env = {**os.environ, "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1"}
   proc = subprocess.Popen([sys.executable, "-m", "kerasft.train", *args], cwd=str(tmp_path), env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -132,41 +135,42 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
   assert len(history["loss"]) == 5 and history["phase"] == ["head"] * 5
 
   straight = run_cli("train", *_args(tmp_path, data_dir, "--epochs=5", "--cache_features=off",
-                                     "--deterministic", name="straight"))
+                                     "--deterministic", name="straight", model=tiny_backbone))
   assert straight.returncode == 0, straight.stderr[-3000:]
   accuracy = [json.loads((tmp_path / n / "metrics.json").read_text())["accuracy"]
               for n in ("run", "straight")]
   assert abs(accuracy[0] - accuracy[1]) <= 0.01, accuracy
 
 
-def test_bfloat16_trains_and_exports_float32(tmp_path):
+def test_bfloat16_trains_and_exports_float32(tmp_path, tiny_backbone):
   colors = write_color_images(tmp_path / "colors", per_class=6, size=32)
-  run = run_cli("train", *_args(tmp_path, colors, "--mixed_precision=mixed_bfloat16",
-                                "--epochs=1"))
+  run = call_main("train", *_args(tmp_path, colors, "--mixed_precision=mixed_bfloat16",
+                                  "--epochs=1", model=tiny_backbone))
   assert run.returncode == 0, run.stderr[-3000:]
   assert "dtype policy mixed_bfloat16" in run.stderr
   serve = tf.saved_model.load(str(tmp_path / "export" / "run" / "1")).signatures[
       "serving_default"]
-  out = serve(images=tf.zeros((2, 64, 64, 3)))
+  out = serve(images=tf.zeros((2, 32, 32, 3)))
   assert out["probabilities"].dtype == tf.float32
   np.testing.assert_allclose(out["probabilities"].numpy().sum(1), 1.0, rtol=1e-2)
 
 
-def test_deterministic_runs_are_bit_identical(tmp_path):
+@pytest.mark.slow
+def test_deterministic_runs_are_bit_identical(tmp_path, tiny_backbone):
   colors = write_color_images(tmp_path / "colors", per_class=6, size=32)
   prints = []
-  for name in ("a", "b"):
+  for name in ("a", "b"):  # op determinism is process-wide: each run in its own process
     run = run_cli("train", *_args(tmp_path, colors, "--deterministic", "--unfreeze_top=1",
-                                  "--fine_tune_epochs=1", name=name))
+                                  "--fine_tune_epochs=1", name=name, model=tiny_backbone))
     assert run.returncode == 0, run.stderr[-3000:]
     prints += _fingerprints(run.stderr)
   assert len(prints) == 2 and prints[0] == prints[1]
 
 
-def test_early_stopping_reduce_lr_and_logged_rates(tmp_path):
+def test_early_stopping_reduce_lr_and_logged_rates(tmp_path, tiny_backbone):
   colors = write_color_images(tmp_path / "colors", per_class=6, size=32)
   config = kerasft.RunConfig(
-      model=kerasft.ModelConfig(model="mobilenet", image_size=64),
+      model=kerasft.ModelConfig(model=tiny_backbone),
       data=kerasft.DataConfig(data_dir=colors),
       training=kerasft.TrainingConfig(epochs=8, learning_rate=1e-9, early_stopping_patience=2,
                                       reduce_lr_patience=1, cache_features="off"),
@@ -180,10 +184,10 @@ def test_early_stopping_reduce_lr_and_logged_rates(tmp_path):
     kerasft.TrainingConfig(reduce_lr_patience=1, lr_schedule="cosine")
 
 
-def test_jit_compile_and_steps_per_execution(tmp_path):
+def test_jit_compile_and_steps_per_execution(tmp_path, tiny_backbone):
   colors = write_color_images(tmp_path / "colors", per_class=6, size=32)
   config = kerasft.RunConfig(
-      model=kerasft.ModelConfig(model="mobilenet", image_size=64),
+      model=kerasft.ModelConfig(model=tiny_backbone),
       data=kerasft.DataConfig(data_dir=colors, batch_size=4),
       training=kerasft.TrainingConfig(epochs=2, jit_compile="on", steps_per_execution=2,
                                       cache_features="off"),

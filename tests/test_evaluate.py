@@ -6,7 +6,9 @@ import os
 from PIL import Image
 from sklearn import metrics as skm
 
-from conftest import run_cli
+import pytest
+
+from conftest import call_main, run_cli
 from kerasft import client, data
 
 
@@ -15,6 +17,7 @@ def _evaluation_files(trained_run):
   return data.evaluation_files(data_dir, result.class_names)
 
 
+@pytest.mark.slow
 def test_evaluate_export_matches_scikit_learn_and_writes_pngs(trained_run, tmp_path):
   result, data_dir = trained_run
   out = tmp_path / "eval"
@@ -49,7 +52,7 @@ def test_evaluate_export_matches_scikit_learn_and_writes_pngs(trained_run, tmp_p
 def test_evaluate_run_writes_training_curves(trained_run, tmp_path):
   result, _ = trained_run
   out = tmp_path / "eval"
-  run = run_cli("evaluate", f"--run_dir={result.config.model_dir}", f"--output_dir={out}")
+  run = call_main("evaluate", f"--run_dir={result.config.model_dir}", f"--output_dir={out}")
   assert run.returncode == 0, run.stderr[-3000:]
   written = json.loads((out / "metrics.json").read_text())
   assert abs(written["accuracy"] - result.metrics["accuracy"]) < 1e-9  # same validation data
@@ -62,7 +65,7 @@ def test_predict_agrees_with_evaluate(trained_run, tmp_path):
   files = _evaluation_files(trained_run)
   folder = os.path.commonpath(files.inputs)
   out = tmp_path / "preds.jsonl"
-  run = run_cli("predict", f"--export={os.path.dirname(result.export_path)}", "--top_k=3",
+  run = call_main("predict", f"--export={os.path.dirname(result.export_path)}", "--top_k=3",
                 f"--output={out}", folder)
   assert run.returncode == 0, run.stderr[-3000:]
   rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -70,7 +73,7 @@ def test_predict_agrees_with_evaluate(trained_run, tmp_path):
   assert all(len(r["classes"]) == 3 and r["error"] is None for r in rows)
   predicted = [result.class_names.index(r["classes"][0]) for r in rows]
   evaluated = tmp_path / "eval"
-  assert run_cli("evaluate", f"--export={result.export_path}", f"--data_dir={data_dir}",
+  assert call_main("evaluate", f"--export={result.export_path}", f"--data_dir={data_dir}",
                  f"--output_dir={evaluated}").returncode == 0
   confusion = json.loads((evaluated / "metrics.json").read_text())["confusion_matrix"]
   assert skm.confusion_matrix(files.labels, predicted,
@@ -82,7 +85,7 @@ def test_predict_reports_unreadable_files_and_writes_csv(trained_run, tmp_path):
   image = _evaluation_files(trained_run).inputs[0]
   (tmp_path / "bad.jpg").write_text("not a jpeg")
   out = tmp_path / "preds.csv"
-  run = run_cli("predict", f"--export={result.export_path}", f"--output={out}", image,
+  run = call_main("predict", f"--export={result.export_path}", f"--output={out}", image,
                 str(tmp_path / "bad.jpg"), str(tmp_path / "missing.png"))
   assert run.returncode == 0, run.stderr[-3000:]
   assert "2 of 3 inputs could not be read" in run.stderr
@@ -90,7 +93,7 @@ def test_predict_reports_unreadable_files_and_writes_csv(trained_run, tmp_path):
   assert lines[0].startswith("file,class_1,probability_1,")
   assert len(lines) == 4 and lines[2].startswith(str(tmp_path / "bad.jpg"))
   assert "UnidentifiedImageError" in lines[2] and "FileNotFoundError" in lines[3]
-  table = run_cli("predict", f"--export={result.export_path}", "--top_k=2", image)
+  table = call_main("predict", f"--export={result.export_path}", "--top_k=2", image)
   assert table.returncode == 0 and table.stdout.startswith(image)
   assert len(table.stdout.split("\t")[1].split("  ")) == 2
 
@@ -106,7 +109,7 @@ def test_user_mistakes(trained_run, tmp_path):
       ("evaluate", [], "--export or --run_dir"),
   ]
   for module, args, prefix in cases:
-    run = run_cli(module, *args)
+    run = call_main(module, *args)
     assert run.returncode == 2, (args, run.stderr[-2000:])
     assert run.stderr.strip().splitlines()[-1].startswith(f"error: {prefix}"), run.stderr
     assert "Traceback" not in run.stderr

@@ -9,24 +9,25 @@ import pytest
 import tensorflow as tf
 from absl import logging as absl_logging
 
-from conftest import needs_imagenet_mobilenet, write_color_images
+from conftest import write_color_images, write_tiny_backbone
 import kerasft
 from kerasft import backbones, data, features, heads, pipeline
 from conftest import build_backbone, output
 
-pytestmark = needs_imagenet_mobilenet  # random MobileNet features are all ~0
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("features")
-  colors = write_color_images(root / "colors", per_class=120, size=24)  # 360 x 1024 floats
+  colors = write_color_images(root / "colors", per_class=120, size=24)
+  # 1,024 features: 360 images take 1.4 MiB, more than the disk run's 1 MiB budget
+  tiny_backbone = "keras:" + write_tiny_backbone(root / "wide.keras", width=1024)
 
   def train(name, **training):
     config = kerasft.RunConfig(
-        model=kerasft.ModelConfig(model="mobilenet", image_size=64, dropout=0.0),
+        model=kerasft.ModelConfig(model=tiny_backbone, dropout=0.0),
         data=kerasft.DataConfig(data_dir=colors, batch_size=32),
-        training=kerasft.TrainingConfig(epochs=3, learning_rate=0.003, **training),
+        training=kerasft.TrainingConfig(epochs=3, learning_rate=0.03, **training),
         name=name, model_dir=str(root / "runs" / name),
         export_dir=str(root / "saved_models" / name))
     return kerasft.train_classifier(config, verbose=0)
@@ -39,7 +40,8 @@ def runs(tmp_path_factory):
 
 def _val_images(result):
   files = data.index(result.config.data.data_dir, "", 0.2, 0)[1]
-  return np.concatenate([x for x, _ in pipeline.make_pipeline(files, 64, 64)])
+  size = result.config.model.image_size
+  return np.concatenate([x for x, _ in pipeline.make_pipeline(files, size, 64)])
 
 
 @pytest.mark.parametrize("cached", ["memory", "disk"])
@@ -56,7 +58,7 @@ def test_cached_training_gives_the_uncached_model_and_export(runs, cached):
   np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-4)
   # The checkpoint is the full model (raw pixels in), not the head alone.
   best = keras.saving.load_model(os.path.join(other.config.model_dir, "best.keras"))
-  assert best.input_shape == (None, 64, 64, 3)
+  assert best.input_shape == (None, 32, 32, 3)
   assert max(other.history["val_accuracy"]) > 0.9
 
 
@@ -67,7 +69,7 @@ def test_disk_cache_is_used_when_memory_is_too_small(runs):
 
 
 def test_caching_is_refused_with_the_reason_when_layers_are_unfrozen():
-  model = heads.build_classifier(build_backbone("mobilenet", "imagenet", 32), 3, output())
+  model = heads.build_classifier(build_backbone("mobilenet", "none", 32), 3, output())
   assert features.refusal(model) is None
   backbones.unfreeze(heads.backbone_of(model), top=2)
   assert "backbone weights are trainable" in features.refusal(model)
@@ -75,10 +77,10 @@ def test_caching_is_refused_with_the_reason_when_layers_are_unfrozen():
   assert "MixUp/CutMix" in features.refusal(model, mixing=True)
 
 
-def test_fine_tune_phase_runs_uncached_and_says_why(tmp_path, caplog):
+def test_fine_tune_phase_runs_uncached_and_says_why(tmp_path, caplog, tiny_backbone):
   colors = write_color_images(tmp_path / "colors", per_class=6, size=24)
   config = kerasft.RunConfig(
-      model=kerasft.ModelConfig(model="mobilenet", image_size=64, unfreeze_top=1),
+      model=kerasft.ModelConfig(model=tiny_backbone, unfreeze_top=1),
       data=kerasft.DataConfig(data_dir=colors),
       training=kerasft.TrainingConfig(epochs=1, fine_tune_epochs=1),
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
@@ -91,10 +93,11 @@ def test_fine_tune_phase_runs_uncached_and_says_why(tmp_path, caplog):
   assert result.history["phase"] == ["head", "fine_tune"]
 
 
-def test_augmentation_refuses_caching_and_stays_out_of_the_export(tmp_path, caplog):
+def test_augmentation_refuses_caching_and_stays_out_of_the_export(tmp_path, caplog,
+                                                                   tiny_backbone):
   colors = write_color_images(tmp_path / "colors", per_class=6, size=24)
   config = kerasft.RunConfig(
-      model=kerasft.ModelConfig(model="mobilenet", image_size=64),
+      model=kerasft.ModelConfig(model=tiny_backbone),
       data=kerasft.DataConfig(data_dir=colors, augment=("flip", "rotate", "zoom", "contrast",
                                                         "translate")),
       training=kerasft.TrainingConfig(epochs=1),
@@ -108,7 +111,7 @@ def test_augmentation_refuses_caching_and_stays_out_of_the_export(tmp_path, capl
   assert not any(layer.name.startswith("augment") for layer in result.model.layers)
   loaded = tf.saved_model.load(result.export_path)
   assert len(loaded.model_variables) == len(result.model.variables)  # the classifier's alone
-  images = tf.constant(np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)), tf.float32)
+  images = tf.constant(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)), tf.float32)
   first = loaded.signatures["serving_default"](images=images)["probabilities"].numpy()
   second = loaded.signatures["serving_default"](images=images)["probabilities"].numpy()
   np.testing.assert_array_equal(first, second)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import FASHION, needs_fashion, needs_imagenet_mobilenet, run_cli
+from conftest import FASHION, call_main, needs_fashion, needs_imagenet_mobilenet, run_cli
 from conftest import write_color_images
 import kerasft
 from kerasft import backbones, client, data, heads, optimizers
@@ -125,6 +125,7 @@ def test_export_and_keras_file_reproduce_outputs(tiny, tmp_path):
   np.testing.assert_allclose(np.asarray(reloaded(x, training=False)), expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_trains_a_hub_module_and_exports_for_saved_model_cli(tiny, tmp_path):
   colors = _colors(tmp_path)
   run = run_cli("train", f"--model=hub:{tiny}", f"--data_dir={colors}", "--epochs=1",
@@ -172,8 +173,8 @@ def test_savedmodel_signature_and_keras_sources(tmp_path):
 def test_bad_sources_and_choices_are_one_line_errors(tiny, tmp_path, args, prefix):
   colors = _colors(tmp_path)
   args = [a.format(tmp=tmp_path, tiny=tiny) for a in args]
-  run = run_cli("train", *args, f"--data_dir={colors}", "--weights=none", "--image_size=32",
-                f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}")
+  run = call_main("train", *args, f"--data_dir={colors}", "--weights=none", "--image_size=32",
+                  f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}")
   assert run.returncode == 2, run.stderr[-3000:]
   assert "Traceback" not in run.stderr
   assert run.stderr.strip().splitlines()[-1].startswith(f"error: {prefix}"), run.stderr[-500:]
@@ -181,7 +182,7 @@ def test_bad_sources_and_choices_are_one_line_errors(tiny, tmp_path, args, prefi
 
 
 def test_list_blocks():
-  run = run_cli("train", "--model=mobilenet_v2", "--list_blocks")
+  run = call_main("train", "--model=mobilenet_v2", "--list_blocks")
   assert run.returncode == 0, run.stderr[-2000:]
   names = [line.split()[0] for line in run.stdout.splitlines()]
   assert "block_13" in names and "block_16" in names and names.index("block_13") < \

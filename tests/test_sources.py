@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import COLORS, HAVE_IMAGENET_MOBILENET, output, run_cli, write_color_images
+from conftest import COLORS, HAVE_IMAGENET_MOBILENET, call_main, output, run_cli
+from conftest import write_color_images
 import kerasft
 from kerasft import data, pipeline, records, sources
 from kerasft.files import read_labels
@@ -130,7 +131,7 @@ def test_csv_trains_and_exports_through_the_cli(tmp_path):
   all_csv = _write_csv(tmp_path / "all.csv", colors)
   held_out = [r for r in open(all_csv).read().splitlines()[1:] if r not in rows]
   val_csv.write_text("\n".join([rows[0]] + held_out) + "\n")
-  result = run_cli("train", f"--csv={train_csv}", f"--val_csv={val_csv}", "--image_size=64",
+  result = call_main("train", f"--csv={train_csv}", f"--val_csv={val_csv}", "--image_size=64",
                    f"--weights={WEIGHTS}", "--epochs=4", "--learning_rate=0.01",
                    "--batch_size=8", f"--model_dir={tmp_path / 'run'}",
                    f"--export_dir={tmp_path / 'export'}")
@@ -192,14 +193,14 @@ def test_regression_head_trains_and_exports_predictions(tmp_path):
   if HAVE_IMAGENET_MOBILENET:  # red images are predicted redder than blue ones
     assert out["predictions"][:12].mean() > out["predictions"][12:].mean() + 0.3
   # evaluate and predict read the task from the export
-  run = run_cli("evaluate", f"--export={result.export_path}", f"--csv={path}",
+  run = call_main("evaluate", f"--export={result.export_path}", f"--csv={path}",
                 f"--output_dir={tmp_path / 'eval'}")
   assert run.returncode == 0, run.stderr[-3000:]
   import json
   metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
   assert metrics["task"] == "regression" and metrics["num_examples"] == 36
   assert "redness" in run.stdout and "r2" in run.stdout
-  run = run_cli("predict", f"--export={result.export_path}",
+  run = call_main("predict", f"--export={result.export_path}",
                 f"--output={tmp_path / 'p.csv'}", os.path.join(colors, "red"))
   assert run.returncode == 0, run.stderr[-3000:]
   lines = (tmp_path / "p.csv").read_text().splitlines()
@@ -318,6 +319,7 @@ def _prepare_tiny_tfds(data_dir):
   KerasftColors(data_dir=str(data_dir)).download_and_prepare()
 
 
+@pytest.mark.slow
 def test_tfds_prepared_in_a_data_dir_trains_through_the_cli(tmp_path):
   _prepare_tiny_tfds(tmp_path / "tfds")
   result = run_cli("train", "--tfds=kerasft_colors", f"--tfds_data_dir={tmp_path / 'tfds'}",
@@ -361,14 +363,14 @@ def test_tfds_mock_data_trains_and_exports(tmp_path):
 
 
 def test_tfds_offline_with_nothing_prepared_is_a_one_line_error(tmp_path):
-  result = run_cli("train", "--tfds=mnist", f"--tfds_data_dir={tmp_path / 'empty'}",
-                   f"--model_dir={tmp_path / 'run'}", timeout=120)
+  result = call_main("train", "--tfds=mnist", f"--tfds_data_dir={tmp_path / 'empty'}",
+                     f"--model_dir={tmp_path / 'run'}")
   assert result.returncode == 2, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: --tfds: mnist is not prepared in ")
   assert str(tmp_path / "empty") in last and "tfds build mnist" in last
   assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
-  result = run_cli("train", "--tfds=no_such_dataset_xyz", timeout=120)
+  result = call_main("train", "--tfds=no_such_dataset_xyz", cwd=tmp_path)
   assert result.returncode == 2 and "error: --tfds: no data set 'no_such_dataset_xyz'" in \
       result.stderr
 

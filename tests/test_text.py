@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import SHARED, run_cli
+from conftest import SHARED, call_main
 import kerasft
 from kerasft import backbones, sources
 from kerasft.errors import UsageError
@@ -123,8 +123,8 @@ def test_text_mistakes_are_one_line_errors(tmp_path, args, message):
   csv_path = _write_csv(tmp_path / "t.csv")
   empty = _write_csv(tmp_path / "empty.csv", {"a": [""] * 4, "b": ["  "] * 4})
   args = [a.format(csv=csv_path, empty=empty) for a in args]
-  result = run_cli("train", *args, f"--model_dir={tmp_path / 'run'}",
-                   f"--export_dir={tmp_path / 'export'}", timeout=300)
+  result = call_main("train", *args, f"--model_dir={tmp_path / 'run'}",
+                     f"--export_dir={tmp_path / 'export'}")
   assert result.returncode == 2, result.stderr[-3000:]
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
@@ -178,7 +178,7 @@ def test_frozen_minilm_with_the_default_head_reaches_080_on_fortunes_test(fortun
   assert result.class_names == ["computers", "food", "politics", "science"]
   assert 8 <= result.config.model.max_length <= 512 and result.config.model.max_length % 8 == 0
   out = tmp_path / "eval"
-  run = run_cli("evaluate", f"--export={result.export_path}",
+  run = call_main("evaluate", f"--export={result.export_path}",
                 f"--csv={os.path.join(FORTUNES, 'test.csv')}", f"--output_dir={out}")
   assert run.returncode == 0, run.stderr[-3000:]
   metrics = json.loads((out / "metrics.json").read_text())

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import FASHION, HAVE_IMAGENET_MOBILENET, needs_fashion, needs_imagenet_mobilenet
-from conftest import REPO, SHARED, run_cli, write_color_images
+from conftest import REPO, SHARED, call_main, run_cli, write_color_images
 import kerasft
 from kerasft import data
 
@@ -30,9 +30,15 @@ def _assert_usage_error(result, prefix, tmp_path):
   assert not export.exists() or not [n for n in os.listdir(export) if n != "1"]
 
 
-def test_cli_trains_exports_and_refuses_to_overwrite_a_finished_run(tmp_path):
+def _tiny_args(tmp_path, data_dir, tiny_backbone, *extra):
+  return [f"--data_dir={data_dir}", f"--model={tiny_backbone}", "--epochs=2",
+          f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}", *extra]
+
+
+@pytest.mark.slow
+def test_cli_trains_exports_and_refuses_to_overwrite_a_finished_run(tmp_path, tiny_backbone):
   colors = write_color_images(tmp_path / "colors", per_class=10, size=32)
-  result = run_cli("train", *_args(tmp_path, colors))
+  result = run_cli("train", *_tiny_args(tmp_path, colors, tiny_backbone))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "exported to" in result.stdout
   run = tmp_path / "run"
@@ -41,15 +47,15 @@ def test_cli_trains_exports_and_refuses_to_overwrite_a_finished_run(tmp_path):
     assert (run / name).is_file(), name
   assert os.listdir(run / "logs")
   saved = json.loads((run / "config.json").read_text())
-  assert saved["model"]["image_size"] == 64 and saved["data"]["data_dir"] == colors
+  assert saved["model"]["image_size"] == 32 and saved["data"]["data_dir"] == colors
   assert len(json.loads((run / "history.json").read_text())["loss"]) == 2
   assert os.listdir(tmp_path / "export") == ["1"]
 
-  again = run_cli("train", *_args(tmp_path, colors))
+  again = call_main("train", *_tiny_args(tmp_path, colors, tiny_backbone))
   _assert_usage_error(again, "--model_dir:", tmp_path)
   assert "--overwrite" in again.stderr
 
-  replaced = run_cli("train", *_args(tmp_path, colors, "--overwrite"))
+  replaced = call_main("train", *_tiny_args(tmp_path, colors, tiny_backbone, "--overwrite"))
   assert replaced.returncode == 0, replaced.stderr[-3000:]
   assert sorted(os.listdir(tmp_path / "export")) == ["1", "2"]
 
@@ -74,20 +80,22 @@ def test_cli_trains_exports_and_refuses_to_overwrite_a_finished_run(tmp_path):
         "positional"])
 def test_user_mistakes_are_one_line_exit_2_and_write_nothing(tmp_path, make, extra, prefix):
   data_dir = make(tmp_path)
-  result = run_cli("train", *_args(tmp_path, data_dir), *extra)
+  result = call_main("train", *_args(tmp_path, data_dir), *extra)
   _assert_usage_error(result, prefix, tmp_path)
   assert not (tmp_path / "export").exists() and not (tmp_path / "run").exists()
 
 
-def test_unreadable_image_is_skipped_or_with_strict_data_names_the_file(tmp_path):
+def test_unreadable_image_is_skipped_or_with_strict_data_names_the_file(tmp_path,
+                                                                       tiny_backbone):
   colors = write_color_images(tmp_path / "c", 3)
   (tmp_path / "c" / "red" / "notes.png").write_text("not an image")
-  result = run_cli("train", *_args(tmp_path, colors, "--strict_data"))
+  result = call_main("train", *_tiny_args(tmp_path, colors, tiny_backbone, "--strict_data"))
   _assert_usage_error(result, "--strict_data:", tmp_path)
   assert "notes.png" in result.stderr
   assert not (tmp_path / "export").exists() and not (tmp_path / "run").exists()
-  skipped = run_cli("train", *_args(tmp_path, colors, "--class_weight=balanced", "--epochs=1",
-                                    "--resize=crop"))
+  skipped = call_main("train", *_tiny_args(tmp_path, colors, tiny_backbone,
+                                           "--class_weight=balanced", "--epochs=1",
+                                           "--resize=crop"))
   assert skipped.returncode == 0, skipped.stderr[-3000:]
   assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["resize"] == "crop"
   card = json.loads((tmp_path / "export" / "1" / "model_card.json").read_text())
@@ -125,6 +133,6 @@ def test_every_recipe_file_parses_and_builds_its_backbone(recipe):
   for key, path in needs.items():
     if key in recipe and not os.path.exists(path):
       pytest.skip(f"{path} is absent")
-  result = run_cli("train", f"--flagfile=flags/{recipe}", "--list_blocks", timeout=300, cwd=REPO)
+  result = call_main("train", f"--flagfile=flags/{recipe}", "--list_blocks", cwd=REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(result.stdout.strip().splitlines()) >= 6  # one line per block
