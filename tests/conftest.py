@@ -2,6 +2,7 @@
 at a temporary, writable folder whose models/ links to ../shared/keras_home before any test
 module imports Keras."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -169,7 +170,14 @@ def write_tiny_backbone(path, size=32, width=16):
   return str(path)
 
 
-@pytest.fixture(scope="session")
-def tiny_backbone(tmp_path_factory):
-  """--model=keras:PATH of a tiny 32 px convolutional backbone (`write_tiny_backbone`)."""
-  return "keras:" + write_tiny_backbone(tmp_path_factory.mktemp("tiny") / "tiny.keras")
+@functools.lru_cache(maxsize=None)
+def tiny_model() -> str:
+  """--model=keras:PATH of a tiny 32 px convolutional backbone (`write_tiny_backbone`),
+  written once per test process into a temporary folder."""
+  folder = tempfile.mkdtemp(prefix="kerasft-tiny-")
+  return "keras:" + write_tiny_backbone(os.path.join(folder, "tiny.keras"))
+
+
+@pytest.fixture
+def tiny_backbone():
+  return tiny_model()
