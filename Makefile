@@ -1,5 +1,6 @@
 # `make demo`: create .venv, install kerasft, run the built-in recipe.
 # `make test`: create .venv, install kerasft with its test extra, run the test suite.
+# `make test-fast`: the same without the end-to-end tests marked slow or serial.
 # Both use ../shared/keras_home (MobileNet ImageNet weights) as Keras' cache when present,
 # through a writable .keras_home/ of links (Keras ignores a KERAS_HOME it cannot write).
 PYTHON ?= python3
@@ -7,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED_MODELS := $(abspath ../shared/keras_home/models)
 
-.PHONY: demo test clean
+.PHONY: demo test test-fast clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +25,12 @@ demo: $(VENV)/.installed .keras_home/.linked
 	KERAS_HOME=$(CURDIR)/.keras_home $(PY) -m kerasft.train
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -rs --durations=15 --numprocesses=auto --maxprocesses=4 -m "not serial" tests
+	$(PY) -m pytest -q -rs --durations=15 --numprocesses=auto --maxprocesses=4 --dist=loadgroup -m "not serial" tests
 	$(PY) -m pytest -q -rs -m serial tests
+
+# The in-process tests only: no end-to-end command-line runs, no clusters (about a minute).
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -rs --numprocesses=auto --maxprocesses=4 --dist=loadgroup -m "not slow and not serial" tests
 
 clean:
 	rm -rf $(VENV) .keras_home runs eval saved_models/*/

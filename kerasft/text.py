@@ -173,17 +173,25 @@ def build_classifier(backbone: TextBackbone, num_classes: int, max_length: int, 
   return keras.Model(inputs, outputs, name=f"{backbone.name.replace('-', '_')}_classifier")
 
 
+def tokenize(backbone: TextBackbone, texts: list[str]) -> dict:
+  """The packed model inputs of `texts` ({input name: int array [N, max_length]}),
+  tokenized eagerly in chunks of 1,024: no graph of the tokenizer is traced (tracing a
+  byte-pair tokenizer takes seconds per trace)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  chunks = [model_inputs(backbone, backbone.preprocessor(tf.constant(texts[i:i + 1024])))
+            for i in range(0, len(texts), 1024)]
+  if not chunks:
+    return {t.name: np.zeros((0, backbone.preprocessor.sequence_length), t.dtype)
+            for t in backbone.model.inputs}
+  return {name: np.concatenate([np.asarray(c[name]) for c in chunks]) for name in chunks[0]}
+
+
 def make_pipeline(files, backbone: TextBackbone, batch_size: int, shuffle: bool = False,
                   seed: int = 0):
   """A tf.data pipeline of (packed token inputs, float32 targets [B, C]) from texts
-  (`files.inputs` holds the texts); tokenized once and cached in memory."""
+  (`files.inputs` holds the texts), tokenized once (`tokenize`) and held in memory."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  ds = tf.data.Dataset.from_tensor_slices((tf.constant(files.inputs, tf.string),
-                                           files.targets()))
-  ds = ds.batch(1024).map(lambda text, y: (model_inputs(backbone, backbone.preprocessor(text)),
-                                           y), num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.unbatch().cache()
+  ds = tf.data.Dataset.from_tensor_slices((tokenize(backbone, files.inputs), files.targets()))
   if shuffle:
     ds = ds.shuffle(len(files.inputs), seed=seed, reshuffle_each_iteration=True)
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

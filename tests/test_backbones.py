@@ -59,6 +59,7 @@ def test_imagenet_weights_come_from_keras_home():
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+@pytest.mark.slow
 def test_missing_imagenet_weights_is_one_actionable_line(tmp_path):
   # A proxy that refuses connections makes the download fail the same way everywhere.
   env = {"KERAS_HOME": str(tmp_path / "keras_home"), "HTTPS_PROXY": "http://127.0.0.1:9",

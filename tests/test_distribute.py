@@ -83,6 +83,7 @@ def _multi_worker(tmp_path, data_dir, model, env_extra=None, timeout=300):
   return results
 
 
+@pytest.mark.slow
 @pytest.mark.serial
 def test_multi_worker_trains_identically_and_only_the_chief_writes(tmp_path, tiny_backbone):
   colors = write_color_images(tmp_path / "colors", per_class=8, size=32)
@@ -107,6 +108,7 @@ def test_multi_worker_fails_without_the_compat_fix(tmp_path, tiny_backbone):
 
 
 @needs_fashion
+@pytest.mark.slow
 @pytest.mark.serial
 def test_killed_run_resumes_where_it_stopped(tmp_path, tiny_backbone):
   data_dir = os.path.join(FASHION, "train")
