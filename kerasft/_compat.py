@@ -124,6 +124,13 @@ def keras_home() -> str:
   return home if os.access(home, os.W_OK) else os.path.join("/tmp", ".keras")
 
 
+def tfds_data_root(builder) -> str:
+  """The data folder a TFDS builder looks in (its `data_dir` is that folder plus name,
+  config and version). TFDS keeps the root in the private `_data_dir_root` (tensorflow-
+  datasets 4.9); the fallback is TFDS' default, `~/tensorflow_datasets`."""
+  return str(getattr(builder, "_data_dir_root", None) or os.path.join("~", "tensorflow_datasets"))
+
+
 def with_variable_rates(base):
   """`base` optimizer class that scales the rate per variable and adds L2 to gradients.
 

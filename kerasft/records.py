@@ -15,6 +15,7 @@ import numpy as np
 from absl import logging
 
 from kerasft.data import PROGRESS_FROM, VALIDATION_FOLDERS, Examples, RecordStream, unreadable_reasons
+from kerasft import _compat
 from kerasft.errors import UsageError
 from kerasft.tasks.outputs import Output
 
@@ -196,7 +197,7 @@ def _tfds_split(builder, name: str, data_dir: str, split: str, decoders):
   try:
     return builder.as_dataset(split=split, decoders=decoders)
   except AssertionError:
-    root = data_dir or str(getattr(builder, "_data_dir_root", "~/tensorflow_datasets"))
+    root = data_dir or _compat.tfds_data_root(builder)
     raise UsageError(f"--tfds: {name} is not prepared in {builder.data_dir}; prepare it on a "
                      f"machine with internet (`tfds build {tfds_name(name)} "
                      f"--data_dir={root}`) and pass --tfds_data_dir={root}") from None

@@ -108,3 +108,9 @@ def test_keras_applies_weight_decay_outside_the_update_step_canary():
   kernel = keras.Variable(np.ones((2, 2), "float32"))
   np.testing.assert_allclose(_apply_zero_gradients(RateOnly(0.1, weight_decay=0.5), kernel),
                              1 - 0.1 * 0.5, rtol=1e-6)
+
+
+def test_tfds_data_root_canary(tmp_path):
+  import tensorflow_datasets as tfds
+  builder = tfds.builder("mnist", data_dir=str(tmp_path))
+  assert _compat.tfds_data_root(builder) == str(tmp_path)

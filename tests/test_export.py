@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import pytest
 
-from conftest import call_main, export_image, run_cli
+from conftest import call_main, export_image
 from kerasft import client, data, pipeline, serving
 
 pytestmark = pytest.mark.xdist_group("trained_run")  # one worker computes the shared fixture once
@@ -116,8 +116,8 @@ def test_export_cli_versions_and_tflite(trained_run, tmp_path):
   result, _ = trained_run
   run_dir = result.config.model_dir
   export_dir = tmp_path / "fashion"
-  first = run_cli("export", f"--run_dir={run_dir}", f"--export_dir={export_dir}",
-                  "--format=both")
+  first = call_main("export", f"--run_dir={run_dir}", f"--export_dir={export_dir}",
+                    "--format=both")
   assert first.returncode == 0, first.stderr[-3000:]
   assert "largest probability difference" in first.stdout
   assert sorted(os.listdir(export_dir)) == ["1", "tflite"]

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.xdist_group("features")  # one worker computes the shar
 
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("features")
   colors = write_color_images(root / "colors", per_class=120, size=24)

@@ -158,7 +158,7 @@ def test_unfreezing_the_top_block_changes_exactly_that_block(tmp_path):
   assert history["phase"] == ["head", "fine_tune"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fortunes_run(tmp_path_factory):
   if not (os.path.isfile(os.path.join(MINILM, "model.safetensors"))
           and os.path.isfile(os.path.join(FORTUNES, "test.csv"))):
