@@ -25,12 +25,12 @@ demo: $(VENV)/.installed .keras_home/.linked
 	KERAS_HOME=$(CURDIR)/.keras_home $(PY) -m kerasft.train
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -rs --durations=15 --numprocesses=auto --maxprocesses=4 --dist=loadgroup -m "not serial" tests
+	$(PY) -m pytest -q -rs --durations=15 --numprocesses=auto --maxprocesses=4 --dist=loadscope -m "not serial" tests
 	$(PY) -m pytest -q -rs -m serial tests
 
 # The in-process tests only: no end-to-end command-line runs, no clusters (about a minute).
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -rs --numprocesses=auto --maxprocesses=4 --dist=loadgroup -m "not slow and not serial" tests
+	$(PY) -m pytest -q -rs --numprocesses=auto --maxprocesses=4 --dist=loadscope -m "not slow and not serial" tests
 
 clean:
 	rm -rf $(VENV) .keras_home runs eval saved_models/*/

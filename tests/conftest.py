@@ -181,3 +181,15 @@ def tiny_model() -> str:
 @pytest.fixture
 def tiny_backbone():
   return tiny_model()
+
+
+# The longest test files first: `make test` hands whole files to its workers
+# (--dist=loadscope, so a file's shared fixtures are computed once), and starting the long
+# ones first keeps both workers busy until the end.
+LONGEST_FIRST = ("test_text.py", "test_export.py", "test_distribute.py", "test_backbones.py",
+                 "test_evaluate.py", "test_hub.py", "test_train.py", "test_sources.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

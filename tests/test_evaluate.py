@@ -11,8 +11,6 @@ import pytest
 from conftest import call_main, run_cli
 from kerasft import client, data
 
-pytestmark = pytest.mark.xdist_group("trained_run")  # one worker computes the shared fixture once
-
 
 def _evaluation_files(trained_run):
   result, data_dir = trained_run

@@ -15,8 +15,6 @@ import pytest
 from conftest import call_main, export_image
 from kerasft import client, data, pipeline, serving
 
-pytestmark = pytest.mark.xdist_group("trained_run")  # one worker computes the shared fixture once
-
 
 def _saved_model_cli(*args):
   return subprocess.run([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"),

@@ -14,8 +14,6 @@ import kerasft
 from kerasft import backbones, data, features, heads, pipeline
 from conftest import build_backbone, output
 
-pytestmark = pytest.mark.xdist_group("features")  # one worker computes the shared fixture once
-
 
 
 @pytest.fixture(scope="session")

@@ -173,7 +173,6 @@ def fortunes_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("fortunes")  # fortunes_run is computed once
 def test_frozen_minilm_with_the_default_head_reaches_080_on_fortunes_test(fortunes_run, tmp_path):
   result = fortunes_run
   assert result.class_names == ["computers", "food", "politics", "science"]
@@ -188,7 +187,6 @@ def test_frozen_minilm_with_the_default_head_reaches_080_on_fortunes_test(fortun
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("fortunes")
 def test_text_export_reproduces_the_model_on_raw_strings(fortunes_run, tmp_path):
   import tensorflow as tf
   from kerasft import text
