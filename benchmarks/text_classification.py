@@ -62,7 +62,7 @@ def tfidf(train_csv, test_csv, _):
 def _kerasft(train_csv, test_csv, work, model_kwargs, training_kwargs, note):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import kerasft  # pylint: disable=g-import-not-at-top
-  from kerasft import serving, sources  # pylint: disable=g-import-not-at-top
+  from kerasft import client, sources  # pylint: disable=g-import-not-at-top
   config = kerasft.RunConfig(
       model=kerasft.ModelConfig(model="keras_hub:" + FLAGS.preset, **model_kwargs),
       data=kerasft.DataConfig(csv=train_csv),
@@ -71,9 +71,9 @@ def _kerasft(train_csv, test_csv, work, model_kwargs, training_kwargs, note):
   start = time.perf_counter()
   result = kerasft.train_classifier(config, verbose=0)
   seconds = time.perf_counter() - start
-  predict, names = serving.load_predictor(result.export_path)
+  predict, names = client.load_predictor(result.export_path)
   test = sources.read_texts(test_csv, "csv", class_names=names)
-  scores = serving.predict_files(predict, test.inputs, 64, read=False)
+  scores = client.predict_files(predict, test.inputs, 64)
   accuracy = float(np.mean(scores.argmax(1) == np.asarray(test.labels)))
   return accuracy, seconds, note + f"; {result.config.model.max_length} tokens"
 

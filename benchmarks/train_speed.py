@@ -119,7 +119,7 @@ class _StepTimer:
 def child_kerasft(size, epochs, unfreeze, fine_epochs, data_dir, out):
   start = time.perf_counter()
   import kerasft  # pylint: disable=g-import-not-at-top
-  from kerasft import data, run  # pylint: disable=g-import-not-at-top,unused-import
+  from kerasft import data  # pylint: disable=g-import-not-at-top
   seconds = {"import": time.perf_counter() - start}
   with tempfile.TemporaryDirectory() as tmp:
     config = kerasft.RunConfig(
@@ -146,22 +146,22 @@ def child_probe(size, data_dir, out):
   """Forward pass and input pipeline images/s; export vs in-memory latency for 32 images."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from kerasft import backbones, data, features, heads, serving  # pylint: disable=g-import-not-at-top
+  from kerasft import backbones, config, data, features, heads, pipeline, serving, tasks  # pylint: disable=g-import-not-at-top
 
   files = data.scan_class_folder(data_dir, "data_dir")
   n = len(files.inputs)
-  pipeline = lambda: data.make_pipeline(files, size, 32)  # noqa: E731
-  images = np.concatenate([x for x, _ in pipeline()])
+  images = np.concatenate([x for x, _ in pipeline.make_pipeline(files, size, 32)])
   data_seconds = []
   for _ in range(3):
     t = time.perf_counter()
     ds = tf.data.Dataset.from_tensor_slices(np.asarray(files.inputs)).map(  # no cache
-        lambda p: data.decode_and_resize(tf.io.read_file(p), size),
+        lambda p: pipeline.decode_and_resize(tf.io.read_file(p), size),
         num_parallel_calls=tf.data.AUTOTUNE).batch(32).prefetch(tf.data.AUTOTUNE)
     for _ in ds:
       pass
     data_seconds.append(time.perf_counter() - t)
-  model = heads.build_classifier(backbones.build("mobilenet", "imagenet", size), 10)
+  output = tasks.make_output()
+  model = heads.build_classifier(backbones.build(config.ModelConfig(image_size=size)), 10, output)
   extractor = features.feature_model(model)
   extractor.predict(images[:64], verbose=0)
   forward_seconds = []
@@ -170,7 +170,10 @@ def child_probe(size, data_dir, out):
     extractor.predict(images, batch_size=32, verbose=0)
     forward_seconds.append(time.perf_counter() - t)
   with tempfile.TemporaryDirectory() as tmp:
-    path = serving.export(model, [str(i) for i in range(10)], size, os.path.join(tmp, "m"))
+    names = [str(i) for i in range(10)]
+    path = serving.export(lambda labels: serving.image_signatures(
+        model, names, size, labels, outputs=output.serving_outputs), names,
+                          os.path.join(tmp, "m"))
     signature = tf.saved_model.load(path).signatures["serving_default"]
     batch = images[:32]
     timings = {"export": [], "keras": []}
