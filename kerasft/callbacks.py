@@ -81,8 +81,13 @@ class EpochLog(keras.callbacks.Callback):
     logs["learning_rate"] = float(keras.ops.convert_to_numpy(rate))
     logs["phase"] = float(PHASES.index(self._phase))
     if self._path:
-      with open(self._path, "a") as f:
-        f.write(json.dumps({"epoch": epoch, **{k: float(v) for k, v in logs.items()}}) + "\n")
+      append_epoch(self._path, epoch, logs)
+
+
+def append_epoch(path: str, epoch: int, logs: dict) -> None:
+  """Appends one epoch's logs (numbers) to the epoch log at `path` (JSON Lines)."""
+  with open(path, "a") as f:
+    f.write(json.dumps({"epoch": epoch, **{k: float(v) for k, v in logs.items()}}) + "\n")
 
 
 def history_from_log(path: str) -> dict:

@@ -197,7 +197,18 @@ class TrainingConfig:
   optimizer: str = setting("adam", "The optimizer (sgd: momentum 0.9).",
                            choices=("adam", "sgd", "adamw"))
   learning_rate: float = setting(1e-3, "Learning rate of the head phase.")
-  epochs: int = setting(5, "Epochs of the head phase (frozen backbone).")
+  epochs: int = setting(5, "Epochs of the head phase when it is trained by epochs (frozen "
+                        "backbone; see --head_solver).")
+  head_solver: str = setting(
+      "convex", "How the head phase fits a head without hidden layers on cached features: "
+      "convex (solved exactly with scikit-learn, its L2 strength chosen on validation data "
+      "or by k-fold cross-validation) or epochs (--epochs of --optimizer). A head with "
+      "--head layers, augmentation, MixUp/CutMix or --cache_features=off trains by epochs "
+      "to convergence either way.", choices=("convex", "epochs"))
+  kfold_below: int = setting(30, "convex head: below this many labelled examples per class "
+                             "(on average), k-fold cross-validation of all of them replaces "
+                             "the validation split, and the head is refit on all of them.")
+  folds: int = setting(5, "convex head: the folds of that cross-validation.")
   fine_tune_epochs: int = setting(0, "Epochs of the fine-tune phase after the head phase "
                                   "(needs --unfreeze_top or another unfreeze flag).")
   fine_tune_learning_rate: Optional[float] = setting(
@@ -254,6 +265,9 @@ class TrainingConfig:
     positive_float(self.learning_rate, "learning_rate")
     positive_int(self.epochs, "epochs")
     positive_int(self.steps_per_execution, "steps_per_execution")
+    positive_int(self.kfold_below, "kfold_below")
+    check(isinstance(self.folds, int) and self.folds >= 2, "folds", "must be at least 2",
+          self.folds)
     for name in ("fine_tune_epochs", "seed", "early_stopping_patience", "reduce_lr_patience",
                  "cpu_replicas", "feature_cache_memory"):
       non_negative_int(getattr(self, name), name)
@@ -291,6 +305,10 @@ class RunConfig:
     if self.model.unfreezes and not self.training.fine_tune_epochs:
       raise UsageError("--unfreeze_top/--unfreeze_blocks/--unfreeze_from/--gradual_unfreeze "
                        "have no effect without --fine_tune_epochs; pass --fine_tune_epochs=N")
+    if (self.training.head_solver == "convex" and self.training.label_smoothing
+        and not self.model.head):
+      raise UsageError("--label_smoothing: the convex head solver fits the labels exactly; "
+                       "pass --head_solver=epochs to smooth them")
     from kerasft import tasks  # pylint: disable=g-import-not-at-top  # tasks read configs
     tasks.check(self)  # what the modality and the output type cannot honour
     if self.training.fine_tune_epochs and not self.model.unfreezes:

@@ -88,9 +88,18 @@ def feature_model(model: keras.Model) -> keras.Model:
 
 @dataclasses.dataclass
 class FeatureDatasets:
+  """Batched (features, targets) pipelines; `arrays` holds the (training, validation)
+  features themselves when they are kept in memory (None on disk)."""
   train: tf.data.Dataset
   val: tf.data.Dataset
   on_disk: bool
+  arrays: tuple | None = None
+
+
+def cache_bytes(model: keras.Model, n_examples: int, dtype: str = "float32") -> int:
+  """The bytes `n_examples` examples' features of `model`'s backbone take cached."""
+  width = int(np.prod(feature_model(model).output_shape[1:]))
+  return n_examples * width * np.dtype(dtype).itemsize
 
 
 def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
@@ -146,4 +155,4 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
   return FeatureDatasets(
       train=finish(tf.data.Dataset.from_tensor_slices((computed[:n], onehot[:n])), n, True),
       val=finish(tf.data.Dataset.from_tensor_slices((computed[n:], onehot[n:])), 0, False),
-      on_disk=False)
+      on_disk=False, arrays=(computed[:n].astype(np.float32), computed[n:].astype(np.float32)))

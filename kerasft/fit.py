@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import keras
 from absl import logging
 
-from kerasft import _compat, backbones, data, features, optimizers, pipeline
-from kerasft.callbacks import BestCheckpoint, EpochLog, history_from_log
+from kerasft import _compat, backbones, data, features, head_solver, optimizers, pipeline
+from kerasft.callbacks import BestCheckpoint, EpochLog, append_epoch, history_from_log
 from kerasft.config import RunConfig
 from kerasft.pipeline import Dataset
 from kerasft.files import write_json
@@ -37,10 +38,14 @@ class FitResult:
   validation_view: (head model, cached validation features) when the backbone stayed
   frozen and the head trained on cached features: the model's validation outputs without
   another pass through the backbone; else None.
+  solution: the convex head's `kerasft.head_solver.Solution` when the head phase was
+  solved and nothing trained after it (its held-out targets and outputs are the report's).
   """
   history: dict
   best: float | None
   validation_view: tuple | None
+  solution: object = None
+  kept: str = ""  # the phase of the restored best epoch ("head" or "fine_tune")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +57,7 @@ class _Step:
   steps_per_execution: int
   on_features: bool
   view: tuple | None
+  arrays: tuple | None = None  # the cached (training, validation) features in memory
 
 
 def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
@@ -63,14 +69,25 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
   process's default strategy)."""
   from kerasft import distribute  # pylint: disable=g-import-not-at-top
   runtime = runtime or distribute.default_runtime()
-  plan = make_plan(config.training, config.model, len(backbones.blocks(backbone_of(model))))
+  reason = head_solver.epochs_reason(config, model, len(dataset.train_files.inputs)
+                                     + len(dataset.val_files.inputs))
+  if reason and config.training.head_solver == "convex":
+    logging.info("head phase by epochs, not solved: %s", reason)
+  plan = make_plan(config.training, config.model, len(backbones.blocks(backbone_of(model))),
+                   head_epochs=0 if reason else 1)
   monitor, mode = output.monitor
   checkpoint = BestCheckpoint(model, folder.output(BEST), monitor=monitor, mode=mode)
   done = _resume(folder, model, checkpoint, len(plan))
   class_weight = _class_weight(config, dataset)
-  view = None
+  view = solution = None
   for index, segment in enumerate(plan[done:], start=done):
     step = _prepare(segment, config, model, dataset, output, folder, runtime, verbose)
+    if segment.phase == "head" and not reason:
+      solution = _solve(step, config, model, dataset, output, checkpoint, folder, class_weight,
+                        kfold=len(plan) == 1)
+      view = step.view if len(plan) == 1 else None
+      _finish_segment(folder, model, index, checkpoint, runtime)
+      continue
     logging.info("segment %s: epochs %d-%d, %d trainable weights, learning rate %g%s",
                  segment.name, segment.first + 1, segment.last,
                  len(step.model.trainable_weights), segment.learning_rate,
@@ -81,16 +98,59 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
                        config, segment, index, checkpoint, output, folder, runtime))
     _compat.reset_initial_epoch(step.model)
     view = step.view if len(plan) == 1 else None
-    if runtime.is_chief:
-      model.save_weights(folder.path(RESUME_WEIGHTS))
-      folder.write_fit_state(index + 1, float(checkpoint.best))
+    _finish_segment(folder, model, index, checkpoint, runtime)
   if restore_best and checkpoint.restore():
     logging.info("restored the best epoch (%s %.4f), saved as %s", monitor,
                  checkpoint.best * (1 if mode == "max" else -1), folder.output(BEST))
   history = history_from_log(folder.output(EPOCH_LOG))
   write_json(history, folder.output(HISTORY))
   best = None if checkpoint.best == float("-inf") else float(checkpoint.best)
-  return FitResult(history=history, best=best, validation_view=view)
+  return FitResult(history=history, best=best, validation_view=view,
+                   solution=solution if len(plan) == 1 else None,
+                   kept=_kept(history, output.monitor, restore_best))
+
+
+def _kept(history: dict, monitor: tuple, restored: bool) -> str:
+  """The phase whose epoch the model ends with; with a fine-tune phase, says which won."""
+  values, phases = history.get(monitor[0]), history.get("phase", [])
+  if not (restored and values and phases):
+    return phases[-1] if phases else ""
+  pick = max if monitor[1] == "max" else min
+  best = values.index(pick(values))
+  if len(set(phases)) > 1:
+    head = [v for v, p in zip(values, phases) if p == "head"]
+    tuned = [v for v, p in zip(values, phases) if p != "head"]
+    logging.info("kept the %s: %s %.4f with the head alone, %.4f at best fine-tuned",
+                 "linear probe (the head alone)" if phases[best] == "head" else
+                 "fine-tuned model", monitor[0], pick(head), pick(tuned))
+  return phases[best]
+
+
+def _finish_segment(folder: RunFolder, model, index: int, checkpoint, runtime) -> None:
+  """Records a finished segment for resuming (the chief alone writes)."""
+  if runtime.is_chief:
+    model.save_weights(folder.path(RESUME_WEIGHTS))
+    folder.write_fit_state(index + 1, float(checkpoint.best))
+
+
+def _solve(step: _Step, config: RunConfig, model, dataset: Dataset, output, checkpoint,
+           folder: RunFolder, class_weight, kfold: bool):
+  """The head phase as one convex solve on the cached features (`kerasft.head_solver`),
+  logged as the run's first epoch (Keras' own loss and metrics of the solved head) so the
+  best-epoch checkpoint and the history treat it like any epoch."""
+  start = time.perf_counter()
+  training = config.training if kfold else dataclasses.replace(config.training, kfold_below=1)
+  solution = head_solver.solve(output, model, step.arrays, dataset.train_files,
+                               dataset.val_files, class_weight, training)
+  logs = dict(step.model.evaluate(step.train, verbose=0, return_dict=True))
+  logs.update({f"val_{k}": v for k, v in step.model.evaluate(
+      step.val, verbose=0, return_dict=True).items()})
+  logs.update(epoch_seconds=time.perf_counter() - start, learning_rate=0.0, phase=0.0,
+              l2_c=solution.c)
+  append_epoch(folder.output(EPOCH_LOG), 0, logs)
+  checkpoint.on_epoch_end(0, logs)
+  checkpoint.on_train_end()
+  return solution
 
 
 def _resume(folder: RunFolder, model, checkpoint: BestCheckpoint, n_segments: int) -> int:
@@ -168,7 +228,7 @@ def _on_features(step: _Step, config: RunConfig, model, dataset: Dataset, folder
   head = features.head_model(model)
   # A step is one small matmul: run a whole epoch per execution (Keras fails on >1 replicas).
   spe = steps if runtime.strategy.num_replicas_in_sync == 1 else step.steps_per_execution
-  return _Step(head, cached.train, cached.val, spe, True, (head, cached.val))
+  return _Step(head, cached.train, cached.val, spe, True, (head, cached.val), cached.arrays)
 
 
 def _unfreeze(segment: Segment, config: RunConfig, backbone) -> None:

@@ -30,10 +30,12 @@ class Segment:
   offset: int = 0
 
 
-def make_plan(training, model, total_blocks: int) -> tuple[Segment, ...]:
+def make_plan(training, model, total_blocks: int, head_epochs: int = 0
+              ) -> tuple[Segment, ...]:
   """The segments a `TrainingConfig` (resolved) and `ModelConfig` ask for, in order, for
-  a backbone of `total_blocks` blocks."""
-  t = training
+  a backbone of `total_blocks` blocks. head_epochs: the head phase's length when it is not
+  --epochs (1: one convex solve, `kerasft.head_solver`)."""
+  t = dataclasses.replace(training, epochs=head_epochs or training.epochs)
   head = Segment("head", "head", 0, t.epochs, 0, t.learning_rate, t.epochs)
   if model.gradual_unfreeze:
     steps = [min((e + 1) * model.gradual_unfreeze, total_blocks)

@@ -254,13 +254,20 @@ def plot_training_curves(history: dict, path: str) -> None:
 
 
 def write(output, labels: np.ndarray, outputs: np.ndarray, class_names: list[str],
-          out_dir: str, history: dict | None = None) -> dict:
+          out_dir: str, history: dict | None = None, validated_on: str = "",
+          kept: str = "") -> dict:
   """Writes metrics.json and the `output`'s PNG (a `kerasft.tasks.outputs.Output`:
   confusion_matrix.png, predictions.png) and, given a training history,
   training_curves.png into `out_dir`. labels: what `output.evaluation_labels` gives (class
-  ids or one-hot [N, C], multi-hot [N, C], targets [N, K]). Returns the metrics."""
+  ids or one-hot [N, C], multi-hot [N, C], targets [N, K]). validated_on: which examples the
+  figures come from (written as "validated_on"); kept: the phase of the epoch the model
+  ends with (written as "kept"). Returns the metrics."""
   os.makedirs(out_dir, exist_ok=True)
   result = output.report(labels, outputs, class_names, out_dir)
+  if validated_on:
+    result["validated_on"] = validated_on
+  if kept:
+    result["kept"] = kept
   write_json(result, os.path.join(out_dir, "metrics.json"))
   if history:
     plot_training_curves(history, os.path.join(out_dir, "training_curves.png"))

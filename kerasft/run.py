@@ -106,9 +106,7 @@ def _train(task, folder: RunFolder, runtime, verbose) -> TrainResult:
   with _phase(seconds, "report"):
     logging.info("phase report: evaluating on %d validation examples",
                  len(dataset.val_files.inputs))
-    targets, outputs = reports.predict(*(fitted.validation_view or (model, dataset.val)))
-    metrics = reports.write(task.output, targets, outputs, dataset.class_names, folder.out,
-                            fitted.history)
+    metrics = _report(task, model, dataset, fitted, folder)
     logging.info("validation %s", task.output.headline(metrics))
   with _phase(seconds, "export"):
     logging.info("phase export: %s", config.export_dir)
@@ -116,6 +114,22 @@ def _train(task, folder: RunFolder, runtime, verbose) -> TrainResult:
   folder.finish(export_path, seconds)
   return dataclasses.replace(result, metrics=metrics, export_path=export_path,
                              headline=task.output.headline(metrics))
+
+
+def _report(task, model, dataset, fitted, folder: RunFolder) -> dict:
+  """The validation report: of the solved head's held-out predictions (validation examples,
+  or out-of-fold predictions of every labelled example), else of the model on the
+  validation examples (through cached features when the backbone stayed frozen)."""
+  if fitted.solution is not None:
+    targets, outputs = fitted.solution.targets, fitted.solution.outputs
+    validated_on = fitted.solution.validated_on
+  else:
+    targets, outputs = reports.predict(*(fitted.validation_view or (model, dataset.val)))
+    validated_on = f"the {len(dataset.val_files.inputs)} validation examples"
+  metrics = reports.write(task.output, targets, outputs, dataset.class_names, folder.out,
+                          fitted.history, validated_on=validated_on, kept=fitted.kept)
+  logging.info("validation figures from %s", validated_on)
+  return metrics
 
 
 def weights_fingerprint(model: keras.Model) -> str:

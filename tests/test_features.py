@@ -27,7 +27,8 @@ def runs(tmp_path_factory):
     config = kerasft.RunConfig(
         model=kerasft.ModelConfig(model=tiny_backbone, dropout=0.0),
         data=kerasft.DataConfig(data_dir=colors, batch_size=32),
-        training=kerasft.TrainingConfig(epochs=3, learning_rate=0.03, **training),
+        training=kerasft.TrainingConfig(epochs=3, learning_rate=0.03, head_solver="epochs",
+                                        **training),
         name=name, model_dir=str(root / "runs" / name),
         export_dir=str(root / "saved_models" / name))
     return kerasft.train_classifier(config, verbose=0)

@@ -35,7 +35,8 @@ def test_head_phase_learns_and_leaves_the_backbone_bit_identical(color_dir, tmp_
   dataset, backbone, model = _setup(color_dir, tiny_backbone)
   before = _weights(backbone.model)
   run_config = config.RunConfig(
-      training=config.TrainingConfig(epochs=4, learning_rate=0.03, cache_features="off"),
+      training=config.TrainingConfig(epochs=4, learning_rate=0.03, cache_features="off",
+                                     head_solver="epochs"),
       model_dir=str(tmp_path)).resolved()
   history = fit_run(run_config, model, dataset, verbose=0)
   after = _weights(backbone.model)

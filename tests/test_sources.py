@@ -276,7 +276,7 @@ def test_tfrecord_trains_and_exports_with_class_names(tmp_path):
                                                 label_names=str(names)))
   result = kerasft.train_classifier(config, verbose=0)
   assert result.class_names == ["blue", "green", "red"]
-  assert len(result.history["loss"]) == 6
+  assert len(result.history["loss"]) == 1  # the head is solved, not trained for --epochs
   assert (len(sources.index_images(config.data)[0].inputs)
           + len(sources.index_images(config.data)[1].inputs)) == 32
   out = _serve(result.export_path, "serving_bytes",

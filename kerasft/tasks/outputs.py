@@ -103,7 +103,13 @@ class Output:
     return keras.layers.Dense(n, dtype="float32", name=self.layer, activation="softmax")(x)
 
   def head_layer_names(self) -> tuple[str, ...]:
+    """The head's layers with weights after the hidden ones; the first is its Dense layer."""
     return (self.layer,)
+
+  def solver(self, model):
+    """The convex solver of this head's Dense layer (`kerasft.tasks.solvers`)."""
+    from kerasft.tasks import solvers  # pylint: disable=g-import-not-at-top
+    return solvers.Softmax()
 
   def loss(self, label_smoothing: float = 0.0):
     import keras  # pylint: disable=g-import-not-at-top
@@ -191,6 +197,10 @@ class Multilabel(Output):
     import keras  # pylint: disable=g-import-not-at-top
     return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
 
+  def solver(self, model):
+    from kerasft.tasks import solvers  # pylint: disable=g-import-not-at-top
+    return solvers.OneVsRest()
+
   def metrics(self):
     import keras  # pylint: disable=g-import-not-at-top
     return [keras.metrics.AUC(multi_label=True, name="auc"),
@@ -276,6 +286,11 @@ class Regression(Multilabel):
 
   def head_layer_names(self):
     return ("regression_dense", self.layer)
+
+  def solver(self, model):
+    from kerasft.tasks import solvers  # pylint: disable=g-import-not-at-top
+    rescale = model.get_layer(self.layer)
+    return solvers.Ridge(rescale.offset, rescale.scale)
 
   def loss(self, label_smoothing=0.0):
     import keras  # pylint: disable=g-import-not-at-top

@@ -1,0 +1,108 @@
+"""The head phase as the convex problem it is: a head without hidden layers on a frozen
+backbone is a linear model on fixed features, so it is solved exactly (scikit-learn, see
+`kerasft.tasks.solvers`) instead of trained for a few epochs.
+
+Its L2 strength is chosen from a log grid (`solvers.GRID`) on the validation examples, or,
+when there are fewer than --kfold_below labelled examples per class, by --folds-fold
+cross-validation of all labelled examples (training and validation together), after which
+the head is refit on all of them and the reported validation figure comes from the
+out-of-fold predictions. The solution is copied into the Keras head, so checkpoints and
+exports are what they always were. Features never leave memory here; a run whose features
+do not fit (or a head with hidden layers, augmentation, MixUp/CutMix) trains by epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from absl import logging
+
+from kerasft import features
+from kerasft.tasks.solvers import GRID
+
+
+@dataclasses.dataclass(frozen=True)
+class Solution:
+  """The chosen inverse L2 strength `c`, its held-out score (higher is better), which
+  examples that score and the report's figures come from (`validated_on`), and the held-out
+  targets and outputs (validation examples, or out-of-fold predictions of all of them)."""
+  c: float
+  score: tuple
+  validated_on: str
+  targets: np.ndarray
+  outputs: np.ndarray
+
+
+def epochs_reason(config, model, n_examples: int) -> str | None:
+  """Why the head phase trains by epochs instead of the convex solve (None: it solves)."""
+  t, d = config.training, config.data
+  if t.head_solver == "epochs":
+    return "--head_solver=epochs"
+  if config.model.head:
+    return "the head has hidden layers (--head)"
+  if t.cache_features == "off":
+    return "--cache_features=off"
+  reason = features.refusal(model, augment=d.augment, mixing=bool(d.mixup or d.cutmix))
+  if reason:
+    return reason
+  budget = t.feature_cache_memory * 2**20 or features.default_memory_budget()
+  if features.cache_bytes(model, n_examples, t.feature_cache_dtype) > budget:
+    return "the features do not fit in memory"
+  return None
+
+
+def _folds(labels, folds: int, seed: int, stratify: bool):
+  """Index pairs of k-fold cross-validation, stratified by class where every class has
+  at least two examples."""
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  if stratify:
+    counts = np.bincount(labels)
+    smallest = int(counts[counts > 0].min())
+    if smallest >= 2:
+      k = min(folds, smallest)
+      return list(model_selection.StratifiedKFold(k, shuffle=True, random_state=seed).split(
+          np.zeros(len(labels)), labels))
+  k = min(folds, len(labels))
+  return list(model_selection.KFold(k, shuffle=True, random_state=seed).split(labels))
+
+
+def _cross_validated(solver, x, y, k, class_weight, splits):
+  """(best c, its score, out-of-fold outputs at it) over `GRID`."""
+  best = None
+  for c in GRID:
+    oof = np.zeros((len(x), k), np.float32)
+    for train, held in splits:
+      oof[held] = solver.outputs(x[held], *solver.fit(x[train], y[train], k, c, class_weight))
+    score = solver.score(y, oof)
+    if best is None or score > best[1]:
+      best = (c, score, oof)
+  return best
+
+
+def solve(output, model, arrays, train_files, val_files, class_weight, training
+          ) -> Solution:
+  """Solves `model`'s head (its `output`) on cached feature `arrays` (train, validation)
+  and sets the head's Dense weights; returns the `Solution`."""
+  solver, k = output.solver(model), len(train_files.class_names)
+  x_train, x_val = arrays
+  y_train, y_val = output.evaluation_labels(train_files), output.evaluation_labels(val_files)
+  n = len(x_train) + len(x_val)
+  if n / max(k, 1) < training.kfold_below:
+    x, y = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
+    stratify = output.strata(train_files.labels) is not None
+    splits = _folds(y, training.folds, training.seed, stratify)
+    c, score, oof = _cross_validated(solver, x, y, k, class_weight, splits)
+    weights = solver.fit(x, y, k, c, class_weight)
+    found = Solution(c, score, f"{len(splits)}-fold cross-validation of all {n} labelled "
+                     "examples (the head is then refit on all of them)", y, oof)
+  else:
+    tried = [(c, solver.fit(x_train, y_train, k, c, class_weight)) for c in GRID]
+    scored = [(solver.score(y_val, solver.outputs(x_val, *w)), c, w) for c, w in tried]
+    score, c, weights = max(scored, key=lambda item: item[0])
+    found = Solution(c, score, f"the {len(x_val)} validation examples", y_val,
+                     solver.outputs(x_val, *weights))
+  model.get_layer(output.head_layer_names()[0]).set_weights(list(weights))
+  logging.info("head solved (convex): C=%g (L2 %g), held-out score %.4f, chosen on %s",
+               found.c, 1 / found.c, found.score[0], found.validated_on)
+  return found

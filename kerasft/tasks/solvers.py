@@ -1,0 +1,100 @@
+"""Convex heads fitted exactly on features with scikit-learn, one per output type.
+
+A solver fits the last Dense layer of a head without hidden layers: multinomial logistic
+regression for a softmax (multiclass), one binary logistic regression per label for
+sigmoids (multilabel), ridge regression on standardized targets (regression). `C` is the
+inverse L2 strength (scikit-learn's); `fit` returns the Dense layer's (kernel [F, K],
+bias [K]), `outputs` what that layer then outputs, `score` a number to maximize on
+held-out data (the output's monitored metric, ties broken by the loss).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+GRID = tuple(10.0 ** k for k in range(-3, 4))  # C from 1e-3 (strong L2) to 1e3 (weak)
+
+
+def _sigmoid(z):
+  return 1.0 / (1.0 + np.exp(-z))
+
+
+class Softmax:
+  """Multinomial logistic regression (lbfgs) for a softmax layer over `k` classes."""
+
+  def fit(self, x, labels, k: int, c: float, class_weight=None):
+    from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+    labels = np.asarray(labels)
+    present = np.unique(labels)
+    kernel, bias = np.zeros((x.shape[1], k), np.float32), np.zeros(k, np.float32)
+    if len(present) == 1:  # one class seen: it always wins
+      bias[:] = -30.0
+      bias[present[0]] = 0.0
+      return kernel, bias
+    model = LogisticRegression(C=c, max_iter=2000, tol=1e-6, class_weight=class_weight)
+    model.fit(x, labels)
+    if len(present) == 2:  # scikit-learn keeps one logit, for the second class
+      kernel[:, present[1]], bias[present[1]] = model.coef_[0], model.intercept_[0]
+    else:
+      kernel[:, present], bias[present] = model.coef_.T, model.intercept_
+    absent = np.setdiff1d(np.arange(k), present)
+    bias[absent] = float(bias[present].min()) - 30.0  # never predicted, as in training
+    return kernel, bias
+
+  def outputs(self, x, kernel, bias):
+    z = x @ kernel + bias
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+  def score(self, labels, outputs) -> tuple:
+    labels = np.asarray(labels)
+    chosen = np.clip(outputs[np.arange(len(labels)), labels], 1e-12, 1.0)
+    return float(np.mean(outputs.argmax(1) == labels)), float(np.mean(np.log(chosen)))
+
+
+class OneVsRest:
+  """One binary logistic regression per label, for a sigmoid layer."""
+
+  def fit(self, x, targets, k: int, c: float, class_weight=None):
+    from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+    kernel, bias = np.zeros((x.shape[1], k), np.float32), np.zeros(k, np.float32)
+    for j in range(k):
+      column = np.asarray(targets)[:, j]
+      if column.min() == column.max():  # a label always (or never) on: its prior alone
+        bias[j] = 30.0 if column[0] else -30.0
+        continue
+      model = LogisticRegression(C=c, max_iter=2000, tol=1e-6).fit(x, column)
+      kernel[:, j], bias[j] = model.coef_[0], model.intercept_[0]
+    return kernel, bias
+
+  def outputs(self, x, kernel, bias):
+    return _sigmoid(x @ kernel + bias)
+
+  def score(self, targets, outputs) -> tuple:
+    from sklearn.metrics import roc_auc_score  # pylint: disable=g-import-not-at-top
+    targets = np.asarray(targets)
+    both = [j for j in range(targets.shape[1]) if 0 < targets[:, j].sum() < len(targets)]
+    auc = float(np.mean([roc_auc_score(targets[:, j], outputs[:, j]) for j in both])) \
+        if both else 0.0
+    clipped = np.clip(outputs, 1e-7, 1 - 1e-7)
+    return auc, float(np.mean(targets * np.log(clipped) + (1 - targets) * np.log(1 - clipped)))
+
+
+class Ridge:
+  """Ridge regression (alpha = 1 / C) on targets standardized by the head's (mean, std)."""
+
+  def __init__(self, mean, std):
+    self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+  def fit(self, x, targets, k: int, c: float, class_weight=None):
+    from sklearn.linear_model import Ridge as SkRidge  # pylint: disable=g-import-not-at-top
+    model = SkRidge(alpha=1.0 / c).fit(x, (np.asarray(targets) - self.mean) / self.std)
+    return (np.asarray(model.coef_, np.float32).reshape(k, -1).T,
+            np.asarray(model.intercept_, np.float32).reshape(k))
+
+  def outputs(self, x, kernel, bias):
+    return (x @ kernel + bias) * self.std + self.mean
+
+  def score(self, targets, outputs) -> tuple:
+    error = float(np.mean(((np.asarray(targets) - outputs) / self.std) ** 2))
+    return -error, -error

@@ -1,0 +1,120 @@
+"""The head phase solved as a convex problem (kerasft.head_solver): the same head as
+scikit-learn, its L2 strength chosen on held-out data only, k-fold on small data with every
+example used, and a fine-tune phase kept only when it beats the solved head."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import tiny_model, write_color_images
+import kerasft
+from kerasft import features, head_solver, tasks
+from kerasft.tasks import solvers
+
+
+def _train(tmp_path, data_dir, model=None, **training):
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model=tiny_model(), dropout=0.0, **(model or {})),
+      data=kerasft.DataConfig(data_dir=data_dir, batch_size=8),
+      training=kerasft.TrainingConfig(**training),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  return kerasft.train_classifier(config, verbose=0)
+
+
+def test_the_solved_head_is_scikit_learns_logistic_regression(tmp_path):
+  from sklearn.linear_model import LogisticRegression
+  colors = write_color_images(tmp_path / "colors", per_class=40, size=24)  # validation split
+  result = _train(tmp_path, colors)
+  assert result.history["l2_c"] and len(result.history["loss"]) == 1
+  c = result.history["l2_c"][0]
+  task = tasks.for_config(result.config)
+  train, val = task.index(result.config.training.seed)
+  extract = features.feature_model(result.model)
+  x_train = extract.predict(task.pipeline(train, 64), verbose=0)
+  x_val = np.concatenate([x for x, _ in task.pipeline(val, 64)])
+  reference = LogisticRegression(C=c, max_iter=2000, tol=1e-6).fit(x_train, train.labels)
+  np.testing.assert_allclose(result.model.predict(x_val, verbose=0),
+                             reference.predict_proba(extract.predict(x_val, verbose=0)),
+                             atol=1e-3)
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert metrics["validated_on"] == f"the {len(val.inputs)} validation examples"
+  assert metrics["accuracy"] > 0.9
+
+
+class _Planted:
+  """A solver whose held-out score peaks at C=10 only when scored on the validation
+  labels (all 7s); every call records which labels it was scored on."""
+  def __init__(self):
+    self.scored = []
+
+  def fit(self, x, labels, k, c, class_weight=None):
+    return np.full((x.shape[1], k), c, np.float32), np.zeros(k, np.float32)
+
+  def outputs(self, x, kernel, bias):
+    return np.tile(kernel[0], (len(x), 1))
+
+  def score(self, labels, outputs):
+    self.scored.append(np.asarray(labels).tolist())
+    return (-abs(np.log10(outputs[0, 0]) - 1) if set(np.ravel(labels)) == {7} else 0.0, 0.0)
+
+
+def test_the_l2_strength_is_chosen_on_the_validation_split_only(monkeypatch):
+  planted = _Planted()
+  output = tasks.make_output()
+  monkeypatch.setattr(output, "solver", lambda model: planted)
+
+  class Head:  # where the solution is copied
+    def set_weights(self, weights):
+      self.weights = weights
+  head = Head()
+  model = type("M", (), {"get_layer": lambda self, name: head})()
+  train = kerasft.data.Examples(["t"] * 60, [0, 1] * 30, [str(i) for i in range(8)])
+  val = kerasft.data.Examples(["v"] * 40, [7] * 40, train.class_names)
+  solution = head_solver.solve(output, model, (np.zeros((60, 2)), np.zeros((40, 2))), train,
+                               val, None, kerasft.TrainingConfig(kfold_below=1))
+  assert solution.c == 10.0 and head.weights[0][0, 0] == 10.0
+  assert all(labels == [7] * 40 for labels in planted.scored)  # never the training labels
+  assert len(planted.scored) == len(solvers.GRID)
+
+
+def test_small_data_uses_k_fold_and_every_example_and_never_the_test_split(tmp_path,
+                                                                           monkeypatch):
+  root = tmp_path / "data"
+  write_color_images(root / "train", per_class=6, size=24)
+  (root / "test" / "red").mkdir(parents=True)
+  (root / "test" / "red" / "x.png").write_text("not an image: reading it would fail")
+  fitted_on = []
+  original = solvers.Softmax.fit
+  monkeypatch.setattr(solvers.Softmax, "fit", lambda self, x, *a, **k: (
+      fitted_on.append(len(x)), original(self, x, *a, **k))[1])
+  result = _train(tmp_path, str(root))
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert metrics["num_examples"] == 18  # out-of-fold predictions of all 18 labelled images
+  assert metrics["validated_on"].startswith("5-fold cross-validation of all 18 labelled")
+  assert fitted_on[-1] == 18  # the final head is refit on all of them
+  assert max(fitted_on[:-1]) < 18
+  assert result.metrics["accuracy"] > 0.8
+  card = json.loads(open(os.path.join(result.export_path, "model_card.json")).read())
+  assert card["validation_metrics"]["validated_on"] == metrics["validated_on"]
+
+
+def test_a_fine_tune_phase_that_hurts_is_discarded(tmp_path):
+  colors = write_color_images(tmp_path / "colors", per_class=40, size=24)
+  result = _train(tmp_path, colors, {"unfreeze_blocks": 3, "bn_mode": "train"},
+                  fine_tune_epochs=2, fine_tune_learning_rate=5.0, optimizer="sgd")
+  assert result.history["phase"] == ["head", "fine_tune", "fine_tune"]
+  head_accuracy = result.history["val_accuracy"][0]
+  assert head_accuracy > max(result.history["val_accuracy"][1:])
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert metrics["kept"] == "head" and metrics["accuracy"] == pytest.approx(head_accuracy)
+
+
+def test_head_solver_epochs_trains_for_epochs_as_before(tmp_path):
+  colors = write_color_images(tmp_path / "colors", per_class=8, size=24)
+  result = _train(tmp_path, colors, head_solver="epochs", epochs=3)
+  assert len(result.history["loss"]) == 3 and "l2_c" not in result.history
+  with pytest.raises(kerasft.UsageError, match="^--label_smoothing: the convex head solver"):
+    kerasft.RunConfig(training=kerasft.TrainingConfig(label_smoothing=0.1))
+  kerasft.RunConfig(training=kerasft.TrainingConfig(label_smoothing=0.1, head_solver="epochs"))
