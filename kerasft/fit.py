@@ -73,8 +73,9 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
                                      + len(dataset.val_files.inputs))
   if reason and config.training.head_solver == "convex":
     logging.info("head phase by epochs, not solved: %s", reason)
+  converge = reason == head_solver.HIDDEN_LAYERS
   plan = make_plan(config.training, config.model, len(backbones.blocks(backbone_of(model))),
-                   head_epochs=0 if reason else 1)
+                   head_epochs=head_solver.CONVERGE_EPOCHS if converge else 0 if reason else 1)
   monitor, mode = output.monitor
   checkpoint = BestCheckpoint(model, folder.output(BEST), monitor=monitor, mode=mode)
   done = _resume(folder, model, checkpoint, len(plan))
@@ -84,7 +85,7 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
     step = _prepare(segment, config, model, dataset, output, folder, runtime, verbose)
     if segment.phase == "head" and not reason:
       solution = _solve(step, config, model, dataset, output, checkpoint, folder, class_weight,
-                        kfold=len(plan) == 1)
+                        last=len(plan) == 1)
       view = step.view if len(plan) == 1 else None
       _finish_segment(folder, model, index, checkpoint, runtime)
       continue
@@ -95,7 +96,8 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
     step.model.fit(step.train, validation_data=step.val, initial_epoch=segment.first,
                    epochs=segment.last, class_weight=class_weight, shuffle=False,
                    verbose=verbose, callbacks=_callbacks(
-                       config, segment, index, checkpoint, output, folder, runtime))
+                       config, segment, index, checkpoint, output, folder, runtime,
+                       converge and segment.phase == "head"))
     _compat.reset_initial_epoch(step.model)
     view = step.view if len(plan) == 1 else None
     _finish_segment(folder, model, index, checkpoint, runtime)
@@ -134,17 +136,18 @@ def _finish_segment(folder: RunFolder, model, index: int, checkpoint, runtime) -
 
 
 def _solve(step: _Step, config: RunConfig, model, dataset: Dataset, output, checkpoint,
-           folder: RunFolder, class_weight, kfold: bool):
+           folder: RunFolder, class_weight, last: bool):
   """The head phase as one convex solve on the cached features (`kerasft.head_solver`),
-  logged as the run's first epoch (Keras' own loss and metrics of the solved head) so the
-  best-epoch checkpoint and the history treat it like any epoch."""
+  logged as the run's first epoch (Keras' own loss and metrics of the held-out solution) so
+  the best-epoch checkpoint and the history treat it like any epoch; the model then keeps
+  the final solution (refit on all labelled examples when nothing trains after it)."""
   start = time.perf_counter()
-  training = config.training if kfold else dataclasses.replace(config.training, kfold_below=1)
   solution = head_solver.solve(output, model, step.arrays, dataset.train_files,
-                               dataset.val_files, class_weight, training)
+                               dataset.val_files, class_weight, config.training, refit=last)
   logs = dict(step.model.evaluate(step.train, verbose=0, return_dict=True))
-  logs.update({f"val_{k}": v for k, v in step.model.evaluate(
+  logs.update({f"val_{k}": v for k, v in step.model.evaluate(  # the held-out head's figures
       step.val, verbose=0, return_dict=True).items()})
+  head_solver.install(model, output, solution.final)
   logs.update(epoch_seconds=time.perf_counter() - start, learning_rate=0.0, phase=0.0,
               l2_c=solution.c)
   append_epoch(folder.output(EPOCH_LOG), 0, logs)
@@ -242,7 +245,7 @@ def _unfreeze(segment: Segment, config: RunConfig, backbone) -> None:
 
 
 def _callbacks(config: RunConfig, segment: Segment, index: int, checkpoint, output,
-               folder: RunFolder, runtime) -> list:
+               folder: RunFolder, runtime, converge: bool = False) -> list:
   t = config.training
   monitor, mode = output.monitor
   worker = "chief" if runtime.is_chief else f"worker_{runtime.worker_id}"
@@ -250,9 +253,9 @@ def _callbacks(config: RunConfig, segment: Segment, index: int, checkpoint, outp
                keras.callbacks.BackupAndRestore(folder.backup_dir(index, worker))]
   if runtime.is_chief:
     callbacks.append(keras.callbacks.TensorBoard(folder.path(LOGS)))
-  if t.early_stopping_patience:
-    callbacks.append(keras.callbacks.EarlyStopping(
-        monitor, patience=t.early_stopping_patience, mode=mode))
+  if t.early_stopping_patience or converge:  # converge: a hidden head on cached features
+    callbacks.append(keras.callbacks.EarlyStopping(monitor, mode=mode, patience=max(
+        t.early_stopping_patience, head_solver.CONVERGE_PATIENCE if converge else 0)))
   if t.reduce_lr_patience:
     callbacks.append(keras.callbacks.ReduceLROnPlateau(
         "val_loss", factor=0.5, patience=t.reduce_lr_patience))

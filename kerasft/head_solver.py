@@ -32,15 +32,22 @@ class Solution:
   validated_on: str
   targets: np.ndarray
   outputs: np.ndarray
+  held_out: tuple  # (kernel, bias) fitted without the examples it was scored on
+  final: tuple  # (kernel, bias) the run keeps: refit on all labelled examples when asked
+
+
+HIDDEN_LAYERS = "the head has hidden layers (--head)"
+CONVERGE_EPOCHS = 200  # a head with hidden layers on cached features: at most this many
+CONVERGE_PATIENCE = 10  # ... stopping after this many epochs without a better one
 
 
 def epochs_reason(config, model, n_examples: int) -> str | None:
-  """Why the head phase trains by epochs instead of the convex solve (None: it solves)."""
+  """Why the head phase trains by epochs instead of the convex solve (None: it solves).
+  `HIDDEN_LAYERS` means the features are cached but the head is not convex: it then trains
+  on them to convergence (early stopping), not for a fixed handful of epochs."""
   t, d = config.training, config.data
   if t.head_solver == "epochs":
     return "--head_solver=epochs"
-  if config.model.head:
-    return "the head has hidden layers (--head)"
   if t.cache_features == "off":
     return "--cache_features=off"
   reason = features.refusal(model, augment=d.augment, mixing=bool(d.mixup or d.cutmix))
@@ -49,7 +56,7 @@ def epochs_reason(config, model, n_examples: int) -> str | None:
   budget = t.feature_cache_memory * 2**20 or features.default_memory_budget()
   if features.cache_bytes(model, n_examples, t.feature_cache_dtype) > budget:
     return "the features do not fit in memory"
-  return None
+  return HIDDEN_LAYERS if config.model.head else None
 
 
 def _folds(labels, folds: int, seed: int, stratify: bool):
@@ -68,41 +75,55 @@ def _folds(labels, folds: int, seed: int, stratify: bool):
 
 
 def _cross_validated(solver, x, y, k, class_weight, splits):
-  """(best c, its score, out-of-fold outputs at it) over `GRID`."""
+  """(best c, its score, out-of-fold outputs at it) over `GRID` (ascending, so that each
+  fold's fits start from the previous C's solution)."""
+  parts = [(x[train], y[train], x[held], held) for train, held in splits]
   best = None
   for c in GRID:
     oof = np.zeros((len(x), k), np.float32)
-    for train, held in splits:
-      oof[held] = solver.outputs(x[held], *solver.fit(x[train], y[train], k, c, class_weight))
+    for x_fit, y_fit, x_held, held in parts:
+      oof[held] = solver.outputs(x_held, *solver.fit(x_fit, y_fit, k, c, class_weight))
     score = solver.score(y, oof)
     if best is None or score > best[1]:
       best = (c, score, oof)
   return best
 
 
-def solve(output, model, arrays, train_files, val_files, class_weight, training
-          ) -> Solution:
+def solve(output, model, arrays, train_files, val_files, class_weight, training,
+          refit: bool = True) -> Solution:
   """Solves `model`'s head (its `output`) on cached feature `arrays` (train, validation)
-  and sets the head's Dense weights; returns the `Solution`."""
+  and gives the head's Dense layer the held-out solution (fitted without the examples it
+  was scored on); `install(model, output, solution.final)` then puts in the final one.
+  refit: the final head is fitted on all labelled examples (else on the training split,
+  as when a fine-tune phase follows and compares itself on the validation split); only
+  then may small data use k-fold cross-validation."""
   solver, k = output.solver(model), len(train_files.class_names)
   x_train, x_val = arrays
   y_train, y_val = output.evaluation_labels(train_files), output.evaluation_labels(val_files)
-  n = len(x_train) + len(x_val)
-  if n / max(k, 1) < training.kfold_below:
-    x, y = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
-    stratify = output.strata(train_files.labels) is not None
-    splits = _folds(y, training.folds, training.seed, stratify)
+  x, y, n = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), len(y_train)
+  if refit and len(x) / max(k, 1) < training.kfold_below:
+    splits = _folds(y, training.folds, training.seed,
+                    output.strata(train_files.labels) is not None)
     c, score, oof = _cross_validated(solver, x, y, k, class_weight, splits)
-    weights = solver.fit(x, y, k, c, class_weight)
-    found = Solution(c, score, f"{len(splits)}-fold cross-validation of all {n} labelled "
-                     "examples (the head is then refit on all of them)", y, oof)
+    final = solver.fit(x, y, k, c, class_weight)
+    found = Solution(c, score, f"{len(splits)}-fold cross-validation of all {len(x)} "
+                     "labelled examples (the head is then refit on all of them)", y, oof,
+                     final, final)
   else:
     tried = [(c, solver.fit(x_train, y_train, k, c, class_weight)) for c in GRID]
-    scored = [(solver.score(y_val, solver.outputs(x_val, *w)), c, w) for c, w in tried]
-    score, c, weights = max(scored, key=lambda item: item[0])
-    found = Solution(c, score, f"the {len(x_val)} validation examples", y_val,
-                     solver.outputs(x_val, *weights))
-  model.get_layer(output.head_layer_names()[0]).set_weights(list(weights))
-  logging.info("head solved (convex): C=%g (L2 %g), held-out score %.4f, chosen on %s",
-               found.c, 1 / found.c, found.score[0], found.validated_on)
+    score, c, held_out = max(((solver.score(y_val, solver.outputs(x_val, *w)), c, w)
+                              for c, w in tried), key=lambda item: item[0])
+    final = solver.fit(x, y, k, c, class_weight) if refit else held_out
+    found = Solution(c, score, f"the {len(x_val)} validation examples" + (
+        f" (the head is then refit on all {len(x)} labelled examples)" if refit else ""),
+                     y_val, solver.outputs(x_val, *held_out), held_out, final)
+  install(model, output, found.held_out)
+  logging.info("head solved (convex): C=%g (L2 %g) of %d training examples, held-out score "
+               "%.4f, chosen on %s", found.c, 1 / found.c, n, found.score[0],
+               found.validated_on)
   return found
+
+
+def install(model, output, weights) -> None:
+  """Sets the head's Dense layer to (kernel, bias)."""
+  model.get_layer(output.head_layer_names()[0]).set_weights(list(weights))

@@ -32,14 +32,16 @@ def test_the_solved_head_is_scikit_learns_logistic_regression(tmp_path):
   task = tasks.for_config(result.config)
   train, val = task.index(result.config.training.seed)
   extract = features.feature_model(result.model)
-  x_train = extract.predict(task.pipeline(train, 64), verbose=0)
   x_val = np.concatenate([x for x, _ in task.pipeline(val, 64)])
-  reference = LogisticRegression(C=c, max_iter=2000, tol=1e-6).fit(x_train, train.labels)
+  x = np.concatenate([extract.predict(task.pipeline(train, 64), verbose=0),
+                      extract.predict(x_val, verbose=0)])
+  # C chosen on the validation split, then the head refit on all labelled examples
+  reference = LogisticRegression(C=c, max_iter=5000, tol=1e-8).fit(x, train.labels + val.labels)
   np.testing.assert_allclose(result.model.predict(x_val, verbose=0),
-                             reference.predict_proba(extract.predict(x_val, verbose=0)),
-                             atol=1e-3)
+                             reference.predict_proba(x[len(train.inputs):]), atol=1e-3)
   metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-  assert metrics["validated_on"] == f"the {len(val.inputs)} validation examples"
+  assert metrics["validated_on"] == (f"the {len(val.inputs)} validation examples (the head is "
+                                     f"then refit on all {len(x)} labelled examples)")
   assert metrics["accuracy"] > 0.9
 
 
@@ -118,3 +120,11 @@ def test_head_solver_epochs_trains_for_epochs_as_before(tmp_path):
   with pytest.raises(kerasft.UsageError, match="^--label_smoothing: the convex head solver"):
     kerasft.RunConfig(training=kerasft.TrainingConfig(label_smoothing=0.1))
   kerasft.RunConfig(training=kerasft.TrainingConfig(label_smoothing=0.1, head_solver="epochs"))
+
+
+def test_a_head_with_hidden_layers_trains_on_features_until_it_converges(tmp_path):
+  colors = write_color_images(tmp_path / "colors", per_class=8, size=24)
+  result = _train(tmp_path, colors, {"head": (16,)}, learning_rate=0.01)
+  epochs = len(result.history["loss"])
+  assert 5 < epochs < head_solver.CONVERGE_EPOCHS  # stopped by early stopping, not --epochs
+  assert "l2_c" not in result.history
