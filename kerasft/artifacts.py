@@ -7,6 +7,8 @@ import dataclasses
 import os
 import tempfile
 
+from absl import logging
+
 from kerasft import client, reports, serving, tasks
 from kerasft.errors import UsageError
 from kerasft.files import read_labels
@@ -97,6 +99,11 @@ def evaluate_run(run_dir: str, data_config, split: str = "test", output_dir: str
     files = task.evaluation_examples(data_config, task.output, class_names, split)
   else:
     files = task.index(task.config.training.seed)[1]
+    held_out = (RunFolder(run_dir).metrics() or {}).get("validated_on", "")
+    if "refit" in held_out:
+      logging.warning("the run's head was refit on its validation examples too, so these "
+                      "figures are not held out; its metrics.json has held-out ones (%s)",
+                      held_out)
   labels, outputs = reports.predict(model, task.pipeline(files, data_config.batch_size))
   return _write(task.output, labels, outputs, class_names,
                 output_dir or os.path.join("eval", f"{task.config.name}-best"),

@@ -115,8 +115,8 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
 def _kept(history: dict, monitor: tuple, restored: bool) -> str:
   """The phase whose epoch the model ends with; with a fine-tune phase, says which won."""
   values, phases = history.get(monitor[0]), history.get("phase", [])
-  if not (restored and values and phases):
-    return phases[-1] if phases else ""
+  if not (restored and values) or len(set(phases)) < 2:
+    return ""
   pick = max if monitor[1] == "max" else min
   best = values.index(pick(values))
   if len(set(phases)) > 1:

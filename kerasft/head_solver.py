@@ -78,14 +78,29 @@ def _cross_validated(solver, x, y, k, class_weight, splits):
   """(best c, its score, out-of-fold outputs at it) over `GRID` (ascending, so that each
   fold's fits start from the previous C's solution)."""
   parts = [(x[train], y[train], x[held], held) for train, held in splits]
-  best = None
-  for c in GRID:
+
+  def held_out(c):
     oof = np.zeros((len(x), k), np.float32)
     for x_fit, y_fit, x_held, held in parts:
       oof[held] = solver.outputs(x_held, *solver.fit(x_fit, y_fit, k, c, class_weight))
-    score = solver.score(y, oof)
+    return solver.score(y, oof), oof
+  return _scan(held_out)
+
+
+def _scan(held_out):
+  """(best C, its score, its extra) over `GRID` in ascending order, where held_out(C) gives
+  (score, extra). The held-out score of an L2 path rises and then falls: the scan stops
+  after two Cs in a row without a better score, skipping the slowest, weakest-regularized
+  fits when they cannot win."""
+  best, worse = None, 0
+  for c in GRID:
+    score, extra = held_out(c)
     if best is None or score > best[1]:
-      best = (c, score, oof)
+      best, worse = (c, score, extra), 0
+    else:
+      worse += 1
+      if worse == 2:
+        break
   return best
 
 
@@ -110,9 +125,10 @@ def solve(output, model, arrays, train_files, val_files, class_weight, training,
                      "labelled examples (the head is then refit on all of them)", y, oof,
                      final, final)
   else:
-    tried = [(c, solver.fit(x_train, y_train, k, c, class_weight)) for c in GRID]
-    score, c, held_out = max(((solver.score(y_val, solver.outputs(x_val, *w)), c, w)
-                              for c, w in tried), key=lambda item: item[0])
+    def scored(c):
+      weights = solver.fit(x_train, y_train, k, c, class_weight)
+      return solver.score(y_val, solver.outputs(x_val, *weights)), weights
+    c, score, held_out = _scan(scored)
     final = solver.fit(x, y, k, c, class_weight) if refit else held_out
     found = Solution(c, score, f"the {len(x_val)} validation examples" + (
         f" (the head is then refit on all {len(x)} labelled examples)" if refit else ""),

@@ -76,7 +76,8 @@ def trained_run(tmp_path_factory):
       model=kerasft.ModelConfig(model="mobilenet", image_size=64,
                                 weights="imagenet" if HAVE_IMAGENET_MOBILENET else "none"),
       data=kerasft.DataConfig(data_dir=data_dir),
-      training=kerasft.TrainingConfig(epochs=2),
+      # trained by epochs: its validation split stays held out (evaluate --run_dir uses it)
+      training=kerasft.TrainingConfig(epochs=2, head_solver="epochs"),
       name="fashion", model_dir=str(root / "runs" / "fashion"),
       export_dir=str(root / "saved_models" / "fashion"))
   return kerasft.train_classifier(config, verbose=0), data_dir

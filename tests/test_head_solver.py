@@ -25,6 +25,8 @@ def _train(tmp_path, data_dir, model=None, **training):
 
 def test_the_solved_head_is_scikit_learns_logistic_regression(tmp_path):
   from sklearn.linear_model import LogisticRegression
+  from sklearn.pipeline import make_pipeline
+  from sklearn.preprocessing import StandardScaler
   colors = write_color_images(tmp_path / "colors", per_class=40, size=24)  # validation split
   result = _train(tmp_path, colors)
   assert result.history["l2_c"] and len(result.history["loss"]) == 1
@@ -35,8 +37,10 @@ def test_the_solved_head_is_scikit_learns_logistic_regression(tmp_path):
   x_val = np.concatenate([x for x, _ in task.pipeline(val, 64)])
   x = np.concatenate([extract.predict(task.pipeline(train, 64), verbose=0),
                       extract.predict(x_val, verbose=0)])
-  # C chosen on the validation split, then the head refit on all labelled examples
-  reference = LogisticRegression(C=c, max_iter=5000, tol=1e-8).fit(x, train.labels + val.labels)
+  # C chosen on the validation split, then the head refit on all labelled examples, on
+  # standardized features
+  reference = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000, tol=1e-8))
+  reference.fit(x, train.labels + val.labels)
   np.testing.assert_allclose(result.model.predict(x_val, verbose=0),
                              reference.predict_proba(x[len(train.inputs):]), atol=1e-3)
   metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -2,7 +2,8 @@
 
 A solver fits the last Dense layer of a head without hidden layers: multinomial logistic
 regression for a softmax (multiclass), one binary logistic regression per label for
-sigmoids (multilabel), ridge regression on standardized targets (regression). `C` is the
+sigmoids (multilabel) — both on standardized features, folded back into the layer's
+weights — and ridge regression on standardized targets (regression). `C` is the
 inverse L2 strength (scikit-learn's); `fit` returns the Dense layer's (kernel [F, K],
 bias [K]), `outputs` what that layer then outputs, `score` a number to maximize on
 held-out data (the output's monitored metric, ties broken by the loss).
@@ -19,17 +20,31 @@ def _sigmoid(z):
   return 1.0 / (1.0 + np.exp(-z))
 
 
+def _standardized(x):
+  """(x with zero-mean, unit-variance columns, mean, scale): logistic regression converges
+  in a few times fewer iterations on it, and the L2 penalty weighs every feature alike."""
+  mean, scale = x.mean(axis=0), x.std(axis=0)
+  scale = np.where(scale > 0, scale, 1.0)
+  return (x - mean) / scale, mean, scale
+
+
+def _unstandardized(coef, intercept, mean, scale):
+  """The Dense (kernel [F, K], bias [K]) on raw features of a fit on standardized ones."""
+  kernel = coef.T / scale[:, None]
+  return kernel.astype(np.float32), (intercept - mean @ kernel).astype(np.float32)
+
+
 class _WarmStarts:
-  """Logistic regressions reused across the grid for the same data: each fit starts from
-  the previous C's solution (warm start), which makes the whole grid cost about as much as
-  a couple of cold fits."""
+  """Logistic regressions reused from fit to fit: each starts from the previous solution of
+  the same shape (the previous C on the grid, or the held-out head for the final refit),
+  which is much cheaper than starting from zero."""
 
   def __init__(self):
     self._fitted = {}
 
-  def estimator(self, x, column, c: float, class_weight=None):
+  def estimator(self, x, column, c: float, class_weight=None, classes=()):
     from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
-    key = (id(x), x.shape, column)
+    key = (x.shape[1], column, tuple(classes))
     if key not in self._fitted:
       self._fitted[key] = LogisticRegression(max_iter=1000, tol=1e-5, warm_start=True)
     return self._fitted[key].set_params(C=c, class_weight=class_weight)
@@ -46,11 +61,13 @@ class Softmax(_WarmStarts):
       bias[:] = -30.0
       bias[present[0]] = 0.0
       return kernel, bias
-    model = self.estimator(x, None, c, class_weight).fit(x, labels)
+    z, mean, scale = _standardized(x)
+    model = self.estimator(x, None, c, class_weight, present).fit(z, labels)
+    coef, intercept = _unstandardized(model.coef_, model.intercept_, mean, scale)
     if len(present) == 2:  # scikit-learn keeps one logit, for the second class
-      kernel[:, present[1]], bias[present[1]] = model.coef_[0], model.intercept_[0]
+      kernel[:, present[1]], bias[present[1]] = coef[:, 0], intercept[0]
     else:
-      kernel[:, present], bias[present] = model.coef_.T, model.intercept_
+      kernel[:, present], bias[present] = coef, intercept
     absent = np.setdiff1d(np.arange(k), present)
     bias[absent] = float(bias[present].min()) - 30.0  # never predicted, as in training
     return kernel, bias
@@ -71,13 +88,15 @@ class OneVsRest(_WarmStarts):
 
   def fit(self, x, targets, k: int, c: float, class_weight=None):
     kernel, bias = np.zeros((x.shape[1], k), np.float32), np.zeros(k, np.float32)
+    z, mean, scale = _standardized(x)
     for j in range(k):
       column = np.asarray(targets)[:, j]
       if column.min() == column.max():  # a label always (or never) on: its prior alone
         bias[j] = 30.0 if column[0] else -30.0
         continue
-      model = self.estimator(x, j, c).fit(x, column)
-      kernel[:, j], bias[j] = model.coef_[0], model.intercept_[0]
+      model = self.estimator(x, j, c).fit(z, column)
+      coef, intercept = _unstandardized(model.coef_, model.intercept_, mean, scale)
+      kernel[:, j], bias[j] = coef[:, 0], intercept[0]
     return kernel, bias
 
   def outputs(self, x, kernel, bias):
