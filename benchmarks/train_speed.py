@@ -125,7 +125,8 @@ def child_kerasft(size, epochs, unfreeze, fine_epochs, data_dir, out):
     config = kerasft.RunConfig(
         model=kerasft.ModelConfig(model="mobilenet", image_size=size, unfreeze_top=unfreeze),
         data=kerasft.DataConfig(data_dir=data_dir),
-        training=kerasft.TrainingConfig(epochs=epochs, fine_tune_epochs=fine_epochs),
+        training=kerasft.TrainingConfig(epochs=epochs, fine_tune_epochs=fine_epochs,
+                                        head_solver="epochs"),  # the same recipe as keras
         model_dir=os.path.join(tmp, "run"), export_dir=os.path.join(tmp, "export"))
     result = kerasft.train_classifier(config, verbose=0)
   s = result.seconds

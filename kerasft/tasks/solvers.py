@@ -2,8 +2,9 @@
 
 A solver fits the last Dense layer of a head without hidden layers: multinomial logistic
 regression for a softmax (multiclass), one binary logistic regression per label for
-sigmoids (multilabel) — both on standardized features, folded back into the layer's
-weights — and ridge regression on standardized targets (regression). `C` is the
+sigmoids (multilabel) — both on standardized features (folded back into the layer's
+weights) unless `standardize` is off — and ridge regression on standardized targets
+(regression). `C` is the
 inverse L2 strength (scikit-learn's); `fit` returns the Dense layer's (kernel [F, K],
 bias [K]), `outputs` what that layer then outputs, `score` a number to maximize on
 held-out data (the output's monitored metric, ties broken by the loss).
@@ -20,9 +21,12 @@ def _sigmoid(z):
   return 1.0 / (1.0 + np.exp(-z))
 
 
-def _standardized(x):
+def _standardized(x, standardize: bool = True):
   """(x with zero-mean, unit-variance columns, mean, scale): logistic regression converges
-  in a few times fewer iterations on it, and the L2 penalty weighs every feature alike."""
+  in a few times fewer iterations on it, and the L2 penalty weighs every feature alike.
+  With `standardize` False: (x, 0, 1), the raw features."""
+  if not standardize:
+    return x, np.zeros(x.shape[1]), np.ones(x.shape[1])
   mean, scale = x.mean(axis=0), x.std(axis=0)
   scale = np.where(scale > 0, scale, 1.0)
   return (x - mean) / scale, mean, scale
@@ -39,8 +43,8 @@ class _WarmStarts:
   the same shape (the previous C on the grid, or the held-out head for the final refit),
   which is much cheaper than starting from zero."""
 
-  def __init__(self):
-    self._fitted = {}
+  def __init__(self, standardize: bool = True):
+    self._fitted, self.standardize = {}, standardize
 
   def estimator(self, x, column, c: float, class_weight=None, classes=()):
     from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
@@ -61,7 +65,7 @@ class Softmax(_WarmStarts):
       bias[:] = -30.0
       bias[present[0]] = 0.0
       return kernel, bias
-    z, mean, scale = _standardized(x)
+    z, mean, scale = _standardized(x, self.standardize)
     model = self.estimator(x, None, c, class_weight, present).fit(z, labels)
     coef, intercept = _unstandardized(model.coef_, model.intercept_, mean, scale)
     if len(present) == 2:  # scikit-learn keeps one logit, for the second class
@@ -88,7 +92,7 @@ class OneVsRest(_WarmStarts):
 
   def fit(self, x, targets, k: int, c: float, class_weight=None):
     kernel, bias = np.zeros((x.shape[1], k), np.float32), np.zeros(k, np.float32)
-    z, mean, scale = _standardized(x)
+    z, mean, scale = _standardized(x, self.standardize)
     for j in range(k):
       column = np.asarray(targets)[:, j]
       if column.min() == column.max():  # a label always (or never) on: its prior alone
