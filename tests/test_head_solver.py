@@ -132,3 +132,22 @@ def test_a_head_with_hidden_layers_trains_on_features_until_it_converges(tmp_pat
   epochs = len(result.history["loss"])
   assert 5 < epochs < head_solver.CONVERGE_EPOCHS  # stopped by early stopping, not --epochs
   assert "l2_c" not in result.history
+
+
+def test_a_run_killed_during_the_solve_resumes_and_finishes(tmp_path, monkeypatch):
+  colors = write_color_images(tmp_path / "colors", per_class=8, size=24)
+  original, calls = solvers.Softmax.fit, []
+
+  def dies_midway(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 9:  # inside the grid search over the folds
+      raise KeyboardInterrupt("killed")
+    return original(self, *args, **kwargs)
+  monkeypatch.setattr(solvers.Softmax, "fit", dies_midway)
+  with pytest.raises(KeyboardInterrupt):
+    _train(tmp_path, colors)
+  assert not (tmp_path / "export").exists()
+  monkeypatch.setattr(solvers.Softmax, "fit", original)
+  result = _train(tmp_path, colors)  # the same command: resumes the unfinished run
+  assert len(result.history["loss"]) == 1 and os.listdir(tmp_path / "export") == ["1"]
+  assert result.metrics["validated_on"].startswith("5-fold cross-validation of all 24")
