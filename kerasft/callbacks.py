@@ -4,6 +4,7 @@ epoch log a resumed run's history is rebuilt from."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import keras
@@ -86,6 +87,7 @@ class EpochLog(keras.callbacks.Callback):
 
 def append_epoch(path: str, epoch: int, logs: dict) -> None:
   """Appends one epoch's logs (numbers) to the epoch log at `path` (JSON Lines)."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path, "a") as f:
     f.write(json.dumps({"epoch": epoch, **{k: float(v) for k, v in logs.items()}}) + "\n")
 

@@ -85,7 +85,7 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
     step = _prepare(segment, config, model, dataset, output, folder, runtime, verbose)
     if segment.phase == "head" and not reason:
       solution = _solve(step, config, model, dataset, output, checkpoint, folder, class_weight,
-                        last=len(plan) == 1)
+                        len(plan) == 1, runtime)
       view = step.view if len(plan) == 1 else None
       _finish_segment(folder, model, index, checkpoint, runtime)
       continue
@@ -112,6 +112,17 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
                    kept=_kept(history, output.monitor, restore_best))
 
 
+def _summaries(log_dir: str, logs: dict) -> None:
+  """The solve's epoch in TensorBoard, as Keras' callback writes epochs (train/ and
+  validation/ `epoch_<metric>` scalars at step 0)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for split, prefix in (("train", ""), ("validation", "val_")):
+    with tf.summary.create_file_writer(os.path.join(log_dir, split)).as_default():
+      for key, value in logs.items():
+        if key.startswith(prefix) and (prefix or not key.startswith("val_")):
+          tf.summary.scalar(f"epoch_{key[len(prefix):]}", value, step=0)
+
+
 def _kept(history: dict, monitor: tuple, restored: bool) -> str:
   """The phase whose epoch the model ends with; with a fine-tune phase, says which won."""
   values, phases = history.get(monitor[0]), history.get("phase", [])
@@ -136,7 +147,7 @@ def _finish_segment(folder: RunFolder, model, index: int, checkpoint, runtime) -
 
 
 def _solve(step: _Step, config: RunConfig, model, dataset: Dataset, output, checkpoint,
-           folder: RunFolder, class_weight, last: bool):
+           folder: RunFolder, class_weight, last: bool, runtime):
   """The head phase as one convex solve on the cached features (`kerasft.head_solver`),
   logged as the run's first epoch (Keras' own loss and metrics of the held-out solution) so
   the best-epoch checkpoint and the history treat it like any epoch; the model then keeps
@@ -151,6 +162,8 @@ def _solve(step: _Step, config: RunConfig, model, dataset: Dataset, output, chec
   logs.update(epoch_seconds=time.perf_counter() - start, learning_rate=0.0, phase=0.0,
               l2_c=solution.c)
   append_epoch(folder.output(EPOCH_LOG), 0, logs)
+  if runtime.is_chief:
+    _summaries(folder.path(LOGS), logs)
   checkpoint.on_epoch_end(0, logs)
   checkpoint.on_train_end()
   return solution

@@ -137,7 +137,8 @@ def solve(output, model, arrays, train_files, val_files, class_weight, training,
         f" (the head is then refit on all {len(x)} labelled examples)" if refit else ""),
                      y_val, solver.outputs(x_val, *held_out), held_out, final)
   install(model, output, found.held_out)
-  logging.info("head solved (convex): C=%g (L2 %g) of %d training examples, held-out score "
+  logging.info("head solved (convex) on cached features: C=%g (L2 %g) of %d training "
+               "examples, held-out score "
                "%.4f, chosen on %s", found.c, 1 / found.c, n, found.score[0],
                found.validated_on)
   return found
