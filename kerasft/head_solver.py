@@ -106,6 +106,17 @@ def _scan(held_out):
 
 def solve(output, model, arrays, train_files, val_files, class_weight, training,
           refit: bool = True) -> Solution:
+  """`_solve` with the BLAS library on one thread: the solver's small matrix products were
+  11x slower with OpenBLAS' two threads on this 2-core machine (5.05 s -> 0.44 s for five
+  fits on 800 x 1024 features)."""
+  from threadpoolctl import threadpool_limits  # pylint: disable=g-import-not-at-top
+  with threadpool_limits(limits=1, user_api="blas"):
+    return _solve(output, model, arrays, train_files, val_files, class_weight, training,
+                  refit)
+
+
+def _solve(output, model, arrays, train_files, val_files, class_weight, training, refit
+           ) -> Solution:
   """Solves `model`'s head (its `output`) on cached feature `arrays` (train, validation)
   and gives the head's Dense layer the held-out solution (fitted without the examples it
   was scored on); `install(model, output, solution.final)` then puts in the final one.
