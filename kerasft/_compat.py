@@ -11,6 +11,7 @@ still needed).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import keras
@@ -131,6 +132,7 @@ def tfds_data_root(builder) -> str:
   return str(getattr(builder, "_data_dir_root", None) or os.path.join("~", "tensorflow_datasets"))
 
 
+@functools.lru_cache(maxsize=None)  # one subclass per optimizer class, not per optimizer
 def with_variable_rates(base):
   """`base` optimizer class that scales the rate per variable and adds L2 to gradients.
 

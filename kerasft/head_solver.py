@@ -123,14 +123,15 @@ def _solve(output, model, arrays, train_files, val_files, class_weight, training
   refit: the final head is fitted on all labelled examples (else on the training split,
   as when a fine-tune phase follows and compares itself on the validation split); only
   then may small data use k-fold cross-validation."""
-  solver, k = output.solver(model), len(train_files.class_names)
+  k = len(train_files.class_names)
   x_train, x_val = arrays
   y_train, y_val = output.evaluation_labels(train_files), output.evaluation_labels(val_files)
   x, y, n = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), len(y_train)
-  if refit and len(x) / max(k, 1) < training.kfold_below:
-    # With a few examples per class, per-feature standardization amplifies noisy features
-    # (measured: -0.015 to -0.03 test accuracy at 5-10 per class): raw features there.
-    solver.standardize = False
+  kfold = refit and len(x) / max(k, 1) < training.kfold_below
+  # With a few examples per class, per-feature standardization amplifies noisy features
+  # (measured: -0.015 to -0.03 test accuracy at 5-10 per class): raw features there.
+  solver = output.solver(model, standardize=not kfold)
+  if kfold:
     splits = _folds(y, training.folds, training.seed,
                     output.strata(train_files.labels) is not None)
     c, score, oof = _cross_validated(solver, x, y, k, class_weight, splits)

@@ -77,7 +77,7 @@ class RunFolder:
     if config.overwrite and os.path.isdir(self.root):
       shutil.rmtree(self.root)
     os.makedirs(self.root, exist_ok=True)
-    write_json(config.to_dict(), self.path(CONFIG), sort_keys=True)
+    config.to_json(self.path(CONFIG))
     write_labels(self.path(LABELS), class_names)
 
   def read_config(self) -> RunConfig:

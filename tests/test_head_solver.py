@@ -69,7 +69,7 @@ class _Planted:
 def test_the_l2_strength_is_chosen_on_the_validation_split_only(monkeypatch):
   planted = _Planted()
   output = tasks.make_output()
-  monkeypatch.setattr(output, "solver", lambda model: planted)
+  monkeypatch.setattr(output, "solver", lambda model, standardize: planted)
 
   class Head:  # where the solution is copied
     def set_weights(self, weights):

@@ -106,10 +106,11 @@ class Output:
     """The head's layers with weights after the hidden ones; the first is its Dense layer."""
     return (self.layer,)
 
-  def solver(self, model):
-    """The convex solver of this head's Dense layer (`kerasft.tasks.solvers`)."""
+  def solver(self, model, standardize: bool = True):
+    """The convex solver of this head's Dense layer (`kerasft.tasks.solvers`), on
+    standardized features unless `standardize` is False."""
     from kerasft.tasks import solvers  # pylint: disable=g-import-not-at-top
-    return solvers.Softmax()
+    return solvers.Softmax(standardize)
 
   def loss(self, label_smoothing: float = 0.0):
     import keras  # pylint: disable=g-import-not-at-top
@@ -197,9 +198,9 @@ class Multilabel(Output):
     import keras  # pylint: disable=g-import-not-at-top
     return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
 
-  def solver(self, model):
+  def solver(self, model, standardize=True):
     from kerasft.tasks import solvers  # pylint: disable=g-import-not-at-top
-    return solvers.OneVsRest()
+    return solvers.OneVsRest(standardize)
 
   def metrics(self):
     import keras  # pylint: disable=g-import-not-at-top
@@ -287,7 +288,7 @@ class Regression(Multilabel):
   def head_layer_names(self):
     return ("regression_dense", self.layer)
 
-  def solver(self, model):
+  def solver(self, model, standardize=True):  # ridge: closed form, raw features
     from kerasft.tasks import solvers  # pylint: disable=g-import-not-at-top
     rescale = model.get_layer(self.layer)
     return solvers.Ridge(rescale.offset, rescale.scale)
