@@ -41,6 +41,16 @@ def _missing(obj, attribute: str, what: str) -> bool:
   return True
 
 
+def sublayers(layer) -> list:
+  """`layer` and every layer nested in it, at any depth (Keras' private
+  `Layer._flatten_layers`, which KerasHub's own `Backbone.enable_lora` walks too; public
+  `Model.layers` stops at the first level and layers that are not models have none)."""
+  if _missing(layer, "_flatten_layers", "the nested layers of a layer"):
+    raise UsageError("--peft: this Keras cannot list nested layers; use Keras "
+                     f"{CHECKED[0]}-{CHECKED[1]}")
+  return list(layer._flatten_layers(include_self=True, recursive=True))  # pylint: disable=protected-access
+
+
 def pin_inference_mode(layer) -> None:
   """Makes `layer(x, training=False)` in a functional model stay in inference mode.
 
@@ -134,7 +144,8 @@ def tfds_data_root(builder) -> str:
 
 @functools.lru_cache(maxsize=None)  # one subclass per optimizer class, not per optimizer
 def with_variable_rates(base):
-  """`base` optimizer class that scales the rate per variable and adds L2 to gradients.
+  """`base` optimizer class that scales the rate per variable and adds L2 (toward zero, or
+  toward `anchors` {variable path: pretrained value} for L2-SP) to gradients.
 
   Keras has no per-variable learning rates (upstream: keras/src/optimizers/
   base_optimizer.py `apply`; no issue filed). This overrides the private
@@ -151,10 +162,13 @@ def with_variable_rates(base):
 
   class Tuned(base):  # pylint: disable=missing-class-docstring
 
-    def __init__(self, *args, lr_multipliers: dict | None = None, l2: float = 0.0, **kwargs):
+    def __init__(self, *args, lr_multipliers: dict | None = None, l2: float = 0.0,
+                 anchors: dict | None = None, l2sp: float = 0.0, **kwargs):
       super().__init__(*args, **kwargs)
       self._lr_multipliers = dict(lr_multipliers or {})
-      self._l2 = l2
+      self._l2, self._l2sp = l2, l2sp
+      self._anchors = {path: keras.ops.convert_to_tensor(value)
+                       for path, value in (anchors or {}).items()} if l2sp else {}
 
     def _groups(self, grads, variables):
       groups: dict[float, tuple[list, list]] = {}
@@ -166,8 +180,12 @@ def with_variable_rates(base):
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
       if self._l2:  # coupled L2 on kernels: the gradient of l2 * sum(w ** 2)
-        grads = [g + 2 * self._l2 * keras.ops.cast(v, g.dtype) if len(v.shape) >= 2 else g
+        grads = [g + 2 * self._l2 * keras.ops.cast(v, g.dtype)
+                 if len(v.shape) >= 2 and v.path not in self._anchors else g
                  for g, v in zip(grads, trainable_variables)]
+      if self._anchors:  # L2-SP: the gradient of l2sp * sum((w - w0) ** 2)
+        grads = [g + 2 * self._l2sp * keras.ops.cast(v - self._anchors[v.path], g.dtype)
+                 if v.path in self._anchors else g for g, v in zip(grads, trainable_variables)]
       for multiplier, (group_grads, group_vars) in self._groups(
           grads, trainable_variables).items():
         super()._backend_update_step(group_grads, group_vars, learning_rate * multiplier)

@@ -24,22 +24,46 @@ def load_run(run_dir: str, checkpoint: str = ""):
   return task.load_model(path), task, folder.class_names()
 
 
+def load_adapter(path: str):
+  """Builds the model an adapter file was made from: its backbone (loaded as its config
+  says), LoRA on the same layers, the adapter's factors and head; returns (model, task,
+  class names)."""
+  from kerasft import data  # pylint: disable=g-import-not-at-top
+  from kerasft.config import RunConfig  # pylint: disable=g-import-not-at-top
+  from kerasft.methods import peft  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise UsageError(f"--adapter: {path} does not exist")
+  meta, arrays = peft.read_adapter(path)
+  task = tasks.for_config(RunConfig.from_dict(meta["config"]))
+  labels = meta["labels"]
+  task, model = task.build_model(data.Examples([], [], labels, task.output), meta["stats"])
+  peft.enable(model, task.config)
+  peft.apply_adapter(model, meta, arrays)
+  return model, task, labels
+
+
 def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None = None,
                overwrite: bool = False, fmt: str = "saved_model", quantize: str = "none"
                ) -> dict:
-  """Exports a run's best checkpoint (or a .keras checkpoint inside a run folder).
+  """Exports a run's best checkpoint (or a .keras checkpoint inside a run folder, or an
+  adapter file, .npz: `load_adapter`).
 
   fmt: "saved_model", "tflite" or "both". export_dir defaults to the run's. Returns the
   written paths ("saved_model", "tflite") and, for TFLite, how it agrees with the
   SavedModel on sample inputs (`Output.agreement`: "tflite_max_difference", and for
   multiclass "tflite_top1_agreement").
   """
-  is_checkpoint = os.path.isfile(run_or_checkpoint)
-  run_dir = os.path.dirname(run_or_checkpoint) if is_checkpoint else run_or_checkpoint
-  model, task, class_names = load_run(run_dir, run_or_checkpoint if is_checkpoint else "")
+  if run_or_checkpoint.endswith(".npz"):  # an adapter
+    model, task, class_names = load_adapter(run_or_checkpoint)
+    card = {**task.card(None), "adapter": os.path.abspath(run_or_checkpoint)}
+  else:
+    is_checkpoint = os.path.isfile(run_or_checkpoint)
+    run_dir = os.path.dirname(run_or_checkpoint) if is_checkpoint else run_or_checkpoint
+    model, task, class_names = load_run(run_dir, run_or_checkpoint if is_checkpoint else "")
+    card = task.card(RunFolder(run_dir).metrics())
   task.check_format(fmt)
   export_dir = export_dir or task.config.export_dir
-  card, result = task.card(RunFolder(run_dir).metrics()), {}
+  result = {}
   if fmt in ("saved_model", "both"):
     result["saved_model"] = task.export(model, class_names, export_dir, card, version,
                                         overwrite)

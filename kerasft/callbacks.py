@@ -18,12 +18,14 @@ class BestCheckpoint(keras.callbacks.Callback):
   whatever model is being fit (the head alone on cached features): its weights in memory
   at once, and `path` (a .keras file) at the end of every fit and at most every `interval`
   seconds in between. One instance serves both phases, so its best spans them. `best` is
-  the monitored value, negated for "min"."""
+  the monitored value, negated for "min". raw: also write the weights as they are in memory
+  (`<path>.npz`; a .keras file holds LoRA factors merged into the kernels) and resume
+  from them."""
 
   def __init__(self, model: keras.Model, path: str, interval: float = 60.0,
-               monitor: str = "val_accuracy", mode: str = "max"):
+               monitor: str = "val_accuracy", mode: str = "max", raw: bool = False):
     super().__init__()
-    self._full, self._path, self._interval = model, path, interval
+    self._full, self._path, self._interval, self._raw = model, path, interval, raw
     self.monitor, self._sign = monitor, 1.0 if mode == "max" else -1.0
     self.best, self._weights, self._dirty = -np.inf, None, False
     self._written = time.monotonic()
@@ -41,15 +43,27 @@ class BestCheckpoint(keras.callbacks.Callback):
     if self._dirty:
       self._write()
 
+  @property
+  def full_model(self) -> keras.Model:
+    """The model whose best epoch is kept (whatever model is being fit)."""
+    return self._full
+
   def _write(self):
     current = self._full.get_weights()
     self._full.set_weights(self._weights)
     self._full.save(self._path)
     self._full.set_weights(current)
+    if self._raw:
+      from kerasft.methods import averaging  # pylint: disable=g-import-not-at-top
+      averaging.save_weights(self._weights, f"{self._path}.npz")
     self._dirty, self._written = False, time.monotonic()
 
   def resume(self, best: float) -> None:
     """Continues from a previous process's best epoch (its value and `path`)."""
+    if self._raw and os.path.exists(f"{self._path}.npz"):
+      from kerasft.methods import averaging  # pylint: disable=g-import-not-at-top
+      self.best, self._weights = best, averaging.load_weights(f"{self._path}.npz")
+      return
     current = self._full.get_weights()
     self._full.load_weights(self._path)
     self.best, self._weights = best, self._full.get_weights()

@@ -67,6 +67,8 @@ class ExportConfig:
   """What `kerasft.export` writes from which run."""
   run_dir: str = setting("", _RUN_DIR_HELP)
   checkpoint: str = setting("", "export: a .keras checkpoint inside a run folder.")
+  adapter: str = setting("", "export: an adapter file (train --peft=lora --save_adapter): "
+                         "its LoRA factors and head applied to its backbone, merged.")
   export_dir: str = setting("", "The model's TF Serving folder; each run or export adds a "
                             "version [saved_models/<name>; export: the run's].")
   version: Optional[int] = setting(None, "export: the version number [the next free one].")
@@ -79,7 +81,9 @@ class ExportConfig:
 
   def __post_init__(self):
     check_choices(self)
-    if bool(self.run_dir) == bool(self.checkpoint):
-      raise UsageError("--run_dir or --checkpoint: pass exactly one of them")
+    if sum(map(bool, (self.run_dir, self.checkpoint, self.adapter))) != 1:
+      raise UsageError("--run_dir, --checkpoint or --adapter: pass exactly one of them")
+    if self.adapter and not self.export_dir:
+      raise UsageError("--export_dir: pass where the model made from --adapter goes")
     if self.version is not None:
       positive_int(self.version, "version")

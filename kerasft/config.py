@@ -16,9 +16,10 @@ import json
 import os
 from typing import Optional
 
-from kerasft import backbones
+from kerasft import backbones, methods
 from kerasft.errors import UsageError
 from kerasft.files import write_json
+from kerasft.methods import MethodsConfig
 from kerasft.settings import (check, check_choices, fraction, non_negative_int,
                               positive_float, positive_int, setting)
 
@@ -290,6 +291,7 @@ class RunConfig:
   model: ModelConfig = setting(factory=ModelConfig)
   data: DataConfig = setting(factory=DataConfig)
   training: TrainingConfig = setting(factory=TrainingConfig)
+  methods: MethodsConfig = setting(factory=MethodsConfig)
   name: str = setting("", "The model's name; names runs/<name> and saved_models/<name> "
                       "[the backbone's].")
   model_dir: str = setting("", "The run's folder [runs/<name>].")
@@ -311,6 +313,7 @@ class RunConfig:
                        "pass --head_solver=epochs to smooth them")
     from kerasft import tasks  # pylint: disable=g-import-not-at-top  # tasks read configs
     tasks.check(self)  # what the modality and the output type cannot honour
+    methods.check_run(self)
     if self.training.fine_tune_epochs and not self.model.unfreezes:
       raise UsageError(f"--fine_tune_epochs={self.training.fine_tune_epochs} needs layers to "
                        "train; pass --unfreeze_top=N (or --unfreeze_blocks, --unfreeze_from, "
@@ -343,9 +346,9 @@ class RunConfig:
     unknown = set(d) - known
     if unknown:
       raise UsageError(f"config: unknown keys {sorted(unknown)}")
-    return cls(model=ModelConfig(**d.get("model", {})), data=DataConfig(**d.get("data", {})),
-               training=TrainingConfig(**d.get("training", {})),
-               **{k: v for k, v in d.items() if k not in ("model", "data", "training")})
+    nested = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig,
+              "methods": MethodsConfig}
+    return cls(**{k: nested[k](**v) if k in nested else v for k, v in d.items()})
 
   @classmethod
   def from_json(cls, path: str) -> "RunConfig":

@@ -3,6 +3,7 @@
   python -m kerasft.export --run_dir=runs/NAME                       # next version
   python -m kerasft.export --run_dir=runs/NAME --version=3 --overwrite
   python -m kerasft.export --checkpoint=runs/NAME/best.keras --format=both --quantize=dynamic
+  python -m kerasft.export --adapter=runs/NAME/adapter.npz --export_dir=saved_models/NAME2
 
 The SavedModel goes to <export_dir>/<N>/; TFLite to <export_dir>/tflite/<N>/model.tflite
 with labels.txt beside it, checked against the SavedModel on sample images.
@@ -22,7 +23,8 @@ def main(argv):
     raise errors.UsageError(f"unexpected arguments {argv[1:]}; all inputs are --flags")
   settings = cli.from_flags(commands.ExportConfig)
   from kerasft import artifacts  # pylint: disable=g-import-not-at-top
-  result = artifacts.export_run(settings.run_dir or settings.checkpoint, settings.export_dir,
+  result = artifacts.export_run(settings.run_dir or settings.checkpoint or settings.adapter,
+                                settings.export_dir,
                                 settings.version, settings.overwrite, settings.format,
                                 settings.quantize)
   for kind in ("saved_model", "tflite"):

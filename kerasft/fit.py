@@ -24,6 +24,7 @@ from kerasft.config import RunConfig
 from kerasft.pipeline import Dataset
 from kerasft.files import write_json
 from kerasft.heads import backbone_of
+from kerasft.methods import averaging, peft
 from kerasft.plan import Segment, make_plan
 from kerasft.run_folder import (BEST, EPOCH_LOG, FEATURE_CACHE, HISTORY, LOGS, RESUME_WEIGHTS,
                                 RunFolder)
@@ -45,7 +46,8 @@ class FitResult:
   best: float | None
   validation_view: tuple | None
   solution: object = None
-  kept: str = ""  # the phase of the restored best epoch ("head" or "fine_tune")
+  kept: str = ""  # the phase of the restored best epoch, or the average kept (--average)
+  parameters: tuple = (0, 0)  # (trainable, total) parameters of the last segment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,39 +79,79 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
   plan = make_plan(config.training, config.model, len(backbones.blocks(backbone_of(model))),
                    head_epochs=head_solver.CONVERGE_EPOCHS if converge else 0 if reason else 1)
   monitor, mode = output.monitor
-  checkpoint = BestCheckpoint(model, folder.output(BEST), monitor=monitor, mode=mode)
+  checkpoint = BestCheckpoint(model, folder.output(BEST), monitor=monitor, mode=mode,
+                              raw=config.methods.peft == "lora")
+  anchors = _anchors(config, model)  # the pretrained weights, before a resume loads others
   done = _resume(folder, model, checkpoint, len(plan))
   class_weight = _class_weight(config, dataset)
-  view = solution = None
+  view = solution = step = None
   for index, segment in enumerate(plan[done:], start=done):
-    step = _prepare(segment, config, model, dataset, output, folder, runtime, verbose)
+    last = segment.phase == plan[-1].phase
+    step = _prepare(segment, config, model, dataset, output, folder, runtime, verbose,
+                    anchors, ema=last and config.methods.average == "ema")
     if segment.phase == "head" and not reason:
       solution = _solve(step, config, model, dataset, output, checkpoint, folder, class_weight,
                         len(plan) == 1, runtime)
       view = step.view if len(plan) == 1 else None
-      _finish_segment(folder, model, index, checkpoint, runtime)
+      _finish_segment(folder, model, index, checkpoint, runtime, config, segment, plan)
       continue
-    logging.info("segment %s: epochs %d-%d, %d trainable weights, learning rate %g%s",
+    logging.info("segment %s: epochs %d-%d, %d of %d parameters trainable, learning rate %g%s",
                  segment.name, segment.first + 1, segment.last,
-                 len(step.model.trainable_weights), segment.learning_rate,
-                 ", on cached features" if step.on_features else "")
+                 *peft.parameter_counts(step.model)[:1], peft.parameter_counts(model)[1],
+                 segment.learning_rate, ", on cached features" if step.on_features else "")
     step.model.fit(step.train, validation_data=step.val, initial_epoch=segment.first,
                    epochs=segment.last, class_weight=class_weight, shuffle=False,
                    verbose=verbose, callbacks=_callbacks(
                        config, segment, index, checkpoint, output, folder, runtime,
-                       converge and segment.phase == "head"))
+                       converge and segment.phase == "head", top_k=last))
     _compat.reset_initial_epoch(step.model)
     view = step.view if len(plan) == 1 else None
-    _finish_segment(folder, model, index, checkpoint, runtime)
+    _finish_segment(folder, model, index, checkpoint, runtime, config, segment, plan)
   if restore_best and checkpoint.restore():
     logging.info("restored the best epoch (%s %.4f), saved as %s", monitor,
                  checkpoint.best * (1 if mode == "max" else -1), folder.output(BEST))
+  step = step or _prepare(plan[-1], config, model, dataset, output, folder, runtime, verbose,
+                          anchors)
+  averaged = _average(config, model, step, dataset, output, folder, checkpoint, runtime)
   history = history_from_log(folder.output(EPOCH_LOG))
   write_json(history, folder.output(HISTORY))
   best = None if checkpoint.best == float("-inf") else float(checkpoint.best)
   return FitResult(history=history, best=best, validation_view=view,
                    solution=solution if len(plan) == 1 else None,
-                   kept=_kept(history, output.monitor, restore_best))
+                   kept=averaged or _kept(history, output.monitor, restore_best),
+                   parameters=(peft.parameter_counts(step.model)[0],
+                               peft.parameter_counts(model)[1]))
+
+
+def _anchors(config: RunConfig, model) -> list:
+  """--l2sp: [(variable, its pretrained value)] of the backbone's weights."""
+  if not config.methods.l2sp:
+    return []
+  return [(w, keras.ops.convert_to_numpy(w)) for w in backbone_of(model).weights]
+
+
+def _average(config: RunConfig, model, step: _Step, dataset: Dataset, output,
+             folder: RunFolder, checkpoint, runtime) -> str:
+  """--average and --wise_ft on the restored best epoch (`kerasft.methods.averaging`);
+  returns what was kept ("" when the best epoch stayed). The kept model replaces best.keras."""
+  k = config.methods
+  if (k.average == "best" and not k.wise_ft) or checkpoint.best == float("-inf"):
+    return ""
+  monitor, mode = output.monitor
+  trains_bn = config.model.bn_mode == "train"
+  scorer = averaging.Scorer(model, step.model, step.val, monitor, mode,
+                            dataset.train if trains_bn else None, backbone_of(model))
+  load = lambda name, on: averaging.load_weights(folder.path(name)) if on else None  # noqa: E731
+  outcome = averaging.finish(
+      k, scorer, folder.path(averaging.TOP_K), (model.get_weights(), checkpoint.best),
+      load(averaging.HEAD_WEIGHTS, k.wise_ft), load(averaging.EMA_WEIGHTS, k.average == "ema"),
+      folder.output(averaging.WISE_FT_PLOT))
+  if runtime.is_chief:
+    write_json({"kept": outcome.kept or "best epoch", "validation": outcome.scores},
+               folder.output(averaging.SCORES))
+    if outcome.kept:
+      model.save(folder.output(BEST))
+  return outcome.kept
 
 
 def _summaries(log_dir: str, logs: dict) -> None:
@@ -139,11 +181,18 @@ def _kept(history: dict, monitor: tuple, restored: bool) -> str:
   return phases[best]
 
 
-def _finish_segment(folder: RunFolder, model, index: int, checkpoint, runtime) -> None:
-  """Records a finished segment for resuming (the chief alone writes)."""
-  if runtime.is_chief:
-    model.save_weights(folder.path(RESUME_WEIGHTS))
-    folder.write_fit_state(index + 1, float(checkpoint.best))
+def _finish_segment(folder: RunFolder, model, index: int, checkpoint, runtime,
+                    config: RunConfig, segment: Segment, plan: tuple) -> None:
+  """Records a finished segment for resuming (the chief alone writes), with what the
+  methods need later: the head phase's weights (--wise_ft), the EMA (--average=ema)."""
+  if not runtime.is_chief:
+    return
+  if segment.phase == "head" and config.methods.wise_ft:
+    averaging.save_weights(model.get_weights(), folder.path(averaging.HEAD_WEIGHTS))
+  if segment == plan[-1] and config.methods.average == "ema":  # Keras swapped the EMA in
+    averaging.save_weights(model.get_weights(), folder.path(averaging.EMA_WEIGHTS))
+  model.save_weights(folder.path(RESUME_WEIGHTS))
+  folder.write_fit_state(index + 1, float(checkpoint.best))
 
 
 def _solve(step: _Step, config: RunConfig, model, dataset: Dataset, output, checkpoint,
@@ -178,6 +227,7 @@ def _resume(folder: RunFolder, model, checkpoint: BestCheckpoint, n_segments: in
   done = state.get("segments_done", 0)
   if done:
     model.load_weights(folder.path(RESUME_WEIGHTS))
+    peft.revive(model)
     logging.info("resuming %s: %d of %d training segments done", folder.root, done,
                  n_segments)
   return done
@@ -193,9 +243,10 @@ def _class_weight(config: RunConfig, dataset: Dataset):
 
 
 def _prepare(segment: Segment, config: RunConfig, model, dataset: Dataset, output,
-             folder: RunFolder, runtime, verbose) -> _Step:
+             folder: RunFolder, runtime, verbose, anchors=(), ema: bool = False) -> _Step:
   """Freezes or unfreezes the backbone for `segment`, picks what `fit` trains on (cached
-  features in a frozen head segment when possible) and compiles it."""
+  features in a frozen head segment when possible) and compiles it. anchors: L2-SP's
+  pretrained weights; ema: average the weights in the optimizer (--average=ema)."""
   t, backbone = config.training, backbone_of(model)
   steps = -(-len(dataset.train_files.inputs) // config.data.batch_size)
   with runtime.strategy.scope():
@@ -207,13 +258,19 @@ def _prepare(segment: Segment, config: RunConfig, model, dataset: Dataset, outpu
       step = _on_features(step, config, model, dataset, folder, runtime, steps, verbose)
     else:
       _unfreeze(segment, config, backbone)
+      if config.methods.peft != "none":
+        peft.restrict(backbone, config.methods.peft)
       multipliers = optimizers.layer_lr_multipliers(model, t.layer_lr_decay)
     rate = optimizers.learning_rate(segment.learning_rate, t.lr_schedule,
                                     round(t.warmup_epochs * steps),
                                     segment.phase_epochs * steps, segment.offset * steps)
+    trained = {id(w) for w in backbone.trainable_weights}
     optimizers.compile_model(step.model, optimizers.make_optimizer(
-        t.optimizer, rate, t.weight_decay, multipliers), output, t.label_smoothing,
-                             step.steps_per_execution, runtime.jit_compile)
+        t.optimizer, rate, t.weight_decay, multipliers,
+        config.methods.ema_momentum if ema else None,
+        [(w, w0) for w, w0 in anchors if id(w) in trained], config.methods.l2sp),
+                             output, t.label_smoothing, step.steps_per_execution,
+                             runtime.jit_compile)
   return step
 
 
@@ -249,8 +306,9 @@ def _on_features(step: _Step, config: RunConfig, model, dataset: Dataset, folder
 
 def _unfreeze(segment: Segment, config: RunConfig, backbone) -> None:
   m, t = config.model, config.training
-  names = backbones.unfreeze(backbone, top=m.unfreeze_top, n_blocks=segment.n_blocks,
-                             from_layer=m.unfreeze_from, bn_mode=m.bn_mode)
+  names = backbones.unfreeze(  # --peft: norms trainable (normfit, bitfit), in inference mode
+      backbone, top=m.unfreeze_top, n_blocks=segment.n_blocks, from_layer=m.unfreeze_from,
+      bn_mode="affine" if config.methods.peft != "none" else m.bn_mode)
   logging.info("segment %s: %d layers unfrozen (top: %s)%s%s", segment.name, len(names),
                ", ".join(names[-3:]),
                f", layer decay {t.layer_lr_decay}" if t.layer_lr_decay != 1 else "",
@@ -258,12 +316,21 @@ def _unfreeze(segment: Segment, config: RunConfig, backbone) -> None:
 
 
 def _callbacks(config: RunConfig, segment: Segment, index: int, checkpoint, output,
-               folder: RunFolder, runtime, converge: bool = False) -> list:
-  t = config.training
+               folder: RunFolder, runtime, converge: bool = False, top_k: bool = False
+               ) -> list:
+  """The callbacks of one segment; top_k: keep its best epochs for --average/--wise_ft."""
+  t, k = config.training, config.methods
   monitor, mode = output.monitor
   worker = "chief" if runtime.is_chief else f"worker_{runtime.worker_id}"
   callbacks = [EpochLog(folder.output(EPOCH_LOG), segment.phase), checkpoint,
                keras.callbacks.BackupAndRestore(folder.backup_dir(index, worker))]
+  if k.peft == "lora":
+    callbacks.append(peft.Revive())  # after BackupAndRestore loaded (and zeroed) the factors
+  if top_k and (k.average != "best" or k.wise_ft):
+    callbacks.append(averaging.TopK(
+        checkpoint.full_model, folder.path(averaging.TOP_K),
+        k.average_top_k if k.average.endswith("soup") else 1, monitor, mode,
+        write=runtime.is_chief))
   if runtime.is_chief:
     callbacks.append(keras.callbacks.TensorBoard(folder.path(LOGS)))
   if t.early_stopping_patience or converge:  # converge: a hidden head on cached features

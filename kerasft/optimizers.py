@@ -19,25 +19,36 @@ _OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
 
 
 def make_optimizer(name: str, learning_rate, weight_decay: float | None = None,
-                   lr_multipliers: dict | None = None) -> keras.optimizers.Optimizer:
+                   lr_multipliers: dict | None = None, ema_momentum: float | None = None,
+                   anchors: dict | None = None, l2sp: float = 0.0
+                   ) -> keras.optimizers.Optimizer:
   """"adam", "sgd" (momentum 0.9) or "adamw" at `learning_rate` (a number or schedule).
 
   weight_decay: decoupled for adamw (None: Keras' default 0.004), L2 on kernels for adam
-  and sgd (None: 0). lr_multipliers: {variable path: factor of the rate}.
+  and sgd (None: 0). lr_multipliers: {variable path: factor of the rate}. ema_momentum:
+  Keras' `use_ema` at that momentum. anchors, l2sp: L2-SP, a penalty l2sp * (w - w0)^2 on
+  the variables of `anchors` [(variable, w0)], which get no weight decay toward zero.
   """
   if name not in _OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}")
   kwargs = {"momentum": 0.9} if name == "sgd" else {}
+  if ema_momentum:
+    kwargs.update(use_ema=True, ema_momentum=ema_momentum)
   l2 = 0.0
   if name == "adamw":
     if weight_decay is not None:
       kwargs["weight_decay"] = weight_decay
   else:
     l2 = weight_decay or 0.0
-  if not lr_multipliers and not l2:
+  anchors = anchors if l2sp else []
+  if not lr_multipliers and not l2 and not anchors:
     return _OPTIMIZERS[name](learning_rate, **kwargs)
-  return _compat.with_variable_rates(_OPTIMIZERS[name])(
-      learning_rate, lr_multipliers=lr_multipliers, l2=l2, **kwargs)
+  optimizer = _compat.with_variable_rates(_OPTIMIZERS[name])(
+      learning_rate, lr_multipliers=lr_multipliers, l2=l2,
+      anchors={v.path: w0 for v, w0 in anchors}, l2sp=l2sp, **kwargs)
+  if anchors and name == "adamw":
+    optimizer.exclude_from_weight_decay(var_list=[v for v, _ in anchors])
+  return optimizer
 
 
 def learning_rate(peak: float, schedule: str, warmup_steps: int, total_steps: int,

@@ -18,9 +18,10 @@ import numpy as np
 from absl import logging
 
 from kerasft import data, distribute, fit, reports, tasks
+from kerasft.methods import peft
 from kerasft.config import RunConfig
 from kerasft.errors import UsageError
-from kerasft.run_folder import RunFolder
+from kerasft.run_folder import ADAPTER, RunFolder
 
 
 @dataclasses.dataclass
@@ -73,6 +74,7 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
     logging.info("phase model: %s (weights %s)", config.model.model, config.model.weights)
     task, model = task.build_model(train)
     _check_unfreezing(task.config, model)
+    peft.enable(model, task.config)
   dataset = task.pipelines(train, val)
   if folder.check_new_or_same(task.config):
     logging.info("resuming the unfinished run in %s", folder.root)
@@ -108,12 +110,30 @@ def _train(task, folder: RunFolder, runtime, verbose) -> TrainResult:
                  len(dataset.val_files.inputs))
     metrics = _report(task, model, dataset, fitted, folder)
     logging.info("validation %s", task.output.headline(metrics))
+  if config.methods.save_adapter:
+    size = peft.save_adapter(model, folder.output(ADAPTER), config.to_dict(),
+                             dataset.class_names,
+                             task.output.head_stats(dataset.train_files))
+    logging.info("adapter (LoRA factors and head, %.0f kB) in %s", size / 1024,
+                 folder.output(ADAPTER))
   with _phase(seconds, "export"):
     logging.info("phase export: %s", config.export_dir)
-    export_path = task.export(model, dataset.class_names, config.export_dir, task.card(metrics))
+    card = {**task.card(metrics), **_methods_card(config, fitted)}
+    export_path = task.export(model, dataset.class_names, config.export_dir, card)
   folder.finish(export_path, seconds)
   return dataclasses.replace(result, metrics=metrics, export_path=export_path,
                              headline=task.output.headline(metrics))
+
+
+def _methods_card(config: RunConfig, fitted) -> dict:
+  """The model card's record of the fine-tuning methods (those not at their defaults), what
+  the run kept and its trainable and total parameters."""
+  from kerasft.methods import MethodsConfig  # pylint: disable=g-import-not-at-top
+  default = MethodsConfig()
+  methods = {f.name: getattr(config.methods, f.name) for f in dataclasses.fields(default)
+             if getattr(config.methods, f.name) != getattr(default, f.name)}
+  return {"methods": methods, "kept": fitted.kept or "best epoch",
+          "parameters": {"trainable": fitted.parameters[0], "total": fitted.parameters[1]}}
 
 
 def _report(task, model, dataset, fitted, folder: RunFolder) -> dict:

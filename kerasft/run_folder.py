@@ -12,6 +12,9 @@
       metrics.json, *.png  the validation report
       logs/              TensorBoard
       feature_cache/     cached backbone features that did not fit in memory
+      top_k/, head_phase.npz, ema.npz, averaging.json, wise_ft.png
+                         --average / --wise_ft: kept epochs, head-phase weights, EMA, scores
+      adapter.npz        --save_adapter: LoRA factors and head with the config and labels
       state.json         {"status": "finished", "export_path", "seconds"} once exported
 
 A non-chief worker of a multi-worker run reads the chief's folder but writes its own
@@ -33,6 +36,7 @@ CONFIG, STATE, FIT_STATE = "config.json", "state.json", "fit_state.json"
 RESUME_WEIGHTS, BEST, HISTORY, METRICS = ("resume.weights.h5", "best.keras", "history.json",
                                           "metrics.json")
 EPOCH_LOG, LOGS, BACKUP, FEATURE_CACHE = "epochs.jsonl", "logs", "backup", "feature_cache"
+ADAPTER = "adapter.npz"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,8 +60,12 @@ class Task:
 
   def export(self, model, class_names: list[str], export_dir: str, card: dict,
              version: int | None = None, overwrite: bool = False) -> str:
-    """Writes `model` as a TF Serving version of `export_dir` (see `kerasft.serving`)."""
+    """Writes `model` as a TF Serving version of `export_dir` (see `kerasft.serving`).
+    LoRA layers are merged into their kernels first (in place; the model computes the
+    same), so the export has a full fine-tune's layers and latency."""
     from kerasft import serving  # pylint: disable=g-import-not-at-top
+    from kerasft.methods import peft  # pylint: disable=g-import-not-at-top
+    peft.merge(model)
     return serving.export(lambda labels_path: self.export_signatures(model, class_names,
                                                                      labels_path),
                           class_names, export_dir, version, overwrite,

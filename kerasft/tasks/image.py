@@ -47,13 +47,15 @@ class ImageTask(Task):
     """The labelled images to evaluate on (`kerasft.sources.evaluation_images`)."""
     return sources.evaluation_images(data_config, output, class_names, split)
 
-  def build_model(self, train_files):
-    """(this task with the backbone's image size, the classifier sized for `train_files`)."""
+  def build_model(self, train_files, stats=None):
+    """(this task with the backbone's image size, the classifier sized for `train_files`).
+    stats: the head's constants (`Output.head_stats`) [from `train_files`]."""
     m = self.config.model
     backbone = self.backbone or backbones.build(m)
     from kerasft import heads  # pylint: disable=g-import-not-at-top
     model = heads.build_classifier(backbone, len(train_files.class_names), self.output, m.head,
-                                   m.dropout, m.bn_mode, self.output.head_stats(train_files))
+                                   m.dropout, m.bn_mode,
+                                   stats or self.output.head_stats(train_files))
     return self.replace(backbone=backbone, image_size=backbone.image_size), model
 
   def pipelines(self, train, val) -> pipeline.Dataset:

@@ -47,7 +47,7 @@ class TextTask(Task):
   def evaluation_examples(data_config, output, class_names, split="test"):
     return sources.evaluation_texts(data_config, output, class_names, split)
 
-  def build_model(self, train_files):
+  def build_model(self, train_files, stats=None):
     """(this task with the text length chosen, the classifier sized for `train_files`)."""
     m = self.config.model
     encoder = self.backbone or text.load(self.preset)
@@ -58,7 +58,7 @@ class TextTask(Task):
                  "" if m.max_length else " (the 99th percentile of the training texts)")
     model = text.build_classifier(encoder, len(train_files.class_names), length, self.output,
                                   m.pooling, m.head, m.dropout,
-                                  self.output.head_stats(train_files))
+                                  stats or self.output.head_stats(train_files))
     return self.replace(backbone=encoder, max_length=length), model
 
   def pipelines(self, train, val):
