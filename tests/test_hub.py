@@ -217,3 +217,13 @@ def test_mobilenet_as_a_hub_module_reaches_the_accuracy_bar(tmp_path):
   predict, _ = client.load_predictor(result.export_path)
   accuracy = np.mean(client.predict_files(predict, test.inputs).argmax(1) == test.labels)
   assert accuracy >= 0.75, accuracy
+
+
+def test_lora_on_a_hub_module_is_refused_in_one_line(tiny, tmp_path):
+  done = call_main("train", f"--model=hub:{tiny}", f"--data_dir={_colors(tmp_path)}",
+                   "--fine_tune_epochs=1", "--unfreeze_top=1", "--peft=lora",
+                   f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}")
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert "error: --peft=lora: the unfrozen part of hub:" in done.stderr
+  assert "has no Keras Dense" in done.stderr.strip().splitlines()[-1]
+  assert not (tmp_path / "run").exists()

@@ -40,8 +40,6 @@ def region(backbone, model_config) -> list:
 
 
 def _is_target(layer, patterns: tuple) -> bool:
-  if not hasattr(layer, "enable_lora") or not layer.weights:
-    return False
   if patterns:
     path = layer.weights[0].path.rsplit("/", 1)[0]
     return any(fnmatch.fnmatchcase(name, p) for p in patterns for name in (layer.name, path))
@@ -56,8 +54,13 @@ def enable(model: keras.Model, config) -> list[str]:
   k = config.methods
   if k.peft != "lora":
     return []
-  layers = [layer for layer in region(backbone_of(model), config.model)
-            if _is_target(layer, k.lora_targets)]
+  candidates = [layer for layer in region(backbone_of(model), config.model)
+                if hasattr(layer, "enable_lora") and layer.weights]
+  if not candidates:
+    raise UsageError(f"--peft=lora: the unfrozen part of {config.model.model} has no Keras "
+                     "Dense, EinsumDense, Embedding or Conv layer for LoRA (a hub:/savedmodel: "
+                     "module's variables are its own); use --peft=bitfit or a Keras backbone")
+  layers = [layer for layer in candidates if _is_target(layer, k.lora_targets)]
   if not layers:
     raise UsageError(f"--lora_targets: no layer of the unfrozen part matches "
                      f"{','.join(k.lora_targets) or 'the defaults (query, value, 1x1 convs)'};"

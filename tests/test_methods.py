@@ -1,0 +1,295 @@
+"""Fine-tuning methods (kerasft.methods): weight averaging, WiSE-FT, L2-SP, LoRA / BitFit /
+NormFit and adapters, on tiny models in process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import call_main, tiny_model, write_color_images
+import kerasft
+from kerasft import optimizers
+from kerasft.methods import MethodsConfig, averaging, peft
+
+
+def _config(tmp_path, data_dir, methods=None, model=None, **training):
+  training = {"fine_tune_epochs": 3, "learning_rate": 0.03, "fine_tune_learning_rate": 0.01,
+              **training}
+  return kerasft.RunConfig(
+      model=kerasft.ModelConfig(model=tiny_model(), dropout=0.0, unfreeze_blocks=2,
+                                **(model or {})),
+      data=kerasft.DataConfig(data_dir=str(data_dir), batch_size=8),
+      training=kerasft.TrainingConfig(**training),
+      methods=MethodsConfig(**(methods or {})),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+
+
+@pytest.fixture
+def colors(tmp_path):
+  return write_color_images(tmp_path / "colors", per_class=16, size=32)
+
+
+class _Scores:
+  """A scorer whose validation score of a weight list is a known function of it."""
+  monitor, sign = "val_accuracy", 1.0
+
+  def __init__(self, model, score):
+    self.model, self.score, self.calls = model, score, []
+
+  def __call__(self, weights):
+    self.calls.append([w.copy() for w in weights])
+    self.model.set_weights(weights)
+    self.weights = weights
+    return self.score(weights)
+
+
+def _one_weight_model():
+  model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+  return model
+
+
+def _top_k(folder, weights_and_values):
+  os.makedirs(folder, exist_ok=True)
+  entries = []
+  for epoch, (w, value) in enumerate(weights_and_values):
+    averaging.save_weights(w, os.path.join(folder, f"epoch_{epoch}.npz"))
+    entries.append({"epoch": epoch, "value": value, "file": f"epoch_{epoch}.npz"})
+  json.dump(sorted(entries, key=lambda e: -e["value"]), open(os.path.join(folder, "index.json"),
+                                                              "w"))
+
+
+def test_greedy_soup_averages_what_helps_and_is_kept_only_when_it_helps(tmp_path):
+  model = _one_weight_model()
+  w = lambda v: [np.array([[v]], "float32")]  # noqa: E731
+  # epochs scored 0.9 (w=1), 0.8 (w=3), 0.7 (w=100); a soup scores 1 - |mean - 2| / 10
+  _top_k(tmp_path, [(w(1.0), 0.9), (w(3.0), 0.8), (w(100.0), 0.7)])
+  scorer = _Scores(model, lambda ws: 1 - abs(float(ws[0][0, 0]) - 2.0) / 10)
+  outcome = averaging.finish(MethodsConfig(average="greedy_soup"), scorer, str(tmp_path),
+                             (w(1.0), 0.9))
+  # {1, 3} averages to 2 (score 1.0): kept; adding 100 would drop it, so it is left out
+  np.testing.assert_allclose(model.get_weights()[0], [[2.0]])
+  assert outcome.kept == "greedy_soup of 2 epochs" and outcome.scores[outcome.kept] == 1.0
+  np.testing.assert_allclose(scorer.calls[1][0], [[(1 + 3 + 100) / 3]], rtol=1e-6)
+  # a soup worse than the best epoch is not kept: the model ends with the best epoch
+  worse = _Scores(model, lambda ws: 0.5)
+  outcome = averaging.finish(MethodsConfig(average="uniform_soup"), worse, str(tmp_path),
+                             (w(1.0), 0.9))
+  assert outcome.kept == "" and outcome.scores == {"uniform_soup of 3 epochs": 0.5}
+  np.testing.assert_allclose(model.get_weights()[0], [[1.0]])
+  np.testing.assert_allclose(worse.calls[0][0], [[104 / 3]], rtol=1e-6)
+
+
+def test_wise_ft_endpoints_reproduce_the_two_models_exactly(tmp_path):
+  model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(2)])
+  start = [np.random.default_rng(0).normal(size=w.shape).astype("float32")
+           for w in model.get_weights()]
+  end = [np.random.default_rng(1).normal(size=w.shape).astype("float32")
+         for w in model.get_weights()]
+  for alpha, expected in (("0", start), ("1", end)):
+    scorer = _Scores(model, lambda ws: 0.0)
+    weights, chosen, _ = averaging.wise_ft(alpha, scorer, start, end)
+    assert chosen == float(alpha)
+    for got, want in zip(weights, expected):
+      np.testing.assert_array_equal(got, want)
+  scorer = _Scores(model, lambda ws: -abs(float(ws[1][0]) - (0.75 * end[1][0]
+                                                              + 0.25 * start[1][0])))
+  _, chosen, scores = averaging.wise_ft("auto", scorer, start, end)
+  assert chosen == 0.75 and sorted(scores) == [0, 0.25, 0.5, 0.75, 1]
+
+
+def test_l2sp_gradient_is_twice_lambda_times_the_distance_to_the_pretrained_weight():
+  """Zero loss gradient, SGD at rate 1 (first step: momentum has no history): the step is
+  exactly -2 * lambda * (w - w0); with --layer_lr_decay the block's factor scales it, and
+  under a loss-scale optimizer (mixed precision) it is the same."""
+  for multiplier, wrap in ((1.0, False), (0.1, False), (1.0, True)):
+    kernel = keras.Variable(np.full((2, 2), 3.0, "float32"), name="kernel")
+    w0 = np.full((2, 2), 1.0, "float32")
+    opt = optimizers.make_optimizer("sgd", 1.0, lr_multipliers={kernel.path: multiplier},
+                                    anchors=[(kernel, w0)], l2sp=0.05)
+    if wrap:
+      opt = keras.optimizers.LossScaleOptimizer(opt)
+    opt.apply([keras.ops.zeros((2, 2))], [kernel])
+    np.testing.assert_allclose(kernel.numpy(), 3.0 - multiplier * 2 * 0.05 * (3.0 - 1.0),
+                               rtol=1e-6)
+  # AdamW: the anchored kernel gets no decay toward zero; another variable does
+  kernel = keras.Variable(np.full((2, 2), 1.0, "float32"), name="kernel")
+  head = keras.Variable(np.full((2,), 1.0, "float32"), name="head")
+  opt = optimizers.make_optimizer("adamw", 0.1, weight_decay=0.5,
+                                  anchors=[(kernel, kernel.numpy())], l2sp=0.05)
+  opt.apply([keras.ops.zeros((2, 2)), keras.ops.zeros((2,))], [kernel, head])
+  np.testing.assert_allclose(kernel.numpy(), 1.0)
+  np.testing.assert_allclose(head.numpy(), 1 - 0.1 * 0.5, rtol=1e-6)
+
+
+def test_batch_norm_statistics_of_an_average_are_the_mean_over_training_batches():
+  import tensorflow as tf
+  inputs = keras.Input((2,))
+  bn = keras.layers.BatchNormalization(name="bn")
+  model = keras.Model(inputs, bn(inputs))
+  batches = [np.full((4, 2), v, "float32") + np.array([[0, 1]] * 2 + [[0, -1]] * 2, "float32")
+             for v in (1.0, 3.0, 8.0)]
+  train = tf.data.Dataset.from_tensor_slices((np.concatenate(batches), np.zeros(12))).batch(4)
+  assert averaging.recompute_batch_norm(model, train, model) == 3
+  np.testing.assert_allclose(bn.moving_mean.numpy(), [4.0, 4.0], rtol=1e-5)
+  np.testing.assert_allclose(bn.moving_variance.numpy(), [0.0, 1.0], atol=1e-5)
+  assert bn.momentum == 0.99
+
+
+def test_soup_and_wise_ft_run_end_to_end_and_say_what_was_kept(tmp_path, colors):
+  result = kerasft.train_classifier(_config(
+      tmp_path, colors, {"average": "greedy_soup", "average_top_k": 2, "wise_ft": "auto"},
+      fine_tune_epochs=3), verbose=0)
+  run = tmp_path / "run"
+  kept = json.load(open(run / "top_k" / "index.json"))
+  assert len(kept) == 2 and sorted(os.listdir(run / "top_k")) == sorted(
+      ["index.json"] + [e["file"] for e in kept])
+  assert all(e["epoch"] >= 1 for e in kept)  # the fine-tune phase's epochs only
+  scores = json.load(open(run / "averaging.json"))
+  assert scores["kept"].startswith("wise_ft alpha")
+  assert len([k for k in scores["validation"] if k.startswith("wise_ft")]) == 5
+  assert (run / "wise_ft.png").stat().st_size > 1000 and (run / "head_phase.npz").is_file()
+  card = json.load(open(os.path.join(result.export_path, "model_card.json")))
+  assert card["methods"] == {"average": "greedy_soup", "average_top_k": 2, "wise_ft": "auto"}
+  assert card["kept"] == scores["kept"] and result.metrics["kept"] == scores["kept"]
+  assert 0 < card["parameters"]["trainable"] < card["parameters"]["total"]
+
+
+def test_ema_uses_keras_own_moving_average_of_the_weights(tmp_path, colors, monkeypatch):
+  made = []
+  original = optimizers.make_optimizer
+
+  def spy(*args, **kwargs):
+    made.append(original(*args, **kwargs))
+    return made[-1]
+  monkeypatch.setattr(optimizers, "make_optimizer", spy)
+  kerasft.train_classifier(_config(tmp_path, colors, {"average": "ema", "ema_momentum": 0.9},
+                                   fine_tune_epochs=2), verbose=0)
+  assert [o.use_ema for o in made] == [False, True] and made[1].ema_momentum == 0.9
+  assert (tmp_path / "run" / "ema.npz").is_file()
+  assert "ema" in json.load(open(tmp_path / "run" / "averaging.json"))["validation"]
+
+
+def _by_layer(backbone):
+  return {f"{layer.name}/{w.name}": w.numpy() for layer in backbone.layers for w in layer.weights}
+
+
+def _fresh_backbone_weights():
+  from conftest import build_backbone
+  return _by_layer(build_backbone(tiny_model()).model)
+
+
+def _backbone_weights(model):
+  from kerasft.heads import backbone_of
+  return _by_layer(backbone_of(model))
+
+
+def _saved_model_cli(*args):
+  return subprocess.run([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"),
+                         *args], capture_output=True, text=True, timeout=300)
+
+
+def test_lora_trains_only_low_rank_updates_and_the_merged_export_is_the_model(tmp_path, colors):
+  import tensorflow as tf
+  result = kerasft.train_classifier(_config(
+      tmp_path, colors, {"peft": "lora", "lora_rank": 2, "lora_targets": ["block3_conv"],
+                         "save_adapter": True}, fine_tune_epochs=2, head_solver="epochs",
+      epochs=1), verbose=0)
+  assert result.history["phase"] == ["head", "fine_tune", "fine_tune"]
+  before, after = _fresh_backbone_weights(), _backbone_weights(result.model)
+  assert before.keys() == after.keys()  # merged: no LoRA factors left
+  for path in before:
+    if path != "block3_conv/kernel":
+      np.testing.assert_array_equal(before[path], after[path], err_msg=path)
+  delta = (after["block3_conv/kernel"] - before["block3_conv/kernel"]).reshape(-1, 16)
+  singular = np.linalg.svd(delta, compute_uv=False)
+  assert singular[0] > 1e-4 and np.all(singular[2:] < 1e-5 * singular[0])  # rank 2
+  card = json.load(open(os.path.join(result.export_path, "model_card.json")))
+  lora_params = 3 * 3 * 16 * 2 + 2 * 16
+  assert card["parameters"]["trainable"] == lora_params + 16 * 3 + 3  # factors + head
+  loaded = tf.saved_model.load(result.export_path)
+  assert len(loaded.model_variables) == len(result.model.variables)  # no factors exported
+  assert not peft.lora_layers(result.model)
+  pixels = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+  np.save(tmp_path / "x.npy", pixels)
+  run = _saved_model_cli("run", "--dir", result.export_path, "--tag_set", "serve",
+                         "--signature_def", "serving_default", "--inputs",
+                         f"images={tmp_path / 'x.npy'}", "--outdir", str(tmp_path / "out"))
+  assert run.returncode == 0, run.stderr[-3000:]
+  expected = np.asarray(result.model(pixels, training=False))
+  np.testing.assert_allclose(np.load(tmp_path / "out" / "probabilities.npy"), expected,
+                             atol=1e-5)
+  # the adapter (factors + head) applied to a fresh backbone gives the same model
+  adapter = tmp_path / "run" / "adapter.npz"
+  assert adapter.stat().st_size < 20_000
+  done = call_main("export", f"--adapter={adapter}", f"--export_dir={tmp_path / 'again'}")
+  assert done.returncode == 0, done.stderr[-2000:]
+  again = tf.saved_model.load(str(tmp_path / "again" / "1")).signatures["serving_default"]
+  np.testing.assert_allclose(again(images=tf.constant(pixels))["probabilities"].numpy(),
+                             expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("method,trained", [("bitfit", ("bias", "beta")),
+                                            ("normfit", ("gamma", "beta"))])
+def test_bitfit_and_normfit_train_only_their_parameters(tmp_path, colors, method, trained):
+  result = kerasft.train_classifier(_config(tmp_path, colors, {"peft": method},
+                                            head_solver="epochs", epochs=1), verbose=0)
+  before, after = _fresh_backbone_weights(), _backbone_weights(result.model)
+  changed = {p for p in before if not np.array_equal(before[p], after[p])}
+  assert changed and all(p.rsplit("/", 1)[-1] in trained for p in changed), changed
+  assert all(p.split("/")[0] in ("block2_bn", "block3_bn", "block2_conv", "block3_conv")
+             for p in changed), changed  # the two unfrozen blocks only
+
+
+def test_a_lora_run_killed_mid_fine_tune_resumes_and_keeps_learning(tmp_path, colors,
+                                                                     monkeypatch):
+  config = _config(tmp_path, colors, {"peft": "lora", "lora_rank": 2,
+                                      "lora_targets": ["block*_conv"], "average": "greedy_soup"},
+                   fine_tune_epochs=4)
+  original, seen = averaging.TopK.on_epoch_end, []
+
+  def dies(self, epoch, logs=None):
+    original(self, epoch, logs)
+    seen.append(epoch)
+    if epoch == 2:
+      raise KeyboardInterrupt("killed")
+  monkeypatch.setattr(averaging.TopK, "on_epoch_end", dies)
+  with pytest.raises(KeyboardInterrupt):
+    kerasft.train_classifier(config, verbose=0)
+  assert not (tmp_path / "export").exists()
+  monkeypatch.setattr(averaging.TopK, "on_epoch_end", original)
+  factors = []
+  monkeypatch.setattr(peft, "merge", lambda model, merge=peft.merge: (
+      factors.extend(keras.ops.convert_to_numpy(l.lora_kernel_b)
+                     for l in peft.lora_layers(model)), merge(model))[1])
+  result = kerasft.train_classifier(config, verbose=0)
+  assert seen == [1, 2]
+  assert len(result.history["loss"]) == 5 and os.listdir(tmp_path / "export") == ["1"]
+  assert factors and any(np.any(b) for b in factors)  # the factors still learn after resume
+  assert len(json.load(open(tmp_path / "run" / "top_k" / "index.json"))) == 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--average=greedy_soup"], "--average=greedy_soup: averages epochs"),
+    (["--wise_ft=2"], "--wise_ft: must be a number in [0, 1] or auto"),
+    (["--wise_ft=auto"], "--wise_ft: acts on the fine-tune phase"),
+    (["--peft=lora"], "--peft: acts on the fine-tune phase"),
+    (["--lora_rank=4"], "--lora_rank: only goes with --peft=lora"),
+    (["--fine_tune_epochs=1", "--unfreeze_blocks=1", "--peft=bitfit", "--l2sp=0.1"],
+     "--l2sp: pulls the unfrozen backbone weights"),
+    (["--fine_tune_epochs=1", "--unfreeze_blocks=1", "--peft=lora", "--bn_mode=train"],
+     "--bn_mode=train: --peft=lora keeps"),
+    (["--fine_tune_epochs=1", "--unfreeze_blocks=1", "--peft=lora", "--lora_targets=nothing*"],
+     "--lora_targets: no layer of the unfrozen part matches nothing*"),
+    (["--ema_momentum=1.5"], "--ema_momentum: must be between 0 and 1"),
+])
+def test_bad_method_combinations_are_one_line_exit_2(tmp_path, colors, args, message):
+  done = call_main("train", f"--model={tiny_model()}", f"--data_dir={colors}",
+                   f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}",
+                   *args)
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert done.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), done.stderr
+  assert not (tmp_path / "run").exists() and not (tmp_path / "export").exists()
