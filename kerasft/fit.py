@@ -24,7 +24,7 @@ from kerasft.config import RunConfig
 from kerasft.pipeline import Dataset
 from kerasft.files import write_json
 from kerasft.heads import backbone_of
-from kerasft.methods import averaging, peft
+from kerasft.methods import averaging, few_shot, peft
 from kerasft.plan import Segment, make_plan
 from kerasft.run_folder import (BEST, EPOCH_LOG, FEATURE_CACHE, HISTORY, LOGS, RESUME_WEIGHTS,
                                 RunFolder)
@@ -83,6 +83,9 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
                               raw=config.methods.peft == "lora")
   anchors = _anchors(config, model)  # the pretrained weights, before a resume loads others
   done = _resume(folder, model, checkpoint, len(plan))
+  if config.methods.recipe == "few_shot" and not done:
+    with runtime.strategy.scope():
+      few_shot.tune(model, dataset, config, folder.output(few_shot.TUNED), verbose)
   class_weight = _class_weight(config, dataset)
   view = solution = step = None
   for index, segment in enumerate(plan[done:], start=done):
@@ -95,16 +98,8 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
       view = step.view if len(plan) == 1 else None
       _finish_segment(folder, model, index, checkpoint, runtime, config, segment, plan)
       continue
-    logging.info("segment %s: epochs %d-%d, %d of %d parameters trainable, learning rate %g%s",
-                 segment.name, segment.first + 1, segment.last,
-                 *peft.parameter_counts(step.model)[:1], peft.parameter_counts(model)[1],
-                 segment.learning_rate, ", on cached features" if step.on_features else "")
-    step.model.fit(step.train, validation_data=step.val, initial_epoch=segment.first,
-                   epochs=segment.last, class_weight=class_weight, shuffle=False,
-                   verbose=verbose, callbacks=_callbacks(
-                       config, segment, index, checkpoint, output, folder, runtime,
-                       converge and segment.phase == "head", top_k=last))
-    _compat.reset_initial_epoch(step.model)
+    _fit_segment(step, segment, index, config, model, output, checkpoint, folder, runtime,
+                 class_weight, verbose, converge and segment.phase == "head", last)
     view = step.view if len(plan) == 1 else None
     _finish_segment(folder, model, index, checkpoint, runtime, config, segment, plan)
   if restore_best and checkpoint.restore():
@@ -121,6 +116,22 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
                    kept=averaged or _kept(history, output.monitor, restore_best),
                    parameters=(peft.parameter_counts(step.model)[0],
                                peft.parameter_counts(model)[1]))
+
+
+def _fit_segment(step: _Step, segment: Segment, index: int, config: RunConfig, model, output,
+                 checkpoint, folder: RunFolder, runtime, class_weight, verbose,
+                 converge: bool, last: bool) -> None:
+  """One segment's `fit` (a resumed segment continues from its last backed-up epoch)."""
+  logging.info("segment %s: epochs %d-%d, %d of %d parameters trainable, learning rate %g%s",
+               segment.name, segment.first + 1, segment.last,
+               peft.parameter_counts(step.model)[0], peft.parameter_counts(model)[1],
+               segment.learning_rate, ", on cached features" if step.on_features else "")
+  step.model.fit(step.train, validation_data=step.val, initial_epoch=segment.first,
+                 epochs=segment.last, class_weight=class_weight, shuffle=False,
+                 verbose=verbose, callbacks=_callbacks(
+                     config, segment, index, checkpoint, output, folder, runtime, converge,
+                     top_k=last))
+  _compat.reset_initial_epoch(step.model)
 
 
 def _anchors(config: RunConfig, model) -> list:

@@ -59,6 +59,12 @@ def epochs_reason(config, model, n_examples: int) -> str | None:
   return HIDDEN_LAYERS if config.model.head else None
 
 
+def uses_kfold(training, n_labelled: int, n_classes: int) -> bool:
+  """Whether a head refit on all `n_labelled` examples is chosen by k-fold
+  cross-validation of all of them instead of on the validation split (small data)."""
+  return n_labelled / max(n_classes, 1) < training.kfold_below
+
+
 def _folds(labels, folds: int, seed: int, stratify: bool):
   """Index pairs of k-fold cross-validation, stratified by class where every class has
   at least two examples."""
@@ -127,7 +133,7 @@ def _solve(output, model, arrays, train_files, val_files, class_weight, training
   x_train, x_val = arrays
   y_train, y_val = output.evaluation_labels(train_files), output.evaluation_labels(val_files)
   x, y, n = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), len(y_train)
-  kfold = refit and len(x) / max(k, 1) < training.kfold_below
+  kfold = refit and uses_kfold(training, len(x), k)
   # With a few examples per class, per-feature standardization amplifies noisy features
   # (measured: -0.015 to -0.03 test accuracy at 5-10 per class): raw features there.
   solver = output.solver(model, standardize=not kfold)

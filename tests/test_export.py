@@ -151,7 +151,7 @@ def test_export_cli_versions_and_tflite(trained_run, tmp_path):
 
 def test_export_cli_mistakes(tmp_path):
   for args, prefix in ((["--run_dir=" + str(tmp_path)], "--run_dir:"),
-                       ([], "--run_dir or --checkpoint"),
+                       ([], "--run_dir, --checkpoint or --adapter"),
                        (["--run_dir=x", "--version=0"], "--version:")):
     run = call_main("export", *args)
     assert run.returncode == 2, run.stderr[-2000:]

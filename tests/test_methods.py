@@ -293,3 +293,27 @@ def test_bad_method_combinations_are_one_line_exit_2(tmp_path, colors, args, mes
   assert done.returncode == 2, done.stderr[-2000:]
   assert done.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), done.stderr
   assert not (tmp_path / "run").exists() and not (tmp_path / "export").exists()
+
+
+def test_pairs_alternate_same_and_other_class_partners_reproducibly():
+  from kerasft.methods import few_shot
+  labels = [0, 0, 0, 1, 1, 2]
+  first, second, same = few_shot.sample_pairs(labels, 4, seed=3)
+  assert len(first) == 24 and list(first) == [i for i in range(6) for _ in range(4)]
+  assert list(same) == [1.0, 0.0] * 12
+  for a, b, s in zip(first, second, same):
+    assert (labels[a] == labels[b]) == bool(s)
+    assert a != b or labels.count(labels[a]) == 1  # itself only when alone in its class
+  again = few_shot.sample_pairs(labels, 4, seed=3)
+  assert all(np.array_equal(x, y) for x, y in zip((first, second, same), again))
+  assert not np.array_equal(second, few_shot.sample_pairs(labels, 4, seed=4)[1])
+
+
+def test_few_shot_is_for_text_models_and_its_settings_need_it(tmp_path, colors):
+  for args, message in ((["--recipe=few_shot"], "--recipe=few_shot: tunes a text encoder"),
+                        (["--pairs_per_example=4"], "--pairs_per_example: only goes with "
+                                                    "--recipe=few_shot")):
+    done = call_main("train", f"--model={tiny_model()}", f"--data_dir={colors}",
+                     f"--model_dir={tmp_path / 'run'}", *args)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(
+        f"error: {message}"), done.stderr[-2000:]

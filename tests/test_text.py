@@ -388,3 +388,39 @@ def test_text_models_take_the_other_tasks(task, tiny_preset, tmp_path):
   else:
     assert set(out) == {"predictions"} and out["predictions"].shape == (2,)
     assert result.metrics["task"] == "regression"
+
+
+@needs_minilm
+def test_few_shot_tunes_the_encoder_on_pairs_then_the_head_and_resumes(tmp_path, monkeypatch):
+  from kerasft import head_solver
+  from kerasft.methods import few_shot
+  path = _write_csv(tmp_path / "t.csv")
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="keras_hub:" + MINILM, max_length=16),
+      data=kerasft.DataConfig(csv=path, batch_size=8),
+      methods=kerasft.methods.MethodsConfig(recipe="few_shot", pairs_per_example=4),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  tuned = []
+  original_tune = few_shot.tune
+  monkeypatch.setattr(few_shot, "tune", lambda *a, **k: tuned.append(original_tune(*a, **k)))
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt("killed after the pairs")
+  monkeypatch.setattr(head_solver, "solve", killed)
+  with pytest.raises(KeyboardInterrupt):
+    kerasft.train_classifier(config, verbose=0)
+  # all 8 labelled texts (k-fold regime: the head is then cross-validated on all of them)
+  assert tuned[0]["pairs"] == 8 * 4 and (tmp_path / "run" / few_shot.TUNED).is_file()
+  monkeypatch.undo()
+  monkeypatch.setattr(few_shot, "tune", lambda *a, **k: tuned.append(original_tune(*a, **k)))
+  result = kerasft.train_classifier(config, verbose=0)
+  assert tuned[1] == {}  # resumed: the tuned encoder was loaded, not tuned again
+  from kerasft import text
+  fresh = {w.path: np.asarray(w) for w in text.load(MINILM).model.weights}
+  from kerasft.heads import backbone_of
+  after = {w.path: np.asarray(w) for w in backbone_of(result.model).weights}
+  assert sum(not np.array_equal(fresh[p], after[p]) for p in fresh) > len(fresh) // 2
+  import tensorflow as tf
+  serve = tf.saved_model.load(result.export_path).signatures["serving_default"]
+  probabilities = serve(text=tf.constant(["Fresh bread and soup", "The kernel crashed"]))
+  assert probabilities["probabilities"].shape == (2, 2)

@@ -60,6 +60,8 @@ class MethodsConfig:
   pairs_per_example: int = setting(20, "--recipe=few_shot: sampled pairs per labelled text "
                                    "(half of the same class, half of another).")
   few_shot_epochs: int = setting(1, "--recipe=few_shot: epochs over the pairs.")
+  few_shot_learning_rate: float = setting(1e-4, "--recipe=few_shot: Adam's rate for the "
+                                          "encoder on the pairs.")
 
   def __post_init__(self):
     object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
@@ -79,6 +81,13 @@ class MethodsConfig:
             "must be a positive number", self.lora_alpha)
     positive_int(self.pairs_per_example, "pairs_per_example")
     positive_int(self.few_shot_epochs, "few_shot_epochs")
+    check(isinstance(self.few_shot_learning_rate, (int, float))
+          and self.few_shot_learning_rate > 0, "few_shot_learning_rate",
+          "must be a positive number", self.few_shot_learning_rate)
+    if self.recipe != "few_shot":
+      for name in ("pairs_per_example", "few_shot_epochs", "few_shot_learning_rate"):
+        if getattr(self, name) != _DEFAULTS[name]:
+          raise UsageError(f"--{name}: only goes with --recipe=few_shot")
     if self.peft != "lora":
       for name in ("lora_alpha", "lora_targets", "save_adapter"):
         if getattr(self, name):
@@ -88,6 +97,9 @@ class MethodsConfig:
     if self.peft != "none" and self.l2sp:
       raise UsageError(f"--l2sp: pulls the unfrozen backbone weights toward their pretrained "
                        f"values, which --peft={self.peft} keeps frozen; pass one of them")
+
+
+_DEFAULTS = {"pairs_per_example": 20, "few_shot_epochs": 1, "few_shot_learning_rate": 1e-4}
 
 
 def wise_ft_alpha(value: str) -> Optional[float]:

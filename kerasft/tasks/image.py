@@ -25,6 +25,9 @@ class ImageTask(Task):
       raise UsageError("--max_length/--pooling: only for text models (--model=keras_hub:...)")
     if config.data.text_dir:
       raise UsageError("--text_dir: needs a text model, --model=keras_hub:PRESET_OR_FOLDER")
+    if config.methods.recipe == "few_shot":
+      raise UsageError("--recipe=few_shot: tunes a text encoder on pairs of texts; for "
+                       "text models (--model=keras_hub:...)")
 
   def resolve_data(self) -> "ImageTask":
     """With no data source: the built-in recipe, scikit-learn's digits as PNG folders in

@@ -185,7 +185,7 @@ class Multilabel(Output):
 
   def check(self, config):
     _refuse(config, self.name, class_weight=config.data.class_weight != "none",
-            oversample=config.data.oversample)
+            oversample=config.data.oversample, recipe=config.methods.recipe == "few_shot")
 
   def evaluation_labels(self, files):
     return files.targets()
@@ -272,7 +272,8 @@ class Regression(Multilabel):
                        "names the target columns)")
     _refuse(config, self.name, class_weight=d.class_weight != "none", oversample=d.oversample,
             mixup=bool(d.mixup), cutmix=bool(d.cutmix),
-            label_smoothing=bool(config.training.label_smoothing))
+            label_smoothing=bool(config.training.label_smoothing),
+            recipe=config.methods.recipe == "few_shot")
 
   def head_stats(self, train_files):
     targets = train_files.targets()
