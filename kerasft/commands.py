@@ -7,6 +7,8 @@ flags. Data flags of `evaluate` are `DataConfig`'s own (`EVALUATION_DATA`).
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from typing import Optional
 
 from kerasft.errors import UsageError
@@ -87,3 +89,61 @@ class ExportConfig:
       raise UsageError("--export_dir: pass where the model made from --adapter goes")
     if self.version is not None:
       positive_int(self.version, "version")
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+  """What `kerasft.tune` searches and for how long (with a run's settings as the base)."""
+  models: Optional[str] = setting(None, "tune: candidate backbones, comma-separated "
+                                  "(--model names, hub:/savedmodel:/keras:/keras_hub: handles), "
+                                  "ranked first by a frozen-feature probe [--model].")
+  time_budget: str = setting("", "tune: stop the search after this long, e.g. 300s, 10m, 2h "
+                             "(the running trial stops at its next batch).")
+  max_trials: int = setting(0, "tune: stop after this many trials, probes included [0: with "
+                            "no --time_budget, 20].")
+  search: str = setting("hyperband", "tune: KerasTuner's oracle.",
+                        choices=("hyperband", "bayesian", "random"))
+  space: str = setting("", "tune: a JSON (or YAML) file narrowing or fixing search-space "
+                       "entries (README: Automatic fine-tuning).")
+  test_dir: str = setting("", "tune: labelled test images or texts, used once at the end "
+                          "[<data_dir>/test when present].")
+  test_csv: str = setting("", "tune: a test CSV, like --csv, used once at the end.")
+
+  def __post_init__(self):
+    check_choices(self)
+    budget_seconds(self.time_budget)
+    if self.max_trials < 0:
+      raise UsageError(f"--max_trials: must be >= 0, got {self.max_trials}")
+    if self.models is not None:
+      names = [m.strip() for m in self.models.split(",")]
+      if not any(names) or not all(names):
+        raise UsageError(f"--models: name one or more backbones, comma-separated, got "
+                         f"{self.models!r}")
+      from kerasft import backbones  # pylint: disable=g-import-not-at-top
+      for name in names:
+        backbones.source(name)  # unknown names: a UsageError with close matches
+    if self.test_dir and self.test_csv:
+      raise UsageError("--test_dir/--test_csv: pass one of them")
+    for flag in ("test_dir", "test_csv", "space"):
+      path = getattr(self, flag)
+      if path and not os.path.exists(path):
+        raise UsageError(f"--{flag}: {path} does not exist")
+
+  @property
+  def candidates(self) -> tuple[str, ...]:
+    return tuple(m.strip() for m in self.models.split(",")) if self.models else ()
+
+  @property
+  def budget(self) -> Optional[float]:
+    """The time budget in seconds (None: none)."""
+    return budget_seconds(self.time_budget)
+
+
+def budget_seconds(text: str) -> Optional[float]:
+  """Seconds of a duration such as "300s", "10m", "2h" or "90" (seconds); None for ""."""
+  if not text:
+    return None
+  match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+  if not match or float(match.group(1)) <= 0:
+    raise UsageError(f"--time_budget: a duration such as 300s, 10m or 2h, got {text!r}")
+  return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]

@@ -12,7 +12,9 @@ Features stay in memory when they fit in the memory budget, else they are writte
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import os
 import shutil
 
@@ -102,15 +104,50 @@ def cache_bytes(model: keras.Model, n_examples: int, dtype: str = "float32") -> 
   return n_examples * width * np.dtype(dtype).itemsize
 
 
+@dataclasses.dataclass
+class SharedExtraction:
+  """Features computed in memory by `build` while `shared_extraction()` is active, by what
+  they depend on (backbone weights, input shape, examples, dtype, `inputs_key`); several
+  runs in one process (the trials of a search) then extract once. `extractions` counts the
+  extraction passes made."""
+  arrays: dict = dataclasses.field(default_factory=dict)
+  extractions: int = 0
+
+
+_SHARED: list[SharedExtraction] = []
+
+
+@contextlib.contextmanager
+def shared_extraction():
+  """Within the block, `build` reuses in-memory features computed earlier in it."""
+  store = SharedExtraction()
+  _SHARED.append(store)
+  try:
+    yield store
+  finally:
+    _SHARED.remove(store)
+
+
+def _key(extractor: keras.Model, dataset: Dataset, dtype: str, inputs_key: str) -> str:
+  digest = hashlib.sha1(f"{extractor.input_shape}|{dtype}|{inputs_key}".encode())
+  for files in (dataset.train_files, dataset.val_files):
+    digest.update(repr((files.inputs, files.labels)).encode())
+  for w in extractor.weights:
+    digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
+  return digest.hexdigest()
+
+
 def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
           memory_budget: int, cache_dir: str, dtype: str = "float32",
-          verbose: int | str = "auto") -> FeatureDatasets:
+          verbose: int | str = "auto", inputs_key: str = "") -> FeatureDatasets:
   """Computes backbone features of the training and validation examples once, over
   `dataset.make_inputs` pipelines.
 
   Returns batched (features, one-hot label) pipelines; the training one reshuffles every
   epoch with `seed`, like the image pipeline. Features are kept in memory when both splits
   fit in `memory_budget` bytes, else saved under `cache_dir` (replaced) and streamed.
+  inputs_key: what else shapes the backbone's inputs (the resize mode), for
+  `shared_extraction`.
   """
   extractor = feature_model(model)
   width = int(np.prod(extractor.output_shape[1:]))
@@ -141,18 +178,30 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
   if on_disk:
     return FeatureDatasets(train=stream(train, "train", True), val=stream(val, "val", False),
                            on_disk=True)
-  logging.info("feature cache: extracting %d examples",
-               len(train.inputs) + len(val.inputs))
-  if train.streams:  # streamed records are read split by split, each in its stream's order
-    computed = np.concatenate([extractor.predict(dataset.make_inputs(files, EXTRACT_BATCH),
-                                                 verbose=verbose) for files in (train, val)])
-  else:  # one pass over training and validation examples together: one trace, full batches
-    computed = extractor.predict(dataset.make_inputs(train + val, EXTRACT_BATCH),
-                                 verbose=verbose)
-  computed = computed.astype(dtype)
+  shared = _SHARED[-1] if _SHARED and not train.streams else None
+  key = _key(extractor, dataset, dtype, inputs_key) if shared else ""
+  if key in (shared.arrays if shared else {}):
+    logging.info("feature cache: the features extracted for an earlier run in this process")
+    computed = shared.arrays[key]
+  else:
+    computed = _extract(extractor, dataset, verbose).astype(dtype)
+    if shared:
+      shared.arrays[key], shared.extractions = computed, shared.extractions + 1
   onehot = np.concatenate([train.targets(), val.targets()])
   n = len(train.inputs)
   return FeatureDatasets(
       train=finish(tf.data.Dataset.from_tensor_slices((computed[:n], onehot[:n])), n, True),
       val=finish(tf.data.Dataset.from_tensor_slices((computed[n:], onehot[n:])), 0, False),
       on_disk=False, arrays=(computed[:n].astype(np.float32), computed[n:].astype(np.float32)))
+
+
+def _extract(extractor: keras.Model, dataset: Dataset, verbose) -> np.ndarray:
+  """The features of the training then the validation examples, in memory."""
+  train, val = dataset.train_files, dataset.val_files
+  logging.info("feature cache: extracting %d examples",
+               len(train.inputs) + len(val.inputs))
+  if train.streams:  # streamed records are read split by split, each in its stream's order
+    return np.concatenate([extractor.predict(dataset.make_inputs(files, EXTRACT_BATCH),
+                                             verbose=verbose) for files in (train, val)])
+  # one pass over training and validation examples together: one trace, full batches
+  return extractor.predict(dataset.make_inputs(train + val, EXTRACT_BATCH), verbose=verbose)

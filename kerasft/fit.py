@@ -19,6 +19,7 @@ import keras
 from absl import logging
 
 from kerasft import _compat, backbones, data, features, head_solver, optimizers, pipeline
+from kerasft import callbacks
 from kerasft.callbacks import BestCheckpoint, EpochLog, append_epoch, history_from_log
 from kerasft.config import RunConfig
 from kerasft.pipeline import Dataset
@@ -89,6 +90,9 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
   class_weight = _class_weight(config, dataset)
   view = solution = step = None
   for index, segment in enumerate(plan[done:], start=done):
+    if callbacks.past_deadline():
+      logging.info("the time budget is spent: segment %s and later ones skipped", segment.name)
+      break
     last = segment.phase == plan[-1].phase
     step = _prepare(segment, config, model, dataset, output, folder, runtime, verbose,
                     anchors, ema=last and config.methods.average == "ema")
@@ -308,7 +312,8 @@ def _on_features(step: _Step, config: RunConfig, model, dataset: Dataset, folder
   cached = features.build(
       model, dataset, d.batch_size, t.seed,
       t.feature_cache_memory * 2**20 or features.default_memory_budget(),
-      t.feature_cache_dir or folder.output(FEATURE_CACHE), t.feature_cache_dtype, verbose)
+      t.feature_cache_dir or folder.output(FEATURE_CACHE), t.feature_cache_dtype, verbose,
+      inputs_key=d.resize)
   head = features.head_model(model)
   # A step is one small matmul: run a whole epoch per execution (Keras fails on >1 replicas).
   spe = steps if runtime.strategy.num_replicas_in_sync == 1 else step.steps_per_execution
@@ -333,21 +338,23 @@ def _callbacks(config: RunConfig, segment: Segment, index: int, checkpoint, outp
   t, k = config.training, config.methods
   monitor, mode = output.monitor
   worker = "chief" if runtime.is_chief else f"worker_{runtime.worker_id}"
-  callbacks = [EpochLog(folder.output(EPOCH_LOG), segment.phase), checkpoint,
-               keras.callbacks.BackupAndRestore(folder.backup_dir(index, worker))]
+  chosen = [EpochLog(folder.output(EPOCH_LOG), segment.phase), checkpoint,
+            keras.callbacks.BackupAndRestore(folder.backup_dir(index, worker))]
   if k.peft == "lora":
-    callbacks.append(peft.Revive())  # after BackupAndRestore loaded (and zeroed) the factors
+    chosen.append(peft.Revive())  # after BackupAndRestore loaded (and zeroed) the factors
+  if callbacks.past_deadline() is not None:
+    chosen.append(callbacks.Deadline())
   if top_k and (k.average != "best" or k.wise_ft):
-    callbacks.append(averaging.TopK(
+    chosen.append(averaging.TopK(
         checkpoint.full_model, folder.path(averaging.TOP_K),
         k.average_top_k if k.average.endswith("soup") else 1, monitor, mode,
         write=runtime.is_chief))
   if runtime.is_chief:
-    callbacks.append(keras.callbacks.TensorBoard(folder.path(LOGS)))
+    chosen.append(keras.callbacks.TensorBoard(folder.path(LOGS)))
   if t.early_stopping_patience or converge:  # converge: a hidden head on cached features
-    callbacks.append(keras.callbacks.EarlyStopping(monitor, mode=mode, patience=max(
+    chosen.append(keras.callbacks.EarlyStopping(monitor, mode=mode, patience=max(
         t.early_stopping_patience, head_solver.CONVERGE_PATIENCE if converge else 0)))
   if t.reduce_lr_patience:
-    callbacks.append(keras.callbacks.ReduceLROnPlateau(
+    chosen.append(keras.callbacks.ReduceLROnPlateau(
         "val_loss", factor=0.5, patience=t.reduce_lr_patience))
-  return callbacks
+  return chosen

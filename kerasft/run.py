@@ -37,14 +37,16 @@ class TrainResult:
   headline: str = ""  # the validation metrics in a few words
 
 
-def train_classifier(config: RunConfig, verbose: int | str = "auto") -> TrainResult:
+def train_classifier(config: RunConfig, verbose: int | str = "auto",
+                     export: bool = True) -> TrainResult:
   """Trains and exports a model as `config` says; returns a `TrainResult`.
 
   Writes the run folder (`kerasft.run_folder`) in `config.model_dir` and the next
   SavedModel version into `config.export_dir`. Running it again on a `model_dir` whose
   run was interrupted resumes that run. Under multi-worker training only the chief writes
   these; other workers work in a temporary folder that is removed, and get
-  `export_path=""`. Raises `UsageError` for mistakes in the config or the data.
+  `export_path=""`. export=False: no export (a search's trial; `export_path=""`). Raises
+  `UsageError` for mistakes in the config or the data.
   """
   task = tasks.for_config(config.resolved()).resolve_data()
   runtime = distribute.setup(task.config.training, task.config.data.batch_size)
@@ -52,7 +54,7 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto") -> TrainRes
   try:
     with tempfile.TemporaryDirectory(prefix="kerasft-worker-") as scratch:
       folder = RunFolder(task.config.model_dir, "" if runtime.is_chief else scratch)
-      return _train(task, folder, runtime, verbose)
+      return _train(task, folder, runtime, verbose, export)
   finally:
     keras.mixed_precision.set_global_policy(policy)
 
@@ -92,7 +94,7 @@ def _check_unfreezing(config: RunConfig, model) -> None:
     backbones.freeze(backbone)
 
 
-def _train(task, folder: RunFolder, runtime, verbose) -> TrainResult:
+def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> TrainResult:
   seconds = {}
   task, model, dataset = _prepare(task, folder, runtime, seconds)
   config = task.config
@@ -116,10 +118,12 @@ def _train(task, folder: RunFolder, runtime, verbose) -> TrainResult:
                              task.output.head_stats(dataset.train_files))
     logging.info("adapter (LoRA factors and head, %.0f kB) in %s", size / 1024,
                  folder.output(ADAPTER))
+  export_path = ""
   with _phase(seconds, "export"):
-    logging.info("phase export: %s", config.export_dir)
     card = {**task.card(metrics), **_methods_card(config, fitted)}
-    export_path = task.export(model, dataset.class_names, config.export_dir, card)
+    if export:
+      logging.info("phase export: %s", config.export_dir)
+      export_path = task.export(model, dataset.class_names, config.export_dir, card)
   folder.finish(export_path, seconds)
   return dataclasses.replace(result, metrics=metrics, export_path=export_path,
                              headline=task.output.headline(metrics))

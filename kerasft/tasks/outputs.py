@@ -23,6 +23,7 @@ class Output:
   names_key = "classes"  # what the model card calls the class (or target) names
   noun = "classes"
   monitor = ("val_accuracy", "max")  # what picks the best epoch and stops early
+  objective = ("accuracy", "max")  # the report's figure that compares runs (a search)
   min_classes = 2
   one_label = True  # one class per example (image folders can hold it)
   classifies = True  # class names are given by the data (not target names)
@@ -169,6 +170,7 @@ class Multilabel(Output):
   """A sigmoid score per label ("scores"); an example has any number of labels."""
   name, layer = "multilabel", "scores"
   monitor = ("val_auc", "max")
+  objective = ("macro_auc", "max")
   one_label = False
 
   def strata(self, labels):
@@ -235,6 +237,7 @@ class Regression(Multilabel):
   """Numeric targets ("predictions"): a linear layer on standardized targets, rescaled."""
   name, layer, names_key, noun = "regression", "predictions", "targets", "targets"
   monitor = ("val_loss", "min")
+  objective = ("mae", "min")
   min_classes = 1
   classifies = False
 

@@ -1,0 +1,130 @@
+"""`tune(config, settings)`: the whole search, from probes to the exported winner."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import time
+
+from absl import logging
+
+from kerasft import backbones, callbacks, features, tasks
+from kerasft.errors import UsageError
+from kerasft.tuning import report, search
+from kerasft.tuning import space as space_module
+
+DEFAULT_MAX_TRIALS = 20  # with neither --max_trials nor --time_budget
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneResult:
+  """A search's leaderboard (records, best first), the best trial's config, the export
+  of the winner ("" on a worker), and the test figures (chosen and default; {} without a
+  test split)."""
+  leaderboard: list
+  best_config: object
+  export_path: str
+  test: dict
+  extractions: int
+
+
+@functools.lru_cache(maxsize=None)
+def _block_count(model_name: str) -> int:
+  from kerasft.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  from kerasft.config import RunConfig  # pylint: disable=g-import-not-at-top
+  task = tasks.for_config(RunConfig(model=ModelConfig(model=model_name)))
+  return len(backbones.blocks(task.block_model()))
+
+
+def _tuner_class():
+  import keras_tuner  # pylint: disable=g-import-not-at-top
+
+  class Tuner(keras_tuner.engine.base_tuner.BaseTuner):
+    """Runs each KerasTuner trial as a kerasft run (`search.run_trial`)."""
+
+    def __init__(self, oracle, base, root, images, clock, **kwargs):
+      super().__init__(oracle, directory=root, project_name=search.TUNER, **kwargs)
+      self.base, self.root, self.images, self.clock = base, root, images, clock
+
+    def run_trial(self, trial, *args, **kwargs):
+      values = dict(trial.hyperparameters.values)
+      name = values.get("model", self.base.model.model)
+      model = dataclasses.replace(self.base.model, model=name, image_size=values.get(
+          "image_size", self.base.model.image_size if name == self.base.model.model else None))
+      try:
+        config = space_module.to_config(dataclasses.replace(self.base, model=model), values,
+                                        _block_count(name), self.images).resolved()
+      except UsageError as e:
+        raise keras_tuner.errors.FailedTrialError(str(e)) from None
+      kind = "unfrozen" if config.training.fine_tune_epochs else "frozen"
+      record = search.run_trial(trial.trial_id, config, self.root, kind, self.clock)
+      self.clock.save()
+      if record.value is None:
+        raise keras_tuner.errors.FailedTrialError(record.status)
+      return {self.oracle.objective.name: record.value}
+
+  return Tuner
+
+
+def search_folder(config) -> str:
+  """A search's folder: --model_dir, else runs/<name>-tune."""
+  from kerasft import backbones as b  # pylint: disable=g-import-not-at-top
+  return config.model_dir or os.path.join(
+      "runs", f"{config.name or b.default_name(config.model.model)}-tune")
+
+
+def _objective(output):
+  import keras_tuner  # pylint: disable=g-import-not-at-top
+  name, direction = output.objective
+  return keras_tuner.Objective(f"val_{name}", direction=direction)
+
+
+def _hyperparameters(settings, overrides: dict, kept: list[str], images: bool, pinned_size):
+  import keras_tuner  # pylint: disable=g-import-not-at-top
+  hp = keras_tuner.HyperParameters()
+  hp.Choice("model", kept) if len(kept) > 1 else hp.Fixed("model", kept[0])
+  sizes = () if pinned_size else tuple(sorted(set.intersection(
+      *(set(search.image_sizes(m)) for m in kept)), reverse=True))
+  space_module.declare(hp, overrides, images, settings.search == "hyperband", sizes)
+  return hp
+
+
+def tune(config, settings, verbose: int | str = 0) -> TuneResult:
+  """Searches fine-tuning recipes for `config`'s data within `settings` (a `TuneConfig`):
+  probes each candidate backbone frozen, then runs KerasTuner's oracle over the space;
+  writes the search folder's outputs (`kerasft.tuning.report`), exports the best trial and
+  evaluates it and the default recipe once on the test split. Raises UsageError for
+  mistakes, before any training."""
+  pinned = config.model.image_size is not None  # the user chose it: not searched
+  config = dataclasses.replace(config, model_dir=search_folder(config)).resolved()
+  task = tasks.for_config(config).resolve_data()
+  config, images = task.config, task.INPUT_DTYPE != "string"
+  overrides = space_module.load(settings.space)
+  test_data = report.test_data(config, settings)
+  root = config.model_dir
+  os.makedirs(root, exist_ok=True)
+  clock = search.Clock(root)
+  remaining = None if settings.budget is None else max(settings.budget - clock(), 0.0)
+  limit = settings.max_trials or (None if settings.budget else DEFAULT_MAX_TRIALS)
+  is_worker = os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and \
+      "KERASTUNER_ORACLE_IP" in os.environ
+  budget = (callbacks.deadline(remaining) if remaining is not None
+            else contextlib.nullcontext())
+  with features.shared_extraction() as shared, budget:
+    deadline = time.monotonic() + remaining if remaining is not None else None
+    candidates = settings.candidates or (config.model.model,)
+    kept, probes = ([], []) if is_worker else search.probe(config, candidates, root, clock)
+    clock.save()
+    hp = _hyperparameters(settings, overrides, kept or list(candidates), images, pinned)
+    oracle = search.make_oracle(settings.search, _objective(task.output), hp,
+                                None if limit is None else max(limit - len(probes), 0),
+                                deadline, config.training.seed)
+    tuner = _tuner_class()(oracle, config, root, images, clock)
+    tuner.search(verbose=verbose)
+    extractions = shared.extractions
+  if is_worker:
+    return TuneResult([], None, "", {}, extractions)
+  return report.finish(config, task, settings, root, test_data, extractions, clock)
+
