@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from kerasft import data, distribute, fit, reports, tasks
-from kerasft.methods import peft
+from kerasft.methods import auto, peft
 from kerasft.config import RunConfig
 from kerasft.errors import UsageError
 from kerasft.run_folder import ADAPTER, RunFolder
@@ -69,6 +69,8 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
     train, val = task.index(config.training.seed)
     if config.data.oversample:
       train = data.oversampled(train, config.training.seed)
+    task = auto.apply(task, train, val)
+    config = task.config
   if folder.is_finished() and not config.overwrite:
     raise UsageError(f"--model_dir: {folder.root} already holds a finished run; pass "
                      "--overwrite to replace it or --name/--model_dir for a new run")

@@ -317,3 +317,32 @@ def test_few_shot_is_for_text_models_and_its_settings_need_it(tmp_path, colors):
                      f"--model_dir={tmp_path / 'run'}", *args)
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(
         f"error: {message}"), done.stderr[-2000:]
+
+
+def test_recipe_auto_fine_tunes_with_a_soup_from_50_per_class_and_keeps_user_choices(tmp_path):
+  many = write_color_images(tmp_path / "many", per_class=50, size=24)
+  few = write_color_images(tmp_path / "few", per_class=10, size=24)
+  from kerasft import tasks
+  from kerasft.methods import auto
+
+  def resolved(data_dir, name=tiny_model(), training=None, **model):
+    config = kerasft.RunConfig(
+        model=kerasft.ModelConfig(model=name, **model),
+        data=kerasft.DataConfig(data_dir=str(data_dir)),
+        training=kerasft.TrainingConfig(**(training or {})),
+        methods=MethodsConfig(recipe="auto")).resolved()
+    task = tasks.for_config(config)
+    return auto.apply(task, *task.index(0)).config
+  big = resolved(many)
+  assert big.model.unfreeze_blocks == 3 and big.training.fine_tune_epochs == 4
+  assert big.methods.average == "greedy_soup" and big.methods.recipe == "default"
+  assert big.training.fine_tune_learning_rate == 1e-4
+  assert big.model.image_size is None  # a keras: backbone keeps its own size
+  mobilenet = resolved(many, "mobilenet", weights="none")
+  assert mobilenet.model.image_size == 128  # 24 px images: 128 px inputs, not 224
+  assert mobilenet.model.unfreeze_blocks == 15
+  small = resolved(few)
+  assert small.training.fine_tune_epochs == 0 and small.methods.average == "best"
+  user = resolved(many, unfreeze_top=1, training={"fine_tune_epochs": 2})
+  assert user.model.unfreeze_top == 1 and user.model.unfreeze_blocks == 0
+  assert user.training.fine_tune_epochs == 2

@@ -32,6 +32,11 @@ class Task:
     """The task with its default data filled in (image tasks: the built-in recipe)."""
     return self
 
+  def auto_settings(self, per_class: float, n: int, train) -> tuple[dict, str]:
+    """--recipe=auto's rule for this modality (`kerasft.methods.auto`): ({"group.field":
+    value}, why) for `n` labelled examples, `per_class` per class (`train`: the split)."""
+    raise NotImplementedError
+
   def card(self, metrics: dict | None) -> dict:
     """What a version's `model_card.json` says about the model and how it was made."""
     import keras  # pylint: disable=g-import-not-at-top

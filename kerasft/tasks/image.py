@@ -61,6 +61,25 @@ class ImageTask(Task):
                                    stats or self.output.head_stats(train_files))
     return self.replace(backbone=backbone, image_size=backbone.image_size), model
 
+  def auto_settings(self, per_class, n, train):
+    from kerasft.methods import auto  # pylint: disable=g-import-not-at-top
+    changes, why = {}, ["frozen backbone, convex head"]
+    side = _median_side(train)
+    if side and side <= 64 and not backbones.source(self.config.model.model)[0]:
+      size = max(128, backbones.spec(self.config.model.model).min_size)
+      changes["model.image_size"] = size
+      why.append(f"{size} px inputs (median image side {side} px)")
+    if per_class >= auto.FINE_TUNE_FROM:
+      changes.update({"model.unfreeze_blocks": len(backbones.blocks(self.block_model())),
+                      "training.fine_tune_epochs": 4, "training.fine_tune_learning_rate": 1e-4,
+                      "methods.average": "greedy_soup"})
+      why[0] = "fine-tune every block 4 epochs, greedy soup"
+    if n >= auto.LARGE_FROM:
+      changes.update({"training.fine_tune_epochs": 8, "training.lr_schedule": "cosine",
+                      "data.mixup": 0.1})
+      why.append("8 epochs, cosine, MixUp 0.1")
+    return changes, "; ".join(why)
+
   def pipelines(self, train, val) -> pipeline.Dataset:
     """Training (shuffled, MixUp/CutMix) and validation pipelines of pixels."""
     d = self.config.data
@@ -122,3 +141,20 @@ class ImageTask(Task):
     """(image files of files, folders and globs; why each is unreadable, or None)."""
     paths = data.expand_inputs(patterns)
     return paths, data.unreadable_reasons(paths)
+
+
+def _median_side(files, sample: int = 32) -> int:
+  """The median shorter side of up to `sample` of `files`' images (0 when unknown)."""
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from kerasft.data import encoded_bytes  # pylint: disable=g-import-not-at-top
+  if files.streams or not files.inputs:
+    return 0
+  step = max(1, len(files.inputs) // sample)
+  sides = []
+  for item in files.inputs[::step][:sample]:
+    try:
+      sides.append(min(Image.open(io.BytesIO(encoded_bytes(item))).size))
+    except (OSError, ValueError):
+      continue
+  return int(np.median(sides)) if sides else 0

@@ -61,6 +61,16 @@ class TextTask(Task):
                                   stats or self.output.head_stats(train_files))
     return self.replace(backbone=encoder, max_length=length), model
 
+  def auto_settings(self, per_class, n, train):
+    from kerasft.methods import auto  # pylint: disable=g-import-not-at-top
+    if per_class <= auto.FEW_SHOT_UP_TO and self.output.one_label and self.output.classifies:
+      return {"methods.recipe": "few_shot"}, "few-shot pairs, then the convex head"
+    if n >= auto.LARGE_FROM:
+      return ({"model.unfreeze_blocks": 2, "training.fine_tune_epochs": 2,
+               "training.fine_tune_learning_rate": 5e-5, "methods.average": "greedy_soup"},
+              "fine-tune the top 2 blocks 2 epochs, greedy soup")
+    return {}, "frozen encoder, convex head"
+
   def pipelines(self, train, val):
     return text.pipelines(train, val, self.encoder, self.config.data.batch_size,
                           self.config.training.seed)
