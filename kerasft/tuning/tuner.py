@@ -91,11 +91,13 @@ def _hyperparameters(settings, overrides: dict, kept: list[str], images: bool, p
   return hp
 
 
-def tune(config, settings, verbose: int | str = 0) -> TuneResult:
+def tune(config, settings, verbose: int | str = 0, share_features: bool = True
+         ) -> TuneResult:
   """Searches fine-tuning recipes for `config`'s data within `settings` (a `TuneConfig`):
   probes each candidate backbone frozen, then runs KerasTuner's oracle over the space;
   writes the search folder's outputs (`kerasft.tuning.report`), exports the best trial and
-  evaluates it and the default recipe once on the test split. Raises UsageError for
+  evaluates it and the default recipe once on the test split. share_features=False: every
+  trial extracts its own features (a naive search, for comparison). Raises UsageError for
   mistakes, before any training."""
   pinned = config.model.image_size is not None  # the user chose it: not searched
   config = dataclasses.replace(config, model_dir=search_folder(config)).resolved()
@@ -112,7 +114,9 @@ def tune(config, settings, verbose: int | str = 0) -> TuneResult:
       "KERASTUNER_ORACLE_IP" in os.environ
   budget = (callbacks.deadline(remaining) if remaining is not None
             else contextlib.nullcontext())
-  with features.shared_extraction() as shared, budget:
+  sharing = features.shared_extraction() if share_features else contextlib.nullcontext(
+      features.SharedExtraction())
+  with sharing as shared, budget:
     deadline = time.monotonic() + remaining if remaining is not None else None
     candidates = settings.candidates or (config.model.model,)
     kept, probes = ([], []) if is_worker else search.probe(config, candidates, root, clock)
