@@ -198,10 +198,7 @@ def main(argv):
             "averaging", "best_epoch_validation")}
         print(" | ".join(table[-1]) + (f"   {json.dumps(extra)}" if extra else ""),
               file=sys.stderr, flush=True)
-  if FLAGS.markdown:
-    print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
-  print("\n".join(("| " + " | ".join(r) + " |") if FLAGS.markdown else "  ".join(r)
-                  for r in table))
+  small_data.print_table(header, table, FLAGS.markdown)
 
 
 if __name__ == "__main__":

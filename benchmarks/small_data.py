@@ -134,7 +134,12 @@ def main(argv):
     for name in FLAGS.cases:
       rows.append(_case(name, work))
       print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
-  if FLAGS.markdown:
+  print_table(header, rows, FLAGS.markdown)
+
+
+def print_table(header: list, rows: list, markdown: bool) -> None:
+  """Prints a benchmark's table: Markdown, or columns separated by two spaces."""
+  if markdown:
     print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
     print("\n".join("| " + " | ".join(r) + " |" for r in rows))
   else:

@@ -100,10 +100,7 @@ def main(argv):
   with tempfile.TemporaryDirectory(prefix="kerasft-tune-") as work:
     for setting in FLAGS.settings:
       table += _rows(setting, work)
-  if FLAGS.markdown:
-    print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
-  print("\n".join(("| " + " | ".join(r) + " |") if FLAGS.markdown else "  ".join(r)
-                  for r in table))
+  small_data.print_table(header, table, FLAGS.markdown)
 
 
 if __name__ == "__main__":
