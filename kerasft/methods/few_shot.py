@@ -102,7 +102,10 @@ def tune(model: keras.Model, dataset, config, path: str, verbose="auto") -> dict
   pair_model.compile(optimizer=keras.optimizers.Adam(k.few_shot_learning_rate), loss="mse")
   logging.info("few-shot: tuning the encoder on %d pairs of %d examples (%d epoch(s))",
                len(same), len(files.labels), k.few_shot_epochs)
-  history = pair_model.fit(pairs, epochs=k.few_shot_epochs, shuffle=False, verbose=verbose)
+  from kerasft import callbacks  # pylint: disable=g-import-not-at-top
+  history = pair_model.fit(pairs, epochs=k.few_shot_epochs, shuffle=False, verbose=verbose,
+                           callbacks=[callbacks.Deadline()] if callbacks.past_deadline()
+                           is not None else [])
   backbones.freeze(backbone)
   model.save_weights(f"{path}.tmp.weights.h5")
   os.replace(f"{path}.tmp.weights.h5", path)

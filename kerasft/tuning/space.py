@@ -32,6 +32,7 @@ class Param:
   high: float = 0.0
   log: bool = False
   images_only: bool = False
+  texts_only: bool = False
   allowed: tuple = ()  # for choices of names: what a space file may use
   help: str = ""
 
@@ -63,6 +64,8 @@ SPACE = {
     "l2sp": Param("choice", (0.0, 0.01)),
     "peft": Param("choice", ("none", "lora", "bitfit"),
                   allowed=("none", "lora", "bitfit", "normfit")),
+    "few_shot": Param("choice", ("off", "on"), texts_only=True, allowed=("off", "on"),
+                      help="texts: contrastive tuning on pairs before the head"),
 }
 HYPERBAND_MAX_EPOCHS = 8
 
@@ -115,7 +118,8 @@ def declare(hp, overrides: dict, images: bool, hyperband: bool, sizes: tuple = (
   or fixed by `overrides` (`load`). images: the modality has image-only entries; sizes: the
   image sizes the backbones accept (none: image_size is not searched)."""
   for name, param in SPACE.items():
-    if (param.images_only and not images) or (name == "fine_tune_epochs" and hyperband):
+    if ((param.images_only and not images) or (param.texts_only and images)
+        or (name == "fine_tune_epochs" and hyperband)):
       continue
     if name == "image_size" and not sizes:
       continue
@@ -155,6 +159,8 @@ def to_config(base, values: dict, n_blocks: int, images: bool):
       learning_rate=float(v.get("learning_rate", base.training.learning_rate)),
       label_smoothing=float(v.get("label_smoothing", 0.0)) if head else 0.0)
   data, methods = base.data, base.methods
+  if not images and v.get("few_shot") == "on":
+    methods = dataclasses.replace(methods, recipe="few_shot")
   if tunes:
     peft = v.get("peft", "none") if unfreeze != "gradual" else "none"
     training = dataclasses.replace(
@@ -181,6 +187,8 @@ def effective(config) -> dict:
   if m.head:
     values.update(learning_rate=t.learning_rate, label_smoothing=t.label_smoothing,
                   optimizer=t.optimizer)
+  if k.recipe == "few_shot":
+    values["few_shot"] = "on"
   if not t.fine_tune_epochs:
     return {**values, "unfreeze": "none"}
   values.update(
