@@ -149,6 +149,10 @@ def _one_row(setting, method, work):
     if os.path.exists(scores):
       row["averaging"] = json.load(open(scores))["validation"]
       row["best_epoch_validation"] = max(result.history["val_accuracy"])
+    tuned = [v for v, p in zip(result.history.get("val_accuracy", []),
+                               result.history.get("phase", [])) if p == "fine_tune"]
+    if tuned:
+      row["best_fine_tune_epoch_validation"] = max(tuned)
     if method.startswith("WiSE-FT"):
       row.update(_endpoints(result, tests, kind, names))
   row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -195,7 +199,7 @@ def main(argv):
                       f"{row['trainable']:,}" if "trainable" in row else "",
                       f"{row['seconds']:.0f} s", f"{row['peak_rss_mib']:.0f} MiB"])
         extra = {k: v for k, v in row.items() if "alpha" in k or k in (
-            "averaging", "best_epoch_validation")}
+            "averaging", "best_epoch_validation", "best_fine_tune_epoch_validation")}
         print(" | ".join(table[-1]) + (f"   {json.dumps(extra)}" if extra else ""),
               file=sys.stderr, flush=True)
   small_data.print_table(header, table, FLAGS.markdown)
