@@ -8,7 +8,9 @@
       backup/            keras.callbacks.BackupAndRestore, per segment and worker
       epochs.jsonl       one line per epoch (metrics, rate, phase, seconds)
       history.json       the per-epoch history of the whole run
-      best.keras         the best epoch's model (raw inputs in)
+      best.keras         the best epoch's model (raw inputs in), or the average kept
+      best.keras.npz     --peft=lora: its weights as in memory (LoRA factors unmerged)
+      few_shot.weights.h5  --recipe=few_shot: the contrastively tuned encoder
       metrics.json, *.png  the validation report
       logs/              TensorBoard
       feature_cache/     cached backbone features that did not fit in memory

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO, call_main, run_cli, tiny_model, write_color_images
 import kerasft
-from kerasft import artifacts, callbacks
+from kerasft import artifacts
 from kerasft.tuning import report, search, space
 
 pytest.importorskip("keras_tuner")

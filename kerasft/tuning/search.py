@@ -20,7 +20,7 @@ import time
 
 from absl import logging
 
-from kerasft import callbacks, features, tasks
+from kerasft import callbacks, tasks
 from kerasft.errors import UsageError
 from kerasft.files import read_json, write_json
 from kerasft.tuning import space as space_module

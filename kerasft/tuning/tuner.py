@@ -8,7 +8,6 @@ import functools
 import os
 import time
 
-from absl import logging
 
 from kerasft import backbones, callbacks, features, tasks
 from kerasft.errors import UsageError
