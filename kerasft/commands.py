@@ -12,6 +12,7 @@ import re
 from typing import Optional
 
 from kerasft.errors import UsageError
+from kerasft.files import check_writable
 from kerasft.settings import check_choices, positive_int, setting
 
 _EXPORT_HELP = "An export: saved_models/NAME (newest version) or saved_models/NAME/N."
@@ -44,6 +45,7 @@ class EvaluateConfig:
   def __post_init__(self):
     if bool(self.export) == bool(self.run_dir):
       raise UsageError("--export or --run_dir: pass exactly one of them")
+    check_writable(self.output_dir, "output_dir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +64,10 @@ class PredictConfig:
     positive_int(self.batch_size, "batch_size")
     if self.output and not self.output.endswith((".csv", ".jsonl")):
       raise UsageError(f"--output: must end in .csv or .jsonl, got {self.output!r}")
+    if self.output and os.path.isdir(self.output):
+      raise UsageError(f"--output: {self.output} is a folder; name a .csv or .jsonl file")
+    check_writable(os.path.dirname(os.path.abspath(self.output)) if self.output else "",
+                   "output")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +93,7 @@ class ExportConfig:
       raise UsageError("--run_dir, --checkpoint or --adapter: pass exactly one of them")
     if self.adapter and not self.export_dir:
       raise UsageError("--export_dir: pass where the model made from --adapter goes")
+    check_writable(self.export_dir, "export_dir")
     if self.version is not None:
       positive_int(self.version, "version")
 

@@ -53,10 +53,10 @@ def _make_strategy(name: str, gpus: list, cluster_resolver: str) -> tf.distribut
   if name == "mirrored":
     logical = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([d.name for d in logical])
-  resolver = (tf.distribute.cluster_resolver.SlurmClusterResolver()
-              if cluster_resolver == "slurm"
-              else tf.distribute.cluster_resolver.TFConfigClusterResolver())
   try:
+    resolver = (tf.distribute.cluster_resolver.SlurmClusterResolver()
+                if cluster_resolver == "slurm"
+                else tf.distribute.cluster_resolver.TFConfigClusterResolver())
     if name == "multi_worker":
       if not resolver.cluster_spec().as_dict():
         raise UsageError("--strategy=multi_worker: no cluster in TF_CONFIG; set TF_CONFIG on "
@@ -68,8 +68,11 @@ def _make_strategy(name: str, gpus: list, cluster_resolver: str) -> tf.distribut
     tf.config.experimental_connect_to_cluster(tpu)
     tf.tpu.experimental.initialize_tpu_system(tpu)
     return tf.distribute.TPUStrategy(tpu)
-  except (ValueError, RuntimeError, tf.errors.OpError) as e:
-    raise UsageError(f"--strategy={name}: {str(e).splitlines()[0]}") from None
+  except (ValueError, RuntimeError, KeyError, OSError, tf.errors.OpError) as e:
+    where = " (--cluster_resolver=slurm needs a Slurm job step)" if (
+        cluster_resolver == "slurm") else ""
+    raise UsageError(f"--strategy={name}: {(str(e).splitlines() or [repr(e)])[0]}"
+                     f"{where}") from None
 
 
 def chief_and_id(strategy: tf.distribute.Strategy) -> tuple[bool, int]:

@@ -40,3 +40,20 @@ def read_labels(path: str) -> list[str]:
     path = os.path.join(path, "assets", LABELS)
   with open(path) as f:
     return f.read().splitlines()
+
+
+def check_writable(path: str, flag: str) -> None:
+  """Raises a UsageError naming `flag` unless folder `path` exists and is writable or can
+  be made (its nearest existing ancestor is a writable folder)."""
+  from kerasft.errors import UsageError  # pylint: disable=g-import-not-at-top
+  if not path:
+    return
+  probe = os.path.abspath(path)
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise UsageError(f"--{flag}: {path} cannot be a folder: {probe} is a file; choose "
+                     "another path")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise UsageError(f"--{flag}: {path} is not writable ({probe} is read-only for this "
+                     "user); choose another path")

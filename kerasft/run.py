@@ -21,6 +21,7 @@ from kerasft import data, distribute, fit, reports, tasks
 from kerasft.methods import auto, peft
 from kerasft.config import RunConfig
 from kerasft.errors import UsageError
+from kerasft.files import check_writable
 from kerasft.run_folder import ADAPTER, RunFolder
 
 
@@ -49,6 +50,7 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto",
   `UsageError` for mistakes in the config or the data.
   """
   task = tasks.for_config(config.resolved()).resolve_data()
+  check_outputs(task.config)
   runtime = distribute.setup(task.config.training, task.config.data.batch_size)
   policy = keras.mixed_precision.global_policy().name
   try:
@@ -57,6 +59,14 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto",
       return _train(task, folder, runtime, verbose, export)
   finally:
     keras.mixed_precision.set_global_policy(policy)
+
+
+def check_outputs(config: RunConfig) -> None:
+  """Every folder a run writes can be made and written, before any work (UsageError)."""
+  for flag in ("model_dir", "export_dir"):
+    check_writable(getattr(config, flag), flag)
+  check_writable(config.data.cache_dir, "cache_dir")
+  check_writable(config.training.feature_cache_dir, "feature_cache_dir")
 
 
 def _prepare(task, folder: RunFolder, runtime, seconds: dict):

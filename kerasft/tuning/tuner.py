@@ -102,6 +102,8 @@ def tune(config, settings, verbose: int | str = 0, share_features: bool = True
   config = dataclasses.replace(config, model_dir=search_folder(config)).resolved()
   task = tasks.for_config(config).resolve_data()
   config, images = task.config, task.INPUT_DTYPE != "string"
+  from kerasft.run import check_outputs  # pylint: disable=g-import-not-at-top
+  check_outputs(config)
   overrides = space_module.load(settings.space)
   test_data = report.test_data(config, settings)
   root = config.model_dir
