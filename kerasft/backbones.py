@@ -161,6 +161,7 @@ def _build_module(name, handle, image_size, signature, output_key, input_range) 
   size = declared or image_size
   if not size:
     raise UsageError("--image_size: the module declares no input size; pass --image_size")
+  layer.check(size)
   inputs = keras.Input((size, size, 3), name="pixels")
   model = keras.Model(inputs, layer(inputs), name=default_name(name))
   model.trainable = False

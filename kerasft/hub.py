@@ -107,7 +107,8 @@ class HubLayer(keras.layers.Layer):
         _compat.track_variable(self, keras.Variable(initializer=v, name=_sanitize(v.name),
                                                     trainable=id(v) in trainable_ids))
 
-  def call(self, inputs, training=None):
+  def _run(self, inputs, training=None):
+    """The module's chosen output for `inputs` (a dict output: --output_key's entry)."""
     if self._input_key:
       outputs = self._fn(**{self._input_key: inputs})
     elif self._accepts_training:
@@ -119,8 +120,22 @@ class HubLayer(keras.layers.Layer):
                                 "default" if "default" in outputs else sorted(outputs)[0])
       if key not in outputs:
         raise UsageError(f"--output_key: the module has no output {key!r}; it has "
-                         f"{sorted(outputs)}")
+                         f"{', '.join(sorted(outputs))}")
       outputs = outputs[key]
+    return outputs
+
+  def check(self, size: int) -> None:
+    """Calls the module once on a blank image of `size` px outside Keras (whose call
+    wrapper would turn a UsageError into a multi-line message): a missing --output_key or
+    an input the module refuses is one line here."""
+    try:
+      self._run(tf.zeros((1, size, size, 3)))
+    except (ValueError, TypeError, tf.errors.OpError) as e:
+      raise UsageError(f"--model: {self.handle} cannot be called on {size}x{size} RGB images "
+                       f"({str(e).splitlines()[0][:200]})") from None
+
+  def call(self, inputs, training=None):
+    outputs = self._run(inputs, training)
     if len(outputs.shape) == 4:
       outputs = tf.reduce_mean(outputs, axis=(1, 2))
     if self.trainable:

@@ -118,6 +118,7 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
   result = TrainResult(model=model, history=fitted.history, metrics={}, export_path="",
                        class_names=dataset.class_names, config=config, seconds=seconds)
   if not runtime.is_chief:
+    folder.remove_backups(f"worker_{runtime.worker_id}")
     return result
   with _phase(seconds, "report"):
     logging.info("phase report: evaluating on %d validation examples",

@@ -102,6 +102,12 @@ class RunFolder:
   def backup_dir(self, segment: int, worker: str) -> str:
     return os.path.join(self.root, BACKUP, f"segment_{segment}", worker)
 
+  def remove_backups(self, worker: str) -> None:
+    """Removes `worker`'s backup folders (a finished non-chief worker's)."""
+    base = os.path.join(self.root, BACKUP)
+    for segment in os.listdir(base) if os.path.isdir(base) else []:
+      shutil.rmtree(os.path.join(base, segment, worker), ignore_errors=True)
+
   def metrics(self):
     """The validation metrics of the run (None before its report)."""
     return read_json(self.path(METRICS))

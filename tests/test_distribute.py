@@ -96,6 +96,10 @@ def test_multi_worker_trains_identically_and_only_the_chief_writes(tmp_path, tin
   assert "exported to" in results[0][1] and "exported to" not in results[1][1]
   for index in range(2):  # the workers' temporary folders are gone
     assert not [n for n in os.listdir(tmp_path / f"tmp_{index}") if n.startswith("kerasft-")]
+  backups = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / "run" / "backup")
+             for f in files] + [d for d, _, _ in os.walk(tmp_path / "run" / "backup")
+                                if d.endswith("worker_1")]
+  assert not backups, backups  # nothing of the non-chief worker's backups is left
 
 
 @pytest.mark.slow
