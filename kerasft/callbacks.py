@@ -43,18 +43,20 @@ class Deadline(keras.callbacks.Callback):
 class BestCheckpoint(keras.callbacks.Callback):
   """Keeps the best epoch of `model` by `monitor` ("max" or "min" is better by `mode`),
   whatever model is being fit (the head alone on cached features): its weights in memory
-  at once, and `path` (a .keras file) at the end of every fit and at most every `interval`
-  seconds in between. One instance serves both phases, so its best spans them. `best` is
-  the monitored value, negated for "min". raw: also write the weights as they are in memory
-  (`<path>.npz`; a .keras file holds LoRA factors merged into the kernels) and resume
-  from them."""
+  at once, and on disk at every improvement at most every `interval` seconds (default:
+  every improvement) and at the end of every fit: `path` (a .keras file, replaced
+  atomically) and `<path>.json` (the value and epoch), so a kill in the middle of a phase
+  keeps the best epoch seen so far (`saved`). One instance serves both phases, so its best
+  spans them. `best` is the monitored value, negated for "min". raw: also write the weights
+  as they are in memory (`<path>.npz`; a .keras file holds LoRA factors merged into the
+  kernels) and resume from them."""
 
-  def __init__(self, model: keras.Model, path: str, interval: float = 60.0,
+  def __init__(self, model: keras.Model, path: str, interval: float = 0.0,
                monitor: str = "val_accuracy", mode: str = "max", raw: bool = False):
     super().__init__()
     self._full, self._path, self._interval, self._raw = model, path, interval, raw
     self.monitor, self._sign = monitor, 1.0 if mode == "max" else -1.0
-    self.best, self._weights, self._dirty = -np.inf, None, False
+    self.best, self._weights, self._dirty, self._epoch = -np.inf, None, False, None
     self._written = time.monotonic()
 
   def on_epoch_end(self, epoch, logs=None):
@@ -63,6 +65,7 @@ class BestCheckpoint(keras.callbacks.Callback):
       value = self._sign * float(value)
     if value is not None and value > self.best:
       self.best, self._weights, self._dirty = value, self._full.get_weights(), True
+      self._epoch = epoch
       if time.monotonic() - self._written > self._interval:
         self._write()
 
@@ -78,12 +81,23 @@ class BestCheckpoint(keras.callbacks.Callback):
   def _write(self):
     current = self._full.get_weights()
     self._full.set_weights(self._weights)
-    self._full.save(self._path)
+    staging = f"{self._path[:-len('.keras')]}.tmp.keras"
+    self._full.save(staging)
+    os.replace(staging, self._path)
     self._full.set_weights(current)
     if self._raw:
       from kerasft.methods import averaging  # pylint: disable=g-import-not-at-top
       averaging.save_weights(self._weights, f"{self._path}.npz")
+    from kerasft.files import write_json  # pylint: disable=g-import-not-at-top
+    write_json({"best": float(self.best), "epoch": self._epoch},
+               f"{self._path}.json")
     self._dirty, self._written = False, time.monotonic()
+
+  def saved(self) -> float | None:
+    """The best value a previous process wrote with `path` (None when there is none)."""
+    from kerasft.files import read_json  # pylint: disable=g-import-not-at-top
+    value = read_json(f"{self._path}.json", {}).get("best")
+    return None if value is None or not os.path.exists(self._path) else float(value)
 
   def resume(self, best: float) -> None:
     """Continues from a previous process's best epoch (its value and `path`)."""

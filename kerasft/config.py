@@ -76,6 +76,7 @@ class ModelConfig:
     check_choices(self)
     check(isinstance(self.weights, str) and self.weights != "", "weights",
           "must be 'imagenet', 'none' or a path to a weights file", self.weights)
+    self._check_source_flags(prefix)
     if self.image_size is not None:
       positive_int(self.image_size, "image_size")
       minimum = 1 if prefix else backbones.spec(self.model).min_size
@@ -94,6 +95,21 @@ class ModelConfig:
                        f"--unfreeze_from and --gradual_unfreeze, got {', '.join(chosen)}")
     check(isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1, "threshold",
           "must be between 0 and 1 (exclusive)", self.threshold)
+
+  def _check_source_flags(self, prefix: str) -> None:
+    """Flags set for another kind of backbone than --model's are errors, not ignored."""
+    if prefix and self.weights != "imagenet":
+      raise UsageError(f"--weights: only for Keras Applications backbones; {self.model} "
+                       "brings its own weights")
+    module = prefix in ("hub:", "savedmodel:")
+    for flag, used in (("signature", self.signature), ("output_key", self.output_key),
+                       ("hub_input_range", self.hub_input_range != "0,1")):
+      if used and not module:
+        raise UsageError(f"--{flag}: only for hub: and savedmodel: backbones, not "
+                         f"--model={self.model}")
+    if self.backbone_layer and prefix != "keras:":
+      raise UsageError(f"--backbone_layer: only for keras:PATH backbones, not "
+                       f"--model={self.model}")
 
   @property
   def unfreezes(self) -> bool:
@@ -178,6 +194,13 @@ class DataConfig:
         raise UsageError(f"--{val}: only goes with --{train}")
     if (self.image_key or self.label_key) and not (self.tfrecord or self.tfds):
       raise UsageError("--image_key/--label_key: only go with --tfrecord or --tfds")
+    for flag, used, source in (
+        ("train_split", self.train_split != "train", "tfds"),
+        ("val_split", self.val_split, "tfds"), ("tfds_data_dir", self.tfds_data_dir, "tfds"),
+        ("text_key", self.text_key, "tfds"), ("path_column", self.path_column != "path", "csv"),
+        ("text_column", self.text_column != "text", "csv")):
+      if used and not getattr(self, source):
+        raise UsageError(f"--{flag}: only goes with --{source}")
     for alpha in ("mixup", "cutmix"):
       check(isinstance(getattr(self, alpha), (int, float)) and getattr(self, alpha) >= 0,
             alpha, "must be >= 0 (the Beta distribution's alpha; 0: off)",
@@ -311,6 +334,11 @@ class RunConfig:
         and not self.model.head):
       raise UsageError("--label_smoothing: the convex head solver fits the labels exactly; "
                        "pass --head_solver=epochs to smooth them")
+    mixing = [f for f in ("augment", "mixup", "cutmix") if getattr(self.data, f)]
+    if self.training.cache_features == "on" and mixing:
+      raise UsageError(f"--cache_features=on: --{mixing[0]} changes the backbone's input "
+                       "every epoch, so its features cannot be cached; leave --cache_features "
+                       "at auto")
     from kerasft import tasks  # pylint: disable=g-import-not-at-top  # tasks read configs
     tasks.check(self)  # what the modality and the output type cannot honour
     methods.check_run(self)

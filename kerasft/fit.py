@@ -237,8 +237,11 @@ def _resume(folder: RunFolder, model, checkpoint: BestCheckpoint, n_segments: in
   """Loads what a killed run left (best epoch, weights after its last finished segment);
   returns how many segments are done."""
   state = folder.fit_state()
-  if state.get("best") is not None and os.path.exists(folder.output(BEST)):
-    checkpoint.resume(state["best"])
+  best = checkpoint.saved()  # written at every improvement, also mid-segment
+  if best is None and state.get("best") is not None and os.path.exists(folder.output(BEST)):
+    best = state["best"]
+  if best is not None:
+    checkpoint.resume(best)
   done = state.get("segments_done", 0)
   if done:
     model.load_weights(folder.path(RESUME_WEIGHTS))

@@ -43,8 +43,11 @@ class Task:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     import kerasft  # pylint: disable=g-import-not-at-top
     c, d = self.config, self.config.data
+    from kerasft import backbones  # pylint: disable=g-import-not-at-top
+    prefix = backbones.source(c.model.model)[0]
     card = {"name": c.name, **self.output.card(), "backbone": c.model.model,
-            "weights": c.model.weights, "head": list(c.model.head),
+            "weights": f"the {prefix[:-1]} model's own" if prefix else c.model.weights,
+            "head": list(c.model.head),
             "data": f"{d.source} {getattr(d, d.source)}" if d.source else "",
             "versions": {"kerasft": kerasft.__version__, "tensorflow": tf.__version__,
                          "keras": keras.__version__}}

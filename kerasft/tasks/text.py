@@ -27,6 +27,13 @@ class TextTask(Task):
     used = [f for f in ("augment", "mixup", "cutmix") if getattr(d, f)]
     if used:
       raise UsageError(f"--{used[0]}: image augmentation; not for text models")
+    m = config.model
+    for flag, used in (("image_size", m.image_size is not None),
+                       ("resize", d.resize != "squash"), ("bn_mode", m.bn_mode != "frozen"),
+                       ("cache_dir", d.cache_dir)):
+      if used:
+        raise UsageError(f"--{flag}: an image setting; not for text models "
+                         "(--model=keras_hub:...)")
 
   @property
   def preset(self) -> str:
