@@ -19,9 +19,16 @@ def load_run(run_dir: str, checkpoint: str = ""):
   """Loads a training run's checkpoint (default: its best); returns (model, task,
   class names)."""
   folder = RunFolder(run_dir)
-  path = folder.require(checkpoint, "checkpoint" if checkpoint else "run_dir")
+  flag = "checkpoint" if checkpoint else "run_dir"
+  path = folder.require(checkpoint, flag)
   task = tasks.for_config(folder.read_config())
-  return task.load_model(path), task, folder.class_names()
+  try:
+    model = task.load_model(path)
+  except (OSError, ValueError, TypeError, KeyError) as e:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise UsageError(f"--{flag}: {path} cannot be loaded ({first}); train the run again or "
+                     "pass another checkpoint") from None
+  return model, task, folder.class_names()
 
 
 def load_adapter(path: str):

@@ -126,7 +126,13 @@ class EpochLog(keras.callbacks.Callback):
     super().__init__()
     self._path, self._phase = path, phase
 
+  def on_train_begin(self, logs=None):
+    from kerasft import errors  # pylint: disable=g-import-not-at-top
+    errors.PROGRESS["epochs"] = self.params.get("epochs")
+
   def on_epoch_begin(self, epoch, logs=None):
+    from kerasft import errors  # pylint: disable=g-import-not-at-top
+    errors.PROGRESS["epoch"] = epoch
     self._start = time.perf_counter()
 
   def on_epoch_end(self, epoch, logs=None):
@@ -153,7 +159,10 @@ def history_from_log(path: str) -> dict:
   try:
     with open(path) as f:
       for line in f:
-        entry = json.loads(line)
+        try:
+          entry = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+          continue
         by_epoch[entry.pop("epoch")] = entry
   except FileNotFoundError:
     pass

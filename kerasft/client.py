@@ -42,7 +42,7 @@ def main_output(result: dict) -> np.ndarray:
 
 def saved_model_probabilities(version_dir: str, images: np.ndarray) -> np.ndarray:
   """Runs an export's `serving_default` on float32 images [N, S, S, 3]; its main output."""
-  signature = tf.saved_model.load(version_dir).signatures["serving_default"]
+  signature = load_saved_model(version_dir).signatures["serving_default"]
   return main_output(signature(images=tf.constant(images)))
 
 
@@ -62,8 +62,11 @@ def read_model_card(version_dir: str) -> dict:
   path = os.path.join(version_dir, MODEL_CARD_FILE)
   card = {}
   if os.path.isfile(path):
-    with open(path) as f:
-      card = json.load(f)
+    try:
+      with open(path) as f:
+        card = json.load(f)
+    except (OSError, ValueError) as e:
+      raise UsageError(f"--export: {path} is damaged ({e}); export the model again") from None
   card.setdefault("task", "multiclass")
   return card
 
@@ -74,12 +77,31 @@ def load_predictor(version_dir: str):
   list of inputs as the export's task takes them (image files or encoded bytes; texts)."""
   task_class, _ = tasks.for_card(read_model_card(version_dir))
   task_class.import_serving_ops()
-  signature = tf.saved_model.load(version_dir).signatures[task_class.CLIENT_SIGNATURE]
+  signature = load_saved_model(version_dir).signatures.get(task_class.CLIENT_SIGNATURE)
+  if signature is None:
+    raise UsageError(f"--export: {version_dir} has no {task_class.CLIENT_SIGNATURE} "
+                     "signature; it was not written by kerasft")
+  try:
+    class_names = read_labels(version_dir)
+  except OSError:
+    raise UsageError(f"--export: {version_dir} has no assets/labels.txt; export the model "
+                     "again") from None
 
   def predict(inputs: list) -> np.ndarray:
     return main_output(signature(**{task_class.CLIENT_INPUT: tf.constant(
         task_class.request_items(inputs))}))
-  return predict, read_labels(version_dir)
+  return predict, class_names
+
+
+def load_saved_model(version_dir: str, flag: str = "export"):
+  """`tf.saved_model.load`, with a damaged folder (junk saved_model.pb, missing
+  variables/) as a one-line UsageError naming `flag`."""
+  try:
+    return tf.saved_model.load(version_dir)
+  except (OSError, ValueError, tf.errors.OpError) as e:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise UsageError(f"--{flag}: {version_dir} is not a loadable SavedModel ({first}); "
+                     "export the model again") from None
 
 
 def predict_files(predict, inputs, batch_size: int = 32) -> np.ndarray:

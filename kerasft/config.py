@@ -166,8 +166,8 @@ class DataConfig:
   oversample: bool = setting(False, "Repeat examples of smaller classes up to the largest "
                              "class's count.")
   batch_size: int = setting(32, "Global batch size.")
-  strict_data: bool = setting(False, "Stop on unreadable images instead of skipping them "
-                              "with a warning.")
+  strict_data: bool = setting(False, "Stop on unreadable images (corrupt, truncated, or over "
+                              "100 megapixels) instead of skipping them with a warning.")
   resize: str = setting("squash", "How images become squares, in training and in the "
                         "export's serving_bytes.", choices=("squash", "crop", "pad"))
   augment: tuple[str, ...] = setting(

@@ -25,6 +25,7 @@ from kerasft.tasks.outputs import Output
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 VALIDATION_FOLDERS = ("validation", "val")
+MAX_PIXELS = 100_000_000  # larger images are skipped: decoding would exhaust memory
 PROGRESS_FROM = 20_000  # checking this many images or records shows a progress bar
 
 
@@ -163,6 +164,9 @@ def unreadable_reasons(paths: list) -> list[Optional[str]]:
       path = io.BytesIO(path)
     try:
       with Image.open(path) as image:
+        if image.width * image.height > MAX_PIXELS:  # from the header: nothing decoded
+          return (f"{image.width}x{image.height} pixels, more than the "
+                  f"{MAX_PIXELS // 10**6}-megapixel limit")
         image.draft("RGB", (32, 32))  # JPEGs decode at a reduced scale: fast, still complete.
         image.load()
       return None
@@ -233,6 +237,14 @@ def oversampled(files: Examples, seed: int) -> Examples:
   logging.info("oversampling: %d training images become %d (%d per class)", len(labels),
                len(idx), counts.max())
   return files.subset(sorted(int(i) for i in idx))
+
+
+def check_class_names(names: list[str], flag: str) -> None:
+  """Class names go into labels.txt one per line: a name with a line break cannot."""
+  bad = [n for n in names if "\n" in n or "\r" in n or not n.strip()]
+  if bad:
+    raise UsageError(f"--{flag}: class name {bad[0]!r} cannot be written to labels.txt (a line "
+                     "break or an empty name); rename it")
 
 
 def balanced_class_weights(files: Examples) -> dict[int, float]:

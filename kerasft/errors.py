@@ -5,6 +5,7 @@ code 2 (`guarded`, used by `kerasft.cli.run_app`). Anything else is a bug and ke
 traceback.
 """
 
+import signal
 import sys
 
 
@@ -16,12 +17,43 @@ class UsageError(Exception):
   """
 
 
+class Interrupted(BaseException):
+  """SIGTERM or SIGINT arrived (a preemption, Ctrl-C): raised where the program is, so
+  training stops at once; what was saved (every finished epoch, the best one) stays, and
+  staging folders are removed on the way out."""
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = signum
+
+
+PROGRESS: dict = {}  # what the run is doing, for the interruption line ("epoch", "epochs")
+
+
+def _raise(signum, frame):
+  del frame
+  raise Interrupted(signum)
+
+
 def guarded(main):
-  """`main` whose `UsageError` prints one `error:` line and exits with code 2."""
+  """`main` whose `UsageError` prints one `error:` line and exits with code 2, and which a
+  SIGTERM or SIGINT stops with one line and exit code 128 + the signal's number."""
   def run(argv):
+    try:
+      previous = {s: signal.signal(s, _raise) for s in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # not the main thread: leave the signals alone
+      previous = {}
     try:
       return main(argv)
     except UsageError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
+    except Interrupted as e:
+      where = (f" at epoch {PROGRESS['epoch'] + 1} of {PROGRESS['epochs']}"
+               if "epoch" in PROGRESS else "")
+      print(f"interrupted ({e}){where}; run the same command to resume", file=sys.stderr)
+      sys.exit(128 + e.signum)
+    finally:
+      for s, handler in previous.items():
+        signal.signal(s, handler)
   return run

@@ -77,6 +77,7 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
   with _phase(seconds, "data"):
     logging.info("phase data: indexing --%s", config.data.source)
     train, val = task.index(config.training.seed)
+    data.check_class_names(train.class_names, config.data.source or "data_dir")
     if config.data.oversample:
       train = data.oversampled(train, config.training.seed)
     task = auto.apply(task, train, val)

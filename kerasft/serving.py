@@ -249,6 +249,28 @@ def _swap_in(staging: str, final: str, export_dir: str, version: int) -> None:
     os.rename(staging, final)
 
 
+def _claim(staging: str, export_dir: str, version: int) -> tuple[int, str]:
+  """Renames `staging` to the first free version from `version` on; another process
+  exporting to the same folder at once gets the next one (a rename onto an existing,
+  non-empty version fails instead of replacing it). Returns (version, its folder)."""
+  os.chmod(staging, 0o755)  # mkdtemp makes it private; a server may run as another user.
+  while True:
+    final = os.path.join(export_dir, str(version))
+    if not os.path.exists(final):
+      try:
+        os.rename(staging, final)
+        return version, final
+      except OSError:
+        if not os.path.exists(final):
+          raise
+    version += 1
+    card_path = os.path.join(staging, MODEL_CARD_FILE)
+    with open(card_path) as f:
+      card = json.load(f)
+    with open(card_path, "w") as f:
+      json.dump({**card, "version": version}, f, indent=2)
+
+
 def export(make_signatures: Callable, class_names: list[str], export_dir: str,
            version: int | None = None, overwrite: bool = False, card: dict | None = None
            ) -> str:
@@ -261,11 +283,15 @@ def export(make_signatures: Callable, class_names: list[str], export_dir: str,
   never sees half a version; an existing version is replaced only with `overwrite`.
   Returns the version folder.
   """
+  chosen = version
   version, final = _next_version(export_dir, version, overwrite)
   staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
   try:
     _write_version(staging, make_signatures, class_names, {**(card or {}), "version": version})
-    _swap_in(staging, final, export_dir, version)
+    if chosen is None:  # the next free version, claimed by an atomic rename
+      version, final = _claim(staging, export_dir, version)
+    else:
+      _swap_in(staging, final, export_dir, version)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
