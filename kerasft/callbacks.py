@@ -31,6 +31,27 @@ def past_deadline():
   return None if not _DEADLINES else time.monotonic() > _DEADLINES[-1]
 
 
+class Interruptible(keras.callbacks.Callback):
+  """Inside `fit`, a SIGTERM/SIGINT takes effect at the end of the current batch (never in
+  the middle of a backup or checkpoint write): `kerasft.errors.Interrupted` is raised there,
+  so the epoch in progress is redone on resume and every finished one is kept."""
+
+  def on_train_begin(self, logs=None):
+    from kerasft import errors  # pylint: disable=g-import-not-at-top
+    errors.DEFERRED["depth"] += 1
+
+  def on_train_end(self, logs=None):
+    from kerasft import errors  # pylint: disable=g-import-not-at-top
+    errors.DEFERRED["depth"] = max(0, errors.DEFERRED["depth"] - 1)
+    errors.raise_pending()
+
+  def on_train_batch_end(self, batch, logs=None):
+    from kerasft import errors  # pylint: disable=g-import-not-at-top
+    errors.raise_pending()
+
+  on_test_batch_end = on_train_batch_end
+
+
 class Deadline(keras.callbacks.Callback):
   """Stops `fit` at the end of the first batch after the active `deadline()` (the epoch
   then ends with its validation, as with early stopping)."""

@@ -28,17 +28,31 @@ class Interrupted(BaseException):
 
 
 PROGRESS: dict = {}  # what the run is doing, for the interruption line ("epoch", "epochs")
+DEFERRED = {"depth": 0, "signum": 0}  # inside `fit`: the signal waits for a batch's end
 
 
 def _raise(signum, frame):
+  """Raises `Interrupted` at once, or inside `fit` (where Keras writes backups that must
+  not be cut short) leaves it for `raise_pending` at the next batch's end."""
   del frame
+  if DEFERRED["depth"]:
+    DEFERRED["signum"] = signum
+    return
   raise Interrupted(signum)
+
+
+def raise_pending() -> None:
+  """Raises the `Interrupted` a signal left while deferred (see `kerasft.callbacks`)."""
+  if DEFERRED["signum"]:
+    signum, DEFERRED["signum"], DEFERRED["depth"] = DEFERRED["signum"], 0, 0
+    raise Interrupted(signum)
 
 
 def guarded(main):
   """`main` whose `UsageError` prints one `error:` line and exits with code 2, and which a
   SIGTERM or SIGINT stops with one line and exit code 128 + the signal's number."""
   def run(argv):
+    DEFERRED.update(depth=0, signum=0)
     try:
       previous = {s: signal.signal(s, _raise) for s in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread: leave the signals alone

@@ -206,7 +206,9 @@ def _finish_segment(folder: RunFolder, model, index: int, checkpoint, runtime,
     averaging.save_weights(model.get_weights(), folder.path(averaging.HEAD_WEIGHTS))
   if segment == plan[-1] and config.methods.average == "ema":  # Keras swapped the EMA in
     averaging.save_weights(model.get_weights(), folder.path(averaging.EMA_WEIGHTS))
-  model.save_weights(folder.path(RESUME_WEIGHTS))
+  staging = folder.path(RESUME_WEIGHTS).replace(".weights.h5", ".tmp.weights.h5")
+  model.save_weights(staging)  # then renamed: a kill never leaves half a file
+  os.replace(staging, folder.path(RESUME_WEIGHTS))
   folder.write_fit_state(index + 1, float(checkpoint.best))
 
 
@@ -341,8 +343,8 @@ def _callbacks(config: RunConfig, segment: Segment, index: int, checkpoint, outp
   t, k = config.training, config.methods
   monitor, mode = output.monitor
   worker = "chief" if runtime.is_chief else f"worker_{runtime.worker_id}"
-  chosen = [EpochLog(folder.output(EPOCH_LOG), segment.phase), checkpoint,
-            keras.callbacks.BackupAndRestore(folder.backup_dir(index, worker))]
+  chosen = [callbacks.Interruptible(), EpochLog(folder.output(EPOCH_LOG), segment.phase),
+            checkpoint, keras.callbacks.BackupAndRestore(folder.backup_dir(index, worker))]
   if k.peft == "lora":
     chosen.append(peft.Revive())  # after BackupAndRestore loaded (and zeroed) the factors
   if callbacks.past_deadline() is not None:
