@@ -151,3 +151,17 @@ def test_a_run_killed_during_the_solve_resumes_and_finishes(tmp_path, monkeypatc
   result = _train(tmp_path, colors)  # the same command: resumes the unfinished run
   assert len(result.history["loss"]) == 1 and os.listdir(tmp_path / "export") == ["1"]
   assert result.metrics["validated_on"].startswith("5-fold cross-validation of all 24")
+
+
+def test_the_head_before_a_fine_tune_phase_is_solved_on_raw_features(tmp_path, monkeypatch):
+  """Standardization folded into the kernel amplifies features of tiny spread, which move
+  once the backbone trains: the head is solved on raw features when fine-tuning follows."""
+  colors = write_color_images(tmp_path / "colors", per_class=40, size=24)
+  seen = []
+  original = tasks.outputs.Output.solver
+  monkeypatch.setattr(tasks.outputs.Output, "solver", lambda self, model, standardize: (
+      seen.append(standardize), original(self, model, standardize))[1])
+  _train(tmp_path, colors, model={"unfreeze_blocks": 1}, fine_tune_epochs=1,
+         learning_rate=0.03)
+  _train(tmp_path / "frozen", colors)
+  assert seen == [False, True]
