@@ -48,6 +48,21 @@ def raise_pending() -> None:
     raise Interrupted(signum)
 
 
+def disk_full(error: BaseException):
+  """The folder a write failed in for lack of space (None: not a full disk)."""
+  import errno  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  if getattr(error, "errno", None) != errno.ENOSPC and "No space left on device" not in str(
+      error):
+    return None
+  path = getattr(error, "filename", None) or str(error).split(";")[0].strip()
+  if os.path.sep not in path:
+    return "the output folder"
+  parts = os.path.dirname(path).split(os.path.sep)
+  staged = [i for i, p in enumerate(parts) if p.startswith(".tmp-")]  # an export's staging
+  return os.path.sep.join(parts[:staged[0]] if staged else parts)
+
+
 def guarded(main):
   """`main` whose `UsageError` prints one `error:` line and exits with code 2, and which a
   SIGTERM or SIGINT stops with one line and exit code 128 + the signal's number."""
@@ -62,6 +77,14 @@ def guarded(main):
     except UsageError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
+    except Exception as e:  # pylint: disable=broad-except
+      where = disk_full(e)
+      if where is None:
+        raise
+      print(f"error: no space left on the device of {where}; free space there and run the "
+            "same command again (finished epochs and earlier versions are kept)",
+            file=sys.stderr)
+      sys.exit(1)
     except Interrupted as e:
       where = (f" at epoch {PROGRESS['epoch'] + 1} of {PROGRESS['epochs']}"
                if "epoch" in PROGRESS else "")
