@@ -249,6 +249,21 @@ def _swap_in(staging: str, final: str, export_dir: str, version: int) -> None:
     os.rename(staging, final)
 
 
+def _remove_abandoned(export_dir: str) -> None:
+  """Removes staging folders of exports whose process is gone (killed with SIGKILL on
+  this machine); those of running exporters stay."""
+  for name in os.listdir(export_dir):
+    match = re.fullmatch(r"\.tmp-\d+-(\d+)-.*", name)
+    if not match:
+      continue
+    try:
+      os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+      shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
+    except PermissionError:  # another user's live process
+      continue
+
+
 def _claim(staging: str, export_dir: str, version: int) -> tuple[int, str]:
   """Renames `staging` to the first free version from `version` on; another process
   exporting to the same folder at once gets the next one (a rename onto an existing,
@@ -285,7 +300,8 @@ def export(make_signatures: Callable, class_names: list[str], export_dir: str,
   """
   chosen = version
   version, final = _next_version(export_dir, version, overwrite)
-  staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
+  _remove_abandoned(export_dir)
+  staging = tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-", dir=export_dir)
   try:
     _write_version(staging, make_signatures, class_names, {**(card or {}), "version": version})
     if chosen is None:  # the next free version, claimed by an atomic rename

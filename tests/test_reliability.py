@@ -251,3 +251,51 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_no_version(made, small
   assert "Traceback" not in done.stderr
   assert sorted(os.listdir(small_disk / "export")) == ["1"]  # no half version, no staging
   assert (small_disk / "export" / "1" / "marker").read_text() == "v1"
+
+
+@pytest.mark.slow
+def test_sigkill_during_export_then_the_same_command_gives_one_complete_version(tmp_path):
+  colors = write_color_images(tmp_path / "colors", per_class=8, size=32)
+  args = [f"--model={tiny_model()}", f"--data_dir={colors}",
+          f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}"]
+  proc = subprocess.Popen([sys.executable, "-m", "kerasft.train", *args], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  export = tmp_path / "export"
+  deadline = time.time() + 300
+  while time.time() < deadline and not (export.is_dir() and any(
+      n.startswith(".tmp-") for n in os.listdir(export))):
+    time.sleep(0.005)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not [n for n in os.listdir(export) if n.isdigit()]  # killed before the rename
+  done = run_cli("train", *args, cwd=tmp_path)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert os.listdir(export) == ["1"]  # one complete version; the abandoned staging is gone
+  assert (export / "1" / "saved_model.pb").is_file()
+
+
+def test_resume_with_cached_features_continues_the_head_epochs(tmp_path, monkeypatch):
+  from kerasft import callbacks
+  colors = write_color_images(tmp_path / "colors", per_class=10, size=32)
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model=tiny_model()), data=kerasft.DataConfig(data_dir=colors),
+      training=kerasft.TrainingConfig(head_solver="epochs", epochs=8, learning_rate=0.03,
+                                      cache_features="on"),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  original = callbacks.EpochLog.on_epoch_end
+
+  def killed_after_three(self, epoch, logs=None):
+    original(self, epoch, logs)
+    if epoch == 2:
+      raise KeyboardInterrupt("killed")
+  monkeypatch.setattr(callbacks.EpochLog, "on_epoch_end", killed_after_three)
+  with pytest.raises(KeyboardInterrupt):
+    kerasft.train_classifier(config, verbose=0)
+  before = callbacks.history_from_log(str(tmp_path / "run" / "epochs.jsonl"))["loss"]
+  monkeypatch.setattr(callbacks.EpochLog, "on_epoch_end", original)
+  result = kerasft.train_classifier(config, verbose=0)
+  assert len(before) == 3 and len(result.history["loss"]) == 8
+  # killed before epoch 3's backup: epochs 1-2 are kept, 3-8 run after the resume
+  assert result.history["loss"][:2] == before[:2]
+  assert result.history["phase"] == ["head"] * 8
