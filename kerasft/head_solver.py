@@ -59,6 +59,9 @@ def epochs_reason(config, model, n_examples: int) -> str | None:
   return HIDDEN_LAYERS if config.model.head else None
 
 
+FLOOR = 0.1  # of the median feature scale, when a fine-tune phase follows the solve
+
+
 def uses_kfold(training, n_labelled: int, n_classes: int) -> bool:
   """Whether a head refit on all `n_labelled` examples is chosen by k-fold
   cross-validation of all of them instead of on the validation split (small data)."""
@@ -136,11 +139,11 @@ def _solve(output, model, arrays, train_files, val_files, class_weight, training
   kfold = refit and uses_kfold(training, len(x), k)
   # With a few examples per class, per-feature standardization amplifies noisy features
   # (measured: -0.015 to -0.03 test accuracy at 5-10 per class): raw features there. Before
-  # a fine-tune phase (not refit) too: standardization folded into the kernel divides by
-  # each feature's spread, and a feature of tiny spread that moves while the backbone trains
-  # then swings the logits (measured on MiniLM: the fine-tune loss jumped from 0 to 12,592
-  # and validation accuracy from 0.94 to 0.32 in one epoch).
-  solver = output.solver(model, standardize=refit and not kfold)
+  # a fine-tune phase (not refit), no feature's scale is taken below a tenth of the median
+  # one: the folded kernel divides by it, and a feature of tiny spread that moves while the
+  # backbone trains swung the logits (measured on MiniLM: the fine-tune loss jumped from 0
+  # to 12,592 and validation accuracy from 0.94 to 0.32 in one epoch).
+  solver = output.solver(model, standardize=not kfold, floor=0.0 if refit else FLOOR)
   if kfold:
     splits = _folds(y, training.folds, training.seed,
                     output.strata(train_files.labels) is not None)

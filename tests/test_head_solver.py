@@ -69,7 +69,7 @@ class _Planted:
 def test_the_l2_strength_is_chosen_on_the_validation_split_only(monkeypatch):
   planted = _Planted()
   output = tasks.make_output()
-  monkeypatch.setattr(output, "solver", lambda model, standardize: planted)
+  monkeypatch.setattr(output, "solver", lambda model, standardize, floor: planted)
 
   class Head:  # where the solution is copied
     def set_weights(self, weights):
@@ -153,15 +153,19 @@ def test_a_run_killed_during_the_solve_resumes_and_finishes(tmp_path, monkeypatc
   assert result.metrics["validated_on"].startswith("5-fold cross-validation of all 24")
 
 
-def test_the_head_before_a_fine_tune_phase_is_solved_on_raw_features(tmp_path, monkeypatch):
+def test_the_head_before_a_fine_tune_phase_floors_the_feature_scales(tmp_path, monkeypatch):
   """Standardization folded into the kernel amplifies features of tiny spread, which move
-  once the backbone trains: the head is solved on raw features when fine-tuning follows."""
+  once the backbone trains: before a fine-tune phase no scale goes below a tenth of the
+  median one."""
   colors = write_color_images(tmp_path / "colors", per_class=40, size=24)
   seen = []
   original = tasks.outputs.Output.solver
-  monkeypatch.setattr(tasks.outputs.Output, "solver", lambda self, model, standardize: (
-      seen.append(standardize), original(self, model, standardize))[1])
+  monkeypatch.setattr(tasks.outputs.Output, "solver", lambda self, model, standardize, floor: (
+      seen.append((standardize, floor)), original(self, model, standardize, floor))[1])
   _train(tmp_path, colors, model={"unfreeze_blocks": 1}, fine_tune_epochs=1,
          learning_rate=0.03)
   _train(tmp_path / "frozen", colors)
-  assert seen == [False, True]
+  assert seen == [(True, head_solver.FLOOR), (True, 0.0)]
+  x = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 0.001]])
+  z, _, scale = solvers._standardized(x, True, 0.1)  # pylint: disable=protected-access
+  np.testing.assert_allclose(scale, [0.5, 1.0, 0.05])  # the third: 0.1 x median 0.5

@@ -107,11 +107,11 @@ class Output:
     """The head's layers with weights after the hidden ones; the first is its Dense layer."""
     return (self.layer,)
 
-  def solver(self, model, standardize: bool = True):
+  def solver(self, model, standardize: bool = True, floor: float = 0.0):
     """The convex solver of this head's Dense layer (`kerasft.tasks.solvers`), on
-    standardized features unless `standardize` is False."""
+    standardized features unless `standardize` is False (floor: `solvers._standardized`)."""
     from kerasft.tasks import solvers  # pylint: disable=g-import-not-at-top
-    return solvers.Softmax(standardize)
+    return solvers.Softmax(standardize, floor)
 
   def loss(self, label_smoothing: float = 0.0):
     import keras  # pylint: disable=g-import-not-at-top
@@ -200,9 +200,9 @@ class Multilabel(Output):
     import keras  # pylint: disable=g-import-not-at-top
     return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
 
-  def solver(self, model, standardize=True):
+  def solver(self, model, standardize=True, floor=0.0):
     from kerasft.tasks import solvers  # pylint: disable=g-import-not-at-top
-    return solvers.OneVsRest(standardize)
+    return solvers.OneVsRest(standardize, floor)
 
   def metrics(self):
     import keras  # pylint: disable=g-import-not-at-top
@@ -292,7 +292,7 @@ class Regression(Multilabel):
   def head_layer_names(self):
     return ("regression_dense", self.layer)
 
-  def solver(self, model, standardize=True):  # ridge: closed form, raw features
+  def solver(self, model, standardize=True, floor=0.0):  # ridge: closed form, raw features
     from kerasft.tasks import solvers  # pylint: disable=g-import-not-at-top
     rescale = model.get_layer(self.layer)
     return solvers.Ridge(rescale.offset, rescale.scale)

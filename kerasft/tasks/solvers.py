@@ -21,14 +21,18 @@ def _sigmoid(z):
   return 1.0 / (1.0 + np.exp(-z))
 
 
-def _standardized(x, standardize: bool = True):
+def _standardized(x, standardize: bool = True, floor: float = 0.0):
   """(x with zero-mean, unit-variance columns, mean, scale): logistic regression converges
   in a few times fewer iterations on it, and the L2 penalty weighs every feature alike.
-  With `standardize` False: (x, 0, 1), the raw features."""
+  With `standardize` False: (x, 0, 1), the raw features. floor: no column's scale below
+  this fraction of the median column's (the folded kernel divides by the scale, so a
+  column of tiny spread would swing the logits once a fine-tuned backbone moves it)."""
   if not standardize:
     return x, np.zeros(x.shape[1]), np.ones(x.shape[1])
   mean, scale = x.mean(axis=0), x.std(axis=0)
   scale = np.where(scale > 0, scale, 1.0)
+  if floor:
+    scale = np.maximum(scale, floor * np.median(scale))
   return (x - mean) / scale, mean, scale
 
 
@@ -43,8 +47,8 @@ class _WarmStarts:
   the same shape (the previous C on the grid, or the held-out head for the final refit),
   which is much cheaper than starting from zero."""
 
-  def __init__(self, standardize: bool = True):
-    self._fitted, self.standardize = {}, standardize
+  def __init__(self, standardize: bool = True, floor: float = 0.0):
+    self._fitted, self.standardize, self.floor = {}, standardize, floor
 
   def estimator(self, x, column, c: float, class_weight=None, classes=()):
     from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
@@ -65,7 +69,7 @@ class Softmax(_WarmStarts):
       bias[:] = -30.0
       bias[present[0]] = 0.0
       return kernel, bias
-    z, mean, scale = _standardized(x, self.standardize)
+    z, mean, scale = _standardized(x, self.standardize, self.floor)
     model = self.estimator(x, None, c, class_weight, present).fit(z, labels)
     coef, intercept = _unstandardized(model.coef_, model.intercept_, mean, scale)
     if len(present) == 2:  # scikit-learn keeps one logit, for the second class
@@ -92,7 +96,7 @@ class OneVsRest(_WarmStarts):
 
   def fit(self, x, targets, k: int, c: float, class_weight=None):
     kernel, bias = np.zeros((x.shape[1], k), np.float32), np.zeros(k, np.float32)
-    z, mean, scale = _standardized(x, self.standardize)
+    z, mean, scale = _standardized(x, self.standardize, self.floor)
     for j in range(k):
       column = np.asarray(targets)[:, j]
       if column.min() == column.max():  # a label always (or never) on: its prior alone
