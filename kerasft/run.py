@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import os
 import tempfile
 import time
 
@@ -17,7 +18,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from kerasft import data, distribute, fit, reports, tasks
+from kerasft import data, distribute, fit, reports, serving, tasks
 from kerasft.methods import auto, peft
 from kerasft.config import RunConfig
 from kerasft.errors import UsageError
@@ -115,7 +116,8 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
     folder.start(config, dataset.class_names)
   with _phase(seconds, "train"):
     fitted = fit.execute(config, model, dataset, task.output, folder, runtime, verbose=verbose)
-  logging.info("final weights fingerprint %s", weights_fingerprint(model))
+  fingerprint = weights_fingerprint(model)
+  logging.info("final weights fingerprint %s", fingerprint)
   result = TrainResult(model=model, history=fitted.history, metrics={}, export_path="",
                        class_names=dataset.class_names, config=config, seconds=seconds)
   if not runtime.is_chief:
@@ -134,8 +136,15 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
                  folder.output(ADAPTER))
   export_path = ""
   with _phase(seconds, "export"):
-    card = {**task.card(metrics), **_methods_card(config, fitted)}
-    if export:
+    card = {**task.card(metrics), **_methods_card(config, fitted), "run": {
+        "model_dir": os.path.abspath(config.model_dir), "id": folder.run_id(),
+        "weights": fingerprint}}
+    # a run killed after its export's rename, before it was recorded, exported already
+    export_path = serving.find_version(config.export_dir, card["run"]) if export else ""
+    if export_path:
+      logging.info("phase export: already exported as %s (same run, same weights)",
+                   export_path)
+    elif export:
       logging.info("phase export: %s", config.export_dir)
       export_path = task.export(model, dataset.class_names, config.export_dir, card)
   folder.finish(export_path, seconds)

@@ -2,6 +2,7 @@
 
     runs/NAME/
       config.json        the resolved RunConfig (any run can be repeated from it)
+      run_id.json        made when the run starts (its exports' model cards name it)
       labels.txt         class (or target) names in output order
       fit_state.json     training segments done and the best monitored value (resume)
       resume.weights.h5  the weights after the last finished segment (resume)
@@ -28,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import uuid
 
 from kerasft.config import RunConfig
 from kerasft.errors import UsageError
@@ -38,7 +40,7 @@ CONFIG, STATE, FIT_STATE = "config.json", "state.json", "fit_state.json"
 RESUME_WEIGHTS, BEST, HISTORY, METRICS = ("resume.weights.h5", "best.keras", "history.json",
                                           "metrics.json")
 EPOCH_LOG, LOGS, BACKUP, FEATURE_CACHE = "epochs.jsonl", "logs", "backup", "feature_cache"
-ADAPTER = "adapter.npz"
+ADAPTER, RUN_ID = "adapter.npz", "run_id.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +85,15 @@ class RunFolder:
     if config.overwrite and os.path.isdir(self.root):
       shutil.rmtree(self.root)
     os.makedirs(self.root, exist_ok=True)
+    if not read_json(self.path(RUN_ID)):
+      write_json({"id": uuid.uuid4().hex}, self.path(RUN_ID))
     config.to_json(self.path(CONFIG))
     write_labels(self.path(LABELS), class_names)
+
+  def run_id(self) -> str:
+    """This run's id: made when the run starts, kept when it resumes, new after
+    --overwrite (an export records it, so a resumed run does not export twice)."""
+    return (read_json(self.path(RUN_ID)) or {}).get("id", "")
 
   def read_config(self) -> RunConfig:
     return RunConfig.from_json(self.path(CONFIG))

@@ -152,6 +152,19 @@ def versions(export_dir: str) -> list[int]:
                 if re.fullmatch(r"\d+", n) and os.path.isdir(os.path.join(export_dir, n)))
 
 
+def find_version(export_dir: str, run: dict) -> str:
+  """The version folder of `export_dir` whose model card's "run" is `run` ("" if none)."""
+  for version in reversed(versions(export_dir)):
+    path = os.path.join(export_dir, str(version))
+    try:
+      with open(os.path.join(path, MODEL_CARD_FILE)) as f:
+        if json.load(f).get("run") == run:
+          return path
+    except (OSError, ValueError):
+      continue
+  return ""
+
+
 def _png(pixels: np.ndarray) -> bytes:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   buffer = io.BytesIO()

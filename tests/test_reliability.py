@@ -1,6 +1,7 @@
 """Bad inputs and faults across every entry point: one `error:` line, exit 2, no traceback,
 nothing written; SIGTERM then resume; concurrent exports; damaged exports and runs."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -142,6 +143,7 @@ def test_sigterm_mid_epoch_stops_in_one_line_and_the_run_resumes(tmp_path):
   stopped_in = time.monotonic() - sent
   assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
   assert stopped_in < 30 and "Traceback" not in err
+  print(f"SIGTERM to exit: {stopped_in:.2f} s")
   last = err.strip().splitlines()[-1]
   assert last.startswith("interrupted (SIGTERM) at epoch ") and last.endswith(
       "of 40; run the same command to resume"), last
@@ -299,3 +301,25 @@ def test_resume_with_cached_features_continues_the_head_epochs(tmp_path, monkeyp
   # killed before epoch 3's backup: epochs 1-2 are kept, 3-8 run after the resume
   assert result.history["loss"][:2] == before[:2]
   assert result.history["phase"] == ["head"] * 8
+
+
+def test_a_run_killed_after_its_export_does_not_export_twice(tmp_path, monkeypatch):
+  from kerasft import run_folder
+  colors = write_color_images(tmp_path / "colors", per_class=8, size=32)
+  config = kerasft.RunConfig(model=kerasft.ModelConfig(model=tiny_model()),
+                             data=kerasft.DataConfig(data_dir=colors),
+                             model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  original = run_folder.RunFolder.finish
+
+  def killed(self, *args):
+    raise KeyboardInterrupt("killed between the export and its record")
+  monkeypatch.setattr(run_folder.RunFolder, "finish", killed)
+  with pytest.raises(KeyboardInterrupt):
+    kerasft.train_classifier(config, verbose=0)
+  assert os.listdir(tmp_path / "export") == ["1"]
+  monkeypatch.setattr(run_folder.RunFolder, "finish", original)
+  result = kerasft.train_classifier(config, verbose=0)
+  assert os.listdir(tmp_path / "export") == ["1"] and result.export_path.endswith("1")
+  again = kerasft.train_classifier(dataclasses.replace(config, overwrite=True), verbose=0)
+  assert sorted(os.listdir(tmp_path / "export")) == ["1", "2"]  # a new run: a new version
+  assert again.export_path.endswith("2")
