@@ -228,3 +228,17 @@ def test_lora_on_a_hub_module_is_refused_in_one_line(tiny, tmp_path):
   assert "error: --peft=lora: the unfrozen part of hub:" in done.stderr
   assert "has no Keras Dense" in done.stderr.strip().splitlines()[-1]
   assert not (tmp_path / "run").exists()
+
+
+def test_an_output_key_the_module_lacks_is_one_line(tmp_path):
+  inputs = keras.Input((SIZE, SIZE, 3))
+  x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+  keras.Model(inputs, x).export(str(tmp_path / "exported"))  # serving_default: {"output_0"}
+  done = call_main("train", f"--model=savedmodel:{tmp_path / 'exported'}",
+                   "--signature=serving_default", "--output_key=logits",
+                   f"--image_size={SIZE}", f"--data_dir={_colors(tmp_path)}",
+                   f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}")
+  assert done.returncode == 2 and "Traceback" not in done.stderr
+  errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+  assert errors == ["error: --output_key: the module has no output 'logits'; it has output_0"]
+  assert not (tmp_path / "run").exists()

@@ -294,6 +294,8 @@ def test_resume_with_cached_features_continues_the_head_epochs(tmp_path, monkeyp
   monkeypatch.setattr(callbacks.EpochLog, "on_epoch_end", killed_after_three)
   with pytest.raises(KeyboardInterrupt):
     kerasft.train_classifier(config, verbose=0)
+  best = json.load(open(tmp_path / "run" / "best.keras.json"))  # kept mid-phase
+  assert best["epoch"] in (0, 1, 2) and (tmp_path / "run" / "best.keras").is_file()
   before = callbacks.history_from_log(str(tmp_path / "run" / "epochs.jsonl"))["loss"]
   monkeypatch.setattr(callbacks.EpochLog, "on_epoch_end", original)
   result = kerasft.train_classifier(config, verbose=0)

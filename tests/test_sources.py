@@ -168,6 +168,10 @@ def test_multilabel_head_trains_and_exports_scores_and_labels(tmp_path):
   assert out["labels"].astype(str).tolist() == expected.astype(str).tolist()
   card = read_labels(result.export_path)
   assert card == ["cool", "natural", "warm"]
+  tflite = call_main("export", f"--run_dir={tmp_path / 'run'}", "--format=tflite",
+                     f"--export_dir={tmp_path / 'tfl'}")  # no top-1 agreement for scores
+  assert tflite.returncode == 0, tflite.stderr[-2000:]
+  assert "largest probability difference" in tflite.stdout and "top-1" not in tflite.stdout
 
 
 def test_regression_head_trains_and_exports_predictions(tmp_path):

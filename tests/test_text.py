@@ -73,6 +73,15 @@ def test_empty_and_undecodable_texts_are_skipped_or_refused(tmp_path, caplog):
     sources.readable_texts(files, "csv", strict=True)
 
 
+@pytest.mark.parametrize("model_fields,data_fields,flag", [
+    ({"image_size": 96}, {}, "image_size"), ({"bn_mode": "affine"}, {}, "bn_mode"),
+    ({}, {"resize": "crop"}, "resize"), ({}, {"cache_dir": "c"}, "cache_dir")])
+def test_image_settings_on_a_text_model_are_errors(model_fields, data_fields, flag):
+  with pytest.raises(UsageError, match=f"^--{flag}: an image setting; not for text models"):
+    kerasft.RunConfig(model=kerasft.ModelConfig(model="keras_hub:x", **model_fields),
+                      data=kerasft.DataConfig(csv="t.csv", **data_fields))
+
+
 def test_text_and_image_flags_do_not_mix():
   with pytest.raises(UsageError, match="^--data_dir: a text model"):
     kerasft.RunConfig.from_dict({"model": {"model": "keras_hub:x"}, "data": {"data_dir": "d"}})
