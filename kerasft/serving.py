@@ -330,14 +330,25 @@ def export(make_signatures: Callable, class_names: list[str], export_dir: str,
 
 
 def export_tflite(saved_model_dir: str, out_dir: str, quantize: str = "none") -> str:
-  """Converts the `serving_default` signature to `out_dir/model.tflite` (labels beside it).
+  """Converts the `serving_default` signature's numeric outputs (probabilities, scores,
+  class ids; not the label strings) to `out_dir/model.tflite` (labels beside it).
 
   quantize: "none" (float32), "dynamic" (int8 weights) or "float16" (float16 weights).
   """
   if quantize not in QUANTIZATIONS:
     raise UsageError(f"--quantize: must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
-  converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
-                                                       signature_keys=["serving_default"])
+  loaded = tf.saved_model.load(saved_model_dir)
+  signature = loaded.signatures["serving_default"]
+  spec = signature.structured_input_signature[1]["images"]  # TFLite: image models only
+  numeric = sorted(k for k, out in signature.structured_outputs.items() if out.dtype != tf.string)
+
+  @tf.function(input_signature=[spec])
+  def serving_default(images):  # TFLite's builtin ops have no string broadcasting (labels)
+    result = signature(images=images)
+    return {k: result[k] for k in numeric}
+
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [serving_default.get_concrete_function()], loaded)
   if quantize != "none":
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   if quantize == "float16":
