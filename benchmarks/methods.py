@@ -46,6 +46,7 @@ METHODS = {  # name: (methods fields, whether it fine-tunes)
 }
 flags.DEFINE_list("settings", ["image", "text", "few_shot"], "Settings to run.")
 # --markdown is small_data's flag (defined when it is imported).
+flags.DEFINE_list("only", [], "Run only these methods (names as in the table).")
 flags.DEFINE_string("row", "", "Internal: run one row (setting:method) in this process.")
 flags.DEFINE_string("work", "", "Internal: the benchmark's scratch folder.")
 FLAGS = flags.FLAGS
@@ -120,8 +121,9 @@ def _endpoints(result, tests, kind, names):
   for alpha, path in (("0", os.path.join(run, averaging.HEAD_WEIGHTS)),
                       ("1", os.path.join(run, averaging.TOP_K, top))):
     result.model.set_weights(averaging.load_weights(path))
-    export = tasks.for_config(result.config).export(
-        result.model, names, os.path.join(run, f"alpha{alpha}"), {})
+    task = tasks.for_config(result.config)
+    export = task.export(result.model, names, os.path.join(run, f"alpha{alpha}"),
+                         task.card(None))
     out.update({f"{k} alpha {alpha}": _accuracy(export, v, kind, names) for k, v in tests.items()})
   return out
 
@@ -169,8 +171,10 @@ def _read_data(setting, work):
 
 def _rows(setting):
   if setting == "few_shot":
-    return ["features + LogisticRegressionCV", "default (frozen, convex head)", "few-shot"]
-  return list(METHODS)
+    rows = ["features + LogisticRegressionCV", "default (frozen, convex head)", "few-shot"]
+  else:
+    rows = list(METHODS)
+  return [r for r in rows if not FLAGS.only or r in FLAGS.only]
 
 
 def _cell(row, key):
