@@ -124,6 +124,8 @@ class ImageTask(Task):
   def block_model(self):
     """The backbone (without downloading weights) whose blocks --list_blocks prints."""
     m = self.config.model
+    if backbones.source(m.model)[0]:  # a module or file: its own weights
+      return backbones.build(m).model
     return backbones.build(dataclasses.replace(
         m, weights="none" if m.weights == "imagenet" else m.weights)).model
 
