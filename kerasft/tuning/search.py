@@ -147,8 +147,9 @@ def make_oracle(kind: str, objective, hp, max_trials: int | None, deadline: floa
         return {"status": "STOPPED", "values": None}
       return super().populate_space(trial_id)
 
-  kwargs = {"max_epochs": space_module.HYPERBAND_MAX_EPOCHS} if kind == "hyperband" else {
-      "max_trials": max_trials or 10**6}
+  kwargs = {"max_epochs": space_module.HYPERBAND_MAX_EPOCHS,  # with a deadline: more
+             "hyperband_iterations": 1 if deadline is None else 10**3,  # brackets until it
+             } if kind == "hyperband" else {"max_trials": max_trials or 10**6}
   oracle = Budgeted(objective=objective, hyperparameters=hp, seed=seed,
                     max_consecutive_failed_trials=10**6, **kwargs)
   oracle.max_trials = max_trials or None
