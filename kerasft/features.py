@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import time
 
 import keras
 import numpy as np
@@ -112,6 +113,7 @@ class SharedExtraction:
   extraction passes made."""
   arrays: dict = dataclasses.field(default_factory=dict)
   extractions: int = 0
+  seconds: float = 0.0  # spent extracting
 
 
 _SHARED: list[SharedExtraction] = []
@@ -184,9 +186,11 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
     logging.info("feature cache: the features extracted for an earlier run in this process")
     computed = shared.arrays[key]
   else:
+    start = time.perf_counter()
     computed = _extract(extractor, dataset, verbose).astype(dtype)
     if shared:
       shared.arrays[key], shared.extractions = computed, shared.extractions + 1
+      shared.seconds += time.perf_counter() - start
   onehot = np.concatenate([train.targets(), val.targets()])
   n = len(train.inputs)
   return FeatureDatasets(

@@ -121,9 +121,10 @@ def flagfile(config_dict: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def finish(config, task, settings, root: str, test, extractions: int, clock):
+def finish(config, task, settings, root: str, test, extracted: tuple, clock):
   """Writes the search's outputs, exports the best trial and evaluates it and the default
-  recipe on the test split; returns the `TuneResult`."""
+  recipe on the test split; returns the `TuneResult`. extracted: (feature extraction
+  passes, their seconds) in this process."""
   from kerasft.tuning.tuner import TuneResult  # pylint: disable=g-import-not-at-top
   records = search.records(root)
   ranked = _ranked(records, task.output.objective[1])
@@ -142,10 +143,10 @@ def finish(config, task, settings, root: str, test, extractions: int, clock):
   with open(os.path.join(root, "leaderboard.txt"), "w") as f:
     f.write(table + "\n")
   logging.info("leaderboard (validation):\n%s", table)
-  _log_budget(records, extractions)
+  _log_budget(records, *extracted)
   export_path = _export(best, records, settings, config, task)
   tested = _test(best, records, test, root, task) if test else {}
-  return TuneResult(ranked, _config(best), export_path, tested, extractions)
+  return TuneResult(ranked, _config(best), export_path, tested, extracted[0])
 
 
 def leaderboard(ranked: list, objective: str, top: int = 10) -> str:
@@ -156,12 +157,12 @@ def leaderboard(ranked: list, objective: str, top: int = 10) -> str:
   return "\n".join(rows)
 
 
-def _log_budget(records: list, extractions: int) -> None:
+def _log_budget(records: list, extractions: int, extracting: float) -> None:
   spent = {kind: sum(r.seconds for r in records if r.kind == kind)
            for kind in ("probe", "frozen", "unfrozen")}
-  logging.info("time: %.0f s in probes (frozen, with the feature extractions: %d in this "
-               "process), %.0f s in frozen trials, %.0f s in unfrozen trials",
-               spent["probe"], extractions, spent["frozen"], spent["unfrozen"])
+  logging.info("time: %.0f s extracting features (%d passes in this process, within the "
+               "trials), %.0f s in frozen trials (probes included), %.0f s in unfrozen trials",
+               extracting, extractions, spent["probe"] + spent["frozen"], spent["unfrozen"])
 
 
 def _config(record):

@@ -128,8 +128,9 @@ def tune(config, settings, verbose: int | str = 0, share_features: bool = True
                                 deadline, config.training.seed)
     tuner = _tuner_class()(oracle, config, root, images, clock)
     tuner.search(verbose=verbose)
-    extractions = shared.extractions
+    extractions, extracting = shared.extractions, shared.seconds
   if is_worker:
-    return TuneResult([], None, "", {}, extractions)
-  return report.finish(config, task, settings, root, test_data, extractions, clock)
+    return TuneResult([], None, "", {}, extractions)  # a worker: the chief reports
+  return report.finish(config, task, settings, root, test_data, (extractions, extracting),
+                       clock)
 
