@@ -51,6 +51,20 @@ def sublayers(layer) -> list:
   return list(layer._flatten_layers(include_self=True, recursive=True))  # pylint: disable=protected-access
 
 
+def disable_op_determinism() -> None:
+  """Undoes `tf.config.experimental.enable_op_determinism()` in this process (TensorFlow
+  has no public switch back: tensorflow/python/framework/config.py
+  `disable_op_determinism`, checked on TF 2.21). A run without --deterministic after one
+  with it (tests, notebooks, a search's trials) would otherwise keep deterministic ops and
+  lose XLA (Keras turns jit_compile off under op determinism). Fallback: left as it is."""
+  try:
+    from tensorflow.python.framework import config as tf_config  # pylint: disable=g-import-not-at-top
+    if tf_config.is_op_determinism_enabled():
+      tf_config.disable_op_determinism()
+  except (ImportError, AttributeError):
+    logging.warning("kerasft._compat: cannot turn op determinism off in this TensorFlow")
+
+
 def pin_inference_mode(layer) -> None:
   """Makes `layer(x, training=False)` in a functional model stay in inference mode.
 

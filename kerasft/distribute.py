@@ -104,6 +104,8 @@ def setup(training: TrainingConfig, batch_size: int) -> Runtime:
   keras.mixed_precision.set_global_policy(policy)
   if training.deterministic:
     tf.config.experimental.enable_op_determinism()
+  else:  # an earlier --deterministic run in this process must not linger (it turns XLA off)
+    _compat.disable_op_determinism()
   jit = training.jit_compile == "on" or (training.jit_compile == "auto" and bool(gpus))
   is_chief, worker_id = chief_and_id(strategy)
   replicas = strategy.num_replicas_in_sync

@@ -114,3 +114,12 @@ def test_tfds_data_root_canary(tmp_path):
   import tensorflow_datasets as tfds
   builder = tfds.builder("mnist", data_dir=str(tmp_path))
   assert _compat.tfds_data_root(builder) == str(tmp_path)
+
+
+def test_op_determinism_can_be_turned_off_again_canary():
+  import tensorflow as tf
+  from tensorflow.python.framework import config as tf_config
+  tf.config.experimental.enable_op_determinism()
+  assert tf_config.is_op_determinism_enabled()
+  _compat.disable_op_determinism()
+  assert not tf_config.is_op_determinism_enabled()
