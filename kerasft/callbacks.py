@@ -102,14 +102,13 @@ class BestCheckpoint(keras.callbacks.Callback):
   def _write(self):
     current = self._full.get_weights()
     self._full.set_weights(self._weights)
-    staging = f"{self._path[:-len('.keras')]}.tmp.keras"
-    self._full.save(staging)
-    os.replace(staging, self._path)
+    from kerasft.files import atomic_path, write_json  # pylint: disable=g-import-not-at-top
+    with atomic_path(self._path) as staging:
+      self._full.save(staging)
     self._full.set_weights(current)
     if self._raw:
       from kerasft.methods import averaging  # pylint: disable=g-import-not-at-top
       averaging.save_weights(self._weights, f"{self._path}.npz")
-    from kerasft.files import write_json  # pylint: disable=g-import-not-at-top
     write_json({"best": float(self.best), "epoch": self._epoch},
                f"{self._path}.json")
     self._dirty, self._written = False, time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -15,6 +16,23 @@ def write_json(obj, path: str, sort_keys: bool = False) -> None:
     json.dump(obj, f, indent=2, sort_keys=sort_keys)
     f.write("\n")
   os.replace(staging, path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+  """Yields a staging path beside `path` with the same extensions (`best.keras` ->
+  `best.tmp.keras`: Keras and matplotlib pick the format from them); what was written
+  there replaces `path` in one rename when the block ends, and is removed if it fails."""
+  folder, name = os.path.split(path)
+  stem, dot, rest = name.partition(".")
+  staging = os.path.join(folder, f"{stem}.tmp{dot}{rest}")
+  try:
+    yield staging
+    os.replace(staging, path)
+  except BaseException:
+    if os.path.exists(staging):
+      os.remove(staging)
+    raise
 
 
 def read_json(path: str, default=None):

@@ -23,7 +23,7 @@ from kerasft import callbacks
 from kerasft.callbacks import BestCheckpoint, EpochLog, append_epoch, history_from_log
 from kerasft.config import RunConfig
 from kerasft.pipeline import Dataset
-from kerasft.files import write_json
+from kerasft.files import atomic_path, write_json
 from kerasft.heads import backbone_of
 from kerasft.methods import averaging, few_shot, peft
 from kerasft.plan import Segment, make_plan
@@ -206,9 +206,8 @@ def _finish_segment(folder: RunFolder, model, index: int, checkpoint, runtime,
     averaging.save_weights(model.get_weights(), folder.path(averaging.HEAD_WEIGHTS))
   if segment == plan[-1] and config.methods.average == "ema":  # Keras swapped the EMA in
     averaging.save_weights(model.get_weights(), folder.path(averaging.EMA_WEIGHTS))
-  staging = folder.path(RESUME_WEIGHTS).replace(".weights.h5", ".tmp.weights.h5")
-  model.save_weights(staging)  # then renamed: a kill never leaves half a file
-  os.replace(staging, folder.path(RESUME_WEIGHTS))
+  with atomic_path(folder.path(RESUME_WEIGHTS)) as staging:  # a kill leaves no half file
+    model.save_weights(staging)
   folder.write_fit_state(index + 1, float(checkpoint.best))
 
 

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from kerasft.files import read_json, write_json
+from kerasft.files import atomic_path, read_json, write_json
 from kerasft.methods import WISE_FT_ALPHAS, wise_ft_alpha
 
 TOP_K, HEAD_WEIGHTS, EMA_WEIGHTS = "top_k", "head_phase.npz", "ema.npz"
@@ -34,9 +34,8 @@ BN_BATCHES = 200
 
 def save_weights(weights: list, path: str) -> None:
   """Writes a raw weight list (`Model.get_weights()`) to `path` (.npz) atomically."""
-  with open(f"{path}.tmp", "wb") as f:
+  with atomic_path(path) as staging, open(staging, "wb") as f:
     np.savez(f, *weights)
-  os.replace(f"{path}.tmp", path)
 
 
 def load_weights(path: str) -> list:
@@ -186,9 +185,9 @@ def plot_wise_ft(scores: dict, monitor: str, sign: float, path: str) -> None:
   ax.set_title("WiSE-FT on the validation split")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(f"{path}.tmp.png", dpi=100)
+  with atomic_path(path) as staging:
+    fig.savefig(staging, dpi=100)
   plt.close(fig)
-  os.replace(f"{path}.tmp.png", path)
 
 
 def finish(methods, scorer: Scorer, top_dir: str, best: tuple, head=None, ema=None,

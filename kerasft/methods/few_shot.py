@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from kerasft import backbones
+from kerasft.files import atomic_path
 from kerasft.heads import backbone_of
 
 TUNED = "few_shot.weights.h5"
@@ -107,8 +108,8 @@ def tune(model: keras.Model, dataset, config, path: str, verbose="auto") -> dict
                            callbacks=[callbacks.Deadline()] if callbacks.past_deadline()
                            is not None else [])
   backbones.freeze(backbone)
-  model.save_weights(f"{path}.tmp.weights.h5")
-  os.replace(f"{path}.tmp.weights.h5", path)
+  with atomic_path(path) as staging:
+    model.save_weights(staging)
   result = {"pairs": len(same), "loss": float(history.history["loss"][-1]),
             "seconds": time.perf_counter() - start}
   logging.info("few-shot: pair loss %.4f after %.1f s", result["loss"], result["seconds"])

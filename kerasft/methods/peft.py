@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 
 import keras
 import numpy as np
@@ -22,6 +21,7 @@ from absl import logging
 
 from kerasft import _compat, backbones
 from kerasft.errors import UsageError
+from kerasft.files import atomic_path
 from kerasft.heads import backbone_of
 
 DEFAULT_TARGETS = ("query", "value")  # attention projections; plus pointwise convolutions
@@ -151,9 +151,8 @@ def save_adapter(model: keras.Model, path: str, config_dict: dict, labels: list[
   arrays = {f"w{i}": keras.ops.convert_to_numpy(w) for i, w in weights.items()}
   meta = {"config": config_dict, "labels": labels, "stats": stats, "paths": {
       f"w{i}": w.path for i, w in weights.items()}, "count": len(model.weights)}
-  with open(f"{path}.tmp", "wb") as f:
+  with atomic_path(path) as staging, open(staging, "wb") as f:
     np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays)
-  os.replace(f"{path}.tmp", path)
   return sum(a.nbytes for a in arrays.values())
 
 

@@ -17,7 +17,7 @@ import os
 
 from absl import logging
 
-from kerasft.files import write_json
+from kerasft.files import atomic_path, write_json
 from kerasft.tuning import search
 
 SKIPPED_FLAGS = ("name", "model_dir", "export_dir", "overwrite")
@@ -44,7 +44,7 @@ def _ranked(records: list, direction: str) -> list:
 def write_trials(records: list, path: str) -> None:
   """trials.csv: one row per trial, the search values as columns."""
   keys = sorted({k for r in records for k in r.values})
-  with open(f"{path}.tmp", "w", newline="") as f:
+  with atomic_path(path) as staging, open(staging, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["trial", "kind", "model", "status", "value", "seconds", "finished_at",
                      "worker", *keys])
@@ -52,7 +52,6 @@ def write_trials(records: list, path: str) -> None:
       writer.writerow([r.trial_id, r.kind, r.model, r.status,
                        "" if r.value is None else f"{r.value:.6f}", f"{r.seconds:.1f}",
                        f"{r.finished_at:.1f}", r.worker, *(r.values.get(k, "") for k in keys)])
-  os.replace(f"{path}.tmp", path)
 
 
 def plot(records: list, objective: tuple, path: str) -> None:
@@ -75,9 +74,9 @@ def plot(records: list, objective: tuple, path: str) -> None:
   ax.legend(loc="lower right" if objective[1] == "max" else "upper right", fontsize=8)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(f"{path}.tmp.png", dpi=100)
+  with atomic_path(path) as staging:
+    fig.savefig(staging, dpi=100)
   plt.close(fig)
-  os.replace(f"{path}.tmp.png", path)
 
 
 def write_hparams(records: list, objective: tuple, folder: str) -> None:
@@ -134,11 +133,10 @@ def finish(config, task, settings, root: str, test, extracted: tuple, clock):
   plot(records, task.output.objective, os.path.join(root, "tune.png"))
   write_hparams(records, task.output.objective, os.path.join(root, "hparams"))
   best = ranked[0]
-  with open(os.path.join(root, "best.cfg.tmp"), "w") as f:
+  with atomic_path(os.path.join(root, "best.cfg")) as staging, open(staging, "w") as f:
     f.write(f"# kerasft.tune: the best of {len(records)} trials (trial {best.trial_id}, "
             f"validation {task.output.objective[0]} {best.value:.4f})\n"
             + flagfile(best.config))
-  os.replace(os.path.join(root, "best.cfg.tmp"), os.path.join(root, "best.cfg"))
   table = leaderboard(ranked, task.output.objective[0])
   with open(os.path.join(root, "leaderboard.txt"), "w") as f:
     f.write(table + "\n")
