@@ -11,7 +11,7 @@ from absl import logging
 
 from kerasft import client, reports, serving, tasks
 from kerasft.errors import UsageError
-from kerasft.files import read_labels
+from kerasft.files import LABELS, read_labels
 from kerasft.run_folder import RunFolder
 
 
@@ -49,17 +49,26 @@ def load_adapter(path: str):
   return model, task, labels
 
 
-def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None = None,
-               overwrite: bool = False, fmt: str = "saved_model", quantize: str = "none"
-               ) -> dict:
-  """Exports a run's best checkpoint (or a .keras checkpoint inside a run folder, or an
-  adapter file, .npz: `load_adapter`).
+CHECK_EXAMPLES = 300  # validation images a converted file is compared on
 
-  fmt: "saved_model", "tflite" or "both". export_dir defaults to the run's. Returns the
-  written paths ("saved_model", "tflite") and, for TFLite, how it agrees with the
-  SavedModel on sample inputs (`Output.agreement`: "tflite_max_difference", and for
-  multiclass "tflite_top1_agreement").
+
+def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None = None,
+               overwrite: bool = False, formats: tuple[str, ...] = ("saved_model",),
+               quantize: str = "none", calibration_examples: int = 200,
+               tflite_io: str = "float") -> dict:
+  """Exports a run's best checkpoint (or a .keras checkpoint inside a run folder, or an
+  adapter file, .npz: `load_adapter`) in `formats` ("saved_model", "tflite", "onnx").
+
+  export_dir defaults to the run's. TFLite and ONNX files (`kerasft.formats`) are
+  converted from the SavedModel written here (or one in a scratch folder) into
+  <export_dir>/<format>/<version>/, and compared with it on up to CHECK_EXAMPLES of the
+  run's validation images; int8 calibrates on `calibration_examples` training images.
+  Returns {format: path} and {format + "_check": the comparison (`Output.agreement`, with
+  "on": which images)}; the checks also go into the model cards.
   """
+  from kerasft import formats as conversions  # pylint: disable=g-import-not-at-top
+  if "onnx" in formats:
+    conversions.check_onnx_installed()
   if run_or_checkpoint.endswith(".npz"):  # an adapter
     model, task, class_names = load_adapter(run_or_checkpoint)
     card = {**task.card(None), "adapter": os.path.abspath(run_or_checkpoint)}
@@ -68,25 +77,55 @@ def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None
     run_dir = os.path.dirname(run_or_checkpoint) if is_checkpoint else run_or_checkpoint
     model, task, class_names = load_run(run_dir, run_or_checkpoint if is_checkpoint else "")
     card = task.card(RunFolder(run_dir).metrics())
-  task.check_format(fmt)
+  task.check_formats(formats, quantize)
   export_dir = export_dir or task.config.export_dir
+  converted = [f for f in formats if f != "saved_model"]
+  if converted and version is None and "saved_model" not in formats:  # the next free one
+    version = 1 + max([0, *serving.versions(export_dir), *(
+        v for f in converted for v in serving.versions(os.path.join(export_dir, f)))])
+  for fmt in converted:  # before any work: an existing version is kept without --overwrite
+    if version is not None and os.path.exists(conversions.folder(export_dir, fmt, version)) \
+        and not overwrite:
+      raise UsageError(f"--version: {conversions.folder(export_dir, fmt, version)} already "
+                       "exists; pass --overwrite to replace it")
+  calibration = (task.sample_inputs(calibration_examples, "train") if quantize == "int8"
+                 else (None, ""))
   result = {}
-  if fmt in ("saved_model", "both"):
-    result["saved_model"] = task.export(model, class_names, export_dir, card, version,
-                                        overwrite)
-    version = int(os.path.basename(result["saved_model"]))
-  if fmt in ("tflite", "both"):
-    version = version or (serving.versions(export_dir) or [0])[-1] + 1
-    out_dir = os.path.join(export_dir, serving.TFLITE_FOLDER, str(version))
-    if os.path.exists(out_dir) and not overwrite:
-      raise UsageError(f"--version: {out_dir} already exists; pass --overwrite to replace it")
-    with tempfile.TemporaryDirectory() as scratch:
-      saved = result.get("saved_model") or task.export(
-          model, class_names, os.path.join(scratch, "m"), card, 1)
-      result["tflite"] = serving.export_tflite(saved, out_dir, quantize)
-      inputs = task.sample_inputs(16)
-      result.update(task.output.agreement(client.tflite_probabilities(result["tflite"], inputs),
-                                          client.saved_model_probabilities(saved, inputs)))
+  with tempfile.TemporaryDirectory() as scratch:
+    if "saved_model" in formats:
+      saved = result["saved_model"] = task.export(model, class_names, export_dir, card,
+                                                  version, overwrite)
+      version = int(os.path.basename(saved))
+    elif converted:
+      saved = task.export(model, class_names, os.path.join(scratch, "m"), card, 1)
+    if converted:
+      images, checked_on = task.sample_inputs(CHECK_EXAMPLES)
+      expected = client.saved_model_probabilities(saved, images)
+    for fmt in converted:
+      logging.info("converting to %s", fmt)
+      content = (conversions.tflite_bytes(saved, quantize, calibration[0], tflite_io)
+                 if fmt == "tflite" else conversions.onnx_bytes(saved))
+      trial = os.path.join(scratch, conversions.FILES[fmt])
+      with open(trial, "wb") as f:
+        f.write(content)
+      outputs = conversions.RUNNERS[fmt](trial, images)
+      got = client.main_output(outputs)
+      check = {**task.output.agreement(got, expected), "on": checked_on}
+      entry = {"file": f"{fmt}/{version}/{conversions.FILES[fmt]}", "bytes": len(content),
+               **({"quantize": quantize, "io": tflite_io} if fmt == "tflite" else
+                  {"opset": conversions.ONNX_OPSET}),
+               **({"calibration": calibration[1]} if fmt == "tflite" and calibration[1]
+                  else {}),
+               "check": check}
+      own_card = {k: v for k, v in client.read_model_card(saved).items()
+                  if k not in ("signatures", "custom_ops")}
+      result[fmt] = conversions.write(export_dir, fmt, version, content,
+                                      os.path.join(saved, "assets", LABELS),
+                                      {**own_card, "outputs": sorted(outputs),
+                                       "format": entry}, overwrite)
+      result[f"{fmt}_check"] = check
+      if "saved_model" in result:
+        conversions.record(os.path.join(saved, serving.MODEL_CARD_FILE), fmt, entry)
   return result
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -37,24 +36,13 @@ def resolve(export: str, flag: str = "export") -> str:
 def main_output(result: dict) -> np.ndarray:
   """The task's main output among a signature's outputs: probabilities, scores or
   predictions."""
-  return result[next(k for k in MAIN_OUTPUTS if k in result)].numpy()
+  return np.asarray(result[next(k for k in MAIN_OUTPUTS if k in result)])
 
 
 def saved_model_probabilities(version_dir: str, images: np.ndarray) -> np.ndarray:
   """Runs an export's `serving_default` on float32 images [N, S, S, 3]; its main output."""
   signature = load_saved_model(version_dir).signatures["serving_default"]
   return main_output(signature(images=tf.constant(images)))
-
-
-def tflite_probabilities(tflite_path: str, images: np.ndarray) -> np.ndarray:
-  """Runs a `model.tflite` from `export_tflite` on float32 images [N, S, S, 3]."""
-  with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
-    warnings.simplefilter("ignore")
-    interpreter = tf.lite.Interpreter(model_path=tflite_path)
-  runner = interpreter.get_signature_runner("serving_default")
-  return np.concatenate([
-      next(r[k] for k in MAIN_OUTPUTS if k in r)
-      for r in (runner(images=images[i:i + 1]) for i in range(len(images)))])
 
 
 def read_model_card(version_dir: str) -> dict:

@@ -15,6 +15,9 @@ from kerasft.errors import UsageError
 from kerasft.files import check_writable
 from kerasft.settings import check_choices, positive_int, setting
 
+# --format -> what it writes, the SavedModel first (the others are converted from it).
+FORMATS = {"saved_model": ("saved_model",), "tflite": ("tflite",), "onnx": ("onnx",),
+           "both": ("saved_model", "tflite"), "all": ("saved_model", "tflite", "onnx")}
 _EXPORT_HELP = "An export: saved_models/NAME (newest version) or saved_models/NAME/N."
 _RUN_DIR_HELP = "A training run's folder (its best checkpoint)."
 
@@ -82,10 +85,26 @@ class ExportConfig:
   version: Optional[int] = setting(None, "export: the version number [the next free one].")
   overwrite: bool = setting(False, "Replace a finished run in --model_dir, or an existing "
                             "--version.")
-  format: str = setting("saved_model", "export: what to write.",
-                        choices=("saved_model", "tflite", "both"))
-  quantize: str = setting("none", "export: TFLite quantization.",
-                          choices=("none", "dynamic", "float16"))
+  format: str = setting("saved_model", "export: what to write: the TF Serving SavedModel, a "
+                        "LiteRT (TFLite) file, an ONNX file (the onnx extra), both = "
+                        "saved_model+tflite, all = the three.",
+                        choices=tuple(FORMATS))
+  quantize: str = setting("none", "export: TFLite quantization: dynamic (int8 weights), "
+                          "float16 (float16 weights), int8 (weights and activations, "
+                          "calibrated on the run's training images).",
+                          choices=("none", "dynamic", "float16", "int8"))
+  calibration_examples: Optional[int] = setting(
+      None, "export --quantize=int8: how many of the run's training images calibrate the "
+      "activation ranges [200].")
+  tflite_io: str = setting("float", "export --quantize=int8: the TFLite file's input and "
+                           "output type: float (float32 pixels 0..255 in, float32 out) or "
+                           "uint8 (uint8 pixels in, uint8 outputs with their scale in the "
+                           "file, for integer-only accelerators).", choices=("float", "uint8"))
+
+  @property
+  def formats(self) -> tuple[str, ...]:
+    """The formats --format names, SavedModel first."""
+    return FORMATS[self.format]
 
   def __post_init__(self):
     check_choices(self)
@@ -96,6 +115,16 @@ class ExportConfig:
     check_writable(self.export_dir, "export_dir")
     if self.version is not None:
       positive_int(self.version, "version")
+    if self.quantize != "none" and "tflite" not in self.formats:
+      raise UsageError(f"--quantize={self.quantize}: quantizes the TFLite file; pass "
+                       "--format=tflite (or both, all) or leave --quantize out")
+    if self.tflite_io != "float" and self.quantize != "int8":
+      raise UsageError(f"--tflite_io={self.tflite_io}: integer input and output need "
+                       "--quantize=int8")
+    if self.calibration_examples is not None:
+      positive_int(self.calibration_examples, "calibration_examples")
+      if self.quantize != "int8":
+        raise UsageError("--calibration_examples: calibrates --quantize=int8 only")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,10 +3,13 @@
   python -m kerasft.export --run_dir=runs/NAME                       # next version
   python -m kerasft.export --run_dir=runs/NAME --version=3 --overwrite
   python -m kerasft.export --checkpoint=runs/NAME/best.keras --format=both --quantize=dynamic
+  python -m kerasft.export --run_dir=runs/NAME --format=tflite --quantize=int8 --tflite_io=uint8
+  python -m kerasft.export --run_dir=runs/NAME --format=all            # + ONNX (onnx extra)
   python -m kerasft.export --adapter=runs/NAME/adapter.npz --export_dir=saved_models/NAME2
 
 The SavedModel goes to <export_dir>/<N>/; TFLite to <export_dir>/tflite/<N>/model.tflite
-with labels.txt beside it, checked against the SavedModel on sample images.
+and ONNX to <export_dir>/onnx/<N>/model.onnx, each with labels.txt and a model card beside
+it, checked against the SavedModel on the run's validation images (`kerasft.formats`).
 """
 
 import os
@@ -23,18 +26,24 @@ def main(argv):
     raise errors.UsageError(f"unexpected arguments {argv[1:]}; all inputs are --flags")
   settings = cli.from_flags(commands.ExportConfig)
   from kerasft import artifacts  # pylint: disable=g-import-not-at-top
-  result = artifacts.export_run(settings.run_dir or settings.checkpoint or settings.adapter,
-                                settings.export_dir,
-                                settings.version, settings.overwrite, settings.format,
-                                settings.quantize)
-  for kind in ("saved_model", "tflite"):
-    if kind in result:
-      print(f"{kind}: {result[kind]}")
-  if "tflite" in result:
-    agreement = result.get("tflite_top1_agreement")
-    print(f"TFLite vs SavedModel on sample inputs: largest probability difference "
-          f"{result['tflite_max_difference']:.2e}" + (
-              "" if agreement is None else f", same top-1 class on {100 * agreement:.0f}%"))
+  result = artifacts.export_run(
+      settings.run_dir or settings.checkpoint or settings.adapter, settings.export_dir,
+      settings.version, settings.overwrite, settings.formats, settings.quantize,
+      settings.calibration_examples or 200, settings.tflite_io)
+  for fmt in settings.formats:
+    print(f"{fmt}: {result[fmt]}")
+    if f"{fmt}_check" in result:
+      print(f"  {fmt} vs SavedModel: {describe(result[f'{fmt}_check'])}")
+
+
+def describe(check: dict) -> str:
+  """One line for a converted file's check (`artifacts.export_run`)."""
+  parts = [f"largest difference {check['max_difference']:.2e}"]
+  for key, what in (("top1_agreement", "same top-1 class"),
+                    ("label_agreement", "same label decisions")):
+    if key in check:
+      parts.append(f"{what} on {100 * check[key]:.1f}%")
+  return ", ".join(parts) + f" of {check['on']}"
 
 
 if __name__ == "__main__":

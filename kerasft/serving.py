@@ -1,4 +1,4 @@
-"""SavedModel and TFLite export in TF Serving's layout: `<export_dir>/<version>/`.
+"""SavedModel export in TF Serving's layout: `<export_dir>/<version>/`.
 
 The SavedModel is saved from a `tf.Module` that tracks only the model's underlying
 variables (`[v.value for v in model.variables]`), with `tf.function` signatures that call
@@ -44,9 +44,7 @@ from kerasft.files import LABELS, write_labels
 MODEL_CARD_FILE = "model_card.json"
 MODELS_CONFIG_FILE = "models.config"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-TFLITE_FOLDER = "tflite"
 SIGNATURES = ("serving_default", "serving_bytes", "serving_example")
-QUANTIZATIONS = ("none", "dynamic", "float16")
 
 
 @dataclasses.dataclass
@@ -250,7 +248,7 @@ def _write_version(staging: str, make_signatures: Callable, class_names: list[st
     json.dump(card, f, indent=2)
 
 
-def _swap_in(staging: str, final: str, export_dir: str, version: int) -> None:
+def swap_in(staging: str, final: str, export_dir: str, version: int) -> None:
   """Renames a complete `staging` folder to `final`, replacing what is there."""
   os.chmod(staging, 0o755)  # mkdtemp makes it private; a server may run as another user.
   if os.path.exists(final):
@@ -320,44 +318,10 @@ def export(make_signatures: Callable, class_names: list[str], export_dir: str,
     if chosen is None:  # the next free version, claimed by an atomic rename
       version, final = _claim(staging, export_dir, version)
     else:
-      _swap_in(staging, final, export_dir, version)
+      swap_in(staging, final, export_dir, version)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
   update_models_config(os.path.dirname(os.path.abspath(export_dir)))
   logging.info("exported version %d to %s", version, final)
   return final
-
-
-def export_tflite(saved_model_dir: str, out_dir: str, quantize: str = "none") -> str:
-  """Converts the `serving_default` signature's numeric outputs (probabilities, scores,
-  class ids; not the label strings) to `out_dir/model.tflite` (labels beside it).
-
-  quantize: "none" (float32), "dynamic" (int8 weights) or "float16" (float16 weights).
-  """
-  if quantize not in QUANTIZATIONS:
-    raise UsageError(f"--quantize: must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
-  loaded = tf.saved_model.load(saved_model_dir)
-  signature = loaded.signatures["serving_default"]
-  spec = signature.structured_input_signature[1]["images"]  # TFLite: image models only
-  numeric = sorted(k for k, out in signature.structured_outputs.items() if out.dtype != tf.string)
-
-  @tf.function(input_signature=[spec])
-  def serving_default(images):  # TFLite's builtin ops have no string broadcasting (labels)
-    result = signature(images=images)
-    return {k: result[k] for k in numeric}
-
-  converter = tf.lite.TFLiteConverter.from_concrete_functions(
-      [serving_default.get_concrete_function()], loaded)
-  if quantize != "none":
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-  if quantize == "float16":
-    converter.target_spec.supported_types = [tf.float16]
-  content = converter.convert()
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, "model.tflite")
-  with open(path, "wb") as f:
-    f.write(content)
-  shutil.copy(os.path.join(saved_model_dir, "assets", LABELS),
-              os.path.join(out_dir, LABELS))
-  return path

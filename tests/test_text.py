@@ -333,6 +333,12 @@ def test_a_kerashub_preset_folder_trains_from_text_dir_and_exports(tiny_preset, 
   assert all(op in ("CaseFoldUTF8", "NormalizeUTF8", "RegexSplitWithOffsets",
                     "FastWordpieceTokenizeWithOffsets", "TFText>RoundRobinTrim")
              for op in card["custom_ops"]), card["custom_ops"]
+  from kerasft import artifacts  # LiteRT and ONNX cannot carry those ops: refused, nothing written
+  for formats in (("tflite",), ("onnx",), ("saved_model", "tflite", "onnx")):
+    with pytest.raises(UsageError, match=r"^--format=.*: text models export as saved_model "
+                                         r"only: .*tensorflow-text ops"):
+      artifacts.export_run(str(tmp_path / "run"), str(tmp_path / "other"), formats=formats)
+  assert not os.path.exists(tmp_path / "other")
 
 
 def test_tfds_text_data_sets_are_read_with_their_text_feature():

@@ -13,7 +13,6 @@ class Task:
   `Output`. `backbone` is the loaded backbone once `build_model` has run (or one given to
   reuse). Subclasses say how inputs are read, batched, modelled and served."""
   INPUT_DTYPE = "float32"  # what the export's serving_default takes
-  TFLITE = True  # whether a TFLite file can be made
 
   def __init__(self, config, output: Output, backbone=None):
     self.config, self.output, self.backbone = config, output, backbone
@@ -89,5 +88,6 @@ class Task:
     return "\n".join(f"{name:<28} {len(layers):>3} layers: {', '.join(l.name for l in layers)}"
                      for name, layers in backbones.blocks(self.block_model()))
 
-  def check_format(self, fmt: str) -> None:
-    """Raises a UsageError when --format asks for what this modality cannot write."""
+  def check_formats(self, formats: tuple[str, ...], quantize: str = "none") -> None:
+    """Raises a UsageError when --format or --quantize asks for what this task cannot
+    write (`kerasft.formats`); images convert to every format."""

@@ -110,16 +110,26 @@ class ImageTask(Task):
                                     labels_path, self.config.data.resize,
                                     self.output.serving_outputs)
 
-  def sample_inputs(self, n: int) -> np.ndarray:
-    """Up to `n` validation images of the run as float32 [n, S, S, 3], else random pixels
-    (when the run's data is gone)."""
+  def sample_inputs(self, n: int, split: str = "validation") -> tuple[np.ndarray, str]:
+    """Up to `n` images of the run's "train" or "validation" split, drawn evenly over it
+    (seeded) and read as in training without augmentation: (float32 [n, S, S, 3], what they
+    are). Random pixels when the run's data cannot be read, except for "train" (images
+    that calibrate int8 quantization must be real): a UsageError."""
     size = self.config.model.image_size
     try:
-      files = self.index(self.config.training.seed)[1]
-      files = files.subset(range(min(n, len(files.inputs))))
-      return np.concatenate([x for x, _ in self.pipeline(files, n)])
-    except UsageError:
-      return np.random.default_rng(0).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
+      files = self.index(self.config.training.seed)[0 if split == "train" else 1]
+    except UsageError as e:
+      if split == "train":
+        raise UsageError(f"--quantize=int8: calibration reads the run's training images, "
+                         f"which cannot be read now ({e}); restore them where the run's "
+                         "config.json says") from None
+      logging.warning("the run's data cannot be read (%s): comparing on random pixels", e)
+      pixels = np.random.default_rng(0).uniform(0, 255, (n, size, size, 3))
+      return pixels.astype(np.float32), f"{n} random images (the run's data cannot be read)"
+    count = len(files.inputs)
+    picked = np.sort(np.random.default_rng(0).choice(count, min(n, count), replace=False))
+    images = np.concatenate([x for x, _ in self.pipeline(files.subset(picked.tolist()), 64)])
+    return images, f"{len(images)} {split} images"
 
   def block_model(self):
     """The backbone (without downloading weights) whose blocks --list_blocks prints."""

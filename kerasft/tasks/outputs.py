@@ -144,9 +144,10 @@ class Output:
             "probabilities": [float(values[i]) for i in top], "error": None}
 
   def agreement(self, got: np.ndarray, expected: np.ndarray) -> dict:
-    """How two exports of the model agree on the same inputs (TFLite vs SavedModel)."""
-    return {"tflite_max_difference": float(np.max(np.abs(got - expected))),
-            "tflite_top1_agreement": float(np.mean(got.argmax(1) == expected.argmax(1)))}
+    """How a converted model's main output `got` agrees with the SavedModel's `expected`
+    on the same inputs: the largest difference, and the share of the same top-1 class."""
+    return {"max_difference": float(np.max(np.abs(got - expected))),
+            "top1_agreement": float(np.mean(got.argmax(1) == expected.argmax(1)))}
 
   # --- reports
   def report(self, labels, outputs, class_names: list[str], out_dir: str) -> dict:
@@ -218,8 +219,10 @@ class Multilabel(Output):
   def card(self):
     return {"task": self.name, "threshold": self.threshold}
 
-  def agreement(self, got, expected):
-    return {"tflite_max_difference": float(np.max(np.abs(got - expected)))}
+  def agreement(self, got, expected):  # the share of the same label decisions
+    return {"max_difference": float(np.max(np.abs(got - expected))),
+            "label_agreement": float(np.mean((got >= self.threshold)
+                                             == (expected >= self.threshold)))}
 
   def report(self, labels, outputs, class_names, out_dir):
     return {"task": self.name, **reports.multilabel_metrics(np.asarray(labels), outputs,
@@ -312,6 +315,11 @@ class Regression(Multilabel):
 
   def card(self):
     return {"task": self.name}
+
+  def agreement(self, got, expected):
+    difference = np.abs(got - expected)
+    return {"max_difference": float(np.max(difference)),
+            "mean_difference": float(np.mean(difference))}
 
   def predict_row(self, key, name, values, class_names, top_k, error):
     return {key: name, "targets": class_names,

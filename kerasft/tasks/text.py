@@ -15,7 +15,6 @@ class TextTask(Task):
   """Texts in: CSV/TSV/JSONL, text folders or TFDS; tokenized by the preset's preprocessor
   in tf.data and inside the export, whose serving_default takes raw strings."""
   INPUT_DTYPE = "string"
-  TFLITE = False
   CLIENT_SIGNATURE, CLIENT_INPUT, ROW_KEY = "serving_default", "text", "text"
 
   @classmethod
@@ -109,10 +108,12 @@ class TextTask(Task):
     return serving.text_signatures(model, self.encoder.preprocessor, class_names,
                                    labels_path, self.output.serving_outputs)
 
-  def check_format(self, fmt: str) -> None:
-    if fmt != "saved_model":
-      raise UsageError(f"--format={fmt}: text models export as saved_model only (TFLite has "
-                       "no tensorflow-text tokenizer ops)")
+  def check_formats(self, formats, quantize="none"):
+    if formats != ("saved_model",):
+      raise UsageError(f"--format={'+'.join(formats)}: text models export as saved_model "
+                       "only: the tokenizer runs in the graph as tensorflow-text ops, which "
+                       "LiteRT does not have and tf2onnx maps only for SentencePiece, to "
+                       "onnxruntime-extensions custom ops (not WordPiece or BPE)")
 
   def block_model(self):
     return text.load(self.preset).model
