@@ -183,3 +183,28 @@ def budget_seconds(text: str) -> Optional[float]:
   if not match or float(match.group(1)) <= 0:
     raise UsageError(f"--time_budget: a duration such as 300s, 10m or 2h, got {text!r}")
   return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+  """Which cluster `kerasft.cluster` describes and which worker of it this process is."""
+  hosts: str = setting("", "cluster: the workers' host:port, comma-separated, or one pattern "
+                       "with {i} for the worker index, e.g. kerasft-{i}.kerasft:2222 "
+                       "(with --workers).")
+  workers: int = setting(0, "cluster: how many workers --hosts' {i} pattern stands for.")
+  index: Optional[int] = setting(None, "cluster: this worker's index [$JOB_COMPLETION_INDEX "
+                                 "(Kubernetes indexed Job), else $SLURM_PROCID].")
+
+  def __post_init__(self):
+    if not self.hosts:
+      raise UsageError("--hosts: pass the workers' host:port list or a pattern with {i}")
+    if ("{i}" in self.hosts) != bool(self.workers):
+      raise UsageError("--hosts, --workers: a pattern with {i} needs --workers=N; a list "
+                       "of hosts takes none")
+    if self.workers:
+      positive_int(self.workers, "workers")
+      if "," in self.hosts:
+        raise UsageError(f"--hosts: one pattern with {{i}} or a list, got {self.hosts!r}")
+    if self.index is not None and self.index < 0:
+      raise UsageError(f"--index: must be 0 or more, got {self.index}")
+

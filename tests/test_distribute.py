@@ -56,16 +56,19 @@ def _free_ports(n):
 
 
 def _multi_worker(tmp_path, data_dir, model, env_extra=None, timeout=300):
-  ports = _free_ports(2)
-  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+  """Two local workers, each with the TF_CONFIG `python -m kerasft.cluster` prints for it
+  (its index from $JOB_COMPLETION_INDEX, as in deploy/kubernetes/job.yaml)."""
+  hosts = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
   procs = []
   for index in range(2):
     scratch = tmp_path / f"tmp_{index}"
     scratch.mkdir(exist_ok=True)
+    helper = subprocess.run(
+        [sys.executable, "-m", "kerasft.cluster", f"--hosts={hosts}"], capture_output=True,
+        text=True, env={**os.environ, "PYTHONPATH": REPO, "JOB_COMPLETION_INDEX": str(index)},
+        check=True)
     env = {**os.environ, "PYTHONPATH": REPO, "TMPDIR": str(scratch),
-           "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker",
-                                                                 "index": index}}),
-           **(env_extra or {})}
+           "TF_CONFIG": helper.stdout.strip(), **(env_extra or {})}
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "kerasft.train",
          *_args(tmp_path, data_dir, "--strategy=multi_worker", "--batch_size=16", model=model)],
