@@ -102,31 +102,42 @@ def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None
       images, checked_on = task.sample_inputs(CHECK_EXAMPLES)
       expected = client.saved_model_probabilities(saved, images)
     for fmt in converted:
-      logging.info("converting to %s", fmt)
+      options = ({"quantize": quantize, "io": tflite_io, **(
+          {"calibration": calibration[1]} if calibration[1] else {})} if fmt == "tflite"
+                 else {"opset": conversions.ONNX_OPSET})
       content = (conversions.tflite_bytes(saved, quantize, calibration[0], tflite_io)
                  if fmt == "tflite" else conversions.onnx_bytes(saved))
-      trial = os.path.join(scratch, conversions.FILES[fmt])
-      with open(trial, "wb") as f:
-        f.write(content)
-      outputs = conversions.RUNNERS[fmt](trial, images)
-      got = client.main_output(outputs)
-      check = {**task.output.agreement(got, expected), "on": checked_on}
-      entry = {"file": f"{fmt}/{version}/{conversions.FILES[fmt]}", "bytes": len(content),
-               **({"quantize": quantize, "io": tflite_io} if fmt == "tflite" else
-                  {"opset": conversions.ONNX_OPSET}),
-               **({"calibration": calibration[1]} if fmt == "tflite" and calibration[1]
-                  else {}),
-               "check": check}
-      own_card = {k: v for k, v in client.read_model_card(saved).items()
-                  if k not in ("signatures", "custom_ops")}
-      result[fmt] = conversions.write(export_dir, fmt, version, content,
-                                      os.path.join(saved, "assets", LABELS),
-                                      {**own_card, "outputs": sorted(outputs),
-                                       "format": entry}, overwrite)
-      result[f"{fmt}_check"] = check
-      if "saved_model" in result:
-        conversions.record(os.path.join(saved, serving.MODEL_CARD_FILE), fmt, entry)
+      result[fmt], result[f"{fmt}_check"] = _write_converted(
+          task.output, fmt, content, saved, export_dir, version, options,
+          (images, expected, checked_on), overwrite, scratch)
   return result
+
+
+def _write_converted(output, fmt: str, content: bytes, saved: str, export_dir: str,
+                     version: int, options: dict, check_on: tuple, overwrite: bool,
+                     scratch: str) -> tuple[str, dict]:
+  """Checks a converted file against the SavedModel `saved` on check_on = (images, the
+  SavedModel's main output on them, what they are), then writes it with its model card
+  (`kerasft.formats.write`), recording it in `saved`'s card when that is in `export_dir`.
+  Returns (its path, the check)."""
+  from kerasft import formats as conversions  # pylint: disable=g-import-not-at-top
+  images, expected, checked_on = check_on
+  trial = os.path.join(scratch, conversions.FILES[fmt])
+  with open(trial, "wb") as f:
+    f.write(content)
+  outputs = conversions.RUNNERS[fmt](trial, images)
+  check = {**output.agreement(client.main_output(outputs), expected), "on": checked_on}
+  entry = {"file": f"{fmt}/{version}/{conversions.FILES[fmt]}", "bytes": len(content),
+           **options, "check": check}
+  card = {k: v for k, v in client.read_model_card(saved).items()
+          if k not in ("signatures", "custom_ops")}
+  path = conversions.write(export_dir, fmt, version, content,
+                           os.path.join(saved, "assets", LABELS),
+                           {**card, "outputs": sorted(outputs), "format": entry}, overwrite)
+  if os.path.dirname(os.path.abspath(saved)) == os.path.abspath(export_dir):
+    conversions.record(os.path.join(saved, serving.MODEL_CARD_FILE), fmt, entry)
+  logging.info("%s: %s (%s)", fmt, path, check)
+  return path, check
 
 
 @dataclasses.dataclass(frozen=True)
