@@ -112,10 +112,12 @@ def onnx_bytes(saved_model_dir: str) -> bytes:
   tf2onnx; a failed conversion is a UsageError naming the converter version and the op."""
   tf2onnx = check_onnx_installed()
   _, function, spec = _numeric_signature(saved_model_dir)
+  import onnx  # pylint: disable=g-import-not-at-top  (tf2onnx's own dependency)
   try:
     with _quiet_tf2onnx():
       proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec],
                                                opset=ONNX_OPSET)
+    onnx.checker.check_model(proto, full_check=True)  # tf2onnx leaves ops it cannot map
   except Exception as e:  # pylint: disable=broad-except  tf2onnx raises many types
     raise UsageError(f"--format=onnx: tf2onnx {tf2onnx.__version__} cannot convert this model "
                      f"(TensorFlow {tf.__version__}): {_first_line(e)}") from None
@@ -124,11 +126,12 @@ def onnx_bytes(saved_model_dir: str) -> bytes:
 
 @contextlib.contextmanager
 def _quiet_tf2onnx():
-  """tf2onnx logs every optimizer pass at INFO; keep its warnings only."""
+  """tf2onnx logs every optimizer pass at INFO and each op it cannot map at ERROR; the
+  caller reports a failed conversion in one line."""
   import logging as std_logging  # pylint: disable=g-import-not-at-top
   logger = std_logging.getLogger("tf2onnx")
   level = logger.level
-  logger.setLevel(std_logging.WARNING)
+  logger.setLevel(std_logging.CRITICAL)
   try:
     yield
   finally:

@@ -161,6 +161,12 @@ def test_converter_failure_is_one_line_naming_the_op(tmp_path):
                          np.zeros((2, 4, 4, 3), np.float32))
   assert raised.value.args[0].startswith("--quantize=int8: the LiteRT converter")
   assert "\n" not in raised.value.args[0]
+  with pytest.raises(UsageError) as raised:
+    formats.onnx_bytes(str(tmp_path / "m"))
+  import tf2onnx
+  assert raised.value.args[0].startswith(f"--format=onnx: tf2onnx {tf2onnx.__version__} "
+                                         "cannot convert this model")
+  assert "BesselI0e" in raised.value.args[0] and "\n" not in raised.value.args[0]
 
 
 def test_missing_onnx_extra_is_one_line(monkeypatch):
