@@ -139,6 +139,12 @@ def test_cli_trains_a_hub_module_and_exports_for_saved_model_cli(tiny, tmp_path)
                          "serve", "--signature_def", "serving_default", "--inputs",
                          f"images={tmp_path / 'x.npy'}"], capture_output=True, text=True)
   assert done.returncode == 0 and "probabilities" in done.stdout, done.stderr[-2000:]
+  from kerasft import artifacts  # a hub module converts to LiteRT (int8 too) and ONNX
+  for formats, quantize in ((("tflite", "onnx"), "none"), (("tflite",), "int8")):
+    result = artifacts.export_run(str(tmp_path / "run"), str(tmp_path / quantize),
+                                  formats=formats, quantize=quantize, calibration_examples=8)
+    for fmt in formats:
+      assert result[f"{fmt}_check"]["top1_agreement"] >= (0.9 if quantize == "int8" else 1.0)
 
 
 def test_savedmodel_signature_and_keras_sources(tmp_path):

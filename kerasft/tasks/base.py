@@ -61,8 +61,9 @@ class Task:
     raise NotImplementedError
 
   def load_model(self, path: str):
-    """Loads a .keras checkpoint of this task's model."""
+    """Loads a .keras checkpoint of this task's model (kerasft's layers registered first)."""
     import keras  # pylint: disable=g-import-not-at-top
+    from kerasft import heads, hub  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     return keras.saving.load_model(path, compile=False)
 
   def export(self, model, class_names: list[str], export_dir: str, card: dict,
