@@ -12,9 +12,10 @@ from conftest import REPO
 from kerasft import cli, commands, config
 from kerasft.errors import UsageError
 
-ENTRY_POINTS = ("train", "evaluate", "predict", "export", "tune")
+ENTRY_POINTS = ("train", "evaluate", "predict", "export", "tune", "cluster")
 SETTINGS = (config.RunConfig, commands.TrainActions, commands.EvaluateConfig,
-            commands.PredictConfig, commands.ExportConfig, commands.TuneConfig)
+            commands.PredictConfig, commands.ExportConfig, commands.TuneConfig,
+            commands.ClusterConfig)
 
 
 def _fields():
@@ -23,7 +24,7 @@ def _fields():
 
 def test_entry_points_import_together_in_one_process():
   code = ("import kerasft.train, kerasft.evaluate, kerasft.predict, kerasft.export, "
-          "kerasft.tune; from absl import flags; print(len(list(flags.FLAGS))); "
+          "kerasft.tune, kerasft.cluster; from absl import flags; print(len(list(flags.FLAGS))); "
           "assert callable(kerasft.tune)")
   done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                         timeout=120)
@@ -32,6 +33,7 @@ def test_entry_points_import_together_in_one_process():
 
 def test_every_field_has_one_flag_and_every_flag_one_field():
   import kerasft.evaluate, kerasft.export, kerasft.predict, kerasft.train, kerasft.tune  # noqa: F401,E401
+  import kerasft.cluster  # noqa: F401
   by_name = {}
   for field in _fields():
     by_name.setdefault(field.name, []).append(field)
