@@ -22,7 +22,7 @@ _EXPORT_HELP = "An export: saved_models/NAME (newest version) or saved_models/NA
 _RUN_DIR_HELP = "A training run's folder (its best checkpoint)."
 
 # The DataConfig flags `evaluate` reads: one source and how to read it, no training options.
-EVALUATION_DATA = ("data_dir", "csv", "path_column", "label_column", "tfrecord", "label_names",
+EVALUATION_DATA = ("data_dir", "csv", "path_column", "label_column", "slice_column", "tfrecord", "label_names",
                    "image_key", "label_key", "tfds", "tfds_data_dir", "text_dir",
                    "text_column", "text_key", "batch_size")
 

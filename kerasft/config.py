@@ -170,6 +170,9 @@ class DataConfig:
                               "100 megapixels) instead of skipping them with a warning.")
   resize: str = setting("squash", "How images become squares, in training and in the "
                         "export's serving_bytes.", choices=("squash", "crop", "pad"))
+  slice_column: tuple[str, ...] = setting(
+      (), "--csv: report the monitored metric per value of these columns (comma-separated; "
+      "e.g. site,device), with counts, in report.html and metrics.json.")
   augment: tuple[str, ...] = setting(
       (), "Training-only augmentation, any of flip,rotate,zoom,contrast,translate (never in "
       "the export; turns feature caching off).", choices=AUGMENTATIONS)
@@ -198,7 +201,8 @@ class DataConfig:
         ("train_split", self.train_split != "train", "tfds"),
         ("val_split", self.val_split, "tfds"), ("tfds_data_dir", self.tfds_data_dir, "tfds"),
         ("text_key", self.text_key, "tfds"), ("path_column", self.path_column != "path", "csv"),
-        ("text_column", self.text_column != "text", "csv")):
+        ("text_column", self.text_column != "text", "csv"),
+        ("slice_column", self.slice_column, "csv")):
       if used and not getattr(self, source):
         raise UsageError(f"--{flag}: only goes with --{source}")
     for alpha in ("mixup", "cutmix"):
@@ -233,6 +237,13 @@ class TrainingConfig:
                              "(on average), k-fold cross-validation of all of them replaces "
                              "the validation split, and the head is refit on all of them.")
   folds: int = setting(5, "convex head: the folds of that cross-validation.")
+  calibrate: str = setting(
+      "none", "multiclass: temperature fits one temperature to the held-out predictions "
+      "(validation, or out-of-fold with k-fold) after training and bakes it into the last "
+      "layer, so the exported probabilities are calibrated; the predicted class is "
+      "unchanged.", choices=("none", "temperature"))
+  report: str = setting("html", "Write report.html into the run folder (errors, "
+                        "explanations, calibration, slices) [html].", choices=("html", "none"))
   fine_tune_epochs: int = setting(0, "Epochs of the fine-tune phase after the head phase "
                                   "(needs --unfreeze_top or another unfreeze flag).")
   fine_tune_learning_rate: Optional[float] = setting(

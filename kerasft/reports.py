@@ -176,7 +176,7 @@ def write_predictions(rows: list[dict], path: str) -> None:
   os.replace(staging, path)
 
 
-def _pyplot():
+def pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -185,7 +185,7 @@ def _pyplot():
 
 def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], path: str) -> None:
   """Writes the row-normalized confusion matrix, class names on both axes, as a PNG."""
-  plt = _pyplot()
+  plt = pyplot()
   counts = np.asarray(confusion, dtype=np.float64)
   normalized = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
   n = len(class_names)
@@ -210,7 +210,7 @@ def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], pa
 def plot_predictions(targets: np.ndarray, predictions: np.ndarray, target_names: list[str],
                      path: str) -> None:
   """Writes predicted against true values, one panel per regression target, as a PNG."""
-  plt = _pyplot()
+  plt = pyplot()
   targets, predictions = targets.reshape(len(targets), -1), predictions.reshape(
       len(predictions), -1)
   k = len(target_names)
@@ -231,7 +231,7 @@ def plot_predictions(targets: np.ndarray, predictions: np.ndarray, target_names:
 def plot_training_curves(history: dict, path: str) -> None:
   """Writes loss and the task's metric (accuracy, auc or mae) per epoch (train and
   validation) as a PNG, phases marked."""
-  plt = _pyplot()
+  plt = pyplot()
   epochs = np.arange(1, len(history["loss"]) + 1)
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   metric = next((m for m in ("accuracy", "auc", "mae") if m in history), "loss")
@@ -255,19 +255,21 @@ def plot_training_curves(history: dict, path: str) -> None:
 
 def write(output, labels: np.ndarray, outputs: np.ndarray, class_names: list[str],
           out_dir: str, history: dict | None = None, validated_on: str = "",
-          kept: str = "") -> dict:
+          kept: str = "", extra: dict | None = None) -> dict:
   """Writes metrics.json and the `output`'s PNG (a `kerasft.tasks.outputs.Output`:
   confusion_matrix.png, predictions.png) and, given a training history,
   training_curves.png into `out_dir`. labels: what `output.evaluation_labels` gives (class
   ids or one-hot [N, C], multi-hot [N, C], targets [N, K]). validated_on: which examples the
   figures come from (written as "validated_on"); kept: the phase of the epoch the model
-  ends with (written as "kept"). Returns the metrics."""
+  ends with (written as "kept"); extra: more entries (calibration, slices). Returns the
+  metrics."""
   os.makedirs(out_dir, exist_ok=True)
   result = output.report(labels, outputs, class_names, out_dir)
   if validated_on:
     result["validated_on"] = validated_on
   if kept:
     result["kept"] = kept
+  result.update(extra or {})
   write_json(result, os.path.join(out_dir, "metrics.json"))
   if history:
     plot_training_curves(history, os.path.join(out_dir, "training_curves.png"))

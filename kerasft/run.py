@@ -18,12 +18,13 @@ import keras
 import numpy as np
 from absl import logging
 
-from kerasft import data, distribute, fit, reports, serving, tasks
+from kerasft import calibration, data, distribute, fit, html_report, reports, run_report
+from kerasft import serving, tasks
 from kerasft.methods import auto, peft
 from kerasft.config import RunConfig
 from kerasft.errors import UsageError
-from kerasft.files import check_writable
-from kerasft.run_folder import ADAPTER, RunFolder
+from kerasft.files import atomic_path, check_writable
+from kerasft.run_folder import ADAPTER, BEST, LOGS, RunFolder
 
 
 @dataclasses.dataclass
@@ -126,7 +127,7 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
   with _phase(seconds, "report"):
     logging.info("phase report: evaluating on %d validation examples",
                  len(dataset.val_files.inputs))
-    metrics = _report(task, model, dataset, fitted, folder)
+    metrics, shown = _report(task, model, dataset, fitted, folder, runtime)
     logging.info("validation %s", task.output.headline(metrics))
   if config.methods.save_adapter:
     size = peft.save_adapter(model, folder.output(ADAPTER), config.to_dict(),
@@ -147,6 +148,9 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
     elif export:
       logging.info("phase export: %s", config.export_dir)
       export_path = task.export(model, dataset.class_names, config.export_dir, card)
+  if config.training.report == "html":
+    with _phase(seconds, "report_html"):
+      _html_report(task, model, dataset, metrics, shown, folder, seconds)
   folder.finish(export_path, seconds)
   return dataclasses.replace(result, metrics=metrics, export_path=export_path,
                              headline=task.output.headline(metrics))
@@ -163,20 +167,55 @@ def _methods_card(config: RunConfig, fitted) -> dict:
           "parameters": {"trainable": fitted.parameters[0], "total": fitted.parameters[1]}}
 
 
-def _report(task, model, dataset, fitted, folder: RunFolder) -> dict:
+def _report(task, model, dataset, fitted, folder: RunFolder, runtime) -> tuple[dict, tuple]:
   """The validation report: of the solved head's held-out predictions (validation examples,
   or out-of-fold predictions of every labelled example), else of the model on the
-  validation examples (through cached features when the backbone stayed frozen)."""
+  validation examples (through cached features when the backbone stayed frozen). With
+  --calibrate, the temperature fit on them is baked into `model` (and its checkpoint).
+  Returns (metrics, the validation examples' (targets, outputs) for report.html)."""
   if fitted.solution is not None:
     targets, outputs = fitted.solution.targets, fitted.solution.outputs
     validated_on = fitted.solution.validated_on
   else:
     targets, outputs = reports.predict(*(fitted.validation_view or (model, dataset.val)))
     validated_on = f"the {len(dataset.val_files.inputs)} validation examples"
+  config = task.config
+  raw = outputs
+  outputs, calibrated, temperature = task.output.calibrate(
+      targets, outputs, config.training.calibrate == "temperature")
+  if temperature:
+    calibration.bake(model, temperature)
+    logging.info("calibration: temperature %.3f; ECE %.4f -> %.4f on %s", temperature,
+                 calibrated["ece"], calibrated["ece_calibrated"], validated_on)
+    if runtime.is_chief:
+      with atomic_path(folder.output(BEST)) as staging:
+        model.save(staging)
+  shown = run_report.view(task, model, dataset.val_files, (targets, outputs),
+                          config.data.batch_size)
+  extra = {"calibration": calibrated} if calibrated else {}
+  if config.data.slice_column:
+    extra["slices"] = run_report.slices(task, config.data, dataset.val_files, *shown)
   metrics = reports.write(task.output, targets, outputs, dataset.class_names, folder.out,
-                          fitted.history, validated_on=validated_on, kept=fitted.kept)
+                          fitted.history, validated_on=validated_on, kept=fitted.kept,
+                          extra=extra)
+  if calibrated:
+    calibration.plot(raw, targets, folder.output("reliability.png"), temperature)
   logging.info("validation figures from %s", validated_on)
-  return metrics
+  return metrics, shown
+
+
+def _html_report(task, model, dataset, metrics, shown, folder: RunFolder, seconds) -> None:
+  """report.html of the run (after the export: it never holds the export up)."""
+  config = task.config
+  data = html_report.ReportData(
+      title=f"kerasft run {config.name}", metrics=metrics, class_names=dataset.class_names,
+      summary=run_report.summary(config, dataset, metrics, seconds, task.output.monitor[0]),
+      labels=np.asarray(shown[0]), outputs=np.asarray(shown[1]), files=dataset.val_files,
+      out_dir=folder.out, model=model, slices=metrics.get("slices"),
+      train_counts=run_report.train_counts(task.output, dataset.train_files),
+      held_out=metrics.get("validated_on", ""))
+  run_report.write(data, task.output, task.output.headline(metrics),
+                   task.cards(model, dataset.val_files), folder.output(LOGS))
 
 
 def weights_fingerprint(model: keras.Model) -> str:

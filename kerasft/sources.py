@@ -228,3 +228,29 @@ def evaluation_texts(c, output: Output, class_names: list[str], split: str = "te
   files = read(source, flag, output.known_names(class_names))
   output.check_names(files.class_names, class_names)
   return readable_texts(files, flag, strict=True)
+
+
+def slice_values(c, files: Examples, key_column: str) -> dict:
+  """{slice column: its value for each of `files`} from the --csv/--val_csv rows of a
+  DataConfig `c`, matched by the input (`key_column`: the path column, paths resolved as
+  in `read_csv`, or the text column); "" where a file has no row. A slice column missing
+  from a file is a UsageError."""
+  if not c.slice_column:
+    return {}
+  lookup = {column: {} for column in c.slice_column}
+  for flag, path in (("csv", c.csv), ("val_csv", c.val_csv)):
+    if not path:
+      continue
+    rows = read_table(path, flag, [key_column])
+    missing = [col for col in c.slice_column if col not in rows[0]]
+    if missing:
+      raise UsageError(f"--slice_column: {path} has no column {missing[0]!r} (columns: "
+                       f"{', '.join(rows[0])})")
+    folder = os.path.dirname(path) if key_column == c.path_column else None
+    for row in rows:
+      key = str(row[key_column] or "")
+      key = os.path.join(folder, key) if folder is not None else key
+      for column in c.slice_column:
+        lookup[column][key] = "" if row[column] is None else str(row[column])
+  return {column: [values.get(str(x), "") for x in files.inputs]
+          for column, values in lookup.items()}

@@ -139,6 +139,39 @@ class ImageTask(Task):
     return backbones.build(dataclasses.replace(
         m, weights="none" if m.weights == "imagenet" else m.weights)).model
 
+  SLICE_KEY = "path_column"  # the CSV column slice values are matched by
+
+  def cards(self, model, files):
+    """`example_cards` of `files` as this run reads them, explained by `model`."""
+    return self.example_cards(files, model, self.config.model.image_size,
+                              self.config.data.resize)
+
+  @staticmethod
+  def example_cards(files, model=None, image_size: int = 224, resize: str = "squash"):
+    """A function (indices, class ids or None, captions) -> HTML cards of `files`' images
+    at `image_size`, with Grad-CAM of the class over each when `model` (a Keras model
+    whose feature map is reachable) and a class are given."""
+    from kerasft import explain  # pylint: disable=g-import-not-at-top
+    from kerasft.tasks import report  # pylint: disable=g-import-not-at-top
+    explains = model is not None and explain.can_gradcam(model)
+
+    def cards(indices, class_ids, captions):
+      if not indices:
+        return []
+      order = np.argsort(indices, kind="stable")  # streamed records: ascending positions
+      chosen = files.subset([indices[i] for i in order])
+      pixels = np.concatenate([x for x, _ in pipeline.make_pipeline(
+          chosen, image_size, 32, cache=False, resize=resize)])[np.argsort(order)]
+      if explains and class_ids[0] is not None:
+        heat = explain.gradcam(model, pixels, np.asarray(class_ids))
+        pixels = np.stack([explain.overlay(p, h) for p, h in zip(pixels, heat)])
+      note = "" if explains else (" (no Grad-CAM: the backbone's feature maps are not "
+                                  "reachable)" if model is not None else "")
+      return [f'<div class="card"><img alt="" src="{report.png_uri(report.array_png(p))}">'
+              f"<br>{report.esc(os.path.basename(files.name(i)))}<br>{report.esc(c)}"
+              f"{report.esc(note)}</div>" for p, i, c in zip(pixels, indices, captions)]
+    return cards
+
   @staticmethod
   def import_serving_ops() -> None:
     """Imports what loading an export needs (nothing for images)."""

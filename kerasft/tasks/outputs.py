@@ -143,6 +143,19 @@ class Output:
     return {key: name, "classes": [class_names[i] for i in top],
             "probabilities": [float(values[i]) for i in top], "error": None}
 
+  def calibrate(self, labels, outputs: np.ndarray, fit: bool):
+    """(outputs, {"ece"[, "temperature", "ece_calibrated"]}, T or None) of held-out
+    `outputs` against `labels`; with `fit`, the temperature minimizing their NLL and the
+    outputs scaled by it (`kerasft.calibration`)."""
+    from kerasft import calibration  # pylint: disable=g-import-not-at-top
+    entry = {"ece": calibration.ece(outputs, labels), "bins": calibration.BINS}
+    if not fit:
+      return outputs, entry, None
+    temperature = calibration.fit_temperature(outputs, labels)
+    scaled = calibration.scaled(outputs, temperature)
+    entry.update(temperature=temperature, ece_calibrated=calibration.ece(scaled, labels))
+    return scaled, entry, temperature
+
   def agreement(self, got: np.ndarray, expected: np.ndarray) -> dict:
     """How a converted model's main output `got` agrees with the SavedModel's `expected`
     on the same inputs: the largest difference, and the share of the same top-1 class."""
@@ -188,7 +201,8 @@ class Multilabel(Output):
 
   def check(self, config):
     _refuse(config, self.name, class_weight=config.data.class_weight != "none",
-            oversample=config.data.oversample, recipe=config.methods.recipe == "few_shot")
+            oversample=config.data.oversample, recipe=config.methods.recipe == "few_shot",
+            calibrate=config.training.calibrate != "none")
 
   def evaluation_labels(self, files):
     return files.targets()
@@ -218,6 +232,9 @@ class Multilabel(Output):
 
   def card(self):
     return {"task": self.name, "threshold": self.threshold}
+
+  def calibrate(self, labels, outputs, fit):  # --calibrate is refused for this output
+    return outputs, None, None
 
   def agreement(self, got, expected):  # the share of the same label decisions
     return {"max_difference": float(np.max(np.abs(got - expected))),
@@ -279,7 +296,8 @@ class Regression(Multilabel):
     _refuse(config, self.name, class_weight=d.class_weight != "none", oversample=d.oversample,
             mixup=bool(d.mixup), cutmix=bool(d.cutmix),
             label_smoothing=bool(config.training.label_smoothing),
-            recipe=config.methods.recipe == "few_shot")
+            recipe=config.methods.recipe == "few_shot",
+            calibrate=config.training.calibrate != "none")
 
   def head_stats(self, train_files):
     targets = train_files.targets()
