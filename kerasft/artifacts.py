@@ -7,6 +7,7 @@ import dataclasses
 import os
 import tempfile
 
+import numpy as np
 from absl import logging
 
 from kerasft import client, reports, serving, tasks
@@ -157,7 +158,8 @@ def evaluate_export(export: str, data_config, split: str = "test", output_dir: s
   if not data_config.source:
     raise UsageError("--data_dir/--csv/--tfrecord/--tfds/--text_dir: pass the labelled data "
                      "to evaluate the export on")
-  task_class, output = tasks.for_card(client.read_model_card(version_dir))
+  card = client.read_model_card(version_dir)
+  task_class, output = tasks.for_card(card)
   class_names = read_labels(version_dir)
   data_config = _label_columns(data_config, output, class_names, label_column_given)
   files = task_class.evaluation_examples(data_config, output, class_names, split)
@@ -166,8 +168,11 @@ def evaluate_export(export: str, data_config, split: str = "test", output_dir: s
                                  data_config.batch_size)
   name = (f"{os.path.basename(os.path.dirname(os.path.abspath(version_dir)))}-"
           f"{os.path.basename(version_dir)}")
-  return _write(output, output.evaluation_labels(files), outputs, class_names,
-                output_dir or os.path.join("eval", name), None)
+  labels = output.evaluation_labels(files)
+  return _write(output, labels, outputs, class_names,
+                output_dir or os.path.join("eval", name), None,
+                _Seen(task_class, data_config, files, f"the export {version_dir}",
+                      task_class.export_cards(files, card)))
 
 
 def evaluate_run(run_dir: str, data_config, split: str = "test", output_dir: str = "",
@@ -180,6 +185,7 @@ def evaluate_run(run_dir: str, data_config, split: str = "test", output_dir: str
     files = task.evaluation_examples(data_config, task.output, class_names, split)
   else:
     files = task.index(task.config.training.seed)[1]
+    data_config = task.config.data
     held_out = (RunFolder(run_dir).metrics() or {}).get("validated_on", "")
     if "refit" in held_out:
       logging.warning("the run's head was refit on its validation examples too, so these "
@@ -188,7 +194,9 @@ def evaluate_run(run_dir: str, data_config, split: str = "test", output_dir: str
   labels, outputs = reports.predict(model, task.pipeline(files, data_config.batch_size))
   return _write(task.output, labels, outputs, class_names,
                 output_dir or os.path.join("eval", f"{task.config.name}-best"),
-                RunFolder(run_dir).history())
+                RunFolder(run_dir).history(),
+                _Seen(type(task), data_config, files, f"the run {run_dir} (best checkpoint)",
+                      task.cards(model, files), model))
 
 
 def _label_columns(data_config, output, class_names, given: bool):
@@ -197,6 +205,38 @@ def _label_columns(data_config, output, class_names, given: bool):
   return dataclasses.replace(data_config, label_column=",".join(class_names))
 
 
-def _write(output, labels, outputs, class_names, output_dir, history) -> Evaluation:
-  metrics = reports.write(output, labels, outputs, class_names, output_dir, history)
+@dataclasses.dataclass
+class _Seen:
+  """What an evaluation looked at, for its slices and report.html."""
+  task_class: type
+  data_config: object
+  files: object
+  model_name: str
+  cards: object
+  model: object = None
+
+
+def _write(output, labels, outputs, class_names, output_dir, history, seen: _Seen
+           ) -> Evaluation:
+  from kerasft import html_report, run_report  # pylint: disable=g-import-not-at-top
+  extra = {}
+  if seen.data_config.slice_column:
+    extra["slices"] = run_report.slices(seen.task_class, output, seen.data_config,
+                                        seen.files, labels, outputs)
+  _, calibrated, _ = output.calibrate(labels, outputs, False)
+  if calibrated:
+    extra["calibration"] = calibrated
+  metrics = reports.write(output, labels, outputs, class_names, output_dir, history,
+                          extra=extra)
+  if calibrated:
+    from kerasft import calibration  # pylint: disable=g-import-not-at-top
+    calibration.plot(outputs, labels, os.path.join(output_dir, "reliability.png"))
+  d = seen.data_config
+  data = html_report.ReportData(
+      title=f"kerasft evaluation: {seen.model_name}", metrics=metrics,
+      class_names=class_names, labels=np.asarray(labels), outputs=np.asarray(outputs),
+      files=seen.files, out_dir=output_dir, model=seen.model, slices=extra.get("slices"),
+      summary=[("model", seen.model_name), ("data", f"--{d.source} {getattr(d, d.source)}: "
+                                                   f"{len(seen.files.inputs)} examples")])
+  run_report.write(data, output, output.headline(metrics), seen.cards)
   return Evaluation(metrics, output.table(metrics), output_dir)

@@ -194,7 +194,8 @@ def _report(task, model, dataset, fitted, folder: RunFolder, runtime) -> tuple[d
                           config.data.batch_size)
   extra = {"calibration": calibrated} if calibrated else {}
   if config.data.slice_column:
-    extra["slices"] = run_report.slices(task, config.data, dataset.val_files, *shown)
+    extra["slices"] = run_report.slices(task, task.output, config.data, dataset.val_files,
+                                        *shown)
   metrics = reports.write(task.output, targets, outputs, dataset.class_names, folder.out,
                           fitted.history, validated_on=validated_on, kept=fitted.kept,
                           extra=extra)

@@ -28,13 +28,15 @@ def view(task, model, files, held: tuple, batch_size: int) -> tuple:
   return reports.predict(model, task.pipeline(files, batch_size))
 
 
-def slices(task, data_config, files, targets, outputs) -> dict:
-  """{column: {value: {"count", metric}}} of --slice_column over `files` ({} without)."""
+def slices(task_class, output, data_config, files, targets, outputs) -> dict:
+  """{column: {value: {"count", metric}}} of --slice_column over `files` ({} without);
+  the CSV rows are matched by the task's key column (`Task.SLICE_KEY`)."""
   if not data_config.slice_column:
     return {}
-  values = sources.slice_values(data_config, files, getattr(data_config, task.SLICE_KEY))
-  return sections.slices(task.output.name, values, np.asarray(targets), np.asarray(outputs),
-                         task.output.threshold)
+  values = sources.slice_values(data_config, files,
+                                getattr(data_config, task_class.SLICE_KEY))
+  return sections.slices(output.name, values, np.asarray(targets), np.asarray(outputs),
+                         output.threshold)
 
 
 def train_counts(output, train_files) -> list | None:

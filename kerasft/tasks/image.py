@@ -146,6 +146,12 @@ class ImageTask(Task):
     return self.example_cards(files, model, self.config.model.image_size,
                               self.config.data.resize)
 
+  @classmethod
+  def export_cards(cls, files, card: dict):
+    """`example_cards` of `files` read as the export's model card says (no model)."""
+    return cls.example_cards(files, None, card["input"]["shape"][1],
+                             card.get("resize", "squash").split(",")[0])
+
   @staticmethod
   def example_cards(files, model=None, image_size: int = 224, resize: str = "squash"):
     """A function (indices, class ids or None, captions) -> HTML cards of `files`' images

@@ -124,6 +124,10 @@ class TextTask(Task):
   def cards(self, model, files):
     return self.example_cards(files, model, self.encoder)
 
+  @classmethod
+  def export_cards(cls, files, card):
+    return cls.example_cards(files)
+
   @staticmethod
   def example_cards(files, model=None, encoder=None):
     """A function (indices, class ids or None, captions) -> HTML cards of `files`' texts,
