@@ -141,6 +141,37 @@ def _write_converted(output, fmt: str, content: bytes, saved: str, export_dir: s
   return path, check
 
 
+def explain_inputs(export: str, inputs: list, out_dir: str, batch_size: int = 32) -> list:
+  """Explains each readable input's top class with the Keras model of the run that made
+  `export` (its folder from the model card's "run"; checked to give the export's outputs):
+  <out_dir>/explanations.html and the modality's files (images: Grad-CAM PNGs). Returns
+  the written paths."""
+  from kerasft import data, html_report  # pylint: disable=g-import-not-at-top
+  version_dir = client.resolve(export)
+  run_dir = (client.read_model_card(version_dir).get("run") or {}).get("model_dir", "")
+  if not run_dir or not os.path.isdir(run_dir):
+    raise UsageError(f"--explain: needs the run folder that made {version_dir} (its model "
+                     f"card names {run_dir or 'none'}), which is not here; evaluate "
+                     "--run_dir explains a run's validation data instead")
+  model, task, class_names = load_run(run_dir)
+  files = data.Examples(list(inputs), [0] * len(inputs), class_names, task.output)
+  outputs = reports.predict(model, task.pipeline(files, batch_size))[1]
+  predict, _ = client.load_predictor(version_dir)
+  served = client.predict_files(predict, task.client_items(files), batch_size)
+  if np.max(np.abs(outputs - served)) > 1e-3:
+    raise UsageError(f"--explain: {run_dir}/best.keras no longer computes what {version_dir} "
+                     "serves (retrained or changed since); export the run again")
+  class_ids = np.asarray(outputs).reshape(len(outputs), -1).argmax(-1).tolist()
+  os.makedirs(out_dir, exist_ok=True)
+  names = class_names if task.output.classifies else [f"{n} (regression)" for n in class_names]
+  captions = [f"{names[c]} ({np.ravel(o)[c]:.3g})" for c, o in zip(class_ids, outputs)]
+  cards = task.cards(model, files)(list(range(len(inputs))), class_ids, captions)
+  page = os.path.join(out_dir, "explanations.html")
+  html_report.write(page, f"kerasft explanations: {version_dir}", [(
+      "Explanations", lambda: '<div class="gallery">' + "".join(cards) + "</div>")])
+  return [page] + task.explanation_files(model, files, class_ids, out_dir)
+
+
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
   """An evaluation's metrics, its printable table and the folder of its reports."""

@@ -58,6 +58,11 @@ class PredictConfig:
   top_k: int = setting(5, "predict: how many classes to report per input.")
   output: str = setting("", "predict: write the predictions to this .csv or .jsonl file.")
   batch_size: int = setting(32, "Global batch size.")
+  explain: bool = setting(False, "predict: explain each input's top class with the run "
+                          "that made the export (its folder, from the model card): Grad-CAM "
+                          "over images, word attributions for texts, in --explain_dir.")
+  explain_dir: str = setting("explanations", "predict --explain: where explanations.html "
+                             "(and, for images, <file>.gradcam.png) go.")
 
   def __post_init__(self):
     if not self.export:
@@ -71,6 +76,10 @@ class PredictConfig:
       raise UsageError(f"--output: {self.output} is a folder; name a .csv or .jsonl file")
     check_writable(os.path.dirname(os.path.abspath(self.output)) if self.output else "",
                    "output")
+    if self.explain:
+      check_writable(self.explain_dir, "explain_dir")
+    elif self.explain_dir != "explanations":
+      raise UsageError("--explain_dir: only goes with --explain")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,12 +51,14 @@ def can_gradcam(model) -> bool:
 
 
 def _logits(layers, x):
-  """Applies the head `layers` in inference mode; the last one without its activation."""
+  """Applies the head `layers` in inference mode, the last Dense layer without its
+  activation (logits, not probabilities; a regression head's rescaling still applies)."""
   import keras  # pylint: disable=g-import-not-at-top
-  for layer in layers[:-1]:
-    x = layer(x, training=False)
-  last = layers[-1]
-  return keras.ops.matmul(x, last.kernel) + last.bias
+  last = max(i for i, l in enumerate(layers) if hasattr(l, "kernel"))
+  for i, layer in enumerate(layers):
+    x = (keras.ops.matmul(x, layer.kernel) + layer.bias if i == last
+         else layer(x, training=False))
+  return x
 
 
 def gradcam(model, images: np.ndarray, class_ids: np.ndarray) -> np.ndarray:

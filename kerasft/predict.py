@@ -9,7 +9,11 @@ themselves as arguments.
   python -m kerasft.predict --export=saved_models/NAME photos/ 'more/*.jpg' one.png
   python -m kerasft.predict --export=saved_models/NAME/3 --top_k=3 --output=preds.csv photos/
 
-Folders are searched recursively. Uses only the export (its serving_bytes signature).
+Folders are searched recursively. Uses only the export (its serving_bytes signature), except
+--explain, which also needs the run folder that made it (Grad-CAM, word attributions):
+
+  python -m kerasft.predict --export=saved_models/NAME --explain --explain_dir=why/ photos/
+
 Files that are missing or not readable images are reported on their own row, not fatal.
 """
 
@@ -39,6 +43,14 @@ def main(argv):
       name = row.get("file", row.get("text"))
       print(f"{name}\tERROR {row['error']}" if row["error"] else name + "\t" + "  ".join(
           f"{label} {float(value):.4f}" for label, value in reports.prediction_cells(row)))
+  if settings.explain:
+    from kerasft import artifacts  # pylint: disable=g-import-not-at-top
+    readable = [r.get("file", r.get("text")) for r in rows if not r["error"]]
+    if readable:
+      written = artifacts.explain_inputs(settings.export, readable, settings.explain_dir,
+                                         settings.batch_size)
+      print(f"explanations of {len(readable)} inputs in {written[0]}"
+            + (f" and {len(written) - 1} PNGs" if len(written) > 1 else ""))
   if failed:
     print(f"{failed} of {len(rows)} inputs could not be read", file=sys.stderr)
 

@@ -89,6 +89,10 @@ class Task:
     return "\n".join(f"{name:<28} {len(layers):>3} layers: {', '.join(l.name for l in layers)}"
                      for name, layers in backbones.blocks(self.block_model()))
 
+  def explanation_files(self, model, files, class_ids, out_dir: str) -> list[str]:
+    """Writes per-input explanation files (images: Grad-CAM PNGs); returns their paths."""
+    return []
+
   def check_formats(self, formats: tuple[str, ...], quantize: str = "none") -> None:
     """Raises a UsageError when --format or --quantize asks for what this task cannot
     write (`kerasft.formats`); images convert to every format."""

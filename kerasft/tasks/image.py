@@ -164,10 +164,7 @@ class ImageTask(Task):
     def cards(indices, class_ids, captions):
       if not indices:
         return []
-      order = np.argsort(indices, kind="stable")  # streamed records: ascending positions
-      chosen = files.subset([indices[i] for i in order])
-      pixels = np.concatenate([x for x, _ in pipeline.make_pipeline(
-          chosen, image_size, 32, cache=False, resize=resize)])[np.argsort(order)]
+      pixels = _pixels(files, indices, image_size, resize)
       if explains and class_ids[0] is not None:
         heat = explain.gradcam(model, pixels, np.asarray(class_ids))
         pixels = np.stack([explain.overlay(p, h) for p, h in zip(pixels, heat)])
@@ -177,6 +174,25 @@ class ImageTask(Task):
               f"<br>{report.esc(os.path.basename(files.name(i)))}<br>{report.esc(c)}"
               f"{report.esc(note)}</div>" for p, i, c in zip(pixels, indices, captions)]
     return cards
+
+  def explanation_files(self, model, files, class_ids, out_dir: str) -> list[str]:
+    """Writes the Grad-CAM overlay of each of `files` for its class as
+    <out_dir>/<name>.gradcam.png; returns the paths ([] when Grad-CAM cannot reach the
+    backbone's feature maps)."""
+    from kerasft import explain  # pylint: disable=g-import-not-at-top
+    from kerasft.tasks import report  # pylint: disable=g-import-not-at-top
+    if not explain.can_gradcam(model):
+      return []
+    indices = list(range(len(files.inputs)))
+    pixels = _pixels(files, indices, self.config.model.image_size, self.config.data.resize)
+    heat = explain.gradcam(model, pixels, np.asarray(class_ids))
+    paths = []
+    for i, (p, h) in enumerate(zip(pixels, heat)):
+      stem = os.path.splitext(os.path.basename(files.name(i)))[0]
+      paths.append(os.path.join(out_dir, f"{i:04d}-{stem}.gradcam.png"))
+      with open(paths[-1], "wb") as f:
+        f.write(report.array_png(explain.overlay(p, h)))
+    return paths
 
   @staticmethod
   def import_serving_ops() -> None:
@@ -192,6 +208,15 @@ class ImageTask(Task):
     """(image files of files, folders and globs; why each is unreadable, or None)."""
     paths = data.expand_inputs(patterns)
     return paths, data.unreadable_reasons(paths)
+
+
+def _pixels(files, indices: list[int], image_size: int, resize: str) -> np.ndarray:
+  """float32 pixels [len(indices), S, S, 3] of `files` at `indices`, read as in training."""
+  order = np.argsort(indices, kind="stable")  # streamed records: ascending positions
+  chosen = files.subset([indices[i] for i in order])
+  pixels = np.concatenate([x for x, _ in pipeline.make_pipeline(
+      chosen, image_size, 32, cache=False, resize=resize)])
+  return pixels[np.argsort(order)]
 
 
 def _median_side(files, sample: int = 32) -> int:
