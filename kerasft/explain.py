@@ -1,19 +1,18 @@
-"""Why a model predicted what it did: Grad-CAM for image models, gradient x input on the
-token embeddings for text models.
+"""Why a model predicted what it did: Grad-CAM for image models, word occlusion for text
+models.
 
 `gradcam` (Selvaraju et al., ICCV 2017) weights the backbone's last convolutional feature
 map by the mean gradient of the class's logit over it, keeps the positive part and scales
-each map to 0..1; `overlay` draws it over the image. `token_attributions` multiplies the
-gradient of the class's log-probability by the token embeddings it flows into (summed over
-the embedding), and `words` adds sub-word scores up into words.
+each map to 0..1; `overlay` draws it over the image. `word_occlusion` removes one word at a
+time and measures how much the class's probability drops. (Gradient x input on the token
+embeddings was tried first: a fine-tuned text classifier is saturated, its gradients are
+tiny, and on a test set where one planted word decides the class it ranked that word
+first on only 6-75% of the texts, where occlusion ranks it first on all.)
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-WORDPIECE_CONTINUATION, SENTENCEPIECE_START = "##", "\u2581"
-
 
 def feature_map_layer(backbone):
   """The backbone's last layer with a 4-D output (its last convolutional feature map), or
@@ -94,43 +93,14 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
   return np.clip((1 - alpha) * image + alpha * colors, 0, 255).astype(np.uint8)
 
 
-def token_attributions(model, inputs: dict, class_ids: np.ndarray,
-                       embedding) -> np.ndarray:
-  """Gradient x input [N, L] of the log-probability of `class_ids` with respect to the
-  output of `embedding` (the encoder's token embedding layer) for packed `inputs`."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  captured = []
-  with tf.GradientTape() as tape:
-    original = embedding.call
-
-    def watched(*args, **kwargs):
-      out = original(*args, **kwargs)
-      tape.watch(out)
-      captured.append(out)
-      return out
-    embedding.call = watched
-    try:
-      probabilities = model({k: tf.constant(v) for k, v in inputs.items()}, training=False)
-    finally:
-      del embedding.call  # the class's own call again
-    score = tf.math.log(tf.gather(probabilities, tf.constant(class_ids, tf.int32), axis=1,
-                                  batch_dims=1) + 1e-12)
-  grads = tape.gradient(score, captured[0])
-  return tf.reduce_sum(grads * captured[0], axis=-1).numpy()
-
-
-def words(tokens: list[str], scores: np.ndarray, special: set) -> list[tuple[str, float]]:
-  """Sub-word `tokens` and their `scores` grouped into (word, summed score), skipping the
-  `special` tokens: "##x" (WordPiece) continues a word, "\u2581x" (SentencePiece) starts one."""
+def word_occlusion(predict, texts: list[str], class_ids) -> list[list[tuple[str, float]]]:
+  """Per text, (word, how much the class's log-probability drops when the word is removed:
+  a log keeps a confident model's differences apart) for each whitespace-separated word; predict(texts) -> probabilities [N, C]. All the
+  variants of a text go through `predict` in one call."""
   out = []
-  sentencepiece = any(t.startswith(SENTENCEPIECE_START) for t in tokens)
-  for token, score in zip(tokens, scores):
-    if token in special:
-      continue
-    if token.startswith(WORDPIECE_CONTINUATION) and out:
-      out[-1] = (out[-1][0] + token[2:], out[-1][1] + float(score))
-    elif sentencepiece and not token.startswith(SENTENCEPIECE_START) and out:
-      out[-1] = (out[-1][0] + token, out[-1][1] + float(score))
-    else:
-      out.append((token.lstrip(SENTENCEPIECE_START), float(score)))
+  for text, class_id in zip(texts, class_ids):
+    words = text.split()
+    variants = [text] + [" ".join(words[:k] + words[k + 1:]) for k in range(len(words))]
+    p = np.log(np.clip(np.asarray(predict(variants), np.float64)[:, class_id], 1e-30, 1))
+    out.append([(w, float(p[0] - p[k + 1])) for k, w in enumerate(words)])
   return out

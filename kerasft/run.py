@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from kerasft import calibration, data, distribute, fit, html_report, reports, run_report
-from kerasft import serving, tasks
+from kerasft import serving, sources, tasks
 from kerasft.methods import auto, peft
 from kerasft.config import RunConfig
 from kerasft.errors import UsageError
@@ -80,6 +80,8 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
     logging.info("phase data: indexing --%s", config.data.source)
     train, val = task.index(config.training.seed)
     data.check_class_names(train.class_names, config.data.source or "data_dir")
+    if config.data.slice_column:  # a missing column is found now, not after training
+      sources.slice_values(config.data, val, getattr(config.data, task.SLICE_KEY))
     if config.data.oversample:
       train = data.oversampled(train, config.training.seed)
     task = auto.apply(task, train, val)

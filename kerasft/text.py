@@ -173,13 +173,6 @@ def build_classifier(backbone: TextBackbone, num_classes: int, max_length: int, 
   return keras.Model(inputs, outputs, name=f"{backbone.name.replace('-', '_')}_classifier")
 
 
-def token_embedding(model):
-  """The token embedding layer of the encoder inside a classifier from `build_classifier`
-  (KerasHub backbones' `token_embedding`), or None."""
-  nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-  return getattr(nested[0], "token_embedding", None) if len(nested) == 1 else None
-
-
 def tokenize(backbone: TextBackbone, texts: list[str]) -> dict:
   """The packed model inputs of `texts` ({input name: int array [N, max_length]}),
   tokenized eagerly in chunks of 1,024: no graph of the tokenizer is traced (tracing a

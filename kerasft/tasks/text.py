@@ -131,12 +131,11 @@ class TextTask(Task):
   @staticmethod
   def example_cards(files, model=None, encoder=None):
     """A function (indices, class ids or None, captions) -> HTML cards of `files`' texts,
-    each word shaded by its gradient x input attribution to the class (green for, red
-    against) when `model`, its `encoder` (`kerasft.text.TextBackbone`) and a class are
-    given."""
+    each word shaded by how much removing it lowers the class's probability (green: the
+    word supports the class, red: it speaks against it) when `model`, its `encoder`
+    (`kerasft.text.TextBackbone`) and a class are given."""
     from kerasft import explain  # pylint: disable=g-import-not-at-top
     from kerasft.tasks import report  # pylint: disable=g-import-not-at-top
-    embedding = text.token_embedding(model) if model is not None else None
 
     def shaded(pairs):
       top = max([abs(v) for _, v in pairs] + [1e-12])
@@ -146,21 +145,13 @@ class TextTask(Task):
 
     def cards(indices, class_ids, captions):
       texts = [files.inputs[i] for i in indices]
-      if not indices or embedding is None or encoder is None or class_ids[0] is None:
+      if not indices or model is None or encoder is None or class_ids[0] is None:
         return [f'<div class="card text">{report.esc(t)}<br><i>{report.esc(c)}</i></div>'
                 for t, c in zip(texts, captions)]
-      inputs = text.tokenize(encoder, texts)
-      scores = explain.token_attributions(model, inputs, np.asarray(class_ids), embedding)
-      tokenizer = encoder.preprocessor.tokenizer
-      special = set(getattr(tokenizer, "special_tokens", None) or [])
-      out = []
-      for j, caption in enumerate(captions):
-        used = np.asarray(inputs["padding_mask"][j]).astype(bool)
-        tokens = [tokenizer.id_to_token(int(t)) for t in np.asarray(inputs["token_ids"][j])[used]]
-        pairs = explain.words(tokens, scores[j][used], special)
-        out.append(f'<div class="card text">{shaded(pairs)}<br><i>{report.esc(caption)}</i>'
-                   "</div>")
-      return out
+      predict = lambda batch: model(text.tokenize(encoder, batch), training=False)  # noqa: E731
+      return [f'<div class="card text">{shaded(pairs)}<br><i>{report.esc(caption)}</i></div>'
+              for pairs, caption in zip(explain.word_occlusion(predict, texts, class_ids),
+                                        captions)]
     return cards
 
   @staticmethod
