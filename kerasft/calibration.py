@@ -77,7 +77,7 @@ def bake(model, temperature: float, layer_name: str = "probabilities") -> None:
   """Divides the softmax layer `layer_name`'s kernel and bias by `temperature`, in place:
   the model then outputs softmax(logits / T)."""
   layer = model.get_layer(layer_name)
-  if getattr(layer.activation, "__name__", "") != "softmax":
+  if layer.get_config().get("activation") != "softmax":
     raise ValueError(f"{layer_name} is not a softmax layer; temperature scaling needs one")
   for weight in (layer.kernel, layer.bias):  # the head: LoRA only targets the backbone
     weight.assign(weight / temperature)
