@@ -15,7 +15,6 @@ test images of ../shared/data/fashion_mnist_small (500), read as in training:
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,18 +35,6 @@ CASES = (  # name, export flags
     ("LiteRT int8 (uint8 io)", ["--format=tflite", "--quantize=int8", "--tflite_io=uint8"]),
     ("ONNX float32", ["--format=onnx"]),
 )
-
-
-def _cli(module, *args):
-  start = time.monotonic()
-  run = subprocess.run([sys.executable, "-m", f"kerasft.{module}", *args], cwd=small_data.REPO,
-                       capture_output=True, text=True, env={
-                           **os.environ, "PYTHONPATH": small_data.REPO,
-                           "KERAS_HOME": os.environ.get("KERAS_HOME", os.path.join(
-                               small_data.REPO, ".keras_home"))})
-  if run.returncode:
-    sys.exit(f"kerasft.{module} failed:\n{run.stderr[-3000:]}")
-  return run.stdout, time.monotonic() - start
 
 
 def _latency(run_one, images) -> float:
@@ -73,8 +60,9 @@ def main(argv):
   work = tempfile.mkdtemp(prefix="kerasft-formats-")
   run_dir = FLAGS.run_dir or os.path.join(work, "run")
   if not FLAGS.run_dir:
-    _cli("train", "--flagfile=flags/fashion_mnist_small.cfg", f"--model_dir={run_dir}",
-         f"--export_dir={os.path.join(work, 'unused')}")
+    small_data.run_kerasft("train", "--flagfile=flags/fashion_mnist_small.cfg",
+                           f"--model_dir={run_dir}",
+                           f"--export_dir={os.path.join(work, 'unused')}")
   task = tasks.for_config(RunFolder(run_dir).read_config())
   names = RunFolder(run_dir).class_names()
   test = sources.evaluation_images(
@@ -85,7 +73,8 @@ def main(argv):
   rows, reference = [], None
   for name, args in CASES:
     export_dir = os.path.join(work, name.split()[0] + str(len(rows)))
-    out, seconds = _cli("export", f"--run_dir={run_dir}", f"--export_dir={export_dir}", *args)
+    _, seconds = small_data.run_kerasft("export", f"--run_dir={run_dir}",
+                                        f"--export_dir={export_dir}", *args)
     fmt = args[0].split("=")[1]
     if fmt == "saved_model":
       path = os.path.join(export_dir, "1")

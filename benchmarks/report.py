@@ -13,10 +13,8 @@ without and with --calibrate=temperature, each `python -m kerasft.train` in its 
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
-import time
 
 from absl import app, flags
 
@@ -33,26 +31,14 @@ SETTINGS = {  # flagfile, test data flag
 }
 
 
-def _cli(module, *args):
-  start = time.monotonic()
-  run = subprocess.run([sys.executable, "-m", f"kerasft.{module}", *args], cwd=small_data.REPO,
-                       capture_output=True, text=True, env={
-                           **os.environ, "PYTHONPATH": small_data.REPO,
-                           "KERAS_HOME": os.environ.get("KERAS_HOME", os.path.join(
-                               small_data.REPO, ".keras_home"))})
-  if run.returncode:
-    sys.exit(f"kerasft.{module} failed:\n{run.stderr[-3000:]}")
-  return run, time.monotonic() - start
-
-
 def _row(setting, calibrate, work):
   flagfile, test = SETTINGS[setting]
   name = f"{setting}-{calibrate}"
-  run, seconds = _cli("train", f"--flagfile={flagfile}", f"--model_dir={work}/{name}",
+  run, seconds = small_data.run_kerasft("train", f"--flagfile={flagfile}", f"--model_dir={work}/{name}",
                       f"--export_dir={work}/export/{name}", f"--calibrate={calibrate}")
   report = float(re.search(r"report.html written in ([\d.]+) s", run.stderr).group(1))
   metrics = json.load(open(f"{work}/{name}/metrics.json"))
-  _cli("evaluate", f"--export={work}/export/{name}", test, f"--output_dir={work}/eval/{name}")
+  small_data.run_kerasft("evaluate", f"--export={work}/export/{name}", test, f"--output_dir={work}/eval/{name}")
   tested = json.load(open(f"{work}/eval/{name}/metrics.json"))
   t = metrics["calibration"].get("temperature")
   return [setting, calibrate, f"{seconds:.1f} s", f"{report:.1f} s ({report / seconds:.1%})",

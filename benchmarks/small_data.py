@@ -16,6 +16,7 @@ Images: ../shared/data/fashion_mnist_small on MobileNet (ImageNet) at 96 px; tex
 
 import csv
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -135,6 +136,20 @@ def main(argv):
       rows.append(_case(name, work))
       print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
   print_table(header, rows, FLAGS.markdown)
+
+
+def run_kerasft(module: str, *args):
+  """Runs `python -m kerasft.<module> args` from the repository (KERAS_HOME: .keras_home
+  unless set); exits with its stderr when it fails. Returns (the process, its seconds)."""
+  start = time.monotonic()
+  run = subprocess.run([sys.executable, "-m", f"kerasft.{module}", *args], cwd=REPO,
+                       capture_output=True, text=True, env={
+                           **os.environ, "PYTHONPATH": REPO,
+                           "KERAS_HOME": os.environ.get("KERAS_HOME", os.path.join(
+                               REPO, ".keras_home"))})
+  if run.returncode:
+    sys.exit(f"kerasft.{module} failed:\n{run.stderr[-3000:]}")
+  return run, time.monotonic() - start
 
 
 def print_table(header: list, rows: list, markdown: bool) -> None:
