@@ -63,6 +63,11 @@ def _logits(layers, x):
 def gradcam(model, images: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
   """Grad-CAM maps [N, h, w] (0..1, the feature map's size) of `class_ids` [N] for float32
   pixels `images` [N, S, S, 3] through a `kerasft.heads` classifier."""
+  return gradcam_function(model)(images, class_ids)
+
+
+def gradcam_function(model):
+  """`gradcam` for one model, its graph built once: f(images, class_ids) -> maps."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   parts = _parts(model)
@@ -70,15 +75,19 @@ def gradcam(model, images: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
     raise ValueError(f"{model.name} has no reachable convolutional feature map")
   preprocess, backbone, after = parts
   inner = keras.Model(backbone.inputs, [feature_map_layer(backbone).output, backbone.output])
-  with tf.GradientTape() as tape:
-    fmap, pooled = inner(preprocess(tf.constant(images)), training=False)
-    logits = _logits(after, pooled)
-    score = tf.gather(logits, tf.constant(class_ids, tf.int32), axis=1, batch_dims=1)
-  grads = tape.gradient(score, fmap)
-  weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-  cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1)).numpy()
-  top = cam.reshape(len(cam), -1).max(-1).reshape(-1, 1, 1)
-  return np.where(top > 0, cam / np.maximum(top, 1e-12), 0.0).astype(np.float32)
+
+  def maps(images, class_ids):  # eager: a traced gradient graph costs more than it saves here
+    with tf.GradientTape() as tape:
+      fmap, pooled = inner(preprocess(images), training=False)
+      score = tf.gather(_logits(after, pooled), class_ids, axis=1, batch_dims=1)
+    weights = tf.reduce_mean(tape.gradient(score, fmap), axis=(1, 2), keepdims=True)
+    return tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))
+
+  def run(images, class_ids):
+    cam = maps(tf.constant(images, tf.float32), tf.constant(class_ids, tf.int32)).numpy()
+    top = cam.reshape(len(cam), -1).max(-1).reshape(-1, 1, 1)
+    return np.where(top > 0, cam / np.maximum(top, 1e-12), 0.0).astype(np.float32)
+  return run
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:

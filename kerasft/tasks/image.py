@@ -160,13 +160,14 @@ class ImageTask(Task):
     from kerasft import explain  # pylint: disable=g-import-not-at-top
     from kerasft.tasks import report  # pylint: disable=g-import-not-at-top
     explains = model is not None and explain.can_gradcam(model)
+    heatmaps = explain.gradcam_function(model) if explains else None
 
     def cards(indices, class_ids, captions):
       if not indices:
         return []
       pixels = _pixels(files, indices, image_size, resize)
       if explains and class_ids[0] is not None:
-        heat = explain.gradcam(model, pixels, np.asarray(class_ids))
+        heat = heatmaps(pixels, np.asarray(class_ids))
         pixels = np.stack([explain.overlay(p, h) for p, h in zip(pixels, heat)])
       note = "" if explains else (" (no Grad-CAM: the backbone's feature maps are not "
                                   "reachable)" if model is not None else "")

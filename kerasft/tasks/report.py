@@ -49,16 +49,15 @@ def _confused(data: ReportData, cards: Callable) -> str:
   labels, predicted = np.asarray(data.labels), data.outputs.argmax(-1)
   if labels.ndim == 2:
     labels = labels.argmax(-1)
-  parts = []
-  for true, guess in order[:PAIRS]:
-    if not confusion[true, guess]:
-      break
-    idx = np.flatnonzero((labels == true) & (predicted == guess))[:PER_PAIR].tolist()
-    names = data.class_names
-    parts.append(f"<h3>{esc(names[true])} taken for {esc(names[guess])}: "
-                 f"{confusion[true, guess]} examples</h3>" + _gallery(cards(
-                     idx, [int(guess)] * len(idx),
-                     [f"p={data.outputs[i, guess]:.2f}" for i in idx])))
+  pairs = [(t, g) for t, g in order[:PAIRS] if confusion[t, g]]
+  chosen = [np.flatnonzero((labels == t) & (predicted == g))[:PER_PAIR].tolist()
+            for t, g in pairs]
+  flat = [i for idx in chosen for i in idx]  # one call: explanations cost per call
+  drawn = iter(cards(flat, [int(predicted[i]) for i in flat],
+                     [f"p={data.outputs[i, predicted[i]]:.2f}" for i in flat]))
+  names = data.class_names
+  parts = [f"<h3>{esc(names[t])} taken for {esc(names[g])}: {confusion[t, g]} examples</h3>"
+           + _gallery([next(drawn) for _ in idx]) for (t, g), idx in zip(pairs, chosen)]
   return "".join(parts) or "<p>no confusions</p>"
 
 
