@@ -183,6 +183,7 @@ class DataConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "augment", tuple(self.augment))
+    object.__setattr__(self, "slice_column", tuple(self.slice_column))
     check_choices(self)
     check(isinstance(self.validation_split, (int, float)) and 0 < self.validation_split < 1,
           "validation_split", "must be between 0 and 1 (exclusive)", self.validation_split)
