@@ -102,7 +102,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
   return np.clip((1 - alpha) * image + alpha * colors, 0, 255).astype(np.uint8)
 
 
-def word_occlusion(predict, texts: list[str], class_ids, max_spans: int = 8,
+def word_occlusion(predict, texts: list[str], class_ids, max_spans: int = 6,
                    batch_size: int = 128) -> list[list[tuple[str, float]]]:
   """Per text, (word, how much the class's log-probability drops when the word is removed:
   a log keeps a confident model's differences apart) for each whitespace-separated word;

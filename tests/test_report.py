@@ -238,7 +238,7 @@ def test_text_attributions_rank_the_planted_word_first(tmp_path):
   for label in planted:
     (tmp_path / "texts" / label).mkdir(parents=True)
   for i in range(60):  # pairs: the same words and places, only the planted word differs
-    words, at = list(rng.choice(filler, 6)), int(rng.integers(0, 7))
+    words, at = list(rng.choice(filler, 5)), int(rng.integers(0, 6))
     for label, word in planted.items():
       (tmp_path / "texts" / label / f"{i}.txt").write_text(
           " ".join(words[:at] + [word] + words[at:]))
@@ -254,7 +254,7 @@ def test_text_attributions_rank_the_planted_word_first(tmp_path):
   ranked = explain.word_occlusion(predict, val.inputs, predicted)
   first = [max(pairs, key=lambda p: p[1])[0] == planted[val.class_names[label]]
            for pairs, label in zip(ranked, val.labels)]
-  # measured 0.89-1.0 over repeated runs (training is not bit-reproducible); chance: 1/7
+  # measured 0.89-1.0 over repeated runs (training is not bit-reproducible); chance: 1/6
   assert np.mean(first) >= 0.8, (np.mean(first), ranked[:3])
   card = task.cards(result.model, val)([0], [int(predicted[0])], ["caption"])[0]
   assert "background:rgba(0,150,0,0.70)" in card  # the report's examples: the top word shaded
