@@ -23,8 +23,8 @@ from kerasft import serving, sources, tasks
 from kerasft.methods import auto, peft
 from kerasft.config import RunConfig
 from kerasft.errors import UsageError
-from kerasft.files import atomic_path, check_writable
-from kerasft.run_folder import ADAPTER, BEST, LOGS, RunFolder
+from kerasft.files import atomic_path, check_writable, write_json
+from kerasft.run_folder import ADAPTER, BEST, LOGS, TIMINGS, RunFolder
 
 
 @dataclasses.dataclass
@@ -41,7 +41,7 @@ class TrainResult:
 
 
 def train_classifier(config: RunConfig, verbose: int | str = "auto",
-                     export: bool = True) -> TrainResult:
+                     export: bool = True, before: dict | None = None) -> TrainResult:
   """Trains and exports a model as `config` says; returns a `TrainResult`.
 
   Writes the run folder (`kerasft.run_folder`) in `config.model_dir` and the next
@@ -49,8 +49,11 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto",
   run was interrupted resumes that run. Under multi-worker training only the chief writes
   these; other workers work in a temporary folder that is removed, and get
   `export_path=""`. export=False: no export (a search's trial; `export_path=""`). Raises
-  `UsageError` for mistakes in the config or the data.
+  `UsageError` for mistakes in the config or the data. before: seconds spent before this
+  call by name (the command line passes its imports), counted in the time breakdown the
+  run logs and writes (timings.json).
   """
+  started = time.monotonic()
   task = tasks.for_config(config.resolved()).resolve_data()
   check_outputs(task.config)
   runtime = distribute.setup(task.config.training, task.config.data.batch_size)
@@ -58,7 +61,11 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto",
   try:
     with tempfile.TemporaryDirectory(prefix="kerasft-worker-") as scratch:
       folder = RunFolder(task.config.model_dir, "" if runtime.is_chief else scratch)
-      return _train(task, folder, runtime, verbose, export)
+      result = _train(task, folder, runtime, verbose, export)
+      if runtime.is_chief:
+        _timings({**(before or {}), **result.seconds}, time.monotonic() - started +
+                 sum((before or {}).values()), folder)
+      return result
   finally:
     keras.mixed_precision.set_global_policy(policy)
 
@@ -219,6 +226,15 @@ def _html_report(task, model, dataset, metrics, shown, folder: RunFolder, second
       held_out=metrics.get("validated_on", ""))
   run_report.write(data, task.output, task.output.headline(metrics),
                    task.cards(model, dataset.val_files), folder.output(LOGS))
+
+
+def _timings(seconds: dict, total: float, folder: RunFolder) -> None:
+  """Logs where the run's `total` seconds went (one line) and writes them as timings.json:
+  each phase, "other" (setting up, what no phase covers) and the total."""
+  phases = {**seconds, "other": max(0.0, total - sum(seconds.values()))}
+  logging.info("time: %s; total %.1f s", ", ".join(
+      f"{k} {v:.1f} s" for k, v in sorted(phases.items(), key=lambda kv: -kv[1])), total)
+  write_json({"seconds": phases, "total": total}, folder.output(TIMINGS))
 
 
 def weights_fingerprint(model: keras.Model) -> str:

@@ -13,12 +13,14 @@
       best.keras.npz     --peft=lora: its weights as in memory (LoRA factors unmerged)
       few_shot.weights.h5  --recipe=few_shot: the contrastively tuned encoder
       metrics.json, *.png  the validation report
+      report.html        the run report (`kerasft.html_report`)
       logs/              TensorBoard
       feature_cache/     cached backbone features that did not fit in memory
       top_k/, head_phase.npz, ema.npz, averaging.json, wise_ft.png
                          --average / --wise_ft: kept epochs, head-phase weights, EMA, scores
       adapter.npz        --save_adapter: LoRA factors and head with the config and labels
       state.json         {"status": "finished", "export_path", "seconds"} once exported
+      timings.json       where the whole run's seconds went (phases, "other", total)
 
 A non-chief worker of a multi-worker run reads the chief's folder but writes its own
 outputs into a scratch folder (`out`), which is removed afterwards.
@@ -39,6 +41,7 @@ from kerasft.files import LABELS, read_json, read_labels, write_json, write_labe
 CONFIG, STATE, FIT_STATE = "config.json", "state.json", "fit_state.json"
 RESUME_WEIGHTS, BEST, HISTORY, METRICS = ("resume.weights.h5", "best.keras", "history.json",
                                           "metrics.json")
+TIMINGS = "timings.json"
 EPOCH_LOG, LOGS, BACKUP, FEATURE_CACHE = "epochs.jsonl", "logs", "backup", "feature_cache"
 ADAPTER, RUN_ID = "adapter.npz", "run_id.json"
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -43,9 +44,16 @@ def test_cli_trains_exports_and_refuses_to_overwrite_a_finished_run(tmp_path, ti
   assert "exported to" in result.stdout
   run = tmp_path / "run"
   for name in ("config.json", "history.json", "metrics.json", "best.keras",
-               "confusion_matrix.png", "training_curves.png", "state.json"):
+               "confusion_matrix.png", "training_curves.png", "state.json", "report.html",
+               "timings.json"):
     assert (run / name).is_file(), name
   assert os.listdir(run / "logs")
+  timings = json.loads((run / "timings.json").read_text())  # the whole process, by phase
+  assert {"import", "data", "model", "train", "report", "export", "report_html", "other"} == \
+      set(timings["seconds"])
+  assert timings["seconds"]["import"] > 0.5  # TensorFlow alone takes seconds
+  assert abs(sum(timings["seconds"].values()) - timings["total"]) < 1e-6
+  assert re.search(r"time: .*; total [\d.]+ s", result.stderr)
   saved = json.loads((run / "config.json").read_text())
   assert saved["model"]["image_size"] == 32 and saved["data"]["data_dir"] == colors
   assert len(json.loads((run / "history.json").read_text())["loss"]) == 1  # one convex solve
