@@ -75,17 +75,15 @@ def image_signatures(model, class_names: list[str], image_size: int, labels_path
   module = _module(model, labels_path)
   image_spec = tf.TensorSpec([image_size, image_size, 3], tf.float32)
 
-  def run(images):
-    return outputs(model(images, training=False), class_names)
-
-  def classify_encoded(encoded):
-    return run(tf.map_fn(lambda b: pipeline.decode_and_resize(b, image_size, resize), encoded,
-                         fn_output_signature=image_spec))
-
   @tf.function(input_signature=[
       tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")])
   def serving_default(images):
-    return run(images)
+    return outputs(model(images, training=False), class_names)
+
+  def classify_encoded(encoded):  # calls serving_default's graph: the model is traced once
+    return serving_default(tf.map_fn(
+        lambda b: pipeline.decode_and_resize(b, image_size, resize), encoded,
+        fn_output_signature=image_spec))
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
   def serving_bytes(image_bytes):
