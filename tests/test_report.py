@@ -308,3 +308,26 @@ def test_the_report_renders_in_a_headless_browser(runs, tmp_path):
   assert shot.is_file(), done.stderr[-2000:]
   pixels = np.asarray(Image.open(shot).convert("L"), np.float32)
   assert pixels.std() > 20 and (pixels < 128).mean() > 0.01  # text and figures, not blank
+
+
+def test_report_none_writes_no_page_and_a_hub_backbone_says_why_there_is_no_gradcam(
+    tmp_path):
+  colors = write_color_images(tmp_path / "colors", per_class=8, size=32)
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model=tiny_model()),
+      data=kerasft.DataConfig(data_dir=colors, batch_size=8),
+      training=kerasft.TrainingConfig(report="none"),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  result = kerasft.train_classifier(config, verbose=0)
+  assert not os.path.exists(os.path.join(result.config.model_dir, "report.html"))
+  assert os.path.isfile(os.path.join(result.config.model_dir, "metrics.json"))
+  task = kerasft.tasks.for_config(result.config)
+  val = task.index(0)[1]
+  assert explain.can_gradcam(result.model)
+  import keras  # a model whose backbone is one opaque layer, as a hub: module is
+  inputs = keras.Input((32, 32, 3))
+  opaque = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="probabilities")(
+      keras.layers.GlobalAveragePooling2D()(inputs)))
+  assert not explain.can_gradcam(opaque)
+  card = task.cards(opaque, val)([0], [0], ["caption"])[0]
+  assert "no Grad-CAM: the backbone&#x27;s feature maps are not reachable" in card
