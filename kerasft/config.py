@@ -5,8 +5,7 @@ text and its choices (`kerasft.settings.setting`), and `kerasft.cli` defines the
 every entry point from them. Every value is validated when the dataclass is made, so a bad
 value fails before anything is read or written, with a `UsageError` that names the flag.
 `RunConfig.resolved()` fills the defaults that depend on other values (name, folders, image
-size); the resolved config is written as `config.json` next to every run and
-`RunConfig.from_json` reads it back.
+size) and makes data paths absolute; it is written as `config.json` next to every run.
 """
 
 from __future__ import annotations
@@ -27,6 +26,8 @@ TASKS = ("multiclass", "multilabel", "regression")
 AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate")
 AUTO_ON_OFF = ("auto", "on", "off")
 DATA_SOURCES = ("data_dir", "csv", "tfrecord", "tfds", "text_dir")
+DATA_PATHS = ("data_dir", "val_dir", "csv", "val_csv", "tfrecord", "val_tfrecord",  # absolute
+              "label_names", "text_dir", "tfds_data_dir", "cache_dir")  # in config.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,9 +171,8 @@ class DataConfig:
                               "100 megapixels) instead of skipping them with a warning.")
   resize: str = setting("squash", "How images become squares, in training and in the "
                         "export's serving_bytes.", choices=("squash", "crop", "pad"))
-  slice_column: tuple[str, ...] = setting(
-      (), "--csv: report the monitored metric per value of these columns (comma-separated; "
-      "e.g. site,device), with counts, in report.html and metrics.json.")
+  slice_column: tuple[str, ...] = setting((), "--csv: report the monitored metric per value "
+                                          "of these columns (e.g. site,device) with counts.")
   augment: tuple[str, ...] = setting(
       (), "Training-only augmentation, any of flip,rotate,zoom,contrast,translate (never in "
       "the export; turns feature caching off).", choices=AUGMENTATIONS)
@@ -239,10 +239,9 @@ class TrainingConfig:
                              "the validation split, and the head is refit on all of them.")
   folds: int = setting(5, "convex head: the folds of that cross-validation.")
   calibrate: str = setting(
-      "none", "multiclass: temperature fits one temperature to the held-out predictions "
-      "(validation, or out-of-fold with k-fold) after training and bakes it into the last "
-      "layer, so the exported probabilities are calibrated; the predicted class is "
-      "unchanged.", choices=("none", "temperature"))
+      "none", "multiclass: temperature fits one temperature to the held-out predictions and "
+      "bakes it into the last layer (calibrated probabilities, same classes).",
+      choices=("none", "temperature"))
   report: str = setting("html", "Write report.html into the run folder (errors, "
                         "explanations, calibration, slices) [html].", choices=("html", "none"))
   fine_tune_epochs: int = setting(0, "Epochs of the fine-tune phase after the head phase "
@@ -360,7 +359,7 @@ class RunConfig:
                        "--gradual_unfreeze) as well")
 
   def resolved(self) -> "RunConfig":
-    """Returns a copy with name, folders, image size and fine-tune rate filled in."""
+    """A copy with name, folders, image size, fine-tune rate filled in, data paths absolute."""
     name = self.name or backbones.default_name(self.model.model)
     model = self.model
     if model.image_size is None and not backbones.source(model.model)[0]:
@@ -369,8 +368,10 @@ class RunConfig:
     if training.fine_tune_learning_rate is None:
       training = dataclasses.replace(
           training, fine_tune_learning_rate=training.learning_rate / 10)
+    data = dataclasses.replace(self.data, **{
+        f: os.path.abspath(getattr(self.data, f)) for f in DATA_PATHS if getattr(self.data, f)})
     return dataclasses.replace(
-        self, name=name, model=model, training=training,
+        self, name=name, model=model, training=training, data=data,
         model_dir=self.model_dir or os.path.join("runs", name),
         export_dir=self.export_dir or os.path.join("saved_models", name))
 

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+import kerasft
 from kerasft import config
 from kerasft.errors import UsageError
 
@@ -52,3 +53,13 @@ def test_json_round_trip(tmp_path):
   c.to_json(str(path))
   assert json.loads(path.read_text())["model"]["head"] == [64, 32]
   assert config.RunConfig.from_json(str(path)) == c
+
+
+def test_the_resolved_config_keeps_data_paths_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # a run started here is exported or evaluated from anywhere
+  resolved = kerasft.RunConfig(data=kerasft.DataConfig(
+      csv="labels.csv", val_csv="val.csv", cache_dir="cache")).resolved()
+  assert resolved.data.csv == str(tmp_path / "labels.csv")
+  assert resolved.data.val_csv == str(tmp_path / "val.csv")
+  assert resolved.data.cache_dir == str(tmp_path / "cache")
+  assert resolved.data.data_dir == "" and resolved.resolved() == resolved
