@@ -78,7 +78,7 @@ def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None
     run_dir = os.path.dirname(run_or_checkpoint) if is_checkpoint else run_or_checkpoint
     model, task, class_names = load_run(run_dir, run_or_checkpoint if is_checkpoint else "")
     card = task.card(RunFolder(run_dir).metrics())
-  task.check_formats(formats, quantize)
+  task.check_formats(formats)
   export_dir = export_dir or task.config.export_dir
   converted = [f for f in formats if f != "saved_model"]
   if converted and version is None and "saved_model" not in formats:  # the next free one

@@ -93,6 +93,6 @@ class Task:
     """Writes per-input explanation files (images: Grad-CAM PNGs); returns their paths."""
     return []
 
-  def check_formats(self, formats: tuple[str, ...], quantize: str = "none") -> None:
-    """Raises a UsageError when --format or --quantize asks for what this task cannot
-    write (`kerasft.formats`); images convert to every format."""
+  def check_formats(self, formats: tuple[str, ...]) -> None:
+    """Raises a UsageError when --format asks for what this task cannot write
+    (`kerasft.formats`); images convert to every format."""

@@ -109,7 +109,7 @@ class TextTask(Task):
     return serving.text_signatures(model, self.encoder.preprocessor, class_names,
                                    labels_path, self.output.serving_outputs)
 
-  def check_formats(self, formats, quantize="none"):
+  def check_formats(self, formats):
     if formats != ("saved_model",):
       raise UsageError(f"--format={'+'.join(formats)}: text models export as saved_model "
                        "only: the tokenizer runs in the graph as tensorflow-text ops, which "
