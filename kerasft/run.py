@@ -199,8 +199,9 @@ def _report(task, model, dataset, fitted, folder: RunFolder, runtime) -> tuple[d
     if runtime.is_chief:
       with atomic_path(folder.output(BEST)) as staging:
         model.save(staging)
-  shown = run_report.view(task, model, dataset.val_files, (targets, outputs),
-                          config.data.batch_size)
+  shown = (targets, outputs)  # the validation examples' own, for slices and report.html
+  if config.data.slice_column or config.training.report == "html":  # k-fold: predict them
+    shown = run_report.view(task, model, dataset.val_files, shown, config.data.batch_size)
   extra = {"calibration": calibrated} if calibrated else {}
   if config.data.slice_column:
     extra["slices"] = run_report.slices(task, task.output, config.data, dataset.val_files,
