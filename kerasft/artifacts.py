@@ -154,6 +154,7 @@ def explain_inputs(export: str, inputs: list, out_dir: str, batch_size: int = 32
                      f"card names {run_dir or 'none'}), which is not here; evaluate "
                      "--run_dir explains a run's validation data instead")
   model, task, class_names = load_run(run_dir)
+  task.check_explain()
   files = data.Examples(list(inputs), [0] * len(inputs), class_names, task.output)
   outputs = reports.predict(model, task.pipeline(files, batch_size))[1]
   predict, _ = client.load_predictor(version_dir)
@@ -222,7 +223,7 @@ def evaluate_run(run_dir: str, data_config, split: str = "test", output_dir: str
       logging.warning("the run's head was refit on its validation examples too, so these "
                       "figures are not held out; its metrics.json has held-out ones (%s)",
                       held_out)
-  labels, outputs = reports.predict(model, task.pipeline(files, data_config.batch_size))
+  labels, outputs = task.predict_examples(model, files, data_config.batch_size)
   return _write(task.output, labels, outputs, class_names,
                 output_dir or os.path.join("eval", f"{task.config.name}-best"),
                 RunFolder(run_dir).history(),

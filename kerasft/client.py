@@ -61,9 +61,10 @@ def read_model_card(version_dir: str) -> dict:
 
 def load_predictor(version_dir: str):
   """Loads an export; returns (predict, class_names) where `predict(inputs)` returns the
-  main output [N, C] (probabilities, multilabel scores or regression predictions) for a
-  list of inputs as the export's task takes them (image files or encoded bytes; texts)."""
-  task_class, _ = tasks.for_card(read_model_card(version_dir))
+  main output [N, C] (probabilities, multilabel scores or regression predictions; a
+  tagger's: per-text entity lists) for a list of inputs as the export's task takes them
+  (image files or encoded bytes; texts)."""
+  task_class, output = tasks.for_card(read_model_card(version_dir))
   task_class.import_serving_ops()
   signature = load_saved_model(version_dir).signatures.get(task_class.CLIENT_SIGNATURE)
   if signature is None:
@@ -76,8 +77,8 @@ def load_predictor(version_dir: str):
                      "again") from None
 
   def predict(inputs: list) -> np.ndarray:
-    return main_output(signature(**{task_class.CLIENT_INPUT: tf.constant(
-        task_class.request_items(inputs))}))
+    result = signature(**{task_class.CLIENT_INPUT: tf.constant(task_class.request_items(inputs))})
+    return output.served({k: v.numpy() for k, v in result.items()})
   return predict, class_names
 
 

@@ -24,7 +24,7 @@ _RUN_DIR_HELP = "A training run's folder (its best checkpoint)."
 # The DataConfig flags `evaluate` reads: one source and how to read it, no training options.
 EVALUATION_DATA = ("data_dir", "csv", "path_column", "label_column", "slice_column", "tfrecord", "label_names",
                    "image_key", "label_key", "tfds", "tfds_data_dir", "text_dir",
-                   "text_column", "text_key", "batch_size")
+                   "text_column", "text_key", "conll", "jsonl", "batch_size")
 
 
 @dataclasses.dataclass(frozen=True)

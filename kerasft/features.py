@@ -83,9 +83,8 @@ def head_model(model: keras.Model) -> keras.Model:
 
 def feature_model(model: keras.Model) -> keras.Model:
   """The part of `model` from its inputs to backbone features (in inference mode)."""
-  if POOLING_LAYER in [layer.name for layer in model.layers]:  # several inputs: use the graph
-    return keras.Model(model.inputs, model.get_layer(POOLING_LAYER).output,
-                       name=f"{model.name}_features")
+  if len(model.inputs) > 1:  # several inputs (a text model): cut the graph where the head starts
+    return keras.Model(model.inputs, _split(model)[1][0].input, name=f"{model.name}_features")
   return _chain(_split(model)[0], model.input_shape[1:], f"{model.name}_features")
 
 
@@ -164,7 +163,7 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
     shutil.rmtree(path, ignore_errors=True)
     images = dataset.make_inputs(files, EXTRACT_BATCH)  # in file order
     logging.info("feature cache: extracting %d %s examples to %s", len(files.inputs), name, path)
-    labels = files.targets()
+    labels = dataset.targets(files)
     features = images.map(lambda x, _: tf.cast(extractor(x, training=False), dtype))
     tf.data.Dataset.zip(features.unbatch(), tf.data.Dataset.from_tensor_slices(labels)).save(
         path, shard_func=lambda *_: np.int64(0))
@@ -191,7 +190,7 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
     if shared:
       shared.arrays[key], shared.extractions = computed, shared.extractions + 1
       shared.seconds += time.perf_counter() - start
-  onehot = np.concatenate([train.targets(), val.targets()])
+  onehot = np.concatenate([dataset.targets(train), dataset.targets(val)])
   n = len(train.inputs)
   return FeatureDatasets(
       train=finish(tf.data.Dataset.from_tensor_slices((computed[:n], onehot[:n])), n, True),

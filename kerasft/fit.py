@@ -73,7 +73,7 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
   from kerasft import distribute  # pylint: disable=g-import-not-at-top
   runtime = runtime or distribute.default_runtime()
   reason = head_solver.epochs_reason(config, model, len(dataset.train_files.inputs)
-                                     + len(dataset.val_files.inputs))
+                                     + len(dataset.val_files.inputs), output)
   if reason and config.training.head_solver == "convex":
     logging.info("head phase by epochs, not solved: %s", reason)
   converge = reason == head_solver.HIDDEN_LAYERS

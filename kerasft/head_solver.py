@@ -41,11 +41,13 @@ CONVERGE_EPOCHS = 200  # a head with hidden layers on cached features: at most t
 CONVERGE_PATIENCE = 10  # ... stopping after this many epochs without a better one
 
 
-def epochs_reason(config, model, n_examples: int) -> str | None:
+def epochs_reason(config, model, n_examples: int, output=None) -> str | None:
   """Why the head phase trains by epochs instead of the convex solve (None: it solves).
   `HIDDEN_LAYERS` means the features are cached but the head is not convex: it then trains
   on them to convergence (early stopping), not for a fixed handful of epochs."""
   t, d = config.training, config.data
+  if output is not None and not output.convex:
+    return f"--task={output.name} trains its head by epochs"
   if t.head_solver == "epochs":
     return "--head_solver=epochs"
   if t.cache_features == "off":

@@ -53,7 +53,8 @@ class Dataset:
   """What training needs: batched (model inputs, targets) pipelines and class names.
 
   make_inputs(files, batch_size): an unshuffled, uncached pipeline of other examples in
-  the same form (feature caching uses it).
+  the same form (feature caching uses it); targets(files): the training targets of its
+  rows, in order (default: `Examples.targets`; a tagger's are per token).
   """
   train: "tf.data.Dataset"  # noqa: F821
   val: "tf.data.Dataset"  # noqa: F821
@@ -61,6 +62,7 @@ class Dataset:
   train_files: Examples
   val_files: Examples
   make_inputs: Callable
+  targets: Callable = Examples.targets
 
 
 RESIZE_MODES = ("squash", "crop", "pad")

@@ -186,7 +186,7 @@ def _report(task, model, dataset, fitted, folder: RunFolder, runtime) -> tuple[d
     targets, outputs = fitted.solution.targets, fitted.solution.outputs
     validated_on = fitted.solution.validated_on
   else:
-    targets, outputs = reports.predict(*(fitted.validation_view or (model, dataset.val)))
+    targets, outputs = task.held_out(model, dataset, fitted.validation_view)
     validated_on = f"the {len(dataset.val_files.inputs)} validation examples"
   config = task.config
   raw = outputs

@@ -43,8 +43,7 @@ def train_counts(output, train_files) -> list | None:
   """Training examples per class (per label for multilabel); None for regression."""
   if not output.classifies:
     return None
-  ids = np.concatenate([np.ravel(np.asarray(l, int)) for l in train_files.labels] or [[]])
-  return np.bincount(ids.astype(int), minlength=len(train_files.class_names)).tolist()
+  return output.class_counts(train_files.labels, len(train_files.class_names))
 
 
 def summary(config, dataset, metrics: dict, seconds: dict, monitor: str) -> list:

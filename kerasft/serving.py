@@ -125,6 +125,28 @@ def text_signatures(model, preprocessor, class_names: list[str], labels_path: st
                     {"serving_default": ("text", ["a warm-up sentence"])})
 
 
+def tagging_signatures(model, preprocessor, tag_names: list[str], labels_path: str,
+                       length: int) -> Signatures:
+  """`serving_default` of a tagger (`kerasft.tasks.tagging`) taking raw strings `text`
+  [None]: words, their character offsets, IOB2 tags and scores, and the entities (text,
+  type, start, end, score), each padded to the longest in the batch ("" or -1 pads);
+  texts longer than `length` tokens are read in overlapping windows
+  (`kerasft.tagging_graph`)."""
+  from kerasft import tagging_graph as graph  # pylint: disable=g-import-not-at-top
+  module = _module(model, labels_path)
+  module.tokenizer_resources = _compat.capturable_resources(preprocessor)
+  special = graph.special_tokens(preprocessor)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+  def serving_default(text):
+    return graph.tag(model, graph.windows(text, preprocessor.tokenizer, special, length),
+                     tag_names)
+
+  module.serving_default = serving_default
+  return Signatures(module, {"serving_default": {"text": "string [N], raw text"}},
+                    {"serving_default": ("text", ["Ada Lovelace lived in London."])})
+
+
 def custom_ops(saved_model_dir: str) -> list[str]:
   """The ops a SavedModel needs that core TensorFlow lacks (for a text model, the
   tensorflow-text tokenizer ops a model server must have linked in)."""

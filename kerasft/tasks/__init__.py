@@ -17,35 +17,45 @@ Importing this package imports no TensorFlow.
 
 from __future__ import annotations
 
+from kerasft.errors import UsageError
 from kerasft.tasks.outputs import MAIN_OUTPUTS, Output, make as make_output
 
 TEXT_PREFIX = "keras_hub:"  # --model=keras_hub:PRESET_OR_FOLDER is a text encoder
 
 
-def modality_class(model: str):
-  """The task class for a --model value: `TextTask` for keras_hub:, else `ImageTask`."""
-  from kerasft.tasks import image, text  # pylint: disable=g-import-not-at-top
+def modality_class(model: str, output: Output | None = None):
+  """The task class for a --model value and output: `TaggingTask` for the tagging
+  output, else `TextTask` for keras_hub:, else `ImageTask`."""
+  from kerasft.tasks import image, tagging, text  # pylint: disable=g-import-not-at-top
+  if isinstance(output, tagging.Tagging):
+    return tagging.TaggingTask
   return text.TextTask if model.startswith(TEXT_PREFIX) else image.ImageTask
 
 
 def for_config(config, backbone=None):
   """The task of a `RunConfig`; `backbone` is an already loaded backbone to reuse."""
   output = make_output(config.model.task, config.model.threshold)
-  return modality_class(config.model.model)(config, output, backbone)
+  return modality_class(config.model.model, output)(config, output, backbone)
 
 
 def check(config) -> None:
   """Raises a UsageError for settings the config's modality or output cannot honour."""
-  make_output(config.model.task, config.model.threshold).check(config)
-  modality_class(config.model.model).check_inputs(config)
+  output = make_output(config.model.task, config.model.threshold)
+  d = config.data
+  if (d.conll or d.jsonl) and output.name != "tagging":
+    raise UsageError(f"--{d.source}: tagged texts are for --task=tagging, not "
+                     f"--task={output.name}")
+  output.check(config)
+  modality_class(config.model.model, output).check_inputs(config)
 
 
 def for_card(card: dict):
   """(task class, Output) of an export, from its model card."""
   from kerasft.tasks import image, text  # pylint: disable=g-import-not-at-top
+  output = make_output(card.get("task", "multiclass"), card.get("threshold", 0.5))
   cls = next(c for c in (text.TextTask, image.ImageTask)
              if card.get("input", {}).get("dtype", "float32") == c.INPUT_DTYPE)
-  return cls, make_output(card.get("task", "multiclass"), card.get("threshold", 0.5))
+  return modality_class("keras_hub:" if cls is text.TextTask else "", output), output
 
 
 __all__ = ["MAIN_OUTPUTS", "Output", "check", "for_card", "for_config", "make_output",

@@ -53,7 +53,7 @@ class Task:
     card.update(self.input_card())
     if metrics:
       card["validation_metrics"] = {k: v for k, v in metrics.items() if k not in (
-          "per_class", "per_label", "per_target", "confusion_matrix")}
+          "per_class", "per_label", "per_target", "confusion_matrix", "type_confusion")}
     return card
 
   def input_card(self) -> dict:
@@ -92,6 +92,20 @@ class Task:
   def explanation_files(self, model, files, class_ids, out_dir: str) -> list[str]:
     """Writes per-input explanation files (images: Grad-CAM PNGs); returns their paths."""
     return []
+
+  def predict_examples(self, model, files, batch_size: int):
+    """(what the report compares with, `model`'s outputs) on `files` (evaluate --run_dir)."""
+    from kerasft import reports  # pylint: disable=g-import-not-at-top
+    return reports.predict(model, self.pipeline(files, batch_size))
+
+  def held_out(self, model, dataset, view=None):
+    """(targets, outputs) of `model` on the run's validation examples; view: (head model,
+    cached validation features) when the head trained on cached features."""
+    from kerasft import reports  # pylint: disable=g-import-not-at-top
+    return reports.predict(*(view or (model, dataset.val)))
+
+  def check_explain(self) -> None:
+    """Raises a UsageError when predict --explain cannot explain this task's outputs."""
 
   def check_formats(self, formats: tuple[str, ...]) -> None:
     """Raises a UsageError when --format asks for what this task cannot write

@@ -26,6 +26,7 @@ class Output:
   objective = ("accuracy", "max")  # the report's figure that compares runs (a search)
   min_classes = 2
   one_label = True  # one class per example (image folders can hold it)
+  convex = True  # a linear head on fixed features is a convex problem (`head_solver`)
   classifies = True  # class names are given by the data (not target names)
 
   def __init__(self, threshold: float = 0.5):
@@ -38,6 +39,11 @@ class Output:
     for i, label in enumerate(labels):
       out[i, label] = 1.0
     return out
+
+  def class_counts(self, labels: list, k: int) -> list[int]:
+    """Examples per class (per label, multilabel) among per-example `labels`."""
+    ids = np.concatenate([np.ravel(np.asarray(l, int)) for l in labels] or [[]])
+    return np.bincount(ids.astype(int), minlength=k).tolist()
 
   def strata(self, labels: list):
     """The labels a validation split is stratified by, or None for a random split."""
@@ -155,6 +161,11 @@ class Output:
     scaled = calibration.scaled(outputs, temperature)
     entry.update(temperature=temperature, ece_calibrated=calibration.ece(scaled, labels))
     return scaled, entry, temperature
+
+  def served(self, result: dict):
+    """What a client keeps of a signature's outputs (numpy arrays by name): the main
+    output [N, ...] (probabilities, scores or predictions)."""
+    return np.asarray(result[next(k for k in MAIN_OUTPUTS if k in result)])
 
   def agreement(self, got: np.ndarray, expected: np.ndarray) -> dict:
     """How a converted model's main output `got` agrees with the SavedModel's `expected`
@@ -369,5 +380,8 @@ MAIN_OUTPUTS = tuple(cls.layer for cls in KINDS.values())  # probabilities, scor
 
 
 def make(task: str = "multiclass", threshold: float = 0.5) -> Output:
-  """The Output for a --task name."""
+  """The Output for a --task name (tagging: `kerasft.tasks.tagging`, with its task)."""
+  if task == "tagging":
+    from kerasft.tasks.tagging import Tagging  # pylint: disable=g-import-not-at-top
+    return Tagging(threshold)
   return KINDS[task](threshold)

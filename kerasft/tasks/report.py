@@ -125,6 +125,27 @@ def _residuals(data: ReportData) -> str:
           table(["target", "MAE", "MSE", "R²"], rows))
 
 
+def _per_type(data: ReportData) -> str:
+  m = data.metrics
+  rows = [(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
+           r["support"], r["predicted"]) for name, r in sorted(m["per_type"].items())]
+  rows.append(("all (micro)", f"{m['entity_precision']:.3f}", f"{m['entity_recall']:.3f}",
+               f"{m['entity_f1']:.3f}", m["entities"], sum(r[5] for r in rows)))
+  return table(["type", "precision", "recall", "F1", "true entities", "predicted"], rows)
+
+
+def _tagging_errors(data: ReportData, cards: Callable) -> str:
+  """Texts whose predicted entities differ most from the true ones (true: underlined;
+  predicted: shaded, type above)."""
+  wrong = [len({tuple(e[:3]) for e in t} ^ {tuple(e[:3]) for e in p})
+           for t, p in zip(data.labels, data.outputs)]
+  order = [int(i) for i in np.argsort(wrong, kind="stable")[::-1][:GALLERY] if wrong[i]]
+  shown = cards(order, [data.outputs[i] for i in order],
+                [f"{wrong[i]} entities differ" for i in order])
+  return (f"<p>{sum(1 for w in wrong if w)} of {len(wrong)} texts have errors; the "
+          f"{len(order)} with the most:</p>" + "".join(shown) if order else "<p>none</p>")
+
+
 def _slices(data: ReportData) -> str:
   if not data.slices:
     return "<p>No --slice_column given (CSV sources: --slice_column=site,device).</p>"
@@ -150,6 +171,11 @@ def sections(output_name: str, data: ReportData, headline: str,
         ("Most confident mistakes", lambda: _confident_mistakes(data, cards)),
         ("Calibration", lambda: _calibration(data)),
         ("Slices", lambda: _slices(data))]
+  if output_name == "tagging":
+    return common + [("Per entity type", lambda: _per_type(data)),
+                     ("Entity types confused", lambda: figure(data.out_dir,
+                                                              "confusion_matrix.png")),
+                     ("Texts with errors", lambda: _tagging_errors(data, cards))]
   names = data.class_names
   if output_name == "multilabel":
     def describe(i):
