@@ -151,7 +151,11 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
   `shared_extraction`.
   """
   extractor = feature_model(model)
-  width = int(np.prod(extractor.output_shape[1:]))
+  shape = extractor.output_shape[1:]
+  if None in shape:  # a sequence model: the cached rows are padded to the data's length
+    shape = extractor.predict(dataset.make_inputs(dataset.train_files.subset([0]), 1),
+                              verbose=0).shape[1:]
+  width = int(np.prod(shape))
   n = len(dataset.train_files.inputs) + len(dataset.val_files.inputs)
   needed = n * width * np.dtype(dtype).itemsize
   on_disk = needed > memory_budget

@@ -76,7 +76,7 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
                                      + len(dataset.val_files.inputs), output)
   if reason and config.training.head_solver == "convex":
     logging.info("head phase by epochs, not solved: %s", reason)
-  converge = reason == head_solver.HIDDEN_LAYERS
+  converge = reason in head_solver.CONVERGE
   plan = make_plan(config.training, config.model, len(backbones.blocks(backbone_of(model))),
                    head_epochs=head_solver.CONVERGE_EPOCHS if converge else 0 if reason else 1)
   monitor, mode = output.monitor

@@ -37,6 +37,8 @@ class Solution:
 
 
 HIDDEN_LAYERS = "the head has hidden layers (--head)"
+NOT_CONVEX = "the output's head is not one convex problem (a tag per token)"
+CONVERGE = (HIDDEN_LAYERS, NOT_CONVEX)  # trained on cached features to convergence
 CONVERGE_EPOCHS = 200  # a head with hidden layers on cached features: at most this many
 CONVERGE_PATIENCE = 10  # ... stopping after this many epochs without a better one
 
@@ -46,8 +48,8 @@ def epochs_reason(config, model, n_examples: int, output=None) -> str | None:
   `HIDDEN_LAYERS` means the features are cached but the head is not convex: it then trains
   on them to convergence (early stopping), not for a fixed handful of epochs."""
   t, d = config.training, config.data
-  if output is not None and not output.convex:
-    return f"--task={output.name} trains its head by epochs"
+  if output is not None and not output.convex and t.head_solver == "convex":
+    return NOT_CONVEX
   if t.head_solver == "epochs":
     return "--head_solver=epochs"
   if t.cache_features == "off":

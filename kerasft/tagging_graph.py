@@ -203,3 +203,29 @@ def tag(model, packed: dict, tag_names: list[str]) -> dict:
   probs = model(model_inputs(model, packed), training=False)
   return decode(packed, tf.gather_nd(tf.cast(probs, tf.float32), word_index(packed)),
                 tag_names)
+
+
+@keras.saving.register_keras_serializable(package="kerasft")
+class TokenCrossentropy(keras.losses.Loss):
+  """Cross-entropy of per-token one-hot targets [B, L, T], averaged over the tagged
+  positions only (all-zero target rows: sub-words after a word's first, special tokens,
+  padding). A mean over all positions would shrink every step by the share of untagged
+  positions: a linear head on frozen features then stays below the all-O baseline."""
+
+  def __init__(self, label_smoothing: float = 0.0, name: str = "token_crossentropy",
+               **kwargs):
+    kwargs.pop("reduction", None)
+    super().__init__(name=name, reduction="sum", **kwargs)
+    self.label_smoothing = label_smoothing
+
+  def call(self, y_true, y_pred):
+    y_true = tf.cast(y_true, y_pred.dtype)
+    tagged = tf.reduce_max(y_true, axis=-1, keepdims=True)
+    if self.label_smoothing:
+      k = tf.cast(tf.shape(y_true)[-1], y_pred.dtype)
+      y_true = (y_true * (1.0 - self.label_smoothing) + self.label_smoothing / k) * tagged
+    log = tf.math.log(tf.clip_by_value(y_pred, keras.config.epsilon(), 1.0))
+    return -tf.reduce_sum(y_true * log) / tf.maximum(tf.reduce_sum(tagged), 1.0)
+
+  def get_config(self):
+    return {**super().get_config(), "label_smoothing": self.label_smoothing}

@@ -74,6 +74,10 @@ class Tagging(Output):
   def solver(self, model, standardize=True, floor=0.0):
     return None
 
+  def loss(self, label_smoothing=0.0):
+    from kerasft import tagging_graph as graph  # pylint: disable=g-import-not-at-top
+    return graph.TokenCrossentropy(label_smoothing)
+
   def metrics(self):
     from kerasft import tagging_graph as graph  # pylint: disable=g-import-not-at-top
     return [graph.TokenAccuracy(), graph.EntityF1()]
@@ -254,23 +258,37 @@ class TaggingTask(TextTask):
     return dataclasses.replace(files, inputs=texts, labels=labels, names=names, problems=None)
 
   def pipelines(self, train, val):
+    """Training batches of texts of similar length, each cut to its longest text (a
+    fraction of the padded length's work: most texts are short), reshuffled every epoch;
+    validation batches cut the same way; `make_inputs` (the feature cache's) padded."""
     from kerasft import pipeline  # pylint: disable=g-import-not-at-top
     train, val = self.fit_length(train), self.fit_length(val)
     batch, seed = self.config.data.batch_size, self.config.training.seed
     return pipeline.Dataset(
-        train=self.make_pipeline(train, batch, True, seed), val=self.make_pipeline(val, batch),
-        class_names=train.class_names, train_files=train, val_files=val,
-        make_inputs=self.make_pipeline, targets=lambda files: self.encode(files)[1])
+        train=self.make_pipeline(train, batch, True, seed, cut=True),
+        val=self.make_pipeline(val, batch, cut=True), class_names=train.class_names,
+        train_files=train, val_files=val, make_inputs=self.make_pipeline,
+        targets=lambda files: self.encode(files)[1])
 
-  def make_pipeline(self, files, batch_size: int, shuffle: bool = False, seed: int = 0):
-    """Batched (model inputs, per-token targets) of `files`, encoded once, in memory."""
+  def make_pipeline(self, files, batch_size: int, shuffle: bool = False, seed: int = 0,
+                    cut: bool = False):
+    """Batched (model inputs, per-token targets) of `files`, encoded once, in memory, padded
+    to the model's length; cut: each batch cut to its longest row (rounded up to 8), and
+    with `shuffle`, batches drawn from runs of 16 batches sorted by length."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     inputs, targets = self.encode(files)
     ds = tf.data.Dataset.from_tensor_slices(({t.name: inputs[t.name] for t in
                                               self.encoder.model.inputs}, targets))
     if shuffle:
       ds = ds.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    if shuffle and cut:
+      ds = ds.batch(batch_size * 16).map(_by_length).unbatch()
+    ds = ds.batch(batch_size)
+    if cut:
+      ds = ds.map(_cut)
+    if shuffle and cut:
+      ds = ds.shuffle(16, seed=seed, reshuffle_each_iteration=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
   def pipeline(self, files, batch_size: int):
     return self.make_pipeline(files, batch_size)
@@ -331,6 +349,25 @@ class TaggingTask(TextTask):
     return cards
 
 
+def _lengths(x):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1)
+
+
+def _by_length(x, y):
+  """A batch's rows ordered by their length."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  order = tf.argsort(_lengths(x))
+  return {k: tf.gather(v, order) for k, v in x.items()}, tf.gather(y, order)
+
+
+def _cut(x, y):
+  """A batch cut to its longest row, rounded up to a multiple of 8."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  n = tf.minimum((tf.reduce_max(_lengths(x)) + 7) // 8 * 8, tf.shape(y)[1])
+  return {k: v[:, :n] for k, v in x.items()}, y[:, :n]
+
+
 def marked(text: str, gold: list, predicted: list) -> str:
   """`text` as HTML: predicted entities shaded (type as a superscript), true ones
   underlined."""
@@ -380,7 +417,8 @@ def build_tagger(encoder, n_types: int, length: int, output, head: tuple = (),
   frozen encoder in inference mode, then `kerasft.heads.add_head` on every token."""
   import keras  # pylint: disable=g-import-not-at-top
   from kerasft import _compat, heads  # pylint: disable=g-import-not-at-top
-  inputs = {t.name: keras.Input((length,), dtype=t.dtype, name=t.name)
+  del length  # any length: batches are cut to their longest text, windows are `length`
+  inputs = {t.name: keras.Input((None,), dtype=t.dtype, name=t.name)
             for t in encoder.model.inputs}
   encoder.model.trainable = False
   _compat.pin_inference_mode(encoder.model)
