@@ -151,11 +151,7 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
   `shared_extraction`.
   """
   extractor = feature_model(model)
-  shape = extractor.output_shape[1:]
-  if None in shape:  # a sequence model: the cached rows are padded to the data's length
-    shape = extractor.predict(dataset.make_inputs(dataset.train_files.subset([0]), 1),
-                              verbose=0).shape[1:]
-  width = int(np.prod(shape))
+  width = _width(extractor, dataset)
   n = len(dataset.train_files.inputs) + len(dataset.val_files.inputs)
   needed = n * width * np.dtype(dtype).itemsize
   on_disk = needed > memory_budget
@@ -200,6 +196,15 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
       train=finish(tf.data.Dataset.from_tensor_slices((computed[:n], onehot[:n])), n, True),
       val=finish(tf.data.Dataset.from_tensor_slices((computed[n:], onehot[n:])), 0, False),
       on_disk=False, arrays=(computed[:n].astype(np.float32), computed[n:].astype(np.float32)))
+
+
+def _width(extractor: keras.Model, dataset: Dataset) -> int:
+  """Features per example; a sequence model's from one example (rows are padded alike)."""
+  shape = extractor.output_shape[1:]
+  if None in shape:
+    shape = extractor.predict(dataset.make_inputs(dataset.train_files.subset([0]), 1),
+                              verbose=0).shape[1:]
+  return int(np.prod(shape))
 
 
 def _extract(extractor: keras.Model, dataset: Dataset, verbose) -> np.ndarray:

@@ -16,6 +16,8 @@ or [None, K]:
                    resized exactly as in training (`kerasft.pipeline.decode_and_resize`)
   serving_example: examples string [None], serialized tf.train.Examples whose
                    `image/encoded` feature holds the encoded image
+A text model's `serving_default` takes `text` string [None] instead; a tagger's
+(`tagging_signatures`) returns per-word and per-entity outputs padded per batch.
 A version folder also holds `assets/labels.txt` (class names in class-id order),
 `model_card.json`, and, when tensorflow-serving-api is installed, TF Serving warm-up
 requests in `assets.extra/tf_serving_warmup_requests`. The export root (the parent of the

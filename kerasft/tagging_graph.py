@@ -229,3 +229,54 @@ class TokenCrossentropy(keras.losses.Loss):
 
   def get_config(self):
     return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def lengths(x):
+  return tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1)
+
+
+def by_length(x, y):
+  """A batch's rows ordered by their length."""
+  order = tf.argsort(lengths(x))
+  return {k: tf.gather(v, order) for k, v in x.items()}, tf.gather(y, order)
+
+
+def cut_batch(x, y):
+  """A batch cut to its longest row, rounded up to a multiple of 8."""
+  n = tf.minimum((tf.reduce_max(lengths(x)) + 7) // 8 * 8, tf.shape(y)[1])
+  return {k: v[:, :n] for k, v in x.items()}, y[:, :n]
+
+
+def packer(encoder, length: int):
+  """A tf.function: texts [N] -> `windows` for `encoder` (a
+  `kerasft.text.TextBackbone`) and `length` tokens per window."""
+  special = special_tokens(encoder.preprocessor)
+  tokenizer = encoder.preprocessor.tokenizer
+  return tf.function(lambda texts: windows(texts, tokenizer, special, length),
+                     input_signature=[tf.TensorSpec([None], tf.string)])
+
+
+def piece_counts(encoder, texts: list[str]) -> np.ndarray:
+  """Sub-words per text, as the tagger tokenizes (word by word)."""
+  pack, counts = packer(encoder, encoder.max_length), []
+  for start in range(0, len(texts), 512):
+    chunk = texts[start:start + 512]
+    packed = pack(tf.constant(chunk, tf.string))
+    counts.append(tf.math.unsorted_segment_sum(
+        packed["pieces"], packed["words"].value_rowids(), len(chunk)).numpy())
+  return np.concatenate(counts) if counts else np.zeros(1, int)
+
+
+def build_tagger(encoder, n_types: int, length: int, output, head: tuple = (),
+                 dropout: float = 0.2):
+  """Packed token inputs [N, length] -> tag probabilities [N, length, 1 + 2 n_types]: the
+  frozen encoder in inference mode, then `kerasft.heads.add_head` on every token."""
+  from kerasft import _compat, heads  # pylint: disable=g-import-not-at-top
+  del length  # any length: batches are cut to their longest text, windows are `length`
+  inputs = {t.name: keras.Input((None,), dtype=t.dtype, name=t.name)
+            for t in encoder.model.inputs}
+  encoder.model.trainable = False
+  _compat.pin_inference_mode(encoder.model)
+  x = encoder.model(inputs, training=False)
+  outputs = heads.add_head(x, n_types, output, head, dropout)
+  return keras.Model(inputs, outputs, name=f"{encoder.name.replace('-', '_')}_tagger")

@@ -221,3 +221,22 @@ def slices(output_name: str, values: dict, labels: np.ndarray, outputs: np.ndarr
       name, figure_ = slice_metric(output_name, labels[idx], outputs[idx], threshold)
       out[column][str(value)] = {"count": int(len(idx)), name: figure_}
   return out
+
+
+def marked(text: str, gold: list, predicted: list) -> str:
+  """`text` as HTML: predicted entities shaded (type as a superscript), true ones
+  underlined."""
+  edges = sorted({0, len(text)} | {e[k] for e in list(gold) + list(predicted) for k in (0, 1)})
+  out = []
+  for a, b in zip(edges, edges[1:]):
+    piece = esc(text[a:b])
+    got = next((e for e in predicted if e[0] <= a and b <= e[1]), None)
+    true = any(e[0] <= a and b <= e[1] for e in gold)
+    if true:
+      piece = f"<u>{piece}</u>"
+    if got:
+      piece = f'<span style="background:#cde">{piece}</span>'
+      if b == got[1]:
+        piece += f"<sup>{esc(got[2])}</sup>"
+    out.append(piece)
+  return "".join(out)
