@@ -254,3 +254,39 @@ def read_tfds_texts(name: str, data_dir: str, split: str, text_key: str = "",
   """The texts of one split of a prepared TFDS data set (its first `Text` feature unless
   named), like `read_tfds`."""
   return _read_tfds(name, data_dir, split, text_key, label_key, output, class_names, True)
+
+
+def read_tfds_tokens(name: str, data_dir: str, split: str, tokens_key: str = "",
+                     tags_key: str = "") -> tuple[list[str], list[list]]:
+  """(texts, character-span entities) of one split of a prepared TFDS data set of token
+  and tag sequences (`kerasft.tagging`): a `Sequence` of `Text` (--text_key [the first])
+  and a `Sequence` of `ClassLabel` tag names (--label_key [ner, else tags, else the
+  first]), as `conll2003` or `wikiann` hold them."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from kerasft import tagging  # pylint: disable=g-import-not-at-top
+  builder = _tfds_builder(name, data_dir)
+  features = builder.info.features
+  of = lambda kind: [k for k, f in features.items()  # noqa: E731
+                     if isinstance(getattr(f, "feature", None), kind)]
+  tokens_key = tokens_key or next(iter(of(tfds.features.Text)), "")
+  sequences = of(tfds.features.ClassLabel)
+  tags_key = tags_key or next((k for k in ("ner", "tags", "ner_tags") if k in sequences),
+                              next(iter(sequences), ""))
+  for flag, key, kind in (("text_key", tokens_key, "Sequence(Text)"),
+                          ("label_key", tags_key, "Sequence(ClassLabel)")):
+    if key not in features:
+      raise UsageError(f"--{flag}: {name} has no {kind} feature {key!r}; its features are "
+                       f"{', '.join(features)}")
+  names = features[tags_key].feature.names
+  ds = _tfds_split(builder, name, data_dir, split, None)
+  texts, entities = [], []
+  for example in tfds.as_numpy(ds):
+    tokens = [t.decode("utf-8", errors="replace") for t in example[tokens_key]]
+    if tokens:
+      text, found = tagging.from_tokens(tokens, [names[i] for i in example[tags_key]],
+                                        f"--tfds: {name}[{split}] example {len(texts) + 1}")
+      texts.append(text)
+      entities.append(found)
+  if not texts:
+    raise UsageError(f"--tfds: split {split!r} of {name} is empty")
+  return texts, entities

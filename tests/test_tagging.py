@@ -348,3 +348,48 @@ def test_tagging_mistakes_are_one_line_errors(tiny_preset, tmp_path, args, messa
   last = result.stderr.strip().splitlines()[-1]
   assert message.format(**paths) in last, last
   assert not os.path.exists(tmp_path / "run")
+
+
+def _prepare_tiny_tagging_tfds(data_dir):
+  """A conll2003-shaped data set ("kerasft_entities": tokens, pos and ner sequences, train
+  and validation splits) prepared in `data_dir`, as `tfds build` would."""
+  import tensorflow_datasets as tfds
+  tags = ["O", "B-DRINK", "I-DRINK", "B-FOOD", "I-FOOD"]
+
+  class KerasftEntities(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "tokens": tfds.features.Sequence(tfds.features.Text()),
+          "pos": tfds.features.Sequence(tfds.features.ClassLabel(names=["NN", "VB"])),
+          "ner": tfds.features.Sequence(tfds.features.ClassLabel(names=tags))}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(0, 40), "validation": self._generate_examples(
+          1, 10)}
+
+    def _generate_examples(self, seed, n):
+      for i, (tokens, labels) in enumerate(_sentences(n, seed=seed)):
+        yield str(i), {"tokens": tokens, "pos": [0] * len(tokens),
+                       "ner": [tags.index(t) for t in labels]}
+
+  KerasftEntities(data_dir=str(data_dir)).download_and_prepare()
+
+
+def test_tfds_token_and_tag_sequences(tiny_preset, tmp_path):
+  from kerasft import records, tasks
+  _prepare_tiny_tagging_tfds(tmp_path / "tfds")
+  texts, entities = records.read_tfds_tokens("kerasft_entities", str(tmp_path / "tfds"),
+                                             "train")
+  expected = [tagging.from_tokens(t, g, "") for t, g in _sentences(40, seed=0)]
+  assert sorted(zip(texts, map(str, entities))) == sorted((t, str(e)) for t, e in expected)
+  with pytest.raises(UsageError, match="^--label_key: kerasft_entities has no"):
+    records.read_tfds_tokens("kerasft_entities", str(tmp_path / "tfds"), "train",
+                             tags_key="chunks")
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="keras_hub:" + tiny_preset, task="tagging"),
+      data=kerasft.DataConfig(tfds="kerasft_entities", tfds_data_dir=str(tmp_path / "tfds")))
+  train, val = tasks.for_config(config.resolved()).index()
+  assert (len(train.inputs), len(val.inputs)) == (40, 10)  # its own validation split
+  assert train.class_names == ["DRINK", "FOOD"]

@@ -42,7 +42,7 @@ def check(config) -> None:
   """Raises a UsageError for settings the config's modality or output cannot honour."""
   output = make_output(config.model.task, config.model.threshold)
   d = config.data
-  if (d.conll or d.jsonl) and output.name != "tagging":
+  if (d.conll or d.jsonl) and output.name != "tagging":  # (--tfds serves every task)
     raise UsageError(f"--{d.source}: tagged texts are for --task=tagging, not "
                      f"--task={output.name}")
   output.check(config)

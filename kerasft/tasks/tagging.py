@@ -21,7 +21,7 @@ from kerasft.errors import UsageError
 from kerasft.tasks.outputs import Output, _refuse
 from kerasft.tasks.text import TextTask
 
-SOURCES = ("conll", "jsonl")
+SOURCES = ("conll", "jsonl", "tfds")
 CHUNK = 512  # texts per tokenizer call
 
 
@@ -137,17 +137,26 @@ class TaggingTask(TextTask):
                        f"--model=keras_hub:PRESET_OR_FOLDER, not --model={config.model.model}")
     d = config.data
     if d.source not in SOURCES + ("",):
-      raise UsageError(f"--{d.source}: --task=tagging reads --conll or --jsonl")
+      raise UsageError(f"--{d.source}: --task=tagging reads --conll, --jsonl or --tfds")
     if d.source == "":
       raise UsageError("--conll/--jsonl: --task=tagging needs tagged texts; pass "
-                       "--conll=FILE or --jsonl=FILE")
+                       "--conll=FILE, --jsonl=FILE or --tfds=NAME")
     if config.model.pooling != "mean":
       raise UsageError("--pooling: --task=tagging tags every token; it pools nothing")
     super().check_inputs(config)
 
   @staticmethod
-  def read(data_config, flag_prefix: str = "") -> tuple[str, str, tuple]:
-    """(flag, path, (texts, entities)) of a DataConfig's --conll/--jsonl (or --val_...)."""
+  def read(data_config, flag_prefix: str = "", split: str = "") -> tuple[str, str, tuple]:
+    """(flag, path, (texts, entities)) of a DataConfig's --conll/--jsonl (or --val_...),
+    or --tfds (its --train_split, or `split`; flag_prefix "val_": --val_split or the set's
+    validation split, "" when it has none)."""
+    d = data_config
+    if d.tfds:
+      from kerasft import records  # pylint: disable=g-import-not-at-top
+      split = split or (d.train_split if not flag_prefix else d.val_split or
+                        records.tfds_validation_split(d.tfds, d.tfds_data_dir))
+      return "tfds", f"{d.tfds}[{split}]" if split else "", records.read_tfds_tokens(
+          d.tfds, d.tfds_data_dir, split, d.text_key, d.label_key) if split else ((), ())
     flag = next(f"{flag_prefix}{s}" for s in SOURCES if getattr(data_config, s))
     path = getattr(data_config, flag)
     reader = tagging.read_conll if flag.endswith("conll") else tagging.read_jsonl
@@ -179,7 +188,7 @@ class TaggingTask(TextTask):
   @staticmethod
   def evaluation_examples(data_config, output, class_names, split="test"):
     from kerasft import data  # pylint: disable=g-import-not-at-top
-    flag, path, (texts, entities) = TaggingTask.read(data_config)
+    flag, path, (texts, entities) = TaggingTask.read(data_config, split=split)
     unknown = sorted(set(tagging.entity_types(entities)) - set(class_names))
     if unknown:
       logging.warning("--%s: %s has entity types the model does not tag (%s): they count as "
