@@ -139,7 +139,8 @@ def tagging_signatures(model, preprocessor, tag_names: list[str], labels_path: s
   module.tokenizer_resources = _compat.capturable_resources(preprocessor)
   special = graph.special_tokens(preprocessor)
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+               autograph=False)  # plain ops: nothing for AutoGraph to convert
   def serving_default(text):
     return graph.tag(model, graph.windows(text, preprocessor.tokenizer, special, length),
                      tag_names)

@@ -253,7 +253,7 @@ def packer(encoder, length: int):
   special = special_tokens(encoder.preprocessor)
   tokenizer = encoder.preprocessor.tokenizer
   return tf.function(lambda texts: windows(texts, tokenizer, special, length),
-                     input_signature=[tf.TensorSpec([None], tf.string)])
+                     input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
 
 
 def piece_counts(encoder, texts: list[str]) -> np.ndarray:

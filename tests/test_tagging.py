@@ -321,7 +321,7 @@ def test_predict_and_evaluate_commands_report_entities(tagging_run, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--task=tagging", "--csv={conll}"], "--csv: --task=tagging reads --conll or --jsonl"),
+    (["--task=tagging", "--csv={conll}"], "--csv: --task=tagging reads --conll, --jsonl or --tfds"),
     (["--task=tagging"], "--conll/--jsonl: --task=tagging needs tagged texts"),
     (["--conll={conll}"], "--conll: tagged texts are for --task=tagging, not --task=multiclass"),
     (["--task=tagging", "--conll={conll}", "--model=mobilenet"],

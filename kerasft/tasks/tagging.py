@@ -321,8 +321,8 @@ class TaggingTask(TextTask):
     special, tokenizer = (graph.special_tokens(self.encoder.preprocessor),
                           self.encoder.preprocessor.tokenizer)
     run = tf.function(lambda texts: graph.tag(model, graph.windows(
-        texts, tokenizer, special, length), names), input_signature=[tf.TensorSpec([None],
-                                                                                tf.string)])
+        texts, tokenizer, special, length), names), autograph=False,
+                      input_signature=[tf.TensorSpec([None], tf.string)])
     predicted = []
     for start in range(0, len(files.inputs), batch_size):
       result = run(tf.constant(files.inputs[start:start + batch_size], tf.string))
