@@ -120,6 +120,21 @@ def fit_run(run_config, model, dataset, task="multiclass", **kwargs):
                      run_folder.RunFolder(run_config.model_dir), **kwargs).history
 
 
+def text_saved_model_cli(export_path, texts, outdir):
+  """`saved_model_cli run` of a text export's serving_default on `texts`, outputs as .npy
+  files in `outdir`. saved_model_cli cannot load tensorflow-text's ops itself: its main()
+  runs in a process that imported tensorflow_text first, as the README says."""
+  script = ("import sys, tensorflow_text\n"
+            "from tensorflow.python.tools import saved_model_cli\n"
+            "sys.argv = ['saved_model_cli'] + sys.argv[1:]\n"
+            "saved_model_cli.main()\n")
+  run = subprocess.run([sys.executable, "-c", script, "run", "--dir", export_path,
+                        "--tag_set", "serve", "--signature_def", "serving_default",
+                        "--input_exprs", f"text={texts!r}", "--outdir", str(outdir)],
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+
+
 def call_main(module, *args, cwd=None):
   """Runs `python -m kerasft.<module> args...` in this process, as the command line would
   (the same flag parsing, one-line errors and exit codes) but without starting TensorFlow

@@ -3,13 +3,11 @@
 import json
 import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import call_main
+from conftest import call_main, text_saved_model_cli
 import kerasft
 from kerasft import tagging
 from kerasft.errors import UsageError
@@ -275,16 +273,7 @@ def test_tagger_trains_exports_and_serves_what_it_computes(tagging_run, tmp_path
   last = [t.decode() for t in served["entities"].numpy()[-1] if t]
   assert last == ["bread", "wine"], last
   assert [t.decode() for t in served["entity_types"].numpy()[-1] if t] == ["FOOD", "DRINK"]
-  # saved_model_cli (with tensorflow-text's ops loaded first, as for text classifiers)
-  script = ("import sys, tensorflow_text\n"
-            "from tensorflow.python.tools import saved_model_cli\n"
-            "sys.argv = ['saved_model_cli'] + sys.argv[1:]\n"
-            "saved_model_cli.main()\n")
-  cli = subprocess.run([sys.executable, "-c", script, "run", "--dir", result.export_path,
-                        "--tag_set", "serve", "--signature_def", "serving_default",
-                        "--input_exprs", f"text={texts!r}", "--outdir", str(tmp_path / "cli")],
-                       capture_output=True, text=True, timeout=300)
-  assert cli.returncode == 0, cli.stderr[-3000:]
+  text_saved_model_cli(result.export_path, texts, tmp_path / "cli")
   np.testing.assert_allclose(np.load(tmp_path / "cli" / "entity_scores.npy"),
                              expected["entity_scores"], atol=1e-5)
   np.testing.assert_array_equal(np.load(tmp_path / "cli" / "entity_starts.npy"),

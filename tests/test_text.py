@@ -2,12 +2,11 @@
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import SHARED, call_main
+from conftest import SHARED, call_main, text_saved_model_cli
 import kerasft
 from kerasft import backbones, sources
 from kerasft.errors import UsageError
@@ -211,18 +210,7 @@ def test_text_export_reproduces_the_model_on_raw_strings(fortunes_run, tmp_path)
   np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
   assert [c.decode() for c in out["classes"].numpy()] == [
       result.class_names[i] for i in expected.argmax(1)]
-  # saved_model_cli cannot load tensorflow-text's ops itself: run its main() in a process
-  # that imported tensorflow_text first, as the README says.
-  script = ("import sys, tensorflow_text\n"
-            "from tensorflow.python.tools import saved_model_cli\n"
-            "sys.argv = ['saved_model_cli'] + sys.argv[1:]\n"
-            "saved_model_cli.main()\n")
-  import subprocess
-  run = subprocess.run([sys.executable, "-c", script, "run", "--dir", result.export_path,
-                        "--tag_set", "serve", "--signature_def", "serving_default",
-                        "--input_exprs", f"text={strings!r}", "--outdir", str(tmp_path / "cli")],
-                       capture_output=True, text=True, timeout=300)
-  assert run.returncode == 0, run.stderr[-3000:]
+  text_saved_model_cli(result.export_path, strings, tmp_path / "cli")
   cli = np.load(tmp_path / "cli" / "probabilities.npy")
   np.testing.assert_allclose(cli, expected, atol=1e-5)
   variables = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in
