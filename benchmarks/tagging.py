@@ -1,7 +1,7 @@
 """Token tagging on ../shared/data/fortunes_entities: kerasft against a plain KerasHub script.
 
   .venv/bin/python benchmarks/tagging.py                      # both cases
-  .venv/bin/python benchmarks/tagging.py --cases=kerasft --markdown
+  .venv/bin/python benchmarks/tagging.py --taggers=kerasft --markdown
 
 Cases (each trains on train.conll and is scored once on test.conll with the CoNLL measure,
 exact-match entity F1):
@@ -30,17 +30,16 @@ from absl import app, flags
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from small_data import print_table, run_kerasft  # noqa: E402  pylint: disable=g-import-not-at-top
+from small_data import print_table, run_kerasft  # noqa: E402  (and its --markdown flag)
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 DATA = os.path.join(SHARED, "data", "fortunes_entities")
-flags.DEFINE_list("cases", ["plain", "kerasft"], "Cases to run.")
+flags.DEFINE_list("taggers", ["plain", "kerasft"], "Cases to run.")
 flags.DEFINE_string("preset", os.path.join(SHARED, "models", "all-minilm-l6-v2"),
                     "The KerasHub preset or folder of the encoder.")
 flags.DEFINE_integer("epochs", 3, "plain: epochs of full fine-tuning.")
 flags.DEFINE_integer("plain_length", 128, "plain: tokens per text (padded).")
 flags.DEFINE_float("plain_learning_rate", 5e-5, "plain: Adam's learning rate.")
-flags.DEFINE_bool("markdown", False, "Print the table as Markdown.")
 FLAGS = flags.FLAGS
 
 
@@ -128,7 +127,7 @@ def main(argv):
   del argv
   results = {}
   with tempfile.TemporaryDirectory(prefix="kerasft-tagging-") as root:
-    for case in FLAGS.cases:
+    for case in FLAGS.taggers:
       results[case] = plain() if case == "plain" else kerasft_case(root)
       print(f"{case}: entity F1 {results[case][0]:.4f}, {results[case][1]:.0f} s", flush=True)
   rows = [[case, f"{f1:.4f}", f"{s:.0f}"] for case, (f1, s) in results.items()]

@@ -382,3 +382,24 @@ def test_tfds_token_and_tag_sequences(tiny_preset, tmp_path):
   train, val = tasks.for_config(config.resolved()).index()
   assert (len(train.inputs), len(val.inputs)) == (40, 10)  # its own validation split
   assert train.class_names == ["DRINK", "FOOD"]
+
+
+@pytest.mark.parametrize("family", ["roberta", "albert"])
+def test_byte_pair_and_sentencepiece_encoders_tag_every_word(family, tmp_path):
+  """Each word is tokenized on its own with a leading space (byte-pair vocabularies spell
+  a word inside a text with one): every word gets sub-words, and the tagger runs."""
+  import tensorflow as tf
+  from test_text import TEXTS, make_tiny_preset
+  from kerasft import tagging_graph as graph, text
+  from kerasft.tasks.tagging import Tagging
+  encoder = text.load(make_tiny_preset(family, str(tmp_path / family)))
+  texts = [t for items in TEXTS.values() for t in items]
+  packed = graph.packer(encoder, 16)(tf.constant(texts))
+  assert packed["pieces"].numpy().min() >= 1
+  start, end, pad = graph.special_tokens(encoder.preprocessor)
+  ids = packed["inputs"]["token_ids"].numpy()
+  assert (ids[:, 0] == start).all() and pad not in ids[:, 1][ids[:, 1] != end]
+  model = graph.build_tagger(encoder, 2, 16, Tagging())
+  out = graph.tag(model, packed, tagging.tag_names(["A", "B"]))
+  words = [[w.decode() for w in row if w] for row in out["words"].numpy()]
+  assert words[0] == texts[0].split()

@@ -301,8 +301,9 @@ class TaggingTask(TextTask):
                                               self.encoder.model.inputs}, targets))
     if shuffle:
       ds = ds.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
-    if shuffle and cut:
-      ds = ds.batch(batch_size * 16).map(graph.by_length).unbatch()
+    if shuffle and cut:  # (unbatch loses the count: Keras would warn at the first epoch's end)
+      ds = ds.batch(batch_size * 16).map(graph.by_length).unbatch().apply(
+          tf.data.experimental.assert_cardinality(len(targets)))
     ds = ds.batch(batch_size)
     if cut:
       ds = ds.map(graph.cut_batch)
