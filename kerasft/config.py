@@ -69,6 +69,11 @@ class ModelConfig:
                          "([CLS]) token's.", choices=("mean", "cls"))
   threshold: float = setting(0.5, "multilabel: the score at which the export's `labels` "
                              "output names a label.")
+  words: str = setting(
+      "punctuation", "--task=tagging: the words tagged: punctuation (the text split at white "
+      "space and around every punctuation mark: raw text) or whitespace (at white space "
+      "only: pre-tokenized text such as CoNLL tokens, where 'U.S.' and 'H.' are one word), "
+      "in training and in the export.", choices=("punctuation", "whitespace"))
 
   def __post_init__(self):
     prefix, _ = backbones.source(self.model)  # raises UsageError with close matches

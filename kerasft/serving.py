@@ -128,7 +128,7 @@ def text_signatures(model, preprocessor, class_names: list[str], labels_path: st
 
 
 def tagging_signatures(model, preprocessor, tag_names: list[str], labels_path: str,
-                       length: int) -> Signatures:
+                       length: int, words: str = "punctuation") -> Signatures:
   """`serving_default` of a tagger (`kerasft.tasks.tagging`) taking raw strings `text`
   [None]: words, their character offsets, IOB2 tags and scores, and the entities (text,
   type, start, end, score), each padded to the longest in the batch ("" or -1 pads);
@@ -142,8 +142,8 @@ def tagging_signatures(model, preprocessor, tag_names: list[str], labels_path: s
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")],
                autograph=False)  # plain ops: nothing for AutoGraph to convert
   def serving_default(text):
-    return graph.tag(model, graph.windows(text, preprocessor.tokenizer, special, length),
-                     tag_names)
+    return graph.tag(model, graph.windows(text, preprocessor.tokenizer, special, length,
+                                          words), tag_names)
 
   module.serving_default = serving_default
   return Signatures(module, {"serving_default": {"text": "string [N], raw text"}},

@@ -20,13 +20,16 @@ import numpy as np
 import tensorflow as tf
 
 _PUNCT = r"[^\p{L}\p{N}\p{M}_\s]"
-SPLIT, KEEP = r"\s+|" + _PUNCT, _PUNCT
+WORDS = {  # --words: (split at, keep as words) regular expressions
+    "punctuation": (r"\s+|" + _PUNCT, _PUNCT),  # raw text: "U.S." is U . S .
+    "whitespace": (r"\s+", ""),  # pre-tokenized text (CoNLL tokens): "U.S." is one word
+}
 
 
-def split_words(texts):
+def split_words(texts, words: str = "punctuation"):
   """(words, starts, ends) of strings [N], each ragged [N, (words)]; ends exclusive."""
   import tensorflow_text as tf_text  # pylint: disable=g-import-not-at-top
-  return tf_text.regex_split_with_offsets(texts, SPLIT, KEEP)
+  return tf_text.regex_split_with_offsets(texts, *WORDS[words])
 
 
 def special_tokens(preprocessor) -> tuple[int, int, int]:
@@ -38,12 +41,13 @@ def special_tokens(preprocessor) -> tuple[int, int, int]:
   return first(packer.start_value), first(packer.end_value), first(packer.pad_value)
 
 
-def windows(texts, tokenizer, special: tuple[int, int, int], length: int) -> dict:
+def windows(texts, tokenizer, special: tuple[int, int, int], length: int,
+            words_mode: str = "punctuation") -> dict:
   """Model inputs of texts [N]: {"inputs": {token_ids, padding_mask, segment_ids} [Nw,
   length], "texts", "words", "starts", "ends" (ragged [N, (W)]), "window", "position" (where each
   word's tag is read, [sum W]), "pieces" (sub-words per word, [sum W])}."""
   start, end, pad = special
-  words, starts, ends = split_words(texts)
+  words, starts, ends = split_words(texts, words_mode)
   rows = words.value_rowids()
   pieces = tokenizer(tf.strings.join([" ", words.flat_values]))
   if not isinstance(pieces, tf.RaggedTensor):
@@ -247,18 +251,18 @@ def cut_batch(x, y):
   return {k: v[:, :n] for k, v in x.items()}, y[:, :n]
 
 
-def packer(encoder, length: int):
+def packer(encoder, length: int, words: str = "punctuation"):
   """A tf.function: texts [N] -> `windows` for `encoder` (a
   `kerasft.text.TextBackbone`) and `length` tokens per window."""
   special = special_tokens(encoder.preprocessor)
   tokenizer = encoder.preprocessor.tokenizer
-  return tf.function(lambda texts: windows(texts, tokenizer, special, length),
+  return tf.function(lambda texts: windows(texts, tokenizer, special, length, words),
                      input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
 
 
-def piece_counts(encoder, texts: list[str]) -> np.ndarray:
+def piece_counts(encoder, texts: list[str], words: str = "punctuation") -> np.ndarray:
   """Sub-words per text, as the tagger tokenizes (word by word)."""
-  pack, counts = packer(encoder, encoder.max_length), []
+  pack, counts = packer(encoder, encoder.max_length, words), []
   for start in range(0, len(texts), 512):
     chunk = texts[start:start + 512]
     packed = pack(tf.constant(chunk, tf.string))

@@ -403,3 +403,19 @@ def test_byte_pair_and_sentencepiece_encoders_tag_every_word(family, tmp_path):
   out = graph.tag(model, packed, tagging.tag_names(["A", "B"]))
   words = [[w.decode() for w in row if w] for row in out["words"].numpy()]
   assert words[0] == texts[0].split()
+
+
+def test_whitespace_words_keep_pre_tokenized_tokens_whole(tiny_preset):
+  import tensorflow as tf
+  from kerasft import tagging_graph as graph, text
+  encoder = text.load(tiny_preset)
+  texts = tf.constant(["H. L. Mencken in the U.S. , 1925"])
+  spelled = {}
+  for words in ("punctuation", "whitespace"):
+    packed = graph.packer(encoder, 16, words)(texts)
+    spelled[words] = [w.decode() for w in packed["words"].flat_values.numpy()]
+  assert spelled["whitespace"] == ["H.", "L.", "Mencken", "in", "the", "U.S.", ",", "1925"]
+  assert spelled["punctuation"][:4] == ["H", ".", "L", "."]
+  with pytest.raises(UsageError, match="--words: only for --task=tagging"):
+    kerasft.ModelConfig(words="whitespace") and kerasft.RunConfig(
+        model=kerasft.ModelConfig(words="whitespace"))

@@ -42,6 +42,8 @@ def check(config) -> None:
   """Raises a UsageError for settings the config's modality or output cannot honour."""
   output = make_output(config.model.task, config.model.threshold)
   d = config.data
+  if config.model.words != "punctuation" and output.name != "tagging":
+    raise UsageError(f"--words: only for --task=tagging, not --task={output.name}")
   if (d.conll or d.jsonl) and output.name != "tagging":  # (--tfds serves every task)
     raise UsageError(f"--{d.source}: tagged texts are for --task=tagging, not "
                      f"--task={output.name}")

@@ -205,7 +205,7 @@ class TaggingTask(TextTask):
     encoder = self.backbone or text.load(self.preset)
     length = m.max_length
     if not length:
-      counts = graph.piece_counts(encoder, train_files.inputs)
+      counts = graph.piece_counts(encoder, train_files.inputs, m.words)
       length = int(min(encoder.max_length, max(8, -(-(int(counts.max()) + 2) // 8) * 8)))
       logging.info("texts are packed to %d tokens (the longest training text)", length)
     elif length > encoder.max_length:
@@ -228,7 +228,7 @@ class TaggingTask(TextTask):
   def packer(self):
     """texts [N] -> `kerasft.tagging_graph.windows` of this task's length (a tf.function)."""
     from kerasft import tagging_graph as graph  # pylint: disable=g-import-not-at-top
-    return graph.packer(self.encoder, self.config.model.max_length)
+    return graph.packer(self.encoder, self.config.model.max_length, self.config.model.words)
 
   def encode(self, files) -> tuple[dict, np.ndarray]:
     """(model inputs {name: [rows, L]}, one-hot targets [rows, L, tags], all-zero where no
@@ -321,8 +321,9 @@ class TaggingTask(TextTask):
     names, length = tagging.tag_names(files.class_names), self.config.model.max_length
     special, tokenizer = (graph.special_tokens(self.encoder.preprocessor),
                           self.encoder.preprocessor.tokenizer)
+    words = self.config.model.words
     run = tf.function(lambda texts: graph.tag(model, graph.windows(
-        texts, tokenizer, special, length), names), autograph=False,
+        texts, tokenizer, special, length, words), names), autograph=False,
                       input_signature=[tf.TensorSpec([None], tf.string)])
     predicted = []
     for start in range(0, len(files.inputs), batch_size):
@@ -335,7 +336,8 @@ class TaggingTask(TextTask):
 
   def input_card(self) -> dict:
     return {"input": {"shape": [None], "dtype": "string", "range": "raw text"},
-            "preprocessing": "words: the text split at white space and around punctuation; "
+            "words": self.config.model.words,
+            "preprocessing": f"words: the text split as --words={self.config.model.words} says; "
                              "each word tokenized by the preset's tokenizer inside the export "
                              f"(tensorflow-text ops); windows of {self.config.model.max_length}"
                              " tokens overlapping by half for longer texts",
@@ -345,7 +347,7 @@ class TaggingTask(TextTask):
     from kerasft import serving  # pylint: disable=g-import-not-at-top
     return serving.tagging_signatures(model, self.encoder.preprocessor,
                                       tagging.tag_names(class_names), labels_path,
-                                      self.config.model.max_length)
+                                      self.config.model.max_length, self.config.model.words)
 
   def check_explain(self) -> None:
     raise UsageError("--explain: not for --task=tagging; predict prints each text's "
