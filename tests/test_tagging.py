@@ -419,3 +419,37 @@ def test_whitespace_words_keep_pre_tokenized_tokens_whole(tiny_preset):
   with pytest.raises(UsageError, match="--words: only for --task=tagging"):
     kerasft.ModelConfig(words="whitespace") and kerasft.RunConfig(
         model=kerasft.ModelConfig(words="whitespace"))
+
+
+@pytest.mark.slow
+def test_a_lora_tagger_killed_mid_fine_tune_resumes_and_exports(tiny_preset, tmp_path,
+                                                                monkeypatch):
+  """The fine-tuning methods and resuming go through the same training loop as for
+  classification: LoRA on the encoder's attention with a greedy soup, killed after its
+  second fine-tune epoch, then run again."""
+  from kerasft.methods import averaging
+  train = _write_conll(tmp_path / "train.conll", _sentences(160, seed=0))
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="keras_hub:" + tiny_preset, task="tagging", dropout=0.0,
+                                unfreeze_blocks=1),
+      data=kerasft.DataConfig(conll=train, batch_size=16),
+      training=kerasft.TrainingConfig(learning_rate=1e-2, fine_tune_epochs=3,
+                                      fine_tune_learning_rate=3e-3),
+      methods=kerasft.MethodsConfig(peft="lora", lora_rank=2, average="greedy_soup"),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  original, seen = averaging.TopK.on_epoch_end, []
+
+  def dies(self, epoch, logs=None):
+    original(self, epoch, logs)
+    seen.append(epoch)
+    if len(seen) == 2:
+      raise KeyboardInterrupt("killed")
+  monkeypatch.setattr(averaging.TopK, "on_epoch_end", dies)
+  with pytest.raises(KeyboardInterrupt):
+    kerasft.train_classifier(config, verbose=0)
+  assert not (tmp_path / "export").exists()
+  result = kerasft.train_classifier(config, verbose=0)
+  assert len(seen) == 3  # the third fine-tune epoch ran after the resume, the others did not
+  assert result.history["phase"].count("fine_tune") == 3
+  assert os.listdir(tmp_path / "export") == ["1"]
+  assert result.metrics["entity_f1"] > 0.8, result.metrics
