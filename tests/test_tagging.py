@@ -231,18 +231,24 @@ def test_untagged_positions_do_not_count_in_the_loss_and_f1_matches_python():
 
 # ---- Train, export, evaluate, predict ------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tagging_run(tiny_preset, tmp_path_factory):
-  root = tmp_path_factory.mktemp("tagging")
+def _tagger_config(preset, root, methods=None):
+  """160 sentences in root/train.conll; the head, then the encoder's block 3 epochs."""
   train = _write_conll(root / "train.conll", _sentences(160, seed=0))
-  test = _write_conll(root / "test.conll", _sentences(30, seed=9, longest=40))
-  config = kerasft.RunConfig(
-      model=kerasft.ModelConfig(model="keras_hub:" + tiny_preset, task="tagging", dropout=0.0,
+  return kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="keras_hub:" + preset, task="tagging", dropout=0.0,
                                 unfreeze_blocks=1),
       data=kerasft.DataConfig(conll=train, batch_size=16),
       training=kerasft.TrainingConfig(learning_rate=1e-2, fine_tune_epochs=3,
                                       fine_tune_learning_rate=3e-3),
+      methods=methods or kerasft.MethodsConfig(),
       model_dir=str(root / "run"), export_dir=str(root / "export"))
+
+
+@pytest.fixture(scope="module")
+def tagging_run(tiny_preset, tmp_path_factory):
+  root = tmp_path_factory.mktemp("tagging")
+  test = _write_conll(root / "test.conll", _sentences(30, seed=9, longest=40))
+  config = _tagger_config(tiny_preset, root)
   result = kerasft.train_classifier(config, verbose=0)
   return result, root, test
 
@@ -428,15 +434,8 @@ def test_a_lora_tagger_killed_mid_fine_tune_resumes_and_exports(tiny_preset, tmp
   classification: LoRA on the encoder's attention with a greedy soup, killed after its
   second fine-tune epoch, then run again."""
   from kerasft.methods import averaging
-  train = _write_conll(tmp_path / "train.conll", _sentences(160, seed=0))
-  config = kerasft.RunConfig(
-      model=kerasft.ModelConfig(model="keras_hub:" + tiny_preset, task="tagging", dropout=0.0,
-                                unfreeze_blocks=1),
-      data=kerasft.DataConfig(conll=train, batch_size=16),
-      training=kerasft.TrainingConfig(learning_rate=1e-2, fine_tune_epochs=3,
-                                      fine_tune_learning_rate=3e-3),
-      methods=kerasft.MethodsConfig(peft="lora", lora_rank=2, average="greedy_soup"),
-      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  config = _tagger_config(tiny_preset, tmp_path, kerasft.MethodsConfig(
+      peft="lora", lora_rank=2, average="greedy_soup"))
   original, seen = averaging.TopK.on_epoch_end, []
 
   def dies(self, epoch, logs=None):

@@ -169,12 +169,10 @@ class TaggingTask(TextTask):
     types = tagging.entity_types(entities)
     if not types:
       raise UsageError(f"--{flag}: {path} tags no entities (every tag is O)")
-    train = data.Examples(list(texts), list(entities), types, self.output,
-                          names=[f"{path} example {i + 1}" for i in range(len(texts))])
+    train = _examples(texts, entities, types, self.output, path)
     val_flag, val_path, (val_texts, val_entities) = self.read(c, "val_")
     if val_path:
-      val = data.Examples(list(val_texts), list(val_entities), types, self.output,
-                          names=[f"{val_path} example {i + 1}" for i in range(len(val_texts))])
+      val = _examples(val_texts, val_entities, types, self.output, val_path)
       unknown = sorted(set(tagging.entity_types(val_entities)) - set(types))
       if unknown:
         raise UsageError(f"--{val_flag}: {val_path} has entity types the training data lacks: "
@@ -187,14 +185,12 @@ class TaggingTask(TextTask):
 
   @staticmethod
   def evaluation_examples(data_config, output, class_names, split="test"):
-    from kerasft import data  # pylint: disable=g-import-not-at-top
     flag, path, (texts, entities) = TaggingTask.read(data_config, split=split)
     unknown = sorted(set(tagging.entity_types(entities)) - set(class_names))
     if unknown:
       logging.warning("--%s: %s has entity types the model does not tag (%s): they count as "
                       "missed", flag, path, ", ".join(unknown))
-    return data.Examples(list(texts), list(entities), list(class_names), output,
-                         names=[f"{path} example {i + 1}" for i in range(len(texts))])
+    return _examples(texts, entities, class_names, output, path)
 
   def build_model(self, train_files, stats=None):
     """(this task with the window length chosen, the tagger sized for `train_files`):
@@ -370,3 +366,10 @@ class TaggingTask(TextTask):
       return [f'<div class="card text">{report.marked(files.inputs[i], files.labels[i], p)}<br>'
               f'<i>{report.esc(c)}</i></div>' for i, p, c in zip(indices, predicted, captions)]
     return cards
+
+
+def _examples(texts, entities, types, output, where: str):
+  """`kerasft.data.Examples` of texts and their entity lists, named "<where> example i"."""
+  from kerasft import data  # pylint: disable=g-import-not-at-top
+  return data.Examples(list(texts), list(entities), list(types), output,
+                       names=[f"{where} example {i + 1}" for i in range(len(texts))])
