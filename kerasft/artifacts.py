@@ -260,6 +260,7 @@ def _write(output, labels, outputs, class_names, output_dir, history, seen: _See
     extra["calibration"] = calibrated
   metrics = reports.write(output, labels, outputs, class_names, output_dir, history,
                           extra=extra)
+  seen.task_class.write_figures(seen.files, labels, outputs, output_dir)
   if calibrated:
     from kerasft import calibration  # pylint: disable=g-import-not-at-top
     calibration.plot(outputs, labels, os.path.join(output_dir, "reliability.png"))

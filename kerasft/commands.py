@@ -63,6 +63,9 @@ class PredictConfig:
                           "over images, word attributions for texts, in --explain_dir.")
   explain_dir: str = setting("explanations", "predict --explain: where explanations.html "
                              "(and, for images, <file>.gradcam.png) go.")
+  mask_dir: str = setting("", "predict with a segmentation export: write each image's class "
+                          "map here as <file>.png (a palette PNG whose indices are the "
+                          "classes, at the image's size).")
 
   def __post_init__(self):
     if not self.export:
@@ -76,6 +79,7 @@ class PredictConfig:
       raise UsageError(f"--output: {self.output} is a folder; name a .csv or .jsonl file")
     check_writable(os.path.dirname(os.path.abspath(self.output)) if self.output else "",
                    "output")
+    check_writable(self.mask_dir, "mask_dir")
     if self.explain:
       check_writable(self.explain_dir, "explain_dir")
     elif self.explain_dir != "explanations":

@@ -23,7 +23,7 @@ from kerasft.methods import MethodsConfig
 from kerasft.settings import (check, check_choices, fraction, non_negative_int,
                               positive_float, positive_int, setting)
 
-TASKS = ("multiclass", "multilabel", "regression", "tagging")
+TASKS = ("multiclass", "multilabel", "regression", "tagging", "segmentation")
 AUTO_ON_OFF = ("auto", "on", "off")
 
 
@@ -61,7 +61,8 @@ class ModelConfig:
                                 "before the output].")
   task: str = setting("multiclass", "multiclass (softmax), multilabel (sigmoid per label, "
                       "binary cross-entropy), regression (--csv numeric targets, MSE) or "
-                      "tagging (a tag per word: --conll/--jsonl, a keras_hub: encoder).",
+                      "tagging (a tag per word: --conll/--jsonl, a keras_hub: encoder) or "
+                      "segmentation (a class per pixel: images/ and masks/).",
                       choices=TASKS)
   max_length: int = setting(0, "Text models: tokens per text [0: the 99th percentile of the "
                             "training texts, rounded up to 8, at most the model's limit].")
@@ -74,6 +75,10 @@ class ModelConfig:
       "space and around every punctuation mark: raw text) or whitespace (at white space "
       "only: pre-tokenized text such as CoNLL tokens, where 'U.S.' and 'H.' are one word), "
       "in training and in the export.", choices=("punctuation", "whitespace"))
+  decoder: str = setting(
+      "deeplabv3plus", "--task=segmentation: the decoder on the backbone's multi-scale maps: "
+      "deeplabv3plus (atrous pyramid on the 1/16 maps joined with the 1/4 ones) or fpn (a "
+      "feature pyramid over 1/4..1/32).", choices=("deeplabv3plus", "fpn"))
 
   def __post_init__(self):
     prefix, _ = backbones.source(self.model)  # raises UsageError with close matches

@@ -12,7 +12,7 @@ AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate")
 DATA_SOURCES = ("data_dir", "csv", "tfrecord", "tfds", "text_dir", "conll", "jsonl")
 DATA_PATHS = ("data_dir", "val_dir", "csv", "val_csv", "tfrecord", "val_tfrecord",  # absolute
               "label_names", "text_dir", "tfds_data_dir", "cache_dir", "conll", "val_conll",
-              "jsonl", "val_jsonl")  # in config.json
+              "jsonl", "val_jsonl", "mask_classes")  # in config.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,11 @@ class DataConfig:
   jsonl: str = setting("", "--task=tagging: a JSON Lines file, per line 'tokens' and 'tags' "
                        "lists, or 'text' and 'entities' [[start, end, type], ...].")
   val_jsonl: str = setting("", "--task=tagging: validation examples, like --jsonl.")
+  mask_classes: str = setting("", "--task=segmentation: a file naming the mask values' "
+                              "classes, line i naming value i [the values, 0..K-1]; 255 "
+                              "is ignored.")
+  mask_column: str = setting("mask", "--task=segmentation with --csv: the column of mask "
+                             "paths.")
   tfds: str = setting("", "A prepared TFDS data set, NAME or NAME:CONFIG (read with "
                       "download=False; prepare it with `tfds build NAME`).")
   tfds_data_dir: str = setting("", "Where TFDS data sets are prepared [~/tensorflow_datasets "
@@ -106,6 +111,7 @@ class DataConfig:
         ("val_split", self.val_split, "tfds"), ("tfds_data_dir", self.tfds_data_dir, "tfds"),
         ("text_key", self.text_key, "tfds"), ("path_column", self.path_column != "path", "csv"),
         ("text_column", self.text_column != "text", "csv"),
+        ("mask_column", self.mask_column != "mask", "csv"),
         ("slice_column", self.slice_column, "csv")):
       if used and not getattr(self, source):
         raise UsageError(f"--{flag}: only goes with --{source}")

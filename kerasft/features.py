@@ -56,6 +56,12 @@ def refusal(model: keras.Model, augment: tuple = (), mixing: bool = False) -> st
 
 
 POOLING_LAYER = "pooling"  # a text model's features are its pooling layer's output
+TAPS = "features_"  # a segmenter's features: its encoder's maps, through identity layers
+
+
+def _taps(model: keras.Model) -> list:
+  """The outputs of `model`'s `TAPS` layers (a segmenter's multi-scale maps), or []."""
+  return [layer.output for layer in model.layers if layer.name.startswith(TAPS)]
 
 
 def _split(model: keras.Model) -> tuple[list, list]:
@@ -78,11 +84,16 @@ def _chain(layers: list, input_shape: tuple, name: str) -> keras.Model:
 
 def head_model(model: keras.Model) -> keras.Model:
   """A model from backbone features to the output that shares `model`'s head layers."""
+  if _taps(model):
+    return keras.Model(_taps(model), model.outputs, name=f"{model.name}_head")
   return _chain(_split(model)[1], feature_model(model).output_shape[1:], f"{model.name}_head")
 
 
 def feature_model(model: keras.Model) -> keras.Model:
-  """The part of `model` from its inputs to backbone features (in inference mode)."""
+  """The part of `model` from its inputs to backbone features (in inference mode); a
+  segmenter's: its encoder's maps (a list)."""
+  if _taps(model):
+    return keras.Model(model.inputs, _taps(model), name=f"{model.name}_features")
   if len(model.inputs) > 1:  # several inputs (a text model): cut the graph where the head starts
     return keras.Model(model.inputs, _split(model)[1][0].input, name=f"{model.name}_features")
   return _chain(_split(model)[0], model.input_shape[1:], f"{model.name}_features")
@@ -100,8 +111,20 @@ class FeatureDatasets:
 
 def cache_bytes(model: keras.Model, n_examples: int, dtype: str = "float32") -> int:
   """The bytes `n_examples` examples' features of `model`'s backbone take cached."""
-  width = int(np.prod(feature_model(model).output_shape[1:]))
-  return n_examples * width * np.dtype(dtype).itemsize
+  return n_examples * _size(feature_model(model).output_shape) * np.dtype(dtype).itemsize
+
+
+def _size(shape) -> int:
+  """Numbers per example of an output shape, or of a list of them (several maps)."""
+  if isinstance(shape, list):
+    return sum(_size(s) for s in shape)
+  return int(np.prod(shape[1:]))
+
+
+def _each(function, arrays):
+  """`function` of an array, or a tuple of it on each of a list (several maps)."""
+  return tuple(function(a) for a in arrays) if isinstance(arrays, (list, tuple)) else (
+      function(arrays))
 
 
 @dataclasses.dataclass
@@ -164,13 +187,14 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
     images = dataset.make_inputs(files, EXTRACT_BATCH)  # in file order
     logging.info("feature cache: extracting %d %s examples to %s", len(files.inputs), name, path)
     labels = dataset.targets(files)
-    features = images.map(lambda x, _: tf.cast(extractor(x, training=False), dtype))
+    features = images.map(lambda x, _: tf.nest.map_structure(
+        lambda f: tf.cast(f, dtype), tuple(tf.nest.flatten(extractor(x, training=False)))))
     tf.data.Dataset.zip(features.unbatch(), tf.data.Dataset.from_tensor_slices(labels)).save(
         path, shard_func=lambda *_: np.int64(0))
     return finish(tf.data.Dataset.load(path), min(len(files.inputs), SHUFFLE_BUFFER), shuffle)
 
   def finish(ds, buffer, shuffle):
-    ds = ds.map(lambda f, y: (tf.cast(f, tf.float32), y))
+    ds = ds.map(lambda f, y: (tf.nest.map_structure(lambda a: tf.cast(a, tf.float32), f), y))
     if shuffle:
       ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -186,25 +210,27 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
     computed = shared.arrays[key]
   else:
     start = time.perf_counter()
-    computed = _extract(extractor, dataset, verbose).astype(dtype)
+    computed = _each(lambda a: a.astype(dtype), _extract(extractor, dataset, verbose))
     if shared:
       shared.arrays[key], shared.extractions = computed, shared.extractions + 1
       shared.seconds += time.perf_counter() - start
   onehot = np.concatenate([dataset.targets(train), dataset.targets(val)])
   n = len(train.inputs)
+  head, tail = _each(lambda a: a[:n], computed), _each(lambda a: a[n:], computed)
   return FeatureDatasets(
-      train=finish(tf.data.Dataset.from_tensor_slices((computed[:n], onehot[:n])), n, True),
-      val=finish(tf.data.Dataset.from_tensor_slices((computed[n:], onehot[n:])), 0, False),
-      on_disk=False, arrays=(computed[:n].astype(np.float32), computed[n:].astype(np.float32)))
+      train=finish(tf.data.Dataset.from_tensor_slices((head, onehot[:n])), n, True),
+      val=finish(tf.data.Dataset.from_tensor_slices((tail, onehot[n:])), 0, False),
+      on_disk=False, arrays=(_each(lambda a: a.astype(np.float32), head),
+                             _each(lambda a: a.astype(np.float32), tail)))
 
 
 def _width(extractor: keras.Model, dataset: Dataset) -> int:
   """Features per example; a sequence model's from one example (rows are padded alike)."""
-  shape = extractor.output_shape[1:]
-  if None in shape:
+  shape = extractor.output_shape
+  if not isinstance(shape, list) and None in shape[1:]:
     shape = extractor.predict(dataset.make_inputs(dataset.train_files.subset([0]), 1),
-                              verbose=0).shape[1:]
-  return int(np.prod(shape))
+                              verbose=0).shape
+  return _size(shape)
 
 
 def _extract(extractor: keras.Model, dataset: Dataset, verbose) -> np.ndarray:
@@ -213,7 +239,10 @@ def _extract(extractor: keras.Model, dataset: Dataset, verbose) -> np.ndarray:
   logging.info("feature cache: extracting %d examples",
                len(train.inputs) + len(val.inputs))
   if train.streams:  # streamed records are read split by split, each in its stream's order
-    return np.concatenate([extractor.predict(dataset.make_inputs(files, EXTRACT_BATCH),
-                                             verbose=verbose) for files in (train, val)])
+    parts = [_each(np.asarray, extractor.predict(dataset.make_inputs(files, EXTRACT_BATCH),
+                                                 verbose=verbose)) for files in (train, val)]
+    if isinstance(parts[0], tuple):
+      return tuple(np.concatenate(maps) for maps in zip(*parts))
+    return np.concatenate(parts)
   # one pass over training and validation examples together: one trace, full batches
   return extractor.predict(dataset.make_inputs(train + val, EXTRACT_BATCH), verbose=verbose)

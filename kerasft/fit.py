@@ -269,7 +269,7 @@ def _prepare(segment: Segment, config: RunConfig, model, dataset: Dataset, outpu
   t, backbone = config.training, backbone_of(model)
   steps = -(-len(dataset.train_files.inputs) // config.data.batch_size)
   with runtime.strategy.scope():
-    step = _Step(_with_augmentation(model, config), dataset.train, dataset.val,
+    step = _Step(_with_augmentation(model, config, output), dataset.train, dataset.val,
                  t.steps_per_execution, False, None)
     multipliers = None
     if segment.phase == "head":
@@ -293,9 +293,10 @@ def _prepare(segment: Segment, config: RunConfig, model, dataset: Dataset, outpu
   return step
 
 
-def _with_augmentation(model, config: RunConfig):
-  """With --augment, a training model around the one that is exported; else `model`."""
-  if not config.data.augment:
+def _with_augmentation(model, config: RunConfig, output):
+  """With --augment, a training model around the one that is exported; else `model` (also
+  when the `output`'s pipeline augments, as segmentation's moves masks with images)."""
+  if not config.data.augment or not output.model_augmentation:
     return model
   inputs = keras.Input(model.input_shape[1:], name="images")
   return keras.Model(inputs, model(pipeline.augmentation(

@@ -37,7 +37,7 @@ class Solution:
 
 
 HIDDEN_LAYERS = "the head has hidden layers (--head)"
-NOT_CONVEX = "the output's head is not one convex problem (a tag per token)"
+NOT_CONVEX = "the output's head is not one convex problem (a tag per token, a decoder)"
 CONVERGE = (HIDDEN_LAYERS, NOT_CONVEX)  # trained on cached features to convergence
 CONVERGE_EPOCHS = 200  # a head with hidden layers on cached features: at most this many
 CONVERGE_PATIENCE = 10  # ... stopping after this many epochs without a better one

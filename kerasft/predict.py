@@ -14,6 +14,9 @@ Folders are searched recursively. Uses only the export (its serving_bytes signat
 
   python -m kerasft.predict --export=saved_models/NAME --explain --explain_dir=why/ photos/
 
+A segmentation export's rows are the classes covering most of each image (their shares of
+its pixels); --mask_dir=DIR writes each image's class map as DIR/<name>.png.
+
 Files that are missing or not readable images are reported on their own row, not fatal.
 """
 
@@ -33,7 +36,14 @@ def main(argv):
     raise errors.UsageError("inputs: pass image files, folders or globs (for a text model: "
                             "texts) after the flags")
   from kerasft import client, reports  # pylint: disable=g-import-not-at-top
+  task = client.read_model_card(client.resolve(settings.export))["task"]
+  if settings.mask_dir and task != "segmentation":
+    raise errors.UsageError(f"--mask_dir: writes class maps of a segmentation export; "
+                            f"{settings.export} is a {task} export")
   rows = client.classify_files(settings.export, argv[1:], settings.top_k, settings.batch_size)
+  masks = [(row.get("file", ""), row.pop("mask")) for row in rows if "mask" in row]
+  if settings.mask_dir:
+    _write_masks(masks, settings.mask_dir, settings.export)
   failed = sum(1 for r in rows if r["error"])
   if settings.output:
     reports.write_predictions(rows, settings.output)
@@ -53,6 +63,17 @@ def main(argv):
             + (f" and {len(written) - 1} PNGs" if len(written) > 1 else ""))
   if failed:
     print(f"{failed} of {len(rows)} inputs could not be read", file=sys.stderr)
+
+
+def _write_masks(masks: list, mask_dir: str, export: str) -> None:
+  """Writes each (file, class map) as <mask_dir>/<file's name>.png (a palette PNG)."""
+  from kerasft import client, files, segmentation  # pylint: disable=g-import-not-at-top
+  k = len(files.read_labels(client.resolve(export)))
+  os.makedirs(mask_dir, exist_ok=True)
+  for name, mask in masks:
+    stem = os.path.splitext(os.path.basename(name))[0]
+    segmentation.write_mask(os.path.join(mask_dir, f"{stem}.png"), mask, k)
+  print(f"{len(masks)} class maps written to {mask_dir}")
 
 
 if __name__ == "__main__":

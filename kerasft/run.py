@@ -209,6 +209,7 @@ def _report(task, model, dataset, fitted, folder: RunFolder, runtime) -> tuple[d
   metrics = reports.write(task.output, targets, outputs, dataset.class_names, folder.out,
                           fitted.history, validated_on=validated_on, kept=fitted.kept,
                           extra=extra)
+  task.write_figures(dataset.val_files, *shown, folder.out)
   if calibrated:
     calibration.plot(raw, targets, folder.output("reliability.png"), temperature)
   logging.info("validation figures from %s", validated_on)

@@ -16,7 +16,8 @@ from absl import logging
 from kerasft import html_report, reports, sources
 from kerasft.tasks import report as sections
 
-FIGURES = ("training_curves.png", "confusion_matrix.png", "predictions.png", "reliability.png")
+FIGURES = ("training_curves.png", "confusion_matrix.png", "predictions.png", "reliability.png",
+           "iou.png")
 
 
 def view(task, model, files, held: tuple, batch_size: int) -> tuple:

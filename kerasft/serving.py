@@ -59,7 +59,7 @@ class Signatures:
   warmup: dict
 
 
-def _module(model, labels_path: str) -> tf.Module:
+def variables_module(model, labels_path: str) -> tf.Module:
   """A tf.Module that tracks only `model`'s variables and the labels asset."""
   module = tf.Module()
   module.model_variables = [v.value for v in model.variables]
@@ -74,7 +74,7 @@ def image_signatures(model, class_names: list[str], image_size: int, labels_path
   class_names) gives the signature outputs (`Output.serving_outputs`)."""
   from kerasft.tasks.outputs import Output  # pylint: disable=g-import-not-at-top
   outputs = outputs or Output().serving_outputs
-  module = _module(model, labels_path)
+  module = variables_module(model, labels_path)
   image_spec = tf.TensorSpec([image_size, image_size, 3], tf.float32)
 
   @tf.function(input_signature=[
@@ -98,9 +98,15 @@ def image_signatures(model, class_names: list[str], image_size: int, labels_path
 
   module.serving_default, module.serving_bytes = serving_default, serving_bytes
   module.serving_example = serving_example
+  return image_inputs(module, image_size, f"[N, {image_size}, {image_size}, 3]")
+
+
+def image_inputs(module: tf.Module, image_size: int, pixels: str) -> Signatures:
+  """`Signatures` of an image module with serving_default (float32 pixels, `pixels`
+  describing their shape), serving_bytes and serving_example; a gray image warms each up."""
   gray = np.full((image_size, image_size, 3), 128, np.uint8)
   return Signatures(module, {
-      "serving_default": {"images": f"float32 [N, {image_size}, {image_size}, 3], RGB 0..255"},
+      "serving_default": {"images": f"float32 {pixels}, RGB 0..255"},
       "serving_bytes": {"image_bytes": "string [N], encoded image"},
       "serving_example": {"examples": "string [N], tf.train.Example with image/encoded"}}, {
           "serving_default": ("images", gray[None].astype(np.float32)),
@@ -113,7 +119,7 @@ def text_signatures(model, preprocessor, class_names: list[str], labels_path: st
   """`serving_default` of a text model (packed token inputs -> its output) taking raw
   strings `text` [None]: the preset's `preprocessor` tokenizes and packs in the graph
   (tensorflow-text ops), and its resources (a SentencePiece model) are tracked."""
-  module = _module(model, labels_path)
+  module = variables_module(model, labels_path)
   module.tokenizer_resources = _compat.capturable_resources(preprocessor)
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
@@ -135,7 +141,7 @@ def tagging_signatures(model, preprocessor, tag_names: list[str], labels_path: s
   texts longer than `length` tokens are read in overlapping windows
   (`kerasft.tagging_graph`)."""
   from kerasft import tagging_graph as graph  # pylint: disable=g-import-not-at-top
-  module = _module(model, labels_path)
+  module = variables_module(model, labels_path)
   module.tokenizer_resources = _compat.capturable_resources(preprocessor)
   special = graph.special_tokens(preprocessor)
 

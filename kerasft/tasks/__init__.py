@@ -25,10 +25,13 @@ TEXT_PREFIX = "keras_hub:"  # --model=keras_hub:PRESET_OR_FOLDER is a text encod
 
 def modality_class(model: str, output: Output | None = None):
   """The task class for a --model value and output: `TaggingTask` for the tagging
-  output, else `TextTask` for keras_hub:, else `ImageTask`."""
-  from kerasft.tasks import image, tagging, text  # pylint: disable=g-import-not-at-top
+  output, `SegmentationTask` for the segmentation one, else `TextTask` for keras_hub:,
+  else `ImageTask`."""
+  from kerasft.tasks import image, segmentation, tagging, text  # pylint: disable=g-import-not-at-top
   if isinstance(output, tagging.Tagging):
     return tagging.TaggingTask
+  if isinstance(output, segmentation.Segmentation):
+    return segmentation.SegmentationTask
   return text.TextTask if model.startswith(TEXT_PREFIX) else image.ImageTask
 
 
@@ -47,6 +50,10 @@ def check(config) -> None:
   if (d.conll or d.jsonl) and output.name != "tagging":  # (--tfds serves every task)
     raise UsageError(f"--{d.source}: tagged texts are for --task=tagging, not "
                      f"--task={output.name}")
+  for flag, used in (("decoder", config.model.decoder != "deeplabv3plus"),
+                     ("mask_classes", d.mask_classes), ("mask_column", d.mask_column != "mask")):
+    if used and output.name != "segmentation":
+      raise UsageError(f"--{flag}: only for --task=segmentation, not --task={output.name}")
   output.check(config)
   modality_class(config.model.model, output).check_inputs(config)
 

@@ -104,6 +104,11 @@ class Task:
     from kerasft import reports  # pylint: disable=g-import-not-at-top
     return reports.predict(*(view or (model, dataset.val)))
 
+  @staticmethod
+  def write_figures(files, labels, outputs, out_dir: str) -> None:
+    """Writes figures that need the examples themselves next to the report (segmentation:
+    predictions.png, masks over images); `labels`, `outputs` are `files`' own, in order."""
+
   def check_explain(self) -> None:
     """Raises a UsageError when predict --explain cannot explain this task's outputs."""
 

@@ -27,6 +27,7 @@ class Output:
   min_classes = 2
   one_label = True  # one class per example (image folders can hold it)
   convex = True  # a linear head on fixed features is a convex problem (`head_solver`)
+  model_augmentation = True  # --augment: layers in the training model (else the pipeline's)
   classifies = True  # class names are given by the data (not target names)
 
   def __init__(self, threshold: float = 0.5):
@@ -380,8 +381,11 @@ MAIN_OUTPUTS = tuple(cls.layer for cls in KINDS.values())  # probabilities, scor
 
 
 def make(task: str = "multiclass", threshold: float = 0.5) -> Output:
-  """The Output for a --task name (tagging: `kerasft.tasks.tagging`, with its task)."""
+  """The Output for a --task name (tagging, segmentation: in their task's module)."""
   if task == "tagging":
     from kerasft.tasks.tagging import Tagging  # pylint: disable=g-import-not-at-top
     return Tagging(threshold)
+  if task == "segmentation":
+    from kerasft.tasks.segmentation import Segmentation  # pylint: disable=g-import-not-at-top
+    return Segmentation(threshold)
   return KINDS[task](threshold)

@@ -146,6 +146,24 @@ def _tagging_errors(data: ReportData, cards: Callable) -> str:
           f"{len(order)} with the most:</p>" + "".join(shown) if order else "<p>none</p>")
 
 
+def _per_class_iou(data: ReportData) -> str:
+  rows = [(name, "-" if r["iou"] is None else f"{r['iou']:.3f}", r["pixels"])
+          for name, r in data.metrics["per_class"].items()]
+  return figure(data.out_dir, "iou.png") + table(["class", "IoU", "true pixels"], rows)
+
+
+def _worst_masks(data: ReportData, cards: Callable) -> str:
+  """The images whose predicted masks agree least with the true ones (pixel accuracy)."""
+  from kerasft.segmentation import IGNORE  # pylint: disable=g-import-not-at-top
+  scores = [float(np.mean((t == p)[t != IGNORE])) if np.any(t != IGNORE) else 1.0
+            for t, p in zip(data.labels, data.outputs)]
+  order = [int(i) for i in np.argsort(scores, kind="stable")[:GALLERY]]
+  shown = cards(order, [(data.labels[i], data.outputs[i]) for i in order],
+                [f"pixel accuracy {scores[i]:.3f} (left: true, right: predicted)"
+                 for i in order])
+  return "".join(shown) if order else "<p>none</p>"
+
+
 def _slices(data: ReportData) -> str:
   if not data.slices:
     return "<p>No --slice_column given (CSV sources: --slice_column=site,device).</p>"
@@ -176,6 +194,10 @@ def sections(output_name: str, data: ReportData, headline: str,
                      ("Entity types confused", lambda: figure(data.out_dir,
                                                               "confusion_matrix.png")),
                      ("Texts with errors", lambda: _tagging_errors(data, cards))]
+  if output_name == "segmentation":
+    return common + [("Per class IoU", lambda: _per_class_iou(data)),
+                     ("Masks", lambda: figure(data.out_dir, "predictions.png")),
+                     ("Images with the most errors", lambda: _worst_masks(data, cards))]
   names = data.class_names
   if output_name == "multilabel":
     def describe(i):
