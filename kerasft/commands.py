@@ -41,7 +41,8 @@ class EvaluateConfig:
   export: str = setting("", _EXPORT_HELP)
   run_dir: str = setting("", _RUN_DIR_HELP)
   split: str = setting("test", "evaluate --tfds: the split to evaluate, e.g. test or "
-                       "train[80%:].")
+                       "train[80%:] (--task=segmentation's --data_dir: its sub-folder, when "
+                       "the folder holds no images/).")
   output_dir: str = setting("", "evaluate: where to write the reports "
                             "[eval/<name>-<version>].")
 

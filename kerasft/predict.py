@@ -35,11 +35,11 @@ def main(argv):
   if len(argv) < 2:
     raise errors.UsageError("inputs: pass image files, folders or globs (for a text model: "
                             "texts) after the flags")
-  from kerasft import client, reports  # pylint: disable=g-import-not-at-top
-  task = client.read_model_card(client.resolve(settings.export))["task"]
-  if settings.mask_dir and task != "segmentation":
+  from kerasft import client, reports, tasks  # pylint: disable=g-import-not-at-top
+  _, output = tasks.for_card(client.read_model_card(client.resolve(settings.export)))
+  if settings.mask_dir and not output.per_pixel:
     raise errors.UsageError(f"--mask_dir: writes class maps of a segmentation export; "
-                            f"{settings.export} is a {task} export")
+                            f"{settings.export} is a {output.name} export")
   rows = client.classify_files(settings.export, argv[1:], settings.top_k, settings.batch_size)
   masks = [(row.get("file", ""), row.pop("mask")) for row in rows if "mask" in row]
   if settings.mask_dir:

@@ -6,11 +6,12 @@
     dataset = task.pipelines(train, val)
 
 A task is made of its modality's class and one `Output` (`kerasft.tasks.outputs`:
-multiclass, multilabel, regression) for its head; the rest of kerasft asks these objects
-and never compares modality or task names. Several heads on one backbone (multi-task),
-per-token outputs (tagging) and per-pixel outputs (segmentation) are further `Output`s and
-modalities on the same seams: `Output.last_layer`, `loss`, `metrics`, `serving_outputs`,
-`report`; `Task.build_model`, `pipelines`, `export_signatures`.
+multiclass, multilabel, regression; `tagging.Tagging` per token; `segmentation.Segmentation`
+per pixel) for its head; the rest of kerasft asks these objects and never compares modality
+or task names. Tagging and segmentation are an `Output` and a task class each, on the same
+seams: `Output.last_layer`, `loss`, `metrics`, `served`, `report`; `Task.index`,
+`build_model`, `pipelines`, `held_out`, `export_signatures`, `write_figures`. Several heads
+on one backbone (multi-task) are the next.
 
 Importing this package imports no TensorFlow.
 """

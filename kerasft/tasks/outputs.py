@@ -28,6 +28,7 @@ class Output:
   one_label = True  # one class per example (image folders can hold it)
   convex = True  # a linear head on fixed features is a convex problem (`head_solver`)
   model_augmentation = True  # --augment: layers in the training model (else the pipeline's)
+  per_pixel = False  # outputs are class maps (predict --mask_dir writes them)
   classifies = True  # class names are given by the data (not target names)
 
   def __init__(self, threshold: float = 0.5):

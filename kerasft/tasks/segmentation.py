@@ -41,6 +41,7 @@ class Segmentation(Output):
   one_label = False
   convex = False  # a decoder trains by epochs
   model_augmentation = False  # masks move with images in the pipeline
+  per_pixel = True
 
   def strata(self, labels):
     return None
