@@ -228,13 +228,14 @@ def plot_predictions(targets: np.ndarray, predictions: np.ndarray, target_names:
   plt.close(fig)
 
 
-def plot_training_curves(history: dict, path: str) -> None:
-  """Writes loss and the task's metric (accuracy, auc or mae) per epoch (train and
-  validation) as a PNG, phases marked."""
+def plot_training_curves(history: dict, path: str, monitored: str = "") -> None:
+  """Writes loss and the task's metric (the `monitored` one unless it is the loss, else
+  accuracy, auc or mae) per epoch (train and validation) as a PNG, phases marked."""
   plt = pyplot()
   epochs = np.arange(1, len(history["loss"]) + 1)
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  metric = next((m for m in ("accuracy", "auc", "mae") if m in history), "loss")
+  metric = next((m for m in (monitored.removeprefix("val_"), "accuracy", "auc", "mae")
+                 if m in history and m != "loss"), "loss")
   for ax, metric in zip(axes, ("loss", metric)):
     ax.plot(epochs, history[metric], marker="o", label=f"train {metric}")
     if f"val_{metric}" in history:
@@ -272,5 +273,6 @@ def write(output, labels: np.ndarray, outputs: np.ndarray, class_names: list[str
   result.update(extra or {})
   write_json(result, os.path.join(out_dir, "metrics.json"))
   if history:
-    plot_training_curves(history, os.path.join(out_dir, "training_curves.png"))
+    plot_training_curves(history, os.path.join(out_dir, "training_curves.png"),
+                         output.monitor[0])
   return result

@@ -304,13 +304,15 @@ class SegmentationTask(ImageTask):
 
   @staticmethod
   def write_figures(files, labels, outputs, out_dir: str, n: int = 8) -> None:
-    """predictions.png: the first `n` of `files`' images with true and predicted masks."""
-    n = min(n, len(labels))
-    if n:
-      seg.plot_grid([_image(files.inputs[i], labels[i].shape) for i in range(n)],
-                    labels[:n], outputs[:n], files.class_names,
-                    os.path.join(out_dir, "predictions.png"),
-                    [os.path.basename(files.name(i)) for i in range(n)])
+    """predictions.png: `n` of `files`' images spread over them, with the true and the
+    predicted masks overlaid."""
+    picked = sorted(set(np.linspace(0, len(labels) - 1, min(n, len(labels))).round().astype(
+        int).tolist())) if len(labels) else []
+    if picked:
+      seg.plot_grid([_image(files.inputs[i], labels[i].shape) for i in picked],
+                    [labels[i] for i in picked], [outputs[i] for i in picked],
+                    files.class_names, os.path.join(out_dir, "predictions.png"),
+                    [os.path.basename(files.name(i)) for i in picked])
 
 
 def _image(item, shape) -> np.ndarray:
