@@ -187,8 +187,8 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
     images = dataset.make_inputs(files, EXTRACT_BATCH)  # in file order
     logging.info("feature cache: extracting %d %s examples to %s", len(files.inputs), name, path)
     labels = dataset.targets(files)
-    features = images.map(lambda x, _: tf.nest.map_structure(
-        lambda f: tf.cast(f, dtype), tuple(tf.nest.flatten(extractor(x, training=False)))))
+    features = images.map(lambda x, _: _each(lambda f: tf.cast(f, dtype),
+                                             extractor(x, training=False)))
     tf.data.Dataset.zip(features.unbatch(), tf.data.Dataset.from_tensor_slices(labels)).save(
         path, shard_func=lambda *_: np.int64(0))
     return finish(tf.data.Dataset.load(path), min(len(files.inputs), SHUFFLE_BUFFER), shuffle)
@@ -203,25 +203,32 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
   if on_disk:
     return FeatureDatasets(train=stream(train, "train", True), val=stream(val, "val", False),
                            on_disk=True)
-  shared = _SHARED[-1] if _SHARED and not train.streams else None
-  key = _key(extractor, dataset, dtype, inputs_key) if shared else ""
-  if key in (shared.arrays if shared else {}):
-    logging.info("feature cache: the features extracted for an earlier run in this process")
-    computed = shared.arrays[key]
-  else:
-    start = time.perf_counter()
-    computed = _each(lambda a: a.astype(dtype), _extract(extractor, dataset, verbose))
-    if shared:
-      shared.arrays[key], shared.extractions = computed, shared.extractions + 1
-      shared.seconds += time.perf_counter() - start
+  computed = _in_memory(extractor, dataset, dtype, verbose, inputs_key)
   onehot = np.concatenate([dataset.targets(train), dataset.targets(val)])
   n = len(train.inputs)
   head, tail = _each(lambda a: a[:n], computed), _each(lambda a: a[n:], computed)
   return FeatureDatasets(
       train=finish(tf.data.Dataset.from_tensor_slices((head, onehot[:n])), n, True),
       val=finish(tf.data.Dataset.from_tensor_slices((tail, onehot[n:])), 0, False),
-      on_disk=False, arrays=(_each(lambda a: a.astype(np.float32), head),
-                             _each(lambda a: a.astype(np.float32), tail)))
+      on_disk=False, arrays=(_each(lambda a: a.astype(np.float32, copy=False), head),
+                             _each(lambda a: a.astype(np.float32, copy=False), tail)))
+
+
+def _in_memory(extractor: keras.Model, dataset: Dataset, dtype: str, verbose,
+               inputs_key: str):
+  """The training then validation examples' features as `dtype` arrays (a tuple of them
+  for several maps): extracted now, or taken from the active `shared_extraction`."""
+  shared = _SHARED[-1] if _SHARED and not dataset.train_files.streams else None
+  key = _key(extractor, dataset, dtype, inputs_key) if shared else ""
+  if key in (shared.arrays if shared else {}):
+    logging.info("feature cache: the features extracted for an earlier run in this process")
+    return shared.arrays[key]
+  start = time.perf_counter()
+  computed = _each(lambda a: a.astype(dtype, copy=False), _extract(extractor, dataset, verbose))
+  if shared:
+    shared.arrays[key], shared.extractions = computed, shared.extractions + 1
+    shared.seconds += time.perf_counter() - start
+  return computed
 
 
 def _width(extractor: keras.Model, dataset: Dataset) -> int:

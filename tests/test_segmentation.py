@@ -159,6 +159,23 @@ def test_multiscale_features_cached_reproduce_the_segmenter(tmp_path):
     graph.encoder(backbones.build(ModelConfig(weights="none", image_size=48)), "fpn")
 
 
+@pytest.mark.parametrize("budget", [0, 1 << 30], ids=["on_disk", "in_memory"])
+def test_feature_cache_holds_the_maps_and_the_masks(tmp_path, budget):
+  from kerasft import features, tasks
+  root = write_squares(tmp_path / "d", n=12)
+  task = tasks.for_config(_config(tmp_path, root).resolved())
+  train, val = task.index()
+  task, model = task.build_model(train)
+  dataset = task.pipelines(train, val)
+  cached = features.build(model, dataset, 4, 0, budget, str(tmp_path / "cache"))
+  assert cached.on_disk == (budget == 0)
+  maps, masks = next(iter(cached.val))
+  images, true = next(iter(task.pipeline(val, 4)))
+  np.testing.assert_array_equal(masks, true)
+  np.testing.assert_allclose(features.head_model(model)(maps, training=False),
+                             model(images, training=False), atol=1e-5)
+
+
 def _saved_model_cli(export, signature, key, npy, outdir):
   run = subprocess.run([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"),
                         "run", "--dir", export, "--tag_set", "serve", "--signature_def",
