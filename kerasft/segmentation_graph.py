@@ -308,15 +308,5 @@ def signatures(model, class_names: list[str], image_size: int,
                                              tf.TensorSpec([2], tf.int32)))
     return segment(decoded[0], decoded[1][:, 0], decoded[1][:, 1])
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-  def serving_bytes(image_bytes):
-    return segment_encoded(image_bytes)
-
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-  def serving_example(examples):
-    return segment_encoded(tf.io.parse_example(
-        examples, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})["image/encoded"])
-
-  module.serving_default, module.serving_bytes = serving_default, serving_bytes
-  module.serving_example = serving_example
-  return serving.image_inputs(module, image_size, "[N, H, W, 3] (any size)")
+  return serving.image_inputs(module, image_size, "[N, H, W, 3] (any size)", serving_default,
+                              segment_encoded)

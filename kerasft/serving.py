@@ -87,23 +87,27 @@ def image_signatures(model, class_names: list[str], image_size: int, labels_path
         lambda b: pipeline.decode_and_resize(b, image_size, resize), encoded,
         fn_output_signature=image_spec))
 
+  return image_inputs(module, image_size, f"[N, {image_size}, {image_size}, 3]",
+                      serving_default, classify_encoded)
+
+
+def image_inputs(module: tf.Module, image_size: int, pixels: str, serving_default: Callable,
+                 from_encoded: Callable) -> Signatures:
+  """`Signatures` of an image `module` given its `serving_default` (float32 pixels,
+  `pixels` describing their shape) and `from_encoded` (encoded images [N] -> the same
+  outputs): serving_bytes and serving_example are made from it; a gray image warms each up."""
+
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
   def serving_bytes(image_bytes):
-    return classify_encoded(image_bytes)
+    return from_encoded(image_bytes)
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
   def serving_example(examples):
-    return classify_encoded(tf.io.parse_example(
+    return from_encoded(tf.io.parse_example(
         examples, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})["image/encoded"])
 
   module.serving_default, module.serving_bytes = serving_default, serving_bytes
   module.serving_example = serving_example
-  return image_inputs(module, image_size, f"[N, {image_size}, {image_size}, 3]")
-
-
-def image_inputs(module: tf.Module, image_size: int, pixels: str) -> Signatures:
-  """`Signatures` of an image module with serving_default (float32 pixels, `pixels`
-  describing their shape), serving_bytes and serving_example; a gray image warms each up."""
   gray = np.full((image_size, image_size, 3), 128, np.uint8)
   return Signatures(module, {
       "serving_default": {"images": f"float32 {pixels}, RGB 0..255"},
