@@ -44,9 +44,9 @@ def taps(model: keras.Model, image_size: int) -> dict[int, keras.layers.Layer]:
   return found
 
 
-def encoder(backbone, decoder: str) -> tuple[keras.Model, list[int]]:
-  """(the backbone's multi-scale encoder, its strides) for `decoder`: DeepLabV3+ taps 1/4
-  and 1/16 (or the deepest), FPN every stride. A UsageError when the backbone's feature
+def encoder(backbone, decoder: str) -> tuple[keras.Model, dict[int, str]]:
+  """(the backbone's multi-scale encoder, {stride: the layer tapped}) for `decoder`:
+  DeepLabV3+ taps 1/4 and 1/16 (or the deepest), FPN every stride. A UsageError when the backbone's feature
   maps cannot be reached (a hub or SavedModel module) or its input is under 32 px."""
   size, model = backbone.image_size, backbone.model
   if size % 32:
@@ -54,13 +54,15 @@ def encoder(backbone, decoder: str) -> tuple[keras.Model, list[int]]:
                      f"{size}")
   found = taps(model, size)
   if 4 not in found or len(found) < 2:
-    raise UsageError(f"--model: the feature maps of {backbone.name} cannot be reached (found "
-                     f"strides {sorted(found) or 'none'}); --task=segmentation needs a Keras "
-                     "Applications or keras:PATH backbone whose layers give 1/4 and deeper maps")
+    raise UsageError(f"--model: {backbone.name} gives no 1/4 and deeper feature maps (found "
+                     f"1/{', 1/'.join(map(str, sorted(found))) or 'none'}); "
+                     "--task=segmentation needs a Keras Applications or keras:PATH backbone "
+                     "whose layers reach 1/4 and 1/8..1/32 of the input side (hub: and "
+                     "savedmodel: modules give only their outputs)")
   deep = 16 if 16 in found else max(found)
   strides = [4, deep] if decoder == "deeplabv3plus" else sorted(found)
   return keras.Model(model.input, [found[s].output for s in strides],
-                     name=f"{model.name}_encoder"), strides
+                     name=f"{model.name}_encoder"), {s: found[s].name for s in strides}
 
 
 def _conv(x, filters: int, name: str, kernel: int = 1, rate: int = 1):
@@ -121,24 +123,25 @@ def fpn(features: dict, side: int):
 
 
 def build_segmenter(backbone, n_classes: int, output, decoder: str = "deeplabv3plus",
-                    dropout: float = 0.1) -> tuple[keras.Model, list[int]]:
+                    dropout: float = 0.1) -> tuple[keras.Model, dict[int, str]]:
   """(the segmenter: raw pixels [N, S, S, 3] -> `output`'s probabilities [N, S, S, n_classes],
-  the encoder's strides). The encoder runs in inference mode (BatchNorm statistics fixed)."""
+  {stride: the encoder's layer tapped}). The encoder runs in inference mode (BatchNorm
+  statistics fixed)."""
   if decoder not in DECODERS:
     raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-  enc, strides = encoder(backbone, decoder)
+  enc, taps = encoder(backbone, decoder)
   size = backbone.image_size
   inputs = keras.Input((size, size, 3), dtype="float32", name="images")
   x = Preprocess(backbone.preprocess, name="preprocess")(inputs)
   _compat.pin_inference_mode(enc)
   maps = enc(x, training=False)
   maps = maps if isinstance(maps, (list, tuple)) else [maps]
-  features = {s: keras.layers.Identity(name=f"{TAPS}{s}")(m) for s, m in zip(strides, maps)}
+  features = {s: keras.layers.Identity(name=f"{TAPS}{s}")(m) for s, m in zip(taps, maps)}
   x = (deeplabv3plus if decoder == "deeplabv3plus" else fpn)(features, size)
   if dropout:
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
   return keras.Model(inputs, output.last_layer(x, n_classes, size),
-                     name=f"{backbone.name}_{decoder}"), strides
+                     name=f"{backbone.name}_{decoder}"), taps
 
 
 @keras.saving.register_keras_serializable(package="kerasft")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import call_main
+from conftest import call_main, tiny_model
 
 import kerasft
 from kerasft import segmentation as seg
@@ -149,7 +149,7 @@ def test_multiscale_features_cached_reproduce_the_segmenter(tmp_path):
   for decoder, strides in (("deeplabv3plus", [4, 16]), ("fpn", [4, 8, 16, 32])):
     model, got = graph.build_segmenter(backbone, 3, kerasft.tasks.make_output("segmentation"),
                                        decoder)
-    assert got == strides
+    assert list(got) == strides and got[4] == "conv_pw_3_relu"
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
     maps = features.feature_model(model)(pixels)
     assert sorted(m.shape[1] for m in maps) == sorted(64 // s for s in strides)
@@ -298,10 +298,16 @@ def test_csv_and_tfds_sources(tmp_path):
      "--task=segmentation: labels the pixels of images"),
     (["--data_dir={data}", "--decoder=fpn"], "--decoder: only for --task=segmentation"),
     (["--task=segmentation", "--text_dir={data}"], "--text_dir: --task=segmentation reads"),
+    (["--task=segmentation", "--data_dir={data}", "--model={tiny}", "--image_size=32"],
+     "gives no 1/4 and deeper feature maps (found 1/4); --task=segmentation needs"),
+    (["--task=segmentation", "--csv={csv}", "--label_column=seg", "--weights=none",
+      "--image_size=32"], "--label_column: not for --task=segmentation"),
 ])
 def test_segmentation_mistakes_are_one_line_errors(tmp_path, args, message):
   paths = {"data": str(write_squares(tmp_path / "d", n=6)), "flat": str(tmp_path),
+           "tiny": tiny_model(), "csv": str(tmp_path / "t.csv"),
            "one": str(tmp_path / "one.txt"), "two": str(tmp_path / "two.txt")}
+  (tmp_path / "t.csv").write_text("path,seg\nd/images/000.jpg,d/masks/000.png\n")
   (tmp_path / "one.txt").write_text("only\n")
   (tmp_path / "two.txt").write_text("bg\nred\n")
   args = [a.format(**paths) for a in args]

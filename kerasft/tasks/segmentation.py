@@ -54,7 +54,8 @@ class Segmentation(Output):
     _refuse(config, self.name, class_weight=d.class_weight != "none", oversample=d.oversample,
             slice_column=bool(d.slice_column), calibrate=t.calibrate != "none",
             mixup=bool(d.mixup), cutmix=bool(d.cutmix), label_smoothing=bool(t.label_smoothing),
-            head=bool(config.model.head), recipe=config.methods.recipe == "few_shot")
+            head=bool(config.model.head), recipe=config.methods.recipe == "few_shot",
+            label_column=d.label_column != "label")
     if d.resize != "squash":
       raise UsageError("--resize: --task=segmentation squashes images to the square and maps "
                        "the class map back to each image's own size; leave --resize out")
@@ -206,10 +207,10 @@ class SegmentationTask(ImageTask):
     from kerasft import backbones, segmentation_graph as graph  # pylint: disable=g-import-not-at-top
     m = self.config.model
     backbone = self.backbone or backbones.build(m)
-    model, strides = graph.build_segmenter(backbone, len(train_files.class_names), self.output,
-                                           m.decoder, m.dropout)
-    logging.info("segmenter: %s decoder on the encoder's 1/%s maps",
-                 m.decoder, ", 1/".join(map(str, strides)))
+    model, taps = graph.build_segmenter(backbone, len(train_files.class_names), self.output,
+                                        m.decoder, m.dropout)
+    logging.info("segmenter: %s decoder on the encoder's maps %s", m.decoder, ", ".join(
+        f"1/{stride} ({name})" for stride, name in taps.items()))
     return self.replace(backbone=backbone, image_size=backbone.image_size), model
 
   def auto_settings(self, per_class, n, train):
