@@ -296,11 +296,14 @@ def signatures(model, class_names: list[str], image_size: int,
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32,
                                               name="images")])
-  def serving_default(images):
+  def serving_default(images):  # one size for the batch: no loop (LiteRT converts it)
     shape = tf.shape(images)
-    n = shape[0]
-    return segment(tf.image.resize(images, (image_size, image_size), method="bilinear"),
-                   tf.fill([n], shape[1]), tf.fill([n], shape[2]))
+    probabilities = tf.cast(model(tf.image.resize(images, (image_size, image_size)),
+                                  training=False), tf.float32)
+    scaled = tf.image.resize(probabilities, shape[1:3])
+    return {"class_map": tf.argmax(scaled, axis=-1, output_type=tf.int32),
+            "probabilities": scaled, "heights": tf.fill(shape[:1], shape[1]),
+            "widths": tf.fill(shape[:1], shape[2])}
 
   def segment_encoded(encoded):
     decoded = tf.map_fn(lambda b: (

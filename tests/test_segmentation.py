@@ -244,10 +244,12 @@ def test_evaluate_and_predict_report_iou_and_write_masks(tmp_path):
   assert written.mode == "P" and written.size == (48, 40)
   explain = call_main("predict", f"--export={result.export_path}", "--explain", image)
   assert explain.returncode == 2 and "--explain: not for --task=segmentation" in explain.stderr
-  tflite = call_main("export", f"--run_dir={tmp_path / 'run'}", "--format=tflite",
-                     f"--export_dir={tmp_path / 'x'}")
-  assert tflite.returncode == 2 and "--format=tflite: not for --task=segmentation" in \
-      tflite.stderr
+  converted = call_main("export", f"--run_dir={tmp_path / 'run'}", "--format=all",
+                        f"--export_dir={tmp_path / 'x'}")
+  assert converted.returncode == 0, converted.stderr[-2000:]
+  for fmt in ("tflite", "onnx"):
+    check = json.load(open(tmp_path / "x" / fmt / "1" / "model_card.json"))["format"]["check"]
+    assert check["pixel_agreement"] == 1.0 and check["max_difference"] < 1e-4, (fmt, check)
 
 
 def test_csv_and_tfds_sources(tmp_path):

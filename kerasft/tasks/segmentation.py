@@ -109,6 +109,10 @@ class Segmentation(Output):
   def calibrate(self, labels, outputs, fit):
     return outputs, None, None
 
+  def agreement(self, got, expected):  # per-pixel probabilities [N, H, W, C]
+    return {"max_difference": float(np.max(np.abs(got - expected))),
+            "pixel_agreement": float(np.mean(got.argmax(-1) == expected.argmax(-1)))}
+
   def report(self, labels, outputs, class_names, out_dir):
     k = len(class_names)
     matrix = sum((seg.confusion(t, p, k) for t, p in zip(labels, outputs)),
@@ -266,13 +270,6 @@ class SegmentationTask(ImageTask):
   def export_signatures(self, model, class_names, labels_path):
     from kerasft import segmentation_graph as graph  # pylint: disable=g-import-not-at-top
     return graph.signatures(model, class_names, self.config.model.image_size, labels_path)
-
-  def check_formats(self, formats):
-    other = [f for f in formats if f != "saved_model"]
-    if other:
-      raise UsageError(f"--format={other[0]}: not for --task=segmentation yet (the class map "
-                       "at each image's own size is computed in the SavedModel's graph); "
-                       "serve the SavedModel")
 
   def check_explain(self) -> None:
     raise UsageError("--explain: not for --task=segmentation; predict --mask_dir writes each "
