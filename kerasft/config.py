@@ -143,7 +143,8 @@ class TrainingConfig:
       "to convergence either way.", choices=("convex", "epochs"))
   kfold_below: int = setting(30, "convex head: below this many labelled examples per class "
                              "(on average), k-fold cross-validation of all of them replaces "
-                             "the validation split, and the head is refit on all of them.")
+                             "the validation split, and the head is refit on all of them [0: "
+                             "never].")
   folds: int = setting(5, "convex head: the folds of that cross-validation.")
   calibrate: str = setting(
       "none", "multiclass: temperature fits one temperature to the held-out predictions and "
@@ -207,7 +208,7 @@ class TrainingConfig:
     positive_float(self.learning_rate, "learning_rate")
     positive_int(self.epochs, "epochs")
     positive_int(self.steps_per_execution, "steps_per_execution")
-    positive_int(self.kfold_below, "kfold_below")
+    non_negative_int(self.kfold_below, "kfold_below")
     check(isinstance(self.folds, int) and self.folds >= 2, "folds", "must be at least 2",
           self.folds)
     for name in ("fine_tune_epochs", "seed", "early_stopping_patience", "reduce_lr_patience",

@@ -10,9 +10,10 @@ from kerasft.settings import check, check_choices, fraction, positive_int, setti
 
 AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate")
 DATA_SOURCES = ("data_dir", "csv", "tfrecord", "tfds", "text_dir", "conll", "jsonl")
+UNLABELED_SOURCES = ("unlabeled_dir", "unlabeled_csv", "unlabeled_text_dir")
 DATA_PATHS = ("data_dir", "val_dir", "csv", "val_csv", "tfrecord", "val_tfrecord",  # absolute
               "label_names", "text_dir", "tfds_data_dir", "cache_dir", "conll", "val_conll",
-              "jsonl", "val_jsonl", "mask_classes")  # in config.json
+              "jsonl", "val_jsonl", "mask_classes") + UNLABELED_SOURCES  # in config.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,13 @@ class DataConfig:
                               "is ignored.")
   mask_column: str = setting("mask", "--task=segmentation with --csv: the column of mask "
                              "paths.")
+  unlabeled_dir: str = setting("", "Self-training: a folder of unlabelled images (searched "
+                               "recursively; --self_training_rounds, "
+                               "--pseudo_label_threshold).")
+  unlabeled_csv: str = setting("", "Self-training: a .csv/.tsv/.jsonl of unlabelled image paths "
+                               "(--path_column) or texts (--text_column).")
+  unlabeled_text_dir: str = setting("", "Self-training, text models: a folder of unlabelled .txt "
+                                    "files (searched recursively).")
   tfds: str = setting("", "A prepared TFDS data set, NAME or NAME:CONFIG (read with "
                       "download=False; prepare it with `tfds build NAME`).")
   tfds_data_dir: str = setting("", "Where TFDS data sets are prepared [~/tensorflow_datasets "
@@ -96,6 +104,10 @@ class DataConfig:
           "validation_split", "must be between 0 and 1 (exclusive)", self.validation_split)
     positive_int(self.batch_size, "batch_size")
     fraction(self.augment_strength, "augment_strength")
+    unlabeled = [f for f in UNLABELED_SOURCES if getattr(self, f)]
+    if len(unlabeled) > 1:
+      raise UsageError(f"--{unlabeled[1]}: pass one source of unlabelled examples, got "
+                       f"--{' and --'.join(unlabeled)}")
     sources = [f for f in DATA_SOURCES if getattr(self, f)]
     if len(sources) > 1:
       raise UsageError(f"--{sources[1]}: pass one data source, got --{' and --'.join(sources)}")
@@ -122,6 +134,11 @@ class DataConfig:
     if self.oversample and self.class_weight != "none":
       raise UsageError("--oversample: already balances the classes; leave out "
                        "--class_weight=balanced")
+
+  @property
+  def unlabeled_source(self) -> str:
+    """The flag of the unlabelled examples in use ("" when none)."""
+    return next((f for f in UNLABELED_SOURCES if getattr(self, f)), "")
 
   @property
   def source(self) -> str:

@@ -129,11 +129,11 @@ def _each(function, arrays):
 
 @dataclasses.dataclass
 class SharedExtraction:
-  """Features computed in memory by `build` while `shared_extraction()` is active, by what
-  they depend on (backbone weights, input shape, examples, dtype, `inputs_key`); several
-  runs in one process (the trials of a search) then extract once. `extractions` counts the
-  extraction passes made."""
-  arrays: dict = dataclasses.field(default_factory=dict)
+  """Features computed in memory while `shared_extraction()` is active, per example, by what
+  they depend on (backbone weights, input shape, dtype, `inputs_key`): several runs in one
+  process (the trials of a search, the rounds of self-training) extract each example once.
+  `extractions` counts the extraction passes made."""
+  rows: dict = dataclasses.field(default_factory=dict)  # model key -> {example key: row}
   extractions: int = 0
   seconds: float = 0.0  # spent extracting
 
@@ -143,7 +143,7 @@ _SHARED: list[SharedExtraction] = []
 
 @contextlib.contextmanager
 def shared_extraction():
-  """Within the block, `build` reuses in-memory features computed earlier in it."""
+  """Within the block, `build` and `extract` reuse in-memory features computed earlier."""
   store = SharedExtraction()
   _SHARED.append(store)
   try:
@@ -152,13 +152,54 @@ def shared_extraction():
     _SHARED.remove(store)
 
 
-def _key(extractor: keras.Model, dataset: Dataset, dtype: str, inputs_key: str) -> str:
+def _model_key(extractor: keras.Model, dtype: str, inputs_key: str) -> str:
   digest = hashlib.sha1(f"{extractor.input_shape}|{dtype}|{inputs_key}".encode())
-  for files in (dataset.train_files, dataset.val_files):
-    digest.update(repr((files.inputs, files.labels)).encode())
   for w in extractor.weights:
     digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
   return digest.hexdigest()
+
+
+def _example_key(item) -> str:
+  """An example's identity: its path or text, or a digest of its encoded bytes."""
+  return hashlib.sha1(item).hexdigest() if isinstance(item, bytes) else f"{type(item)}{item}"
+
+
+def extract(model: keras.Model, files: Examples, make_inputs, dtype: str = "float32",
+            inputs_key: str = "", verbose: int | str = 0):
+  """The backbone features of `files` (in order; a tuple of arrays for several maps),
+  through make_inputs(files, batch_size) pipelines; within `shared_extraction()`, each
+  example's once."""
+  return _memoized(feature_model(model), files, make_inputs, dtype, inputs_key, verbose)
+
+
+def _memoized(extractor: keras.Model, files: Examples, make_inputs, dtype: str,
+              inputs_key: str, verbose):
+  shared = _SHARED[-1] if _SHARED and not files.streams else None
+  if shared is None:
+    logging.info("feature cache: extracting %d examples", len(files.inputs))
+    return _each(lambda a: a.astype(dtype, copy=False), extractor.predict(
+        make_inputs(files, EXTRACT_BATCH), verbose=verbose))
+  memo = shared.rows.setdefault(_model_key(extractor, dtype, inputs_key), {})
+  keys = [_example_key(x) for x in files.inputs]
+  missing = list({k: i for i, k in reversed(list(enumerate(keys))) if k not in memo}.values())
+  if missing:
+    logging.info("feature cache: extracting %d examples (%d extracted earlier in this "
+                 "process)", len(missing), len(keys) - len(missing))
+    start = time.perf_counter()
+    missing.sort()
+    computed = _each(lambda a: a.astype(dtype, copy=False), extractor.predict(
+        make_inputs(files.subset(missing), EXTRACT_BATCH), verbose=verbose))
+    for j, i in enumerate(missing):
+      memo[keys[i]] = _each(lambda a: a[j], computed)  # pylint: disable=cell-var-from-loop
+    shared.extractions, shared.seconds = (shared.extractions + 1,
+                                          shared.seconds + time.perf_counter() - start)
+  else:
+    logging.info("feature cache: every example's features were extracted earlier in this "
+                 "process")
+  rows = [memo[k] for k in keys]
+  if isinstance(rows[0], tuple):
+    return tuple(np.stack([r[m] for r in rows]) for m in range(len(rows[0])))
+  return np.stack(rows)
 
 
 def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
@@ -217,18 +258,18 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
 def _in_memory(extractor: keras.Model, dataset: Dataset, dtype: str, verbose,
                inputs_key: str):
   """The training then validation examples' features as `dtype` arrays (a tuple of them
-  for several maps): extracted now, or taken from the active `shared_extraction`."""
-  shared = _SHARED[-1] if _SHARED and not dataset.train_files.streams else None
-  key = _key(extractor, dataset, dtype, inputs_key) if shared else ""
-  if key in (shared.arrays if shared else {}):
-    logging.info("feature cache: the features extracted for an earlier run in this process")
-    return shared.arrays[key]
-  start = time.perf_counter()
-  computed = _each(lambda a: a.astype(dtype, copy=False), _extract(extractor, dataset, verbose))
-  if shared:
-    shared.arrays[key], shared.extractions = computed, shared.extractions + 1
-    shared.seconds += time.perf_counter() - start
-  return computed
+  for several maps), extracted now or, within `shared_extraction()`, taken from earlier."""
+  train, val = dataset.train_files, dataset.val_files
+  if train.streams:
+    logging.info("feature cache: extracting %d examples", len(train.inputs) + len(val.inputs))  # streamed records are read split by split, each in its stream's order
+    parts = [_each(np.asarray, extractor.predict(dataset.make_inputs(files, EXTRACT_BATCH),
+                                                 verbose=verbose)) for files in (train, val)]
+    parts = [_each(lambda a: a.astype(dtype, copy=False), p) for p in parts]
+    if isinstance(parts[0], tuple):
+      return tuple(np.concatenate(maps) for maps in zip(*parts))
+    return np.concatenate(parts)
+  # one pass over training and validation examples together: one trace, full batches
+  return _memoized(extractor, train + val, dataset.make_inputs, dtype, inputs_key, verbose)
 
 
 def _width(extractor: keras.Model, dataset: Dataset) -> int:
@@ -240,16 +281,3 @@ def _width(extractor: keras.Model, dataset: Dataset) -> int:
   return _size(shape)
 
 
-def _extract(extractor: keras.Model, dataset: Dataset, verbose) -> np.ndarray:
-  """The features of the training then the validation examples, in memory."""
-  train, val = dataset.train_files, dataset.val_files
-  logging.info("feature cache: extracting %d examples",
-               len(train.inputs) + len(val.inputs))
-  if train.streams:  # streamed records are read split by split, each in its stream's order
-    parts = [_each(np.asarray, extractor.predict(dataset.make_inputs(files, EXTRACT_BATCH),
-                                                 verbose=verbose)) for files in (train, val)]
-    if isinstance(parts[0], tuple):
-      return tuple(np.concatenate(maps) for maps in zip(*parts))
-    return np.concatenate(parts)
-  # one pass over training and validation examples together: one trace, full batches
-  return extractor.predict(dataset.make_inputs(train + val, EXTRACT_BATCH), verbose=verbose)

@@ -18,7 +18,8 @@ import keras
 import numpy as np
 from absl import logging
 
-from kerasft import calibration, data, distribute, fit, html_report, reports, run_report
+from kerasft import calibration, data, distribute, features, fit, html_report, reports
+from kerasft import run_report
 from kerasft import serving, sources, tasks
 from kerasft.methods import auto, peft
 from kerasft.config import RunConfig
@@ -92,6 +93,10 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
     if config.data.oversample:
       train = data.oversampled(train, config.training.seed)
     task = auto.apply(task, train, val)
+    if task.config.data.unlabeled_source and task.config.training.kfold_below:
+      logging.info("self-training: k-fold off; the validation examples judge every round")
+      task = type(task)(dataclasses.replace(task.config, training=dataclasses.replace(
+          task.config.training, kfold_below=0)), task.output, task.backbone)
     config = task.config
   if folder.is_finished() and not config.overwrite:
     raise UsageError(f"--model_dir: {folder.root} already holds a finished run; pass "
@@ -124,8 +129,13 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
   config = task.config
   if runtime.is_chief:
     folder.start(config, dataset.class_names)
-  with _phase(seconds, "train"):
+  rounds = []
+  with _phase(seconds, "train"), (features.shared_extraction() if config.data.unlabeled_source
+                                  else contextlib.nullcontext()):
     fitted = fit.execute(config, model, dataset, task.output, folder, runtime, verbose=verbose)
+    if config.data.unlabeled_source:
+      model, fitted, dataset, rounds = _self_train(task, model, dataset, fitted, folder,
+                                                   runtime, verbose)
   fingerprint = weights_fingerprint(model)
   logging.info("final weights fingerprint %s", fingerprint)
   result = TrainResult(model=model, history=fitted.history, metrics={}, export_path="",
@@ -146,7 +156,7 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
                  folder.output(ADAPTER))
   export_path = ""
   with _phase(seconds, "export"):
-    card = {**task.card(metrics), **_methods_card(config, fitted), "run": {
+    card = {**task.card(metrics), **_methods_card(config, fitted, rounds), "run": {
         "model_dir": os.path.abspath(config.model_dir), "id": folder.run_id(),
         "weights": fingerprint}}
     # a run killed after its export's rename, before it was recorded, exported already
@@ -165,15 +175,47 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
                              headline=task.output.headline(metrics))
 
 
-def _methods_card(config: RunConfig, fitted) -> dict:
+def _methods_card(config: RunConfig, fitted, rounds=()) -> dict:
   """The model card's record of the fine-tuning methods (those not at their defaults), what
-  the run kept and its trainable and total parameters."""
+  the run kept, its trainable and total parameters, and its self-training `rounds`."""
   from kerasft.methods import MethodsConfig  # pylint: disable=g-import-not-at-top
   default = MethodsConfig()
   methods = {f.name: getattr(config.methods, f.name) for f in dataclasses.fields(default)
              if getattr(config.methods, f.name) != getattr(default, f.name)}
-  return {"methods": methods, "kept": fitted.kept or "best epoch",
+  card = {"methods": methods, "kept": fitted.kept or "best epoch",
           "parameters": {"trainable": fitted.parameters[0], "total": fitted.parameters[1]}}
+  if rounds:
+    card["self_training"] = [r.card() for r in rounds]
+  return card
+
+
+def _self_train(task, model, dataset, fitted, folder: RunFolder, runtime, verbose):
+  """--unlabeled_*: the rounds of `kerasft.methods.self_training` after the labelled run;
+  each student trains in its own run folder. Returns (model, FitResult, Dataset, rounds) of
+  what is kept, whose model replaces best.keras."""
+  from kerasft.methods import self_training  # pylint: disable=g-import-not-at-top
+
+  def train_student(student_task, train, val):
+    root = student_task.config.model_dir
+    student_folder = RunFolder(root, root if runtime.is_chief else os.path.join(
+        folder.out, os.path.relpath(root, folder.root)))
+    with runtime.strategy.scope():
+      student_task, student = student_task.build_model(train)
+      peft.enable(student, student_task.config)
+    data = student_task.pipelines(train, val)
+    student_folder.check_new_or_same(student_task.config)
+    if runtime.is_chief:
+      student_folder.start(student_task.config, data.class_names)
+    result = fit.execute(student_task.config, student, data, task.output, student_folder,
+                         runtime, verbose=verbose)
+    return student, result, data
+
+  kept, fitted, dataset, rounds = self_training.run(task, model, dataset, fitted, folder,
+                                                    train_student, verbose)
+  if kept is not model and runtime.is_chief:
+    with atomic_path(folder.output(BEST)) as staging:
+      kept.save(staging)
+  return kept, fitted, dataset, rounds
 
 
 def _report(task, model, dataset, fitted, folder: RunFolder, runtime) -> tuple[dict, tuple]:

@@ -5,6 +5,8 @@
     --l2sp=0.01             decay toward the pretrained weights (`kerasft.optimizers`)
     --peft=lora             train only LoRA factors / biases / norms (`peft`)
     --recipe=few_shot       contrastive tuning of a text encoder on pairs (`few_shot`)
+    --unlabeled_dir=DIR     self-training on pseudo-labelled unlabelled examples
+                            (`self_training`)
 
 `MethodsConfig` declares each switch once (flags and `config.json` come from it); `check`
 refuses the combinations a run cannot honour, before anything is read. No TensorFlow.
@@ -64,6 +66,13 @@ class MethodsConfig:
   few_shot_epochs: int = setting(1, "--recipe=few_shot: epochs over the pairs.")
   few_shot_learning_rate: float = setting(1e-4, "--recipe=few_shot: Adam's rate for the "
                                           "encoder on the pairs.")
+  self_training_rounds: int = setting(1, "--unlabeled_*: rounds of self-training (the model "
+                                      "labels the unlabelled examples, a student trains on "
+                                      "the labelled and the confident ones).")
+  pseudo_label_threshold: float = setting(0.8, "--unlabeled_*: the smallest top-class "
+                                          "probability that makes a pseudo-label.")
+  pseudo_labels_per_class: int = setting(0, "--unlabeled_*: at most this many pseudo-labels "
+                                         "per class, the most confident [0: no cap].")
 
   def __post_init__(self):
     object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
@@ -82,6 +91,12 @@ class MethodsConfig:
       check(isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0, "lora_alpha",
             "must be a positive number", self.lora_alpha)
     positive_int(self.pairs_per_example, "pairs_per_example")
+    positive_int(self.self_training_rounds, "self_training_rounds")
+    check(isinstance(self.pseudo_label_threshold, (int, float))
+          and 0 <= self.pseudo_label_threshold < 1, "pseudo_label_threshold",
+          "must be in [0, 1)", self.pseudo_label_threshold)
+    check(isinstance(self.pseudo_labels_per_class, int) and self.pseudo_labels_per_class >= 0,
+          "pseudo_labels_per_class", "must be >= 0 (0: no cap)", self.pseudo_labels_per_class)
     positive_int(self.few_shot_epochs, "few_shot_epochs")
     check(isinstance(self.few_shot_learning_rate, (int, float))
           and self.few_shot_learning_rate > 0, "few_shot_learning_rate",
@@ -101,7 +116,9 @@ class MethodsConfig:
                        f"values, which --peft={self.peft} keeps frozen; pass one of them")
 
 
-_DEFAULTS = {"pairs_per_example": 20, "few_shot_epochs": 1, "few_shot_learning_rate": 1e-4}
+_DEFAULTS = {"pairs_per_example": 20, "few_shot_epochs": 1, "few_shot_learning_rate": 1e-4,
+             "self_training_rounds": 1, "pseudo_label_threshold": 0.8,
+             "pseudo_labels_per_class": 0}
 
 
 def wise_ft_alpha(value: str) -> Optional[float]:
@@ -116,6 +133,11 @@ def check_run(config) -> None:
   """Raises a UsageError for methods a `RunConfig` cannot honour (what they need from the
   model and training settings)."""
   m, t, k = config.model, config.training, config.methods
+  if not config.data.unlabeled_source:
+    for name in ("self_training_rounds", "pseudo_label_threshold", "pseudo_labels_per_class"):
+      if getattr(k, name) != _DEFAULTS[name]:
+        raise UsageError(f"--{name}: only goes with unlabelled examples (--unlabeled_dir, "
+                         "--unlabeled_csv, --unlabeled_text_dir)")
   last_phase_by_epochs = bool(t.fine_tune_epochs or t.head_solver == "epochs" or m.head
                               or config.data.augment or config.data.mixup
                               or config.data.cutmix)

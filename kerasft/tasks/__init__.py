@@ -55,6 +55,9 @@ def check(config) -> None:
                      ("mask_classes", d.mask_classes), ("mask_column", d.mask_column != "mask")):
     if used and output.name != "segmentation":
       raise UsageError(f"--{flag}: only for --task=segmentation, not --task={output.name}")
+  if d.unlabeled_source and not output.one_label:
+    raise UsageError(f"--{d.unlabeled_source}: self-training pseudo-labels one class per "
+                     f"example (--task=multiclass), not --task={output.name}")
   output.check(config)
   modality_class(config.model.model, output).check_inputs(config)
 

@@ -28,6 +28,13 @@ class ImageTask(Task):
     if config.methods.recipe == "few_shot":
       raise UsageError("--recipe=few_shot: tunes a text encoder on pairs of texts; for "
                        "text models (--model=keras_hub:...)")
+    if config.data.unlabeled_source and (config.data.tfrecord or config.data.tfds):
+      raise UsageError(f"--{config.data.unlabeled_source}: self-training adds pseudo-labelled "
+                       "images to the training images, which must be files: pass the "
+                       "labelled images as --data_dir or --csv")
+    if config.data.unlabeled_text_dir:
+      raise UsageError("--unlabeled_text_dir: unlabelled texts are for text models; pass "
+                       "--unlabeled_dir or --unlabeled_csv of images")
 
   def resolve_data(self) -> "ImageTask":
     """With no data source: the built-in recipe, scikit-learn's digits as PNG folders in
@@ -44,6 +51,25 @@ class ImageTask(Task):
   def index(self, seed: int = 0):
     """(training, validation) `Examples` of the config's data."""
     return sources.index_images(self.config.data, self.output, seed)
+
+  def unlabeled(self, class_names: list[str]):
+    """`Examples` of the readable images of --unlabeled_dir (searched recursively) or
+    --unlabeled_csv (--path_column), labelled 0 (a placeholder); unreadable ones skipped."""
+    d = self.config.data
+    flag = d.unlabeled_source
+    if flag == "unlabeled_dir":
+      if not os.path.isdir(d.unlabeled_dir):
+        raise UsageError(f"--unlabeled_dir: {d.unlabeled_dir} is not a folder")
+      paths = [p for p in data.expand_inputs([d.unlabeled_dir]) if os.path.isfile(p)]
+    else:
+      rows = sources.read_table(d.unlabeled_csv, flag, [d.path_column])
+      root = os.path.dirname(os.path.abspath(d.unlabeled_csv))
+      paths = [os.path.join(root, str(r[d.path_column])) for r in rows]
+    files = data.readable(data.Examples(paths, [0] * len(paths), class_names, self.output),
+                          flag, d.strict_data)
+    if not files.inputs:
+      raise UsageError(f"--{flag}: no readable unlabelled images")
+    return files
 
   @staticmethod
   def evaluation_examples(data_config, output, class_names: list[str], split: str = "test"):

@@ -23,6 +23,8 @@ from kerasft.tasks.outputs import Output, _refuse
 
 SOURCES = ("data_dir", "csv", "tfds")
 AUGMENTATIONS = ("flip", "zoom", "translate", "contrast")  # what moves masks with images
+NEEDS = ("--task=segmentation reads --data_dir (images/ and masks/), --csv (--path_column "
+         "and --mask_column) or --tfds (an image and a mask feature)")
 
 
 def objects(items: list) -> np.ndarray:
@@ -146,13 +148,14 @@ class SegmentationTask(ImageTask):
       raise UsageError("--task=segmentation: labels the pixels of images; pass an image "
                        f"backbone, not --model={config.model.model}")
     d = config.data
-    if d.source not in SOURCES:
-      raise UsageError(f"--{d.source or 'data_dir'}: --task=segmentation reads --data_dir "
-                       "(images/ and masks/), --csv (--path_column and --mask_column) or "
-                       "--tfds (an image and a mask feature)")
+    if d.source not in SOURCES + ("",):
+      raise UsageError(f"--{d.source}: {NEEDS}")
     super().check_inputs(config)
 
   def resolve_data(self):
+    """This task; with no data source, a UsageError (there is no built-in data set)."""
+    if not self.config.data.source:
+      raise UsageError(f"--data_dir: {NEEDS}")
     return self
 
   def read(self, data_config, flag_prefix: str = "", split: str = "", class_names=None):

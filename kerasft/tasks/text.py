@@ -24,6 +24,9 @@ class TextTask(Task):
     if d.data_dir or d.tfrecord:
       raise UsageError(f"--{'data_dir' if d.data_dir else 'tfrecord'}: a text model "
                        "(--model=keras_hub:...) reads --csv, --text_dir or --tfds")
+    if d.unlabeled_dir:
+      raise UsageError("--unlabeled_dir: a folder of images; a text model reads unlabelled "
+                       "texts from --unlabeled_text_dir or --unlabeled_csv")
     used = [f for f in ("augment", "mixup", "cutmix") if getattr(d, f)]
     if used:
       raise UsageError(f"--{used[0]}: image augmentation; not for text models")
@@ -49,6 +52,27 @@ class TextTask(Task):
 
   def index(self, seed: int = 0):
     return sources.index_texts(self.config.data, self.output, seed)
+
+  def unlabeled(self, class_names: list[str]):
+    """`Examples` of the texts of --unlabeled_text_dir (.txt files, searched recursively) or
+    --unlabeled_csv (--text_column), labelled 0 (a placeholder); empty ones skipped."""
+    import os  # pylint: disable=g-import-not-at-top
+    from kerasft import data  # pylint: disable=g-import-not-at-top
+    d = self.config.data
+    flag = d.unlabeled_source
+    if flag == "unlabeled_text_dir":
+      if not os.path.isdir(d.unlabeled_text_dir):
+        raise UsageError(f"--unlabeled_text_dir: {d.unlabeled_text_dir} is not a folder")
+      paths = sorted(os.path.join(root, f) for root, _, files in os.walk(d.unlabeled_text_dir)
+                     for f in files if f.endswith(".txt"))
+      texts = [open(p, encoding="utf-8", errors="replace").read().strip() for p in paths]
+    else:
+      texts = [str(r[d.text_column] or "") for r in sources.read_table(
+          d.unlabeled_csv, flag, [d.text_column])]
+    if not texts:
+      raise UsageError(f"--{flag}: no unlabelled texts")
+    return sources.readable_texts(data.Examples(texts, [0] * len(texts), class_names,
+                                                self.output), flag, d.strict_data)
 
   @staticmethod
   def evaluation_examples(data_config, output, class_names, split="test"):
