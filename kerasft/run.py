@@ -80,8 +80,9 @@ def check_outputs(config: RunConfig) -> None:
 
 
 def _prepare(task, folder: RunFolder, runtime, seconds: dict):
-  """Indexes the data, checks the run folder and builds the model; nothing is written.
-  Returns (task with the model's sizes filled in, model, Dataset)."""
+  """Indexes the data (and the unlabelled examples, for self-training), checks the run
+  folder and builds the model; nothing is written. Returns (task with the model's sizes
+  filled in, model, Dataset, unlabelled Examples or None)."""
   config = task.config
   keras.utils.set_random_seed(config.training.seed)
   with _phase(seconds, "data"):
@@ -98,6 +99,14 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
       task = type(task)(dataclasses.replace(task.config, training=dataclasses.replace(
           task.config.training, kfold_below=0)), task.output, task.backbone)
     config = task.config
+    unlabeled = None
+    if config.data.unlabeled_source:
+      from kerasft.methods import self_training  # pylint: disable=g-import-not-at-top
+      unlabeled = task.unlabeled(train.class_names)
+      self_training.check_disjoint(unlabeled.inputs, train.inputs + val.inputs,
+                                   config.data.unlabeled_source)
+      logging.info("self-training: %d unlabelled examples from --%s", len(unlabeled.inputs),
+                   config.data.unlabeled_source)
   if folder.is_finished() and not config.overwrite:
     raise UsageError(f"--model_dir: {folder.root} already holds a finished run; pass "
                      "--overwrite to replace it or --name/--model_dir for a new run")
@@ -109,7 +118,7 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
   dataset = task.pipelines(train, val)
   if folder.check_new_or_same(task.config):
     logging.info("resuming the unfinished run in %s", folder.root)
-  return task, model, dataset
+  return task, model, dataset, unlabeled
 
 
 def _check_unfreezing(config: RunConfig, model) -> None:
@@ -125,7 +134,7 @@ def _check_unfreezing(config: RunConfig, model) -> None:
 
 def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> TrainResult:
   seconds = {}
-  task, model, dataset = _prepare(task, folder, runtime, seconds)
+  task, model, dataset, unlabeled = _prepare(task, folder, runtime, seconds)
   config = task.config
   if runtime.is_chief:
     folder.start(config, dataset.class_names)
@@ -133,9 +142,9 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
   with _phase(seconds, "train"), (features.shared_extraction() if config.data.unlabeled_source
                                   else contextlib.nullcontext()):
     fitted = fit.execute(config, model, dataset, task.output, folder, runtime, verbose=verbose)
-    if config.data.unlabeled_source:
-      model, fitted, dataset, rounds = _self_train(task, model, dataset, fitted, folder,
-                                                   runtime, verbose)
+    if unlabeled is not None:
+      model, fitted, dataset, rounds = _self_train(task, model, dataset, unlabeled, fitted,
+                                                   folder, runtime, verbose)
   fingerprint = weights_fingerprint(model)
   logging.info("final weights fingerprint %s", fingerprint)
   result = TrainResult(model=model, history=fitted.history, metrics={}, export_path="",
@@ -189,7 +198,8 @@ def _methods_card(config: RunConfig, fitted, rounds=()) -> dict:
   return card
 
 
-def _self_train(task, model, dataset, fitted, folder: RunFolder, runtime, verbose):
+def _self_train(task, model, dataset, unlabeled, fitted, folder: RunFolder, runtime,
+                verbose):
   """--unlabeled_*: the rounds of `kerasft.methods.self_training` after the labelled run;
   each student trains in its own run folder. Returns (model, FitResult, Dataset, rounds) of
   what is kept, whose model replaces best.keras."""
@@ -210,8 +220,8 @@ def _self_train(task, model, dataset, fitted, folder: RunFolder, runtime, verbos
                          runtime, verbose=verbose)
     return student, result, data
 
-  kept, fitted, dataset, rounds = self_training.run(task, model, dataset, fitted, folder,
-                                                    train_student, verbose)
+  kept, fitted, dataset, rounds = self_training.run(task, model, dataset, unlabeled, fitted,
+                                                    train_student)
   if kept is not model and runtime.is_chief:
     with atomic_path(folder.output(BEST)) as staging:
       kept.save(staging)

@@ -110,16 +110,14 @@ def teacher_outputs(model, task, unlabeled, batch_size: int, frozen: bool) -> np
   return features.head_model(model).predict(maps, batch_size=batch_size, verbose=0)
 
 
-def run(task, model, dataset, fitted, folder, train_fn, verbose="auto"):
+def run(task, model, dataset, unlabeled, fitted, train_fn):
   """The rounds after the labelled run of `task` (its `model`, `dataset`, `fitted`:
-  `kerasft.fit.FitResult`) in `folder`. train_fn(student task, train Examples, val Examples)
-  trains a student (its own run folder) and returns (model, FitResult). Returns (the kept
-  model, its FitResult, the Dataset it trained on, [Round])."""
+  `kerasft.fit.FitResult`) on the `unlabeled` Examples (`Task.unlabeled`, checked with
+  `check_disjoint`). train_fn(student task, train Examples, val Examples) trains a student
+  (its own run folder) and returns (model, FitResult, Dataset). Returns (the kept model, its
+  FitResult, the Dataset it trained on, [Round])."""
   config = task.config
   k, d = config.methods, config.data
-  unlabeled = task.unlabeled(dataset.class_names)
-  check_disjoint(unlabeled.inputs, dataset.train_files.inputs + dataset.val_files.inputs,
-                 d.unlabeled_source)
   frozen = not config.model.unfreezes and k.recipe != "few_shot"
   monitor, mode = task.output.monitor
   better = (lambda a, b: a >= b) if mode == "max" else (lambda a, b: a <= b)  # noqa: E731
