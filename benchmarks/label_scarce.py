@@ -11,7 +11,7 @@ Cases, each `python -m kerasft.train` on a CSV of the labelled examples, scored 
 whole test split through its export (`kerasft.evaluate`):
   labelled: the default recipe on the labelled examples alone (k-fold for the convex head);
   self1, self2: --unlabeled_csv with 1 and 2 --self_training_rounds (defaults otherwise:
-            --pseudo_label_threshold=0.8 on probabilities calibrated on the validation
+            --pseudo_label_threshold=0.5 on probabilities calibrated on the validation
             examples, no per-class cap).
 Prints test accuracy and the train process's seconds per case, and whether the target
 (self-training at least 3 points of test accuracy over labelled-only on fashion) is met.
@@ -30,6 +30,10 @@ from small_data import MINILM, _rows, _slice, _write, print_table, run_kerasft  
 
 flags.DEFINE_list("scarce", ["fashion", "fortunes"], "Settings to run.")
 flags.DEFINE_list("rounds", ["0", "1", "2"], "Self-training rounds per case (0: labelled only).")
+flags.DEFINE_multi_string("extra", [], "More kerasft.train flags for every case, e.g. "
+                          "--extra=--recipe=auto.")
+flags.DEFINE_multi_string("self_extra", [], "More kerasft.train flags for the self-training "
+                          "cases, e.g. --self_extra=--pseudo_label_threshold=0.5.")
 FLAGS = flags.FLAGS
 SETTINGS = {"fashion": ("image", 10, ["--model=mobilenet", "--image_size=96"]),
             "fortunes": ("text", 20, [f"--model=keras_hub:{MINILM}"])}
@@ -47,10 +51,11 @@ def case(work: str, setting: str, rounds: int) -> tuple[float, float, dict]:
           f"--model_dir={folder}/run", f"--export_dir={folder}/export"]
   if kind == "text":
     args.append("--text_column=text")
+  args += FLAGS.extra
   if rounds:
     unlabeled = [{column: r[column], "label": ""} for r in train if r[column] not in chosen]
     args += [f"--unlabeled_csv={_write(unlabeled, os.path.join(folder, 'u.csv'), column)}",
-             f"--self_training_rounds={rounds}"]
+             f"--self_training_rounds={rounds}", *FLAGS.self_extra]
   _, seconds = run_kerasft("train", *args)
   run_kerasft("evaluate", f"--export={folder}/export",
               f"--csv={_write(test, os.path.join(folder, 'test.csv'), column)}",

@@ -134,6 +134,7 @@ def _check_unfreezing(config: RunConfig, model) -> None:
 
 def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> TrainResult:
   seconds = {}
+  recipe = task.config.methods.recipe  # (auto resolves into settings: students redo it)
   task, model, dataset, unlabeled = _prepare(task, folder, runtime, seconds)
   config = task.config
   if runtime.is_chief:
@@ -144,7 +145,7 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
     fitted = fit.execute(config, model, dataset, task.output, folder, runtime, verbose=verbose)
     if unlabeled is not None:
       model, fitted, dataset, rounds = _self_train(task, model, dataset, unlabeled, fitted,
-                                                   folder, runtime, verbose)
+                                                   folder, runtime, verbose, recipe)
   fingerprint = weights_fingerprint(model)
   logging.info("final weights fingerprint %s", fingerprint)
   result = TrainResult(model=model, history=fitted.history, metrics={}, export_path="",
@@ -199,16 +200,24 @@ def _methods_card(config: RunConfig, fitted, rounds=()) -> dict:
 
 
 def _self_train(task, model, dataset, unlabeled, fitted, folder: RunFolder, runtime,
-                verbose):
+                verbose, recipe: str = "default"):
   """--unlabeled_*: the rounds of `kerasft.methods.self_training` after the labelled run;
-  each student trains in its own run folder. Returns (model, FitResult, Dataset, rounds) of
-  what is kept, whose model replaces best.keras."""
+  each student trains in its own run folder (with --recipe=auto, on settings chosen for its
+  own, larger training set). Returns (model, FitResult, Dataset, rounds) of what is kept,
+  whose model replaces best.keras."""
   from kerasft.methods import self_training  # pylint: disable=g-import-not-at-top
 
   def train_student(student_task, train, val):
     root = student_task.config.model_dir
     student_folder = RunFolder(root, root if runtime.is_chief else os.path.join(
         folder.out, os.path.relpath(root, folder.root)))
+    if recipe == "auto":  # the settings --recipe=auto picks for the student's own data
+      student_task = auto.apply(type(student_task)(dataclasses.replace(
+          student_task.config, methods=dataclasses.replace(
+              student_task.config.methods, recipe="auto")), task.output, student_task.backbone),
+          train, val)
+    if student_task.config.model.unfreezes:  # it trains its own backbone, from pretrained
+      student_task = type(student_task)(student_task.config, task.output)
     with runtime.strategy.scope():
       student_task, student = student_task.build_model(train)
       peft.enable(student, student_task.config)

@@ -53,7 +53,7 @@ def _fitted(best):
 def test_a_round_that_lowers_validation_is_dropped(monkeypatch, tmp_path, student_best, kept):
   config = kerasft.RunConfig(model_dir=str(tmp_path / "run"), data=kerasft.DataConfig(
       data_dir=str(tmp_path), unlabeled_dir=str(tmp_path / "u")),
-      methods=kerasft.MethodsConfig(self_training_rounds=2))
+      methods=kerasft.MethodsConfig(self_training_rounds=2, pseudo_label_threshold=0.8))
   probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
   monkeypatch.setattr(self_training, "teacher_outputs", lambda *a: probabilities)
   monkeypatch.setattr(self_training, "calibrated", lambda *a: 1.0)
@@ -137,3 +137,30 @@ def test_self_training_mistakes_are_one_line_errors(tmp_path, args, message):
   last = result.stderr.strip().splitlines()[-1]
   assert message.format(**paths) in last, last
   assert not os.path.exists(tmp_path / "export")
+
+
+@pytest.mark.slow
+def test_texts_self_train_from_a_folder_and_a_killed_run_resumes_its_rounds(tmp_path):
+  pytest.importorskip("keras_hub", reason="pip install 'kerasft[text]'")
+  from test_text import TEXTS, _write_csv, make_tiny_preset
+  preset = make_tiny_preset("distil_bert", str(tmp_path / "preset"))
+  pool = tmp_path / "pool"
+  pool.mkdir()
+  for i, words in enumerate(["soup and bread tonight", "wine cheese pasta dinner",
+                             "the program crashed again", "unix keyboard mouse update"]):
+    (pool / f"{i}.txt").write_text(words)
+  args = [f"--model=keras_hub:{preset}", f"--csv={_write_csv(tmp_path / 't.csv', TEXTS, 3)}",
+          f"--unlabeled_text_dir={pool}", "--pseudo_label_threshold=0.3",
+          f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}"]
+  first = call_main("train", *args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "self-training: 4 unlabelled examples from --unlabeled_text_dir" in first.stderr
+  assert "self-training round 1:" in first.stderr
+  # killed after the rounds, before the export: the rerun reads the rounds back
+  shutil.rmtree(tmp_path / "export")
+  os.remove(tmp_path / "run" / "state.json")
+  again = call_main("train", *args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resuming" in again.stderr and "segment head" not in again.stderr
+  card = json.load(open(tmp_path / "export" / "1" / "model_card.json"))
+  assert card["self_training"][0]["index"] == 1

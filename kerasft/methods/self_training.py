@@ -100,12 +100,10 @@ def calibrated(task, model, fitted, dataset) -> float:
   return temperature
 
 
-def teacher_outputs(model, task, unlabeled, batch_size: int, frozen: bool) -> np.ndarray:
-  """Probabilities [N, C] of `model` on the unlabelled examples: through their cached
-  features when the backbone is `frozen` (extracted once per run), else a forward pass."""
-  from kerasft import features, reports  # pylint: disable=g-import-not-at-top
-  if not frozen:
-    return reports.predict(model, task.pipeline(unlabeled, batch_size))[1]
+def teacher_outputs(model, task, unlabeled, batch_size: int) -> np.ndarray:
+  """Probabilities [N, C] of `model` on the unlabelled examples, through their backbone
+  features (`kerasft.features.extract`: extracted once per backbone weights in the run)."""
+  from kerasft import features  # pylint: disable=g-import-not-at-top
   maps = features.extract(model, unlabeled, task.pipeline)
   return features.head_model(model).predict(maps, batch_size=batch_size, verbose=0)
 
@@ -125,7 +123,7 @@ def run(task, model, dataset, unlabeled, fitted, train_fn):
   for index in range(1, k.self_training_rounds + 1):
     temperature = calibrated(task, *teacher)
     probabilities = calibration.scaled(
-        teacher_outputs(teacher[0], task, unlabeled, d.batch_size, frozen), temperature)
+        teacher_outputs(teacher[0], task, unlabeled, d.batch_size), temperature)
     rows, ids = pseudo_labels(probabilities, k.pseudo_label_threshold, k.pseudo_labels_per_class)
     counts = {name: int(np.sum(ids == c)) for c, name in enumerate(dataset.class_names)}
     logging.info("self-training round %d: %d of %d unlabelled examples pseudo-labelled "
