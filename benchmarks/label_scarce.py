@@ -11,7 +11,7 @@ Cases, each `python -m kerasft.train` on a CSV of the labelled examples, scored 
 whole test split through its export (`kerasft.evaluate`):
   labelled: the default recipe on the labelled examples alone (k-fold for the convex head);
   self1, self2: --unlabeled_csv with 1 and 2 --self_training_rounds (defaults otherwise:
-            --pseudo_label_threshold=0.5 on probabilities calibrated on the validation
+            --pseudo_label_threshold=0.8 on probabilities calibrated on the validation
             examples, no per-class cap).
 Prints test accuracy and the train process's seconds per case, and whether the target
 (self-training at least 3 points of test accuracy over labelled-only on fashion) is met.

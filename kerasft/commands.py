@@ -189,6 +189,44 @@ class TuneConfig:
     return budget_seconds(self.time_budget)
 
 
+# What `kerasft.adapt` reads of the run settings: the encoder, its texts, seed and strategy.
+ADAPT_MODEL = ("model", "max_length")
+ADAPT_DATA = ("csv", "text_column", "text_dir", "tfds", "tfds_data_dir", "text_key",
+              "train_split", "batch_size", "validation_split")
+ADAPT_TRAINING = ("seed", "strategy", "cpu_replicas")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptConfig:
+  """How `kerasft.adapt` continues masked-language-model training of a text encoder."""
+  output_dir: str = setting("", "adapt: the KerasHub preset folder to write "
+                            "[adapted/<preset name>]; kerasft.train "
+                            "--model=keras_hub:FOLDER fine-tunes it.")
+  mlm_epochs: int = setting(3, "adapt: epochs of masked-LM training of the whole encoder.")
+  mlm_learning_rate: float = setting(5e-5, "adapt: AdamW's rate for the whole encoder.")
+  mlm_head_epochs: int = setting(1, "adapt: epochs of a new masked-LM head alone first (when "
+                                 "the preset's own head predicts at chance) [0: none].")
+  mask_rate: float = setting(0.15, "adapt: the share of tokens chosen for masking.")
+  time_budget: str = setting("", "tune/adapt: stop after this long, e.g. 300s, 10m, 2h.")
+  overwrite: bool = setting(False, "Allow replacing a finished run, an existing version "
+                            "(adapt: an existing --output_dir).")
+
+  def __post_init__(self):
+    budget_seconds(self.time_budget)
+    positive_int(self.mlm_epochs, "mlm_epochs")
+    if not isinstance(self.mlm_head_epochs, int) or self.mlm_head_epochs < 0:
+      raise UsageError(f"--mlm_head_epochs: must be >= 0, got {self.mlm_head_epochs}")
+    if not (isinstance(self.mlm_learning_rate, (int, float)) and self.mlm_learning_rate > 0):
+      raise UsageError(f"--mlm_learning_rate: must be positive, got {self.mlm_learning_rate}")
+    if not (isinstance(self.mask_rate, (int, float)) and 0 < self.mask_rate < 1):
+      raise UsageError(f"--mask_rate: must be between 0 and 1 (exclusive), got {self.mask_rate}")
+    check_writable(self.output_dir, "output_dir")
+
+  @property
+  def budget(self) -> Optional[float]:
+    return budget_seconds(self.time_budget)
+
+
 def budget_seconds(text: str) -> Optional[float]:
   """Seconds of a duration such as "300s", "10m", "2h" or "90" (seconds); None for ""."""
   if not text:

@@ -69,7 +69,7 @@ class MethodsConfig:
   self_training_rounds: int = setting(1, "--unlabeled_*: rounds of self-training (the model "
                                       "labels the unlabelled examples, a student trains on "
                                       "the labelled and the confident ones).")
-  pseudo_label_threshold: float = setting(0.5, "--unlabeled_*: the smallest top-class "
+  pseudo_label_threshold: float = setting(0.8, "--unlabeled_*: the smallest top-class "
                                           "probability that makes a pseudo-label.")
   pseudo_labels_per_class: int = setting(0, "--unlabeled_*: at most this many pseudo-labels "
                                          "per class, the most confident [0: no cap].")
@@ -117,7 +117,7 @@ class MethodsConfig:
 
 
 _DEFAULTS = {"pairs_per_example": 20, "few_shot_epochs": 1, "few_shot_learning_rate": 1e-4,
-             "self_training_rounds": 1, "pseudo_label_threshold": 0.5,
+             "self_training_rounds": 1, "pseudo_label_threshold": 0.8,
              "pseudo_labels_per_class": 0}
 
 
