@@ -28,7 +28,7 @@ from kerasft import callbacks, text
 from kerasft.errors import UsageError
 from kerasft.files import read_json, write_json
 
-CHANCE = 0.01  # masked-token accuracy below this: the preset's head is not a trained one
+CHANCE = 0.01  # masked-token accuracy below this (or 10 / vocabulary): an untrained head
 STATE, WEIGHTS, REPORT = "state.json", "resume.weights.h5", "adaptation.json"
 
 
@@ -154,7 +154,8 @@ def adapt(preset: str, data, settings, training, max_length: int = 0,
                100 * settings.mask_rate)
   before = model.evaluate(val, verbose=0, return_dict=True)
   work = output_dir.rstrip("/") + ".partial"
-  history = _train(model, train, val, settings, runtime, work, before["accuracy"] < CHANCE,
+  chance = max(CHANCE, 10 / preprocessor.tokenizer.vocabulary_size())
+  history = _train(model, train, val, settings, runtime, work, before["accuracy"] < chance,
                    verbose)
   after = model.evaluate(val, verbose=0, return_dict=True)
   logging.info("adapt: held-out masked-LM loss %.4f -> %.4f, accuracy %.4f -> %.4f",
