@@ -13,6 +13,9 @@ whole test split through its export (`kerasft.evaluate`):
   self1, self2: --unlabeled_csv with 1 and 2 --self_training_rounds (defaults otherwise:
             --pseudo_label_threshold=0.8 on probabilities calibrated on the validation
             examples, no per-class cap).
+  fortunes with --adapt: `python -m kerasft.adapt` of the MiniLM encoder on all the training
+            texts (labels dropped; --mlm_epochs), then the cases above on the adapted preset
+            ("adapted", "adapted+self1"); the adaptation's seconds are listed on its own row.
 Prints test accuracy and the train process's seconds per case, and whether the target
 (self-training at least 3 points of test accuracy over labelled-only on fashion) is met.
 """
@@ -30,6 +33,8 @@ from small_data import MINILM, _rows, _slice, _write, print_table, run_kerasft  
 
 flags.DEFINE_list("scarce", ["fashion", "fortunes"], "Settings to run.")
 flags.DEFINE_list("rounds", ["0", "1", "2"], "Self-training rounds per case (0: labelled only).")
+flags.DEFINE_bool("adapt", False, "fortunes: also adapt the encoder to the texts first.")
+flags.DEFINE_integer("mlm_epochs", 2, "--adapt: kerasft.adapt's --mlm_epochs.")
 flags.DEFINE_multi_string("extra", [], "More kerasft.train flags for every case, e.g. "
                           "--extra=--recipe=auto.")
 flags.DEFINE_multi_string("self_extra", [], "More kerasft.train flags for the self-training "
@@ -39,13 +44,26 @@ SETTINGS = {"fashion": ("image", 10, ["--model=mobilenet", "--image_size=96"]),
             "fortunes": ("text", 20, [f"--model=keras_hub:{MINILM}"])}
 
 
-def case(work: str, setting: str, rounds: int) -> tuple[float, float, dict]:
+def adapted(work: str) -> tuple[str, float]:
+  """(the MiniLM preset adapted to every fortunes training text, seconds of kerasft.adapt)."""
+  train, _, column = _rows("text")
+  out = os.path.join(work, "adapted-minilm")
+  _, seconds = run_kerasft("adapt", f"--model=keras_hub:{MINILM}",
+                           f"--csv={_write(train, os.path.join(work, 'all.csv'), column)}",
+                           "--text_column=text", f"--output_dir={out}",
+                           f"--mlm_epochs={FLAGS.mlm_epochs}")
+  return out, seconds
+
+
+def case(work: str, setting: str, rounds: int, model_flags=None, tag: str = ""
+         ) -> tuple[float, float, dict]:
   """(test accuracy through the export, train seconds, the model card's self-training)."""
-  kind, per_class, model_flags = SETTINGS[setting]
+  kind, per_class, default_flags = SETTINGS[setting]
+  model_flags = model_flags or default_flags
   train, test, column = _rows(kind)
   labelled = _slice(train, per_class)
   chosen = {r[column] for r in labelled}
-  folder = os.path.join(work, f"{setting}-{rounds}")
+  folder = os.path.join(work, f"{setting}{tag}-{rounds}")
   os.makedirs(folder, exist_ok=True)
   args = [*model_flags, f"--csv={_write(labelled, os.path.join(folder, 'train.csv'), column)}",
           f"--model_dir={folder}/run", f"--export_dir={folder}/export"]
@@ -70,16 +88,21 @@ def main(argv):
   del argv
   rows, results = [], {}
   with tempfile.TemporaryDirectory(prefix="kerasft-label-scarce-") as work:
-    for setting in FLAGS.scarce:
-      for rounds in map(int, FLAGS.rounds):
-        accuracy, seconds, card = case(work, setting, rounds)
-        results[setting, rounds] = accuracy
-        kept = sum(r["kept"] for r in card)
-        pseudo = [sum(r["pseudo_labels"].values()) for r in card]
-        rows.append([setting, "labelled" if not rounds else f"self{rounds}", f"{accuracy:.4f}",
-                     f"{seconds:.0f}", f"{kept} of {len(card)}" if card else "-",
-                     ", ".join(map(str, pseudo)) or "-"])
-        print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
+    plans = [(s, r, None, "") for s in FLAGS.scarce for r in map(int, FLAGS.rounds)]
+    if FLAGS.adapt and "fortunes" in FLAGS.scarce:
+      preset, seconds = adapted(work)
+      rows.append(["fortunes", "adapt (kerasft.adapt)", "-", f"{seconds:.0f}", "-", "-"])
+      plans += [("fortunes", r, [f"--model=keras_hub:{preset}"], "-adapted")
+                for r in map(int, FLAGS.rounds[:2])]
+    for setting, rounds, model_flags, tag in plans:
+      accuracy, seconds, card = case(work, setting, rounds, model_flags, tag)
+      results[setting + tag, rounds] = accuracy
+      kept = sum(r["kept"] for r in card)
+      pseudo = [sum(r["pseudo_labels"].values()) for r in card]
+      name = ("labelled" if not rounds else f"self{rounds}") + tag.replace("-", ", ")
+      rows.append([setting, name, f"{accuracy:.4f}", f"{seconds:.0f}",
+                   f"{kept} of {len(card)}" if card else "-", ", ".join(map(str, pseudo)) or "-"])
+      print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
   print_table(["setting", "case", "test accuracy", "train s", "rounds kept",
                "pseudo-labels per round"], rows, FLAGS.markdown)
   base = results.get(("fashion", 0))
