@@ -27,15 +27,11 @@ def main(argv):
   if len(argv) > 1:
     raise errors.UsageError(f"unexpected arguments {argv[1:]}; all inputs are --flags")
   model = cli.from_flags(config.ModelConfig, only=commands.ADAPT_MODEL)
-  if not model.model.startswith("keras_hub:"):
-    raise errors.UsageError(f"--model: adapt continues a text encoder's masked-LM training; "
-                            f"pass --model=keras_hub:PRESET_OR_FOLDER, not {model.model}")
   data = cli.from_flags(config.DataConfig, only=commands.ADAPT_DATA)
   training = cli.from_flags(config.TrainingConfig, only=commands.ADAPT_TRAINING)
   settings = cli.from_flags(commands.AdaptConfig)
   from kerasft import adapting  # pylint: disable=g-import-not-at-top
-  result = adapting.adapt(model.model[len("keras_hub:"):], data, settings, training,
-                          model.max_length)
+  result = adapting.adapt(model.model, data, settings, training, model.max_length)
   print(f"held-out masked-LM loss {result.before['loss']:.4f} -> {result.after['loss']:.4f}, "
         f"accuracy {result.before['accuracy']:.4f} -> {result.after['accuracy']:.4f}; "
         f"preset in {result.output_dir} (kerasft.train --model=keras_hub:{result.output_dir})")

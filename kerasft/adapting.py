@@ -129,14 +129,19 @@ def _compile(model, learning_rate: float, backbone_trains: bool) -> None:
                 weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 
-def adapt(preset: str, data, settings, training, max_length: int = 0,
+def adapt(model_flag: str, data, settings, training, max_length: int = 0,
           verbose: int | str = "auto") -> AdaptResult:
-  """Continues masked-LM training of keras_hub `preset` on `data`'s texts (a DataConfig:
-  source, --batch_size, --validation_split) as `settings` (`kerasft.commands.AdaptConfig`)
-  says, under `training`'s --strategy and --seed; writes the preset folder."""
+  """Continues masked-LM training of the encoder --model names (keras_hub:PRESET_OR_FOLDER)
+  on `data`'s texts (a DataConfig: source, --batch_size, --validation_split) as `settings`
+  (`kerasft.commands.AdaptConfig`) says, under `training`'s --strategy and --seed; writes
+  the preset folder."""
   import keras  # pylint: disable=g-import-not-at-top
-  from kerasft import distribute  # pylint: disable=g-import-not-at-top
+  from kerasft import backbones, distribute, tasks  # pylint: disable=g-import-not-at-top
   start = time.monotonic()
+  if tasks.modality_class(model_flag) is not tasks.modality_class(tasks.TEXT_PREFIX):
+    raise UsageError(f"--model: adapt continues a text encoder's masked-LM training; pass "
+                     f"--model=keras_hub:PRESET_OR_FOLDER, not {model_flag}")
+  preset = backbones.source(model_flag)[1]
   output_dir = settings.output_dir or os.path.join("adapted", os.path.basename(
       os.path.normpath(preset)))
   if os.path.exists(output_dir) and not settings.overwrite:
