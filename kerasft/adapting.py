@@ -70,14 +70,14 @@ def read_texts(data) -> list[str]:
 def _tfds_texts(data) -> list[str]:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from kerasft import records  # pylint: disable=g-import-not-at-top
-  builder = records._tfds_builder(data.tfds, data.tfds_data_dir)  # pylint: disable=protected-access
+  builder = records.tfds_builder(data.tfds, data.tfds_data_dir)
   features = builder.info.features
   key = data.text_key or next((k for k, f in features.items()
                                if isinstance(f, tfds.features.Text)), "")
   if key not in features:
     raise UsageError(f"--text_key: {data.tfds} has no text feature {key!r}; its features are "
                      f"{', '.join(features)}")
-  ds = records._tfds_split(builder, data.tfds, data.tfds_data_dir,  # pylint: disable=protected-access
+  ds = records.tfds_split(builder, data.tfds, data.tfds_data_dir,
                            data.train_split, None)
   return [t.decode("utf-8", errors="replace") for t in ds.map(lambda e: e[key]).as_numpy_iterator()]
 

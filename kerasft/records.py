@@ -156,7 +156,7 @@ def tfds_name(name: str) -> str:
   return name
 
 
-def _tfds_builder(name: str, data_dir: str):
+def tfds_builder(name: str, data_dir: str):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     return tfds.builder(tfds_name(name), data_dir=data_dir or None)
@@ -170,7 +170,7 @@ def _tfds_builder(name: str, data_dir: str):
 
 def tfds_validation_split(name: str, data_dir: str) -> str:
   """The data set's validation split ("validation" or "val") when it has one, else ""."""
-  splits = _tfds_builder(name, data_dir).info.splits
+  splits = tfds_builder(name, data_dir).info.splits
   return next((s for s in VALIDATION_FOLDERS if s in splits), "")
 
 
@@ -193,7 +193,7 @@ def _tfds_features(builder, name: str, kind, input_key: str, input_flag: str,
                                 else None)
 
 
-def _tfds_split(builder, name: str, data_dir: str, split: str, decoders):
+def tfds_split(builder, name: str, data_dir: str, split: str, decoders):
   try:
     return builder.as_dataset(split=split, decoders=decoders)
   except AssertionError:
@@ -211,11 +211,11 @@ def _read_tfds(name, data_dir, split, input_key, label_key, output, class_names,
   """Reads one split of a prepared TFDS data set: its images (checked, streamed later) or
   its texts (held)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = _tfds_builder(name, data_dir)
+  builder = tfds_builder(name, data_dir)
   kind = tfds.features.Text if texts else tfds.features.Image
   input_key, label_key, all_names = _tfds_features(
       builder, name, kind, input_key, "text_key" if texts else "image_key", label_key)
-  ds = _tfds_split(builder, name, data_dir, split,
+  ds = tfds_split(builder, name, data_dir, split,
                    None if texts else {input_key: tfds.decode.SkipDecoding()})
   held, per_row, names, checker = [], [], [], _ImageChecker("tfds")
   batches = ds.map(lambda example: (example[input_key], example[label_key])).ragged_batch(512)
@@ -264,7 +264,7 @@ def read_tfds_tokens(name: str, data_dir: str, split: str, tokens_key: str = "",
   first]), as `conll2003` or `wikiann` hold them."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from kerasft import tagging  # pylint: disable=g-import-not-at-top
-  builder = _tfds_builder(name, data_dir)
+  builder = tfds_builder(name, data_dir)
   features = builder.info.features
   of = lambda kind: [k for k, f in features.items()  # noqa: E731
                      if isinstance(getattr(f, "feature", None), kind)]
@@ -278,7 +278,7 @@ def read_tfds_tokens(name: str, data_dir: str, split: str, tokens_key: str = "",
       raise UsageError(f"--{flag}: {name} has no {kind} feature {key!r}; its features are "
                        f"{', '.join(features)}")
   names = features[tags_key].feature.names
-  ds = _tfds_split(builder, name, data_dir, split, None)
+  ds = tfds_split(builder, name, data_dir, split, None)
   texts, entities = [], []
   for example in tfds.as_numpy(ds):
     tokens = [t.decode("utf-8", errors="replace") for t in example[tokens_key]]

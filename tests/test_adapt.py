@@ -87,3 +87,35 @@ def test_adapt_mistakes_are_one_line_errors(preset, tmp_path, args, message):
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
   assert message.format(**paths) in last, last
+
+
+def test_texts_are_read_from_csv_folders_and_tfds_labels_ignored(tmp_path):
+  import kerasft
+  import tensorflow_datasets as tfds
+  from kerasft import adapting
+  csv = _texts_csv(tmp_path)
+  assert len(adapting.read_texts(kerasft.DataConfig(csv=csv))) == 64
+  (tmp_path / "docs" / "a").mkdir(parents=True)
+  (tmp_path / "docs" / "a" / "one.txt").write_text("first text\n")
+  (tmp_path / "docs" / "two.txt").write_text("second text")
+  (tmp_path / "docs" / "empty.txt").write_text("  ")
+  assert sorted(adapting.read_texts(kerasft.DataConfig(text_dir=str(tmp_path / "docs")))) == [
+      "first text", "second text"]
+
+  class KerasftNotes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "note": tfds.features.Text(), "label": tfds.features.ClassLabel(names=["a", "b"])}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(5):
+        yield str(i), {"note": f"note number {i}", "label": i % 2}
+  KerasftNotes(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+  texts = adapting.read_texts(kerasft.DataConfig(tfds="kerasft_notes",
+                                                 tfds_data_dir=str(tmp_path / "tfds")))
+  assert sorted(texts) == [f"note number {i}" for i in range(5)]

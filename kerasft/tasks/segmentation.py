@@ -361,7 +361,7 @@ def _tfds_pairs(name: str, data_dir: str, split: str, image_key: str, mask_key: 
   3-channel Image feature] and --label_key [its first 1-channel Image feature]."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from kerasft import records  # pylint: disable=g-import-not-at-top
-  builder = records._tfds_builder(name, data_dir)  # pylint: disable=protected-access
+  builder = records.tfds_builder(name, data_dir)
   features = builder.info.features
   images = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
   image_key = image_key or next((k for k in images if features[k].shape[-1] == 3), "")
@@ -370,7 +370,7 @@ def _tfds_pairs(name: str, data_dir: str, split: str, image_key: str, mask_key: 
     if key not in images:
       raise UsageError(f"--{flag}: {name} has no image feature {key!r} for "
                        f"--task=segmentation; its image features are {', '.join(images)}")
-  ds = records._tfds_split(builder, name, data_dir, split, {  # pylint: disable=protected-access
+  ds = records.tfds_split(builder, name, data_dir, split, {
       image_key: tfds.decode.SkipDecoding(), mask_key: tfds.decode.SkipDecoding()})
   pairs = [(e[image_key], e[mask_key]) for e in ds.as_numpy_iterator()]
   if not pairs:
