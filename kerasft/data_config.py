@@ -10,7 +10,8 @@ from kerasft.settings import check, check_choices, fraction, positive_int, setti
 
 AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate")
 DATA_SOURCES = ("data_dir", "csv", "tfrecord", "tfds", "text_dir", "conll", "jsonl")
-UNLABELED_SOURCES = ("unlabeled_dir", "unlabeled_csv", "unlabeled_text_dir")
+UNLABELED_SOURCES = ("unlabeled_dir", "unlabeled_csv", "unlabeled_tfrecord",
+                     "unlabeled_text_dir")
 DATA_PATHS = ("data_dir", "val_dir", "csv", "val_csv", "tfrecord", "val_tfrecord",  # absolute
               "label_names", "text_dir", "tfds_data_dir", "cache_dir", "conll", "val_conll",
               "jsonl", "val_jsonl", "mask_classes") + UNLABELED_SOURCES  # in config.json
@@ -64,6 +65,8 @@ class DataConfig:
                                "--pseudo_label_threshold).")
   unlabeled_csv: str = setting("", "Self-training: a .csv/.tsv/.jsonl of unlabelled image paths "
                                "(--path_column) or texts (--text_column).")
+  unlabeled_tfrecord: str = setting("", "Self-training: a glob of TFRecord files of unlabelled "
+                                    "images (--image_key; labels ignored).")
   unlabeled_text_dir: str = setting("", "Self-training, text models: a folder of unlabelled .txt "
                                     "files (searched recursively).")
   tfds: str = setting("", "A prepared TFDS data set, NAME or NAME:CONFIG (read with "
@@ -116,8 +119,10 @@ class DataConfig:
                        ("val_conll", "conll"), ("val_jsonl", "jsonl")):
       if getattr(self, val) and not getattr(self, train):
         raise UsageError(f"--{val}: only goes with --{train}")
-    if (self.image_key or self.label_key) and not (self.tfrecord or self.tfds):
+    if self.label_key and not (self.tfrecord or self.tfds):
       raise UsageError("--image_key/--label_key: only go with --tfrecord or --tfds")
+    if self.image_key and not (self.tfrecord or self.tfds or self.unlabeled_tfrecord):
+      raise UsageError("--image_key: only goes with --tfrecord, --tfds or --unlabeled_tfrecord")
     for flag, used, source in (
         ("train_split", self.train_split != "train", "tfds"),
         ("val_split", self.val_split, "tfds"), ("tfds_data_dir", self.tfds_data_dir, "tfds"),

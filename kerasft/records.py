@@ -98,6 +98,36 @@ def _read_tfrecord_file(path: str, flag: str, image_key: str, label_key: str,
   return ids, names
 
 
+def read_unlabeled_tfrecords(pattern: str, flag: str, image_key: str, class_names: list[str],
+                             output: Output) -> Examples:
+  """Streamed `Examples` of the images of TFRecord files of tf.train.Examples (--image_key
+  [image/encoded]; labels, if any, ignored), labelled 0 (a placeholder), with why each
+  image is unusable (`Examples.problems`)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  image_key = image_key or "image/encoded"
+  files = sorted(tf.io.gfile.glob(pattern))
+  if not files:
+    raise UsageError(f"--{flag}: no files match {pattern}")
+  spec = {image_key: tf.io.FixedLenFeature([], tf.string, default_value="")}
+  checker, names = _ImageChecker(flag), []
+  for path in files:
+    start = len(names)
+    try:
+      for images in tf.data.TFRecordDataset(path).map(
+          lambda r: tf.io.parse_single_example(r, spec)[image_key]).batch(512):
+        for image in images.numpy():
+          names.append(f"{path}#{len(names) - start}")
+          checker.add(image)
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+      raise UsageError(f"--{flag}: {path} is not a TFRecord file of tf.train.Examples with a "
+                       f"string {image_key!r} (name it with --image_key): "
+                       f"{e.message.splitlines()[0]}") from None
+  if not names:
+    raise UsageError(f"--{flag}: {pattern} holds no records")
+  return Examples(names, [0] * len(names), list(class_names), output, names,
+                  (RecordStream(image_key=image_key, files=tuple(files)),), checker.problems())
+
+
 def _named_ids(ids: list, names: list, flag: str, label_names: str,
                class_names: Optional[list[str]]) -> tuple[list[list[str]], list[str]]:
   """Class names per record from label ids: line i of the `label_names` file names id i,

@@ -109,6 +109,30 @@ def test_self_training_run_extracts_each_image_once_and_records_its_rounds(tmp_p
   assert "self-training round 1:" in log
 
 
+@pytest.mark.slow
+def test_unlabelled_tfrecords_are_streamed_and_their_pseudo_labels_train(tmp_path):
+  import tensorflow as tf
+  labelled = write_color_images(tmp_path / "labelled", per_class=3, size=32)
+  pool = write_color_images(tmp_path / "pool", per_class=6, size=32, seed=1)
+  with tf.io.TFRecordWriter(str(tmp_path / "u.tfrecord")) as writer:
+    for name in sorted(os.listdir(pool)):
+      for file in sorted(os.listdir(os.path.join(pool, name))):
+        encoded = open(os.path.join(pool, name, file), "rb").read()
+        writer.write(tf.train.Example(features=tf.train.Features(feature={
+            "jpeg": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))})
+        ).SerializeToString())
+    writer.write(tf.train.Example(features=tf.train.Features(feature={"jpeg": tf.train.Feature(
+        bytes_list=tf.train.BytesList(value=[b"not an image"]))})).SerializeToString())
+  result = call_main("train", f"--data_dir={labelled}", f"--unlabeled_tfrecord={tmp_path}/*.tfrecord",
+                     "--image_key=jpeg", f"--model={tiny_model()}", "--pseudo_label_threshold=0.3",
+                     f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "skipping 1 unreadable image(s) from --unlabeled_tfrecord" in result.stderr
+  assert "self-training: 18 unlabelled examples from --unlabeled_tfrecord" in result.stderr
+  card = json.load(open(tmp_path / "export" / "1" / "model_card.json"))
+  assert sum(card["self_training"][0]["pseudo_labels"].values()) > 0
+
+
 @pytest.mark.parametrize("args, message", [
     (["--unlabeled_dir={missing}"], "--unlabeled_dir: {missing} is not a folder"),
     (["--unlabeled_dir={empty}"], "inputs: no images match"),

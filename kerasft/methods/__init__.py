@@ -137,7 +137,7 @@ def check_run(config) -> None:
     for name in ("self_training_rounds", "pseudo_label_threshold", "pseudo_labels_per_class"):
       if getattr(k, name) != _DEFAULTS[name]:
         raise UsageError(f"--{name}: only goes with unlabelled examples (--unlabeled_dir, "
-                         "--unlabeled_csv, --unlabeled_text_dir)")
+                         "--unlabeled_csv, --unlabeled_tfrecord, --unlabeled_text_dir)")
   last_phase_by_epochs = bool(t.fine_tune_epochs or t.head_solver == "epochs" or m.head
                               or config.data.augment or config.data.mixup
                               or config.data.cutmix)

@@ -1,5 +1,5 @@
 """Self-training on unlabelled examples (--unlabeled_dir, --unlabeled_csv,
---unlabeled_text_dir): after the labelled run, the model labels the unlabelled examples;
+--unlabeled_tfrecord, --unlabeled_text_dir): after the labelled run, the model labels the unlabelled examples;
 the confident ones (--pseudo_label_threshold of the teacher's probabilities calibrated on
 the validation examples, at most --pseudo_labels_per_class per class)
 join the labelled training examples, and a student trains on them as the run did (its
@@ -135,6 +135,10 @@ def run(task, model, dataset, unlabeled, fitted, train_fn):
       break
     pseudo = dataclasses.replace(unlabeled.subset(rows.tolist()), labels=ids.tolist(),
                                  names=[f"{unlabeled.name(int(i))} (pseudo-label)" for i in rows])
+    if pseudo.streams:  # records: the chosen images join the training files as bytes
+      from kerasft import pipeline  # pylint: disable=g-import-not-at-top
+      pseudo = dataclasses.replace(pseudo, inputs=list(pipeline.encoded_inputs(pseudo)),
+                                   streams=(), problems=None)
     student_task = type(task)(student_config(config, index), task.output,
                               task.backbone if frozen else None)
     student, result, data = train_fn(student_task, dataset.train_files + pseudo,

@@ -53,10 +53,17 @@ class ImageTask(Task):
     return sources.index_images(self.config.data, self.output, seed)
 
   def unlabeled(self, class_names: list[str]):
-    """`Examples` of the readable images of --unlabeled_dir (searched recursively) or
-    --unlabeled_csv (--path_column), labelled 0 (a placeholder); unreadable ones skipped."""
+    """`Examples` of the readable images of --unlabeled_dir (searched recursively),
+    --unlabeled_csv (--path_column) or --unlabeled_tfrecord (streamed), labelled 0 (a
+    placeholder); unreadable ones skipped."""
     d = self.config.data
     flag = d.unlabeled_source
+    if flag == "unlabeled_tfrecord":
+      from kerasft import records  # pylint: disable=g-import-not-at-top
+      files = data.readable(records.read_unlabeled_tfrecords(
+          d.unlabeled_tfrecord, flag, d.image_key, class_names, self.output), flag,
+                            d.strict_data)
+      return files
     if flag == "unlabeled_dir":
       if not os.path.isdir(d.unlabeled_dir):
         raise UsageError(f"--unlabeled_dir: {d.unlabeled_dir} is not a folder")

@@ -24,9 +24,9 @@ class TextTask(Task):
     if d.data_dir or d.tfrecord:
       raise UsageError(f"--{'data_dir' if d.data_dir else 'tfrecord'}: a text model "
                        "(--model=keras_hub:...) reads --csv, --text_dir or --tfds")
-    if d.unlabeled_dir:
-      raise UsageError("--unlabeled_dir: a folder of images; a text model reads unlabelled "
-                       "texts from --unlabeled_text_dir or --unlabeled_csv")
+    if d.unlabeled_dir or d.unlabeled_tfrecord:
+      raise UsageError(f"--{d.unlabeled_source}: unlabelled images; a text model reads "
+                       "unlabelled texts from --unlabeled_text_dir or --unlabeled_csv")
     used = [f for f in ("augment", "mixup", "cutmix") if getattr(d, f)]
     if used:
       raise UsageError(f"--{used[0]}: image augmentation; not for text models")
