@@ -193,3 +193,16 @@ def test_a_chief_and_two_workers_search_together(tmp_path, data):
   assert {r["worker"] for r in rows if not r["trial"].startswith("probe")} == {"tuner0",
                                                                                "tuner1"}
   assert os.listdir(tmp_path / "export") == ["1"] and "best of 5 trials" in outs[0][0]
+
+
+def test_entries_an_output_refuses_are_not_searched():
+  import keras_tuner
+  for task, refused in (("segmentation", {"head", "label_smoothing", "mixup"}),
+                        ("regression", {"label_smoothing", "mixup"}), ("multiclass", set())):
+    output = kerasft.tasks.make_output(task)
+    hp = keras_tuner.HyperParameters()
+    space.declare(hp, {}, True, False, (), output.unsearched)
+    assert not refused & set(hp.values), task
+    assert {"dropout", "unfreeze"} <= set(hp.values)
+    if task == "multiclass":
+      assert {"head", "mixup", "label_smoothing"} <= set(hp.values)

@@ -29,6 +29,7 @@ class Output:
   convex = True  # a linear head on fixed features is a convex problem (`head_solver`)
   model_augmentation = True  # --augment: layers in the training model (else the pipeline's)
   per_pixel = False  # outputs are class maps (predict --mask_dir writes them)
+  unsearched: tuple = ()  # kerasft.tune's search-space entries this output refuses
   classifies = True  # class names are given by the data (not target names)
 
   def __init__(self, threshold: float = 0.5):
@@ -197,6 +198,7 @@ class Multilabel(Output):
   """A sigmoid score per label ("scores"); an example has any number of labels."""
   name, layer = "multilabel", "scores"
   monitor = ("val_auc", "max")
+  unsearched = ("few_shot",)
   objective = ("macro_auc", "max")
   one_label = False
 
@@ -273,6 +275,7 @@ class Regression(Multilabel):
   objective = ("mae", "min")
   min_classes = 1
   classifies = False
+  unsearched = ("label_smoothing", "mixup", "few_shot")
 
   def targets(self, labels, k):
     return np.asarray(labels, np.float32).reshape(len(labels), k)

@@ -44,6 +44,7 @@ class Segmentation(Output):
   convex = False  # a decoder trains by epochs
   model_augmentation = False  # masks move with images in the pipeline
   per_pixel = True
+  unsearched = ("head", "label_smoothing", "mixup")
 
   def strata(self, labels):
     return None

@@ -42,6 +42,7 @@ class Tagging(Output):
   min_classes = 1
   one_label = False
   convex = False  # a per-token head trains by epochs
+  unsearched = ("few_shot",)
 
   def strata(self, labels):
     return None

@@ -80,13 +80,14 @@ def _objective(output):
   return keras_tuner.Objective(f"val_{name}", direction=direction)
 
 
-def _hyperparameters(settings, overrides: dict, kept: list[str], images: bool, pinned_size):
+def _hyperparameters(settings, overrides: dict, kept: list[str], images: bool, pinned_size,
+                     skip: tuple = ()):
   import keras_tuner  # pylint: disable=g-import-not-at-top
   hp = keras_tuner.HyperParameters()
   hp.Choice("model", kept) if len(kept) > 1 else hp.Fixed("model", kept[0])
   sizes = () if pinned_size else tuple(sorted(set.intersection(
       *(set(search.image_sizes(m)) for m in kept)), reverse=True))
-  space_module.declare(hp, overrides, images, settings.search == "hyperband", sizes)
+  space_module.declare(hp, overrides, images, settings.search == "hyperband", sizes, skip)
   return hp
 
 
@@ -122,7 +123,8 @@ def tune(config, settings, verbose: int | str = 0, share_features: bool = True
     candidates = settings.candidates or (config.model.model,)
     kept, probes = ([], []) if is_worker else search.probe(config, candidates, root, clock)
     clock.save()
-    hp = _hyperparameters(settings, overrides, kept or list(candidates), images, pinned)
+    hp = _hyperparameters(settings, overrides, kept or list(candidates), images, pinned,
+                          task.output.unsearched)
     oracle = search.make_oracle(settings.search, _objective(task.output), hp,
                                 None if limit is None else max(limit - len(probes), 0),
                                 deadline, config.training.seed)
