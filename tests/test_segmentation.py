@@ -322,3 +322,17 @@ def test_segmentation_mistakes_are_one_line_errors(tmp_path, args, message):
   last = result.stderr.strip().splitlines()[-1]
   assert message.format(**paths) in last, last
   assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_a_segmenter_trains_over_two_cpu_replicas(tmp_path):
+  from conftest import run_cli
+  root = write_squares(tmp_path / "d", n=16)
+  run = run_cli("train", "--task=segmentation", f"--data_dir={root}", "--weights=none",
+                "--image_size=32", "--epochs=2", "--head_solver=epochs", "--strategy=mirrored",
+                "--cpu_replicas=2", "--batch_size=8", f"--model_dir={tmp_path / 'run'}",
+                f"--export_dir={tmp_path / 'export'}")
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "MirroredStrategy: 2 replicas, global batch 8 = 4 per replica" in run.stderr
+  metrics = json.load(open(tmp_path / "run" / "metrics.json"))
+  assert metrics["pixels"] == 3 * (32 * 32 - 1)  # the 3 validation images, each once

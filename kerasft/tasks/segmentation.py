@@ -253,11 +253,10 @@ class SegmentationTask(ImageTask):
     """(true masks [N, S, S], predicted class maps [N, S, S]) of `model` on `files`."""
     from kerasft import segmentation_graph as graph  # pylint: disable=g-import-not-at-top
     size = self.config.model.image_size
-    if view is not None:  # the head model on cached validation features
-      batches = [(view[0].predict_on_batch(x), None) for x, _ in view[1]]
-    else:
-      batches = [(model.predict_on_batch(x), None) for x, _ in self.pipeline(files, batch_size)]
-    predicted = [np.argmax(p, -1).astype(np.uint8) for p, _ in batches]
+    # the model called on each batch (predict_on_batch would run a whole batch on every
+    # replica of a tf.distribute strategy and return it once per replica)
+    net, batches = (view if view is not None else (model, self.pipeline(files, batch_size)))
+    predicted = [np.argmax(net(x, training=False), -1).astype(np.uint8) for x, _ in batches]
     return (graph.masks(files, size),
             np.concatenate(predicted) if predicted else np.zeros((0, size, size), np.uint8))
 
