@@ -278,17 +278,11 @@ class SegmentationTask(ImageTask):
     raise UsageError("--explain: not for --task=segmentation; predict --mask_dir writes each "
                      "image's class map")
 
-  def cards(self, model, files):
-    return self.example_cards(files)
-
-  @classmethod
-  def export_cards(cls, files, card):
-    return cls.example_cards(files)
-
   @staticmethod
   def example_cards(files, model=None, image_size: int = 0, resize: str = ""):
     """A function (indices, (true, predicted) mask pairs, captions) -> HTML cards of
-    `files`' images with the true and the predicted masks overlaid."""
+    `files`' images with the true and the predicted masks overlaid (at the masks' size: the
+    image task's `cards`/`export_cards` pass a model, a size and a resize mode, unused)."""
     from kerasft.tasks import report  # pylint: disable=g-import-not-at-top
     k = len(files.class_names)
 

@@ -350,17 +350,11 @@ class TaggingTask(TextTask):
     raise UsageError("--explain: not for --task=tagging; predict prints each text's "
                      "entities with their scores")
 
-  def cards(self, model, files):
-    return self.example_cards(files)
-
-  @classmethod
-  def export_cards(cls, files, card):
-    return cls.example_cards(files)
-
   @staticmethod
   def example_cards(files, model=None, encoder=None):
     """A function (indices, predicted entity lists, captions) -> HTML cards of `files`'
-    texts with the true entities underlined and the predicted ones shaded."""
+    texts with the true entities underlined and the predicted ones shaded (the text task's
+    `cards` passes a model and an encoder, unused: nothing is explained)."""
     from kerasft.tasks import report  # pylint: disable=g-import-not-at-top
 
     def cards(indices, predicted, captions):
