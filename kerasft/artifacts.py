@@ -232,9 +232,10 @@ def evaluate_run(run_dir: str, data_config, split: str = "test", output_dir: str
 
 
 def _label_columns(data_config, output, class_names, given: bool):
-  if given or output.classifies:
+  column = output.default_label_column(class_names)
+  if given or column is None:
     return data_config
-  return dataclasses.replace(data_config, label_column=",".join(class_names))
+  return dataclasses.replace(data_config, label_column=column)
 
 
 @dataclasses.dataclass

@@ -62,8 +62,11 @@ class ModelConfig:
   task: str = setting("multiclass", "multiclass (softmax), multilabel (sigmoid per label, "
                       "binary cross-entropy), regression (--csv numeric targets, MSE) or "
                       "tagging (a tag per word: --conll/--jsonl, a keras_hub: encoder) or "
-                      "segmentation (a class per pixel: images/ and masks/).",
-                      choices=TASKS)
+                      "segmentation (a class per pixel: images/ and masks/). Several heads "
+                      "(--label_column=a,b,c): one per column, e.g. "
+                      "multiclass,multilabel,regression, or one for all.")
+  task_weights: tuple[float, ...] = setting((), "Several heads: each head's loss weight, "
+                                            "in --label_column order [1 each].")
   max_length: int = setting(0, "Text models: tokens per text [0: the 99th percentile of the "
                             "training texts, rounded up to 8, at most the model's limit].")
   pooling: str = setting("mean", "Text models: the mean of the token vectors or the first "
@@ -102,6 +105,14 @@ class ModelConfig:
     if len(chosen) > 1:
       raise UsageError(f"--{chosen[1]}: pass only one of --unfreeze_top, --unfreeze_blocks, "
                        f"--unfreeze_from and --gradual_unfreeze, got {', '.join(chosen)}")
+    kinds = str(self.task).split(",")
+    check(all(k in TASKS for k in kinds), "task", f"must be among {', '.join(TASKS)} (several "
+          "heads: comma-separated, one per --label_column)", self.task)
+    check(len(kinds) == 1 or all(k in TASKS[:3] for k in kinds), "task",
+          f"several heads are each one of {', '.join(TASKS[:3])}", self.task)
+    object.__setattr__(self, "task_weights", tuple(self.task_weights))
+    for weight in self.task_weights:
+      positive_float(weight, "task_weights")
     check(isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1, "threshold",
           "must be between 0 and 1 (exclusive)", self.threshold)
 

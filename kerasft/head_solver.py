@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from kerasft import features
+from kerasft.errors import UsageError
 from kerasft.tasks.solvers import GRID
 
 
@@ -139,6 +140,11 @@ def _solve(output, model, arrays, train_files, val_files, class_weight, training
   k = len(train_files.class_names)
   x_train, x_val = arrays
   y_train, y_val = output.evaluation_labels(train_files), output.evaluation_labels(val_files)
+  parts = output.solver_parts(model, train_files.class_names, floor=0.0 if refit else FLOOR)
+  if parts:
+    found = _solve_parts(parts, x_train, x_val, y_train, y_val, refit)
+    install(model, output, found.held_out)
+    return found
   x, y, n = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), len(y_train)
   kfold = refit and uses_kfold(training, len(x), k)
   # With a few examples per class, per-feature standardization amplifies noisy features
@@ -171,6 +177,45 @@ def _solve(output, model, arrays, train_files, val_files, class_weight, training
                "%.4f, chosen on %s", found.c, 1 / found.c, n, found.score[0],
                found.validated_on)
   return found
+
+
+def _solve_parts(parts, x_train, x_val, y_train, y_val, refit: bool) -> Solution:
+  """Several heads (`Output.solver_parts`), each solved on its own columns with its own L2
+  strength on the examples that have its label, chosen on the validation split (never
+  k-fold); the score is the mean of the heads' scores."""
+  kernel = np.zeros((x_train.shape[1], y_train.shape[1]), np.float32)
+  held, final, outputs = kernel.copy(), kernel.copy(), np.zeros_like(y_val)
+  biases = {"held": np.zeros(y_train.shape[1], np.float32)}
+  biases["final"] = biases["held"].copy()
+  scores, chosen = [], {}
+  for name, (start, stop), labels_of, solver in parts:
+    def rows(y):
+      return np.all(np.isfinite(y[:, start:stop]), axis=1)
+    t, v = rows(y_train), rows(y_val)
+    if not v.any():
+      raise UsageError(f"--label_column: no validation example has a {name!r} label; give "
+                       "more examples that label or a larger --validation_split")
+    yt, yv, k = labels_of(y_train[t, start:stop]), labels_of(y_val[v, start:stop]), stop - start
+
+    def scored(c):
+      weights = solver.fit(x_train[t], yt, k, c)
+      return solver.score(yv, solver.outputs(x_val[v], *weights)), weights
+    c, score, weights = _scan(scored)
+    held[:, start:stop], biases["held"][start:stop] = weights
+    final[:, start:stop], biases["final"][start:stop] = solver.fit(
+        np.concatenate([x_train[t], x_val[v]]), np.concatenate([yt, yv]), k, c) \
+        if refit else weights
+    outputs[:, start:stop] = solver.outputs(x_val, *weights)
+    scores.append(score)
+    chosen[name] = c
+  logging.info("heads solved (convex) on cached features: %s", ", ".join(
+      f"{name} C={c:g}" for name, c in chosen.items()))
+  return Solution(float(np.median(list(chosen.values()))),
+                  tuple(float(np.mean(s)) for s in zip(*scores)),
+                  f"the {len(x_val)} validation examples" + (
+                      f" (the heads are then refit on all {len(x_train) + len(x_val)} "
+                      "labelled examples)" if refit else ""),
+                  y_val, outputs, (held, biases["held"]), (final, biases["final"]))
 
 
 def install(model, output, weights) -> None:

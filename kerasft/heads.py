@@ -119,6 +119,8 @@ def backbone_of(model: keras.Model) -> keras.Model:
 
 def head_layers(model: keras.Model) -> list:
   """The layers of the new head (everything after the backbone that has weights)."""
-  names = {n for kind in KINDS.values() for n in kind().head_layer_names()}
+  from kerasft import multitask_graph  # pylint: disable=g-import-not-at-top
+  names = {n for kind in KINDS.values() for n in kind().head_layer_names()} | {
+      multitask_graph.DENSE, multitask_graph.LAYER}
   return [layer for layer in model.layers if layer.weights and (
       layer.name.startswith("head_dense_") or layer.name in names)]

@@ -100,7 +100,9 @@ def layer_lr_multipliers(model: keras.Model, decay: float) -> dict:
 def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer, output,
                   label_smoothing: float = 0.0, steps_per_execution: int = 1,
                   jit_compile: bool = False) -> None:
-  """Compiles `model` with `output`'s loss and metrics (`kerasft.tasks.outputs.Output`)."""
+  """Compiles `model` with `output`'s loss and metrics (`kerasft.tasks.outputs.Output`, as
+  `model`'s head is built: several heads' sizes)."""
+  output = output.for_model(model)
   model.compile(optimizer=optimizer, loss=output.loss(label_smoothing), metrics=output.metrics(),
                 steps_per_execution=steps_per_execution,
                 jit_compile=jit_compile)  # XLA made MobileNet-style models 7-12x slower on CPU.

@@ -141,38 +141,48 @@ def class_table(result: dict) -> str:
 
 def prediction_cells(row: dict) -> list[tuple[str, str]]:
   """(name, value) pairs of one predict row: class and probability per rank, or target and
-  prediction per regression target."""
+  prediction per regression target; several heads' pairs named HEAD/NAME."""
+  if "heads" in row:
+    return [(f"{head}/{name}", value) for head, sub in row["heads"].items()
+            for name, value in prediction_cells(sub)]
   if "predictions" in row:
     return [(t, f"{p:.6f}") for t, p in zip(row["targets"], row["predictions"])]
   return [(c, f"{p:.6f}") for c, p in zip(row["classes"], row["probabilities"])]
 
 
+def _csv_cells(row: dict) -> dict:
+  """{column: value} of one predict row: a column per regression target, class_i and
+  probability_i per rank; several heads' columns prefixed HEAD/."""
+  if "heads" in row:
+    return {f"{head}/{k}": v for head, sub in row["heads"].items()
+            for k, v in _csv_cells(sub).items()}
+  if "predictions" in row:
+    return dict(zip(row["targets"], (f"{p:.6f}" for p in row["predictions"])))
+  return {k: v for i, (c, p) in enumerate(zip(row["classes"], row["probabilities"]), 1)
+          for k, v in ((f"class_{i}", c), (f"probability_{i}", f"{p:.6f}"))}
+
+
 def write_predictions(rows: list[dict], path: str) -> None:
   """Writes predict's rows (file, classes and probabilities, or regression predictions,
-  error) as .csv or .jsonl."""
+  error) as .csv (the columns every row has: `_csv_cells`) or .jsonl."""
   import csv  # pylint: disable=g-import-not-at-top
 
   key = "text" if rows and "text" in rows[0] else "file"
+  cells = [_csv_cells(row) for row in rows]
+  columns = list(dict.fromkeys(
+      [c for row in rows if "targets" in row for c in row["targets"]]
+      + [c for row in cells for c in row])) or ["class_1", "probability_1"]
   staging = path + ".tmp"
   with open(staging, "w", newline="") as f:
     if path.endswith(".jsonl"):
       for row in rows:
         f.write(json.dumps(row) + "\n")
-    elif rows and "predictions" in rows[0]:  # regression: one column per target
-      writer = csv.writer(f)
-      writer.writerow([key] + list(rows[0]["targets"]) + ["error"])
-      for row in rows:
-        values = [v for _, v in prediction_cells(row)]
-        writer.writerow([row[key]] + values + [""] * (len(row["targets"]) - len(values))
-                        + [row["error"] or ""])
     else:
-      k = max([len(r["classes"]) for r in rows] + [1])
       writer = csv.writer(f)
-      writer.writerow([key] + [c for i in range(1, k + 1)
-                                  for c in (f"class_{i}", f"probability_{i}")] + ["error"])
-      for row in rows:
-        pairs = [v for pair in prediction_cells(row) for v in pair]
-        writer.writerow([row[key]] + pairs + [""] * (2 * k - len(pairs)) + [row["error"] or ""])
+      writer.writerow([key] + columns + ["error"])
+      for row, values in zip(rows, cells):
+        writer.writerow([row[key]] + [values.get(c, "") for c in columns]
+                        + [row["error"] or ""])
   os.replace(staging, path)
 
 

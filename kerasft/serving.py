@@ -60,10 +60,14 @@ class Signatures:
 
 
 def variables_module(model, labels_path: str) -> tf.Module:
-  """A tf.Module that tracks only `model`'s variables and the labels asset."""
+  """A tf.Module that tracks only `model`'s variables and the labels assets (labels.txt
+  and the other files beside it: several heads' labels_HEAD.txt)."""
   module = tf.Module()
   module.model_variables = [v.value for v in model.variables]
   module.labels_asset = tf.saved_model.Asset(labels_path)
+  folder = os.path.dirname(labels_path)
+  module.more_labels = [tf.saved_model.Asset(os.path.join(folder, name))
+                        for name in sorted(os.listdir(folder)) if name != LABELS]
   return module
 
 
@@ -264,12 +268,15 @@ def _next_version(export_dir: str, version: int | None, overwrite: bool) -> tupl
   return version, final
 
 
-def _write_version(staging: str, make_signatures: Callable, class_names: list[str],
+def _write_version(staging: str, make_signatures: Callable, class_names: list[str] | dict,
                    card: dict) -> None:
-  """Writes the SavedModel, warm-up requests and model card into `staging`."""
+  """Writes the SavedModel, warm-up requests and model card into `staging`; class_names:
+  labels.txt's lines, or {file name: lines} of every labels file (`Output.label_files`)."""
   with tempfile.TemporaryDirectory() as assets:
     labels_path = os.path.join(assets, LABELS)
-    write_labels(labels_path, class_names)
+    files = class_names if isinstance(class_names, dict) else {LABELS: class_names}
+    for name, lines in files.items():
+      write_labels(os.path.join(assets, name), lines)
     sig = make_signatures(labels_path)
     tf.saved_model.save(sig.module, staging, signatures={
         name: getattr(sig.module, name).get_concrete_function() for name in sig.descriptions})
@@ -336,7 +343,7 @@ def export(make_signatures: Callable, class_names: list[str], export_dir: str,
   """Writes SavedModel version `version` (default: the next) of `export_dir`.
 
   make_signatures(labels_path) gives the `Signatures` to save (`image_signatures`,
-  `text_signatures`); `card` (JSON-able) is written as `model_card.json` with the version,
+  `text_signatures`); class_names: labels.txt's lines or {file name: lines}; `card` (JSON-able) is written as `model_card.json` with the version,
   outputs, signatures and custom ops added. The version is written into a temporary folder
   beside it and renamed into place only when complete, so a server polling `export_dir`
   never sees half a version; an existing version is replaced only with `overwrite`.

@@ -11,7 +11,7 @@ per pixel) for its head; the rest of kerasft asks these objects and never compar
 or task names. Tagging and segmentation are an `Output` and a task class each, on the same
 seams: `Output.last_layer`, `loss`, `metrics`, `served`, `report`; `Task.index`,
 `build_model`, `pipelines`, `held_out`, `export_signatures`, `write_figures`. Several heads
-on one backbone (multi-task) are the next.
+on one backbone are one `multitask.MultiTask` output holding an `Output` per head.
 
 Importing this package imports no TensorFlow.
 """
@@ -36,16 +36,29 @@ def modality_class(model: str, output: Output | None = None):
   return text.TextTask if model.startswith(TEXT_PREFIX) else image.ImageTask
 
 
+def output_of(config) -> Output:
+  """The `Output` of a `RunConfig`: one head's, or `MultiTask` for several label columns."""
+  from kerasft.tasks import multitask  # pylint: disable=g-import-not-at-top
+  m, d = config.model, config.data
+  heads = multitask.declared(m.task, d.label_key if (d.tfrecord or d.tfds) else d.label_column)
+  if heads:
+    return multitask.MultiTask([(name, make_output(kind, m.threshold)) for name, kind in heads],
+                               m.task_weights, m.threshold)
+  return make_output(m.task, m.threshold)
+
+
 def for_config(config, backbone=None):
   """The task of a `RunConfig`; `backbone` is an already loaded backbone to reuse."""
-  output = make_output(config.model.task, config.model.threshold)
+  output = output_of(config)
   return modality_class(config.model.model, output)(config, output, backbone)
 
 
 def check(config) -> None:
   """Raises a UsageError for settings the config's modality or output cannot honour."""
-  output = make_output(config.model.task, config.model.threshold)
+  output = output_of(config)
   d = config.data
+  if config.model.task_weights and output.name != "multitask":
+    raise UsageError("--task_weights: only for several heads (--label_column=a,b)")
   if config.model.words != "punctuation" and output.name != "tagging":
     raise UsageError(f"--words: only for --task=tagging, not --task={output.name}")
   if (d.conll or d.jsonl) and output.name != "tagging":  # (--tfds serves every task)
@@ -64,12 +77,13 @@ def check(config) -> None:
 
 def for_card(card: dict):
   """(task class, Output) of an export, from its model card."""
-  from kerasft.tasks import image, text  # pylint: disable=g-import-not-at-top
-  output = make_output(card.get("task", "multiclass"), card.get("threshold", 0.5))
+  from kerasft.tasks import image, multitask, text  # pylint: disable=g-import-not-at-top
+  output = (multitask.MultiTask.from_card(card) if "heads" in card else
+            make_output(card.get("task", "multiclass"), card.get("threshold", 0.5)))
   cls = next(c for c in (text.TextTask, image.ImageTask)
              if card.get("input", {}).get("dtype", "float32") == c.INPUT_DTYPE)
   return modality_class("keras_hub:" if cls is text.TextTask else "", output), output
 
 
 __all__ = ["MAIN_OUTPUTS", "Output", "check", "for_card", "for_config", "make_output",
-           "modality_class"]
+           "modality_class", "output_of"]

@@ -52,8 +52,7 @@ class Task:
                          "keras": keras.__version__}}
     card.update(self.input_card())
     if metrics:
-      card["validation_metrics"] = {k: v for k, v in metrics.items() if k not in (
-          "per_class", "per_label", "per_target", "confusion_matrix", "type_confusion")}
+      card["validation_metrics"] = _headline_metrics(metrics)
     return card
 
   def input_card(self) -> dict:
@@ -76,7 +75,8 @@ class Task:
     peft.merge(model)
     return serving.export(lambda labels_path: self.export_signatures(model, class_names,
                                                                      labels_path),
-                          class_names, export_dir, version, overwrite,
+                          self.output.label_files(class_names), export_dir, version,
+                          overwrite,
                           {**card, self.output.names_key: list(class_names)})
 
   def export_signatures(self, model, class_names: list[str], labels_path: str):
@@ -115,3 +115,10 @@ class Task:
   def check_formats(self, formats: tuple[str, ...]) -> None:
     """Raises a UsageError when --format asks for what this task cannot write
     (`kerasft.formats`); images convert to every format."""
+
+
+def _headline_metrics(metrics: dict) -> dict:
+  """`metrics` without the per-class tables (also of each head of several)."""
+  return {k: {h: _headline_metrics(m) for h, m in v.items()} if k == "heads" else v
+          for k, v in metrics.items() if k not in (
+              "per_class", "per_label", "per_target", "confusion_matrix", "type_confusion")}

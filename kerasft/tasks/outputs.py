@@ -31,6 +31,8 @@ class Output:
   per_pixel = False  # outputs are class maps (predict --mask_dir writes them)
   unsearched: tuple = ()  # kerasft.tune's search-space entries this output refuses
   classifies = True  # class names are given by the data (not target names)
+  activation = "softmax"  # of the last layer (a head of several: `multitask_graph.MultiHead`)
+  score_key = "accuracy"  # the report's figure a multi-task score averages (higher: better)
 
   def __init__(self, threshold: float = 0.5):
     self.threshold = threshold
@@ -130,6 +132,32 @@ class Output:
     import keras  # pylint: disable=g-import-not-at-top
     return [keras.metrics.CategoricalAccuracy(name="accuracy")]
 
+  def score_metric(self):
+    """The Keras metric of `score_key` (a multi-task run averages the heads' ones)."""
+    return self.metrics()[0]
+
+  def labels_from_targets(self, targets: np.ndarray):
+    """Per-example labels as `evaluation_labels` gives them, of float targets [N, C]."""
+    return np.asarray(targets).argmax(axis=1)
+
+  def default_label_column(self, class_names: list[str]):
+    """evaluate's --label_column when not given (None: the flag's default)."""
+    return None if self.classifies else ",".join(class_names)
+
+  def label_files(self, class_names: list[str]) -> dict:
+    """{file name: names} the export's assets/ holds (labels.txt: the class names)."""
+    from kerasft.files import LABELS  # pylint: disable=g-import-not-at-top
+    return {LABELS: list(class_names)}
+
+  def solver_parts(self, model, class_names: list[str], standardize: bool = True,
+                   floor: float = 0.0):
+    """None, or for several heads each one's convex problem (`kerasft.tasks.multitask`)."""
+    return None
+
+  def for_model(self, model) -> "Output":
+    """This output as `model`'s head is built (several heads: their sizes and constants)."""
+    return self
+
   # --- serving
   def serving_outputs(self, result, class_names: list[str]) -> dict:
     """The export's outputs for the model's output `result` [N, C] (a tf.Tensor)."""
@@ -201,9 +229,13 @@ class Multilabel(Output):
   unsearched = ("few_shot",)
   objective = ("macro_auc", "max")
   one_label = False
+  activation, score_key = "sigmoid", "macro_auc"
 
   def strata(self, labels):
     return None
+
+  def labels_from_targets(self, targets):
+    return np.asarray(targets)
 
   def from_names(self, per_row, names, flag, label_key):
     return None
@@ -276,6 +308,7 @@ class Regression(Multilabel):
   min_classes = 1
   classifies = False
   unsearched = ("label_smoothing", "mixup", "few_shot")
+  activation, score_key = "linear", "r2"
 
   def targets(self, labels, k):
     return np.asarray(labels, np.float32).reshape(len(labels), k)
@@ -341,6 +374,10 @@ class Regression(Multilabel):
   def metrics(self):
     import keras  # pylint: disable=g-import-not-at-top
     return [keras.metrics.MeanAbsoluteError(name="mae")]
+
+  def score_metric(self):
+    import keras  # pylint: disable=g-import-not-at-top
+    return keras.metrics.R2Score(name="r2")
 
   def serving_outputs(self, result, class_names):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -7,6 +7,7 @@ the modality draws them (images with Grad-CAM, texts with word attributions).
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import numpy as np
@@ -40,6 +41,17 @@ def _per_class(data: ReportData) -> str:
                  int(r["support"]), share))
   return table(["class", "precision", "recall", "F1", "support", "share of training data"],
                rows)
+
+
+def _head(data: ReportData, name: str) -> str:
+  """One head of several: its figures (heads/NAME/) and its overall metrics."""
+  metrics = data.metrics["heads"][name]
+  shown = [f for f in ("confusion_matrix.png", "predictions.png")
+           if os.path.isfile(os.path.join(data.out_dir, "heads", name, f))]
+  rows = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()
+          if isinstance(v, (int, float)) and not isinstance(v, bool)]
+  return "".join(figure(data.out_dir, os.path.join("heads", name, f)) for f in shown) + table(
+      ["metric", "value"], rows)
 
 
 def _confused(data: ReportData, cards: Callable) -> str:
@@ -189,6 +201,9 @@ def sections(output_name: str, data: ReportData, headline: str,
         ("Most confident mistakes", lambda: _confident_mistakes(data, cards)),
         ("Calibration", lambda: _calibration(data)),
         ("Slices", lambda: _slices(data))]
+  if output_name == "multitask":
+    return common + [(f"Head {name}", lambda name=name: _head(data, name))
+                     for name in data.metrics["heads"]]
   if output_name == "tagging":
     return common + [("Per entity type", lambda: _per_type(data)),
                      ("Entity types confused", lambda: figure(data.out_dir,

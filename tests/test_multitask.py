@@ -1,0 +1,269 @@
+"""Several heads on one backbone (`kerasft.tasks.multitask`): a label column per head."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import call_main, tiny_model, write_color_images
+import kerasft
+from kerasft import sources
+from kerasft.errors import UsageError
+from kerasft.tasks import multitask
+from kerasft.tasks.outputs import KINDS
+
+VALUES = {"red": 1.0, "green": 2.0, "blue": 3.0}
+
+
+def _write_table(tmp_path, per_class=14, missing=0.15, seed=0):
+  """Colour squares with three label columns: colour (a class), tone (labels), value (a
+  number), each cell missing with probability `missing`."""
+  root = write_color_images(tmp_path / "colors", per_class=per_class, size=32)
+  rng = np.random.default_rng(seed)
+  path = tmp_path / "labels.csv"
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["path", "colour", "tone", "value"])
+    for c in sorted(VALUES):
+      for name in sorted(os.listdir(os.path.join(root, c))):
+        cells = [c, "warm" if c == "red" else "cool|calm",
+                 f"{VALUES[c] + rng.normal(0, 0.1):.3f}"]
+        cells = [v if rng.random() >= missing else "" for v in cells]
+        writer.writerow([f"colors/{c}/{name}"] + cells)
+  return str(path)
+
+
+def _config(tmp_path, csv_path, **fields):
+  model = {"model": tiny_model(), "task": "multiclass,multilabel,regression",
+           **fields.pop("model", {})}
+  return kerasft.RunConfig(
+      model=kerasft.ModelConfig(**model),
+      data=kerasft.DataConfig(csv=csv_path, label_column="colour,tone,value", batch_size=8,
+                              **fields.pop("data", {})),
+      training=kerasft.TrainingConfig(**fields.pop("training", {})),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"), **fields)
+
+
+def test_heads_are_declared_by_label_columns_and_tasks():
+  assert multitask.declared("multiclass", "label") is None
+  assert multitask.declared("regression", "a,b") is None  # one head, two targets
+  assert multitask.declared("multiclass", "a,b") == [("a", "multiclass"), ("b", "multiclass")]
+  assert multitask.declared("multilabel,regression", "a, b") == [("a", "multilabel"),
+                                                                  ("b", "regression")]
+  for tasks, columns, flag in (("multiclass,regression", "a,b,c", "--task"),
+                               ("multiclass,tagging", "a,b", "--task"),
+                               ("multiclass", "a,unit price", "--label_column"),
+                               ("multiclass", "a,a", "--label_column")):
+    with pytest.raises(UsageError, match=flag):
+      multitask.declared(tasks, columns)
+
+
+def test_cells_become_one_row_per_example_with_nan_for_missing_labels():
+  heads = multitask.MultiTask([("colour", KINDS["multiclass"]()),
+                               ("tone", KINDS["multilabel"]()),
+                               ("value", KINDS["regression"]())])
+  rows = [{"colour": "red", "tone": "warm", "value": "1.5"},
+          {"colour": "", "tone": "cool|calm", "value": "3"},
+          {"colour": "blue", "tone": "", "value": None}]
+  labels, names = heads.parse_cells(rows, "colour,tone,value", "csv", "t.csv")
+  assert names == ["colour/blue", "colour/red", "tone/calm", "tone/cool", "tone/warm", "value"]
+  got = np.asarray(labels)
+  np.testing.assert_array_equal(got[0], [0, 1, 0, 0, 1, 1.5])
+  assert np.isnan(got[1, :2]).all() and got[1, 2:].tolist() == [1, 1, 0, 3]
+  assert np.isnan(got[2, 2:]).all() and got[2, :2].tolist() == [1, 0]
+  assert [p[2] for p in heads.parts(names)] == [(0, 2), (2, 5), (5, 6)]
+  # evaluation data is read into the model's columns
+  again, same = heads.parse_cells(rows[:1], "colour,tone,value", "csv", "t.csv", names)
+  assert same == names and np.asarray(again).shape == (1, 6)
+  with pytest.raises(UsageError, match="no 'value' labels"):
+    heads.parse_cells([dict(rows[0], value="")], "colour,tone,value", "csv", "t.csv")
+
+
+def test_missing_labels_do_not_contribute_to_the_loss_or_metrics():
+  import keras
+  from kerasft import multitask_graph as graph
+  spec = [{"name": "a", "size": 2, "activation": "softmax"},
+          {"name": "b", "size": 1, "activation": "linear", "scale": [2.0], "offset": [1.0]}]
+  heads = multitask.MultiTask([("a", KINDS["multiclass"]()), ("b", KINDS["regression"]())],
+                              weights=(1.0, 0.5), spec=spec)
+  loss = heads.loss()
+  y = np.array([[1, 0, 3.0], [np.nan, np.nan, 5.0], [0, 1, np.nan]], np.float32)
+  p = np.array([[0.8, 0.2, 2.0], [0.5, 0.5, 4.0], [0.3, 0.7, 0.0]], np.float32)
+  moved = p.copy()
+  moved[1, :2], moved[2, 2] = [0.99, 0.01], 100.0  # only where the labels are missing
+  assert float(loss(y, p)) == pytest.approx(float(loss(y, moved)), rel=1e-6)
+  ce = -np.log([0.8, 0.7]).mean()  # head a: the two labelled rows
+  mse = np.mean(((np.array([3.0, 5.0]) - [2.0, 4.0]) / 2.0) ** 2)  # head b, standardized
+  assert float(loss(y, p)) == pytest.approx(ce + 0.5 * mse, rel=1e-5)
+  metrics = {m.name: m for m in heads.metrics()}
+  for m in metrics.values():
+    m.update_state(y, moved)
+  assert float(metrics["a_accuracy"].result()) == pytest.approx(1.0)
+  assert float(metrics["b_mae"].result()) == pytest.approx(1.0)
+  assert isinstance(loss, keras.losses.Loss) and set(metrics) == {"a_accuracy", "b_mae",
+                                                                   "score"}
+  layer = graph.MultiHead(spec)
+  out = np.asarray(layer(np.array([[0.0, 0.0, 1.0]], np.float32)))
+  np.testing.assert_allclose(out, [[0.5, 0.5, 3.0]], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  tmp_path = tmp_path_factory.mktemp("multitask")
+  csv_path = _write_table(tmp_path)
+  config = _config(tmp_path, csv_path, data={"validation_split": 0.25})
+  return kerasft.train_classifier(config, verbose=0), tmp_path, csv_path
+
+
+def test_three_heads_train_export_and_reload_identically(trained):
+  import tensorflow as tf
+  from kerasft import pipeline
+  result, tmp_path, _ = trained
+  assert result.metrics["task"] == "multitask"
+  assert set(result.metrics["heads"]) == {"colour", "tone", "value"}
+  assert result.metrics["heads"]["colour"]["accuracy"] >= 0.8, result.metrics["heads"]
+  assert result.metrics["score"] == pytest.approx(np.mean(
+      [result.metrics["heads"]["colour"]["accuracy"],
+       result.metrics["heads"]["tone"]["macro_auc"], result.metrics["heads"]["value"]["r2"]]))
+  assert os.path.isfile(tmp_path / "run" / "heads" / "colour" / "confusion_matrix.png")
+  assert os.path.isfile(tmp_path / "run" / "heads" / "value" / "predictions.png")
+  history = json.loads((tmp_path / "run" / "history.json").read_text())
+  assert {"val_score", "val_colour_accuracy", "val_tone_auc", "val_value_mae"} <= set(history)
+  export = result.export_path
+  card = json.loads(open(os.path.join(export, "model_card.json")).read())
+  assert card["task"] == "multitask" and [h["name"] for h in card["heads"]] == [
+      "colour", "tone", "value"]
+  assert sorted(card["outputs"]) == ["colour/class_ids", "colour/classes",
+                                     "colour/probabilities", "tone/labels", "tone/scores",
+                                     "value/predictions"]
+  assert "per_class" not in card["validation_metrics"]["heads"]["colour"]
+  assets = sorted(os.listdir(os.path.join(export, "assets")))
+  assert assets == ["labels.txt", "labels_colour.txt", "labels_tone.txt", "labels_value.txt"]
+  assert open(os.path.join(export, "assets", "labels_colour.txt")).read().split() == [
+      "blue", "green", "red"]
+  paths = [str(tmp_path / "colors" / c / "000.png") for c in ("red", "blue")]
+  pixels = np.stack([np.asarray(pipeline.decode_and_resize(open(p, "rb").read(), 32))
+                     for p in paths])
+  expected = np.asarray(result.model(pixels, training=False))
+  out = tf.saved_model.load(export).signatures["serving_default"](images=tf.constant(pixels))
+  np.testing.assert_allclose(out["colour/probabilities"].numpy(), expected[:, :3], atol=1e-5)
+  np.testing.assert_allclose(out["tone/scores"].numpy(), expected[:, 3:6], atol=1e-5)
+  np.testing.assert_allclose(out["value/predictions"].numpy(), expected[:, 6], atol=1e-5)
+  assert out["colour/classes"].numpy().tolist() == [b"red", b"blue"]
+  np.save(tmp_path / "images.npy", pixels)
+  for head in ("colour", "tone", "value"):  # saved_model_cli writes KEY.npy: KEY has a "/"
+    os.makedirs(tmp_path / "cli" / head)
+  run = subprocess.run([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"),
+                        "run", "--dir", export, "--tag_set", "serve", "--signature_def",
+                        "serving_default", "--inputs", f"images={tmp_path / 'images.npy'}",
+                        "--outdir", str(tmp_path / "cli")], capture_output=True, text=True,
+                       timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  np.testing.assert_allclose(np.load(tmp_path / "cli" / "colour" / "probabilities.npy"),
+                             expected[:, :3], atol=1e-5)
+
+
+def test_each_head_is_solved_on_its_own_labelled_examples():
+  """A head's convex solve is the single-head solve on the examples that have its label."""
+  import keras
+  from kerasft import data, head_solver
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(60, 8)).astype(np.float32)
+  classes = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5)
+  value = x[:, 2] * 3 + 1
+  targets = np.zeros((60, 4), np.float32)
+  targets[np.arange(60), classes] = 1
+  targets[:, 3] = value
+  targets[::4, :3] = np.nan  # a quarter without a class
+  names = ["c/a", "c/b", "c/c", "v"]
+  heads = multitask.MultiTask([("c", KINDS["multiclass"]()), ("v", KINDS["regression"]())])
+
+  def examples(rows, output, labels, class_names):
+    return data.Examples([str(i) for i in rows], labels, class_names, output)
+
+  train, val = np.arange(45), np.arange(45, 60)
+  multi_train = examples(train, heads, list(targets[train]), names)
+  inputs = keras.Input((8,))
+  model = keras.Model(inputs, heads.last_layer(inputs, 4, heads.head_stats(multi_train)))
+  training = kerasft.TrainingConfig(kfold_below=0)
+  head_solver.solve(heads, model, (x[train], x[val]), multi_train,
+                    examples(val, heads, list(targets[val]), names), None, training)
+  has = ~np.isnan(targets[:, 0])
+  one = KINDS["multiclass"]()
+  t, v = train[has[train]], val[has[val]]
+  single = keras.Model(inputs, one.last_layer(inputs, 3))
+  head_solver.solve(one, single, (x[t], x[v]), examples(t, one, classes[t].tolist(), names[:3]),
+                    examples(v, one, classes[v].tolist(), names[:3]), None, training)
+  kernel = model.get_layer("multitask_dense").get_weights()[0]
+  np.testing.assert_allclose(kernel[:, :3], single.get_layer("probabilities").get_weights()[0],
+                             atol=1e-5)
+  prediction = np.asarray(model(x[val]))[:, 3]
+  assert np.abs(prediction - value[val]).max() < 0.1  # the ridge head, in the targets' units
+
+
+def test_evaluate_and_predict_report_every_head(trained, tmp_path):
+  result, _, csv_path = trained
+  run = call_main("evaluate", f"--export={result.export_path}", f"--csv={csv_path}",
+                  f"--output_dir={tmp_path / 'eval'}")
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert "head colour (multiclass)" in run.stdout and "head value (regression)" in run.stdout
+  metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+  assert set(metrics["heads"]) == {"colour", "tone", "value"}
+  image = os.path.join(os.path.dirname(csv_path), "colors", "red", "001.png")
+  run = call_main("predict", f"--export={result.export_path}", f"--output={tmp_path / 'p.csv'}",
+                  image)
+  assert run.returncode == 0, run.stderr[-2000:]
+  row = next(csv.DictReader(open(tmp_path / "p.csv")))
+  assert row["colour/class_1"] == "red" and float(row["value/value"]) == pytest.approx(
+      1.0, abs=0.6)
+  run = call_main("evaluate", f"--run_dir={result.config.model_dir}")
+  assert run.returncode == 0 and "score" in run.stdout, run.stderr[-2000:]
+
+
+def test_heads_fine_tune_by_epochs_with_weights(tmp_path):
+  csv_path = _write_table(tmp_path, per_class=8)
+  config = _config(tmp_path, csv_path, model={"unfreeze_blocks": 1, "task_weights": (1, 0.5, 2)},
+                   training={"head_solver": "epochs", "epochs": 2, "fine_tune_epochs": 1},
+                   data={"augment": ("flip",)})
+  result = kerasft.train_classifier(config, verbose=0, export=False)
+  assert result.history["phase"] == ["head", "head", "fine_tune"]
+  assert np.isfinite(result.history["val_score"]).all() and np.isfinite(
+      result.history["loss"]).all()
+
+
+@pytest.mark.parametrize("fields, flag", [
+    ({"model": {"task_weights": (1.0, 2.0)}}, "--task_weights"),
+    ({"data": {"class_weight": "balanced"}}, "--class_weight"),
+    ({"training": {"calibrate": "temperature"}}, "--calibrate"),
+    ({"model": {"task": "multiclass,multilabel"}}, "--task"),
+])
+def test_multitask_mistakes_are_found_before_any_work(tmp_path, fields, flag):
+  csv_path = _write_table(tmp_path, per_class=2)
+  with pytest.raises(UsageError, match=flag):
+    _config(tmp_path, csv_path, **fields)
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_multitask_needs_csv_columns_one_line_exit_2(tmp_path):
+  colors = write_color_images(tmp_path / "c", per_class=2, size=32)
+  run = call_main("train", f"--data_dir={colors}", "--label_column=a,b",
+                  f"--model={tiny_model()}", f"--model_dir={tmp_path / 'run'}")
+  assert run.returncode == 2 and "error: --task/--label_column" in run.stderr
+  assert not os.path.exists(tmp_path / "run")
+  with pytest.raises(UsageError, match="--task_weights: only for several heads"):
+    kerasft.RunConfig(model=kerasft.ModelConfig(task_weights=(1.0,)),
+                      data=kerasft.DataConfig(data_dir=colors))
+
+
+def test_sources_read_several_heads_for_text_tables(tmp_path):
+  path = tmp_path / "t.csv"
+  path.write_text("text,topic,score\nsoup and bread,food,1\nthe kernel crashed,computers,\n")
+  heads = multitask.MultiTask([("topic", KINDS["multiclass"]()),
+                               ("score", KINDS["regression"]())])
+  files = sources.read_texts(str(path), "csv", "text", "topic,score", heads)
+  assert files.class_names == ["topic/computers", "topic/food", "score"]
+  assert np.isnan(files.targets()[1, 2]) and files.targets()[0].tolist() == [0, 1, 1]
