@@ -73,6 +73,19 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
   return float(np.exp((low + high) / 2))
 
 
+def held_out(labels, outputs: np.ndarray, fit: bool):
+  """(outputs, {"ece"[, "temperature", "ece_calibrated"]}, T or None) of held-out
+  `outputs` against `labels`; with `fit`, the temperature minimizing their NLL and the
+  outputs scaled by it."""
+  entry = {"ece": ece(outputs, labels), "bins": BINS}
+  if not fit:
+    return outputs, entry, None
+  temperature = fit_temperature(outputs, labels)
+  calibrated = scaled(outputs, temperature)
+  entry.update(temperature=temperature, ece_calibrated=ece(calibrated, labels))
+  return calibrated, entry, temperature
+
+
 def bake(model, temperature: float, layer_name: str = "probabilities") -> None:
   """Divides the softmax layer `layer_name`'s kernel and bias by `temperature`, in place:
   the model then outputs softmax(logits / T)."""

@@ -104,7 +104,7 @@ def test_missing_labels_do_not_contribute_to_the_loss_or_metrics():
     m.update_state(y, moved)
   assert float(metrics["a_accuracy"].result()) == pytest.approx(1.0)
   assert float(metrics["b_mae"].result()) == pytest.approx(1.0)
-  assert isinstance(loss, keras.losses.Loss) and set(metrics) == {"a_accuracy", "b_mae",
+  assert isinstance(loss, keras.losses.Loss) and set(metrics) == {"a_accuracy", "b_mae", "b_r2",
                                                                    "score"}
   layer = graph.MultiHead(spec)
   out = np.asarray(layer(np.array([[0.0, 0.0, 1.0]], np.float32)))

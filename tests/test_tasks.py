@@ -31,40 +31,40 @@ def test_a_task_per_modality_holding_its_output():
 
 
 def test_outputs_turn_labels_into_targets():
-  assert outputs.make().targets([2, 0], 3).tolist() == [[0, 0, 1], [1, 0, 0]]
-  assert outputs.make("multilabel").targets([[0, 2], []], 3).tolist() == [[1, 0, 1], [0, 0, 0]]
-  assert outputs.make("regression").targets([[1.5, 2.0]], 2).tolist() == [[1.5, 2.0]]
-  assert outputs.make("multilabel").strata([[0], [1]]) is None
-  assert outputs.make().strata([0, 1]).tolist() == [0, 1]
+  assert tasks.make_output().targets([2, 0], 3).tolist() == [[0, 0, 1], [1, 0, 0]]
+  assert tasks.make_output("multilabel").targets([[0, 2], []], 3).tolist() == [[1, 0, 1], [0, 0, 0]]
+  assert tasks.make_output("regression").targets([[1.5, 2.0]], 2).tolist() == [[1.5, 2.0]]
+  assert tasks.make_output("multilabel").strata([[0], [1]]) is None
+  assert tasks.make_output().strata([0, 1]).tolist() == [0, 1]
 
 
 def test_outputs_read_table_cells():
   rows = [{"y": "cat|dog"}, {"y": ""}, {"y": "dog"}]
-  labels, names = outputs.make("multilabel").parse_cells(rows, "y", "csv", "f.csv")
+  labels, names = tasks.make_output("multilabel").parse_cells(rows, "y", "csv", "f.csv")
   assert names == ["cat", "dog"] and labels == [[0, 1], [], [1]]
   with pytest.raises(UsageError, match="row 2 has an empty 'y'"):
-    outputs.make().parse_cells(rows, "y", "csv", "f.csv")
-  labels, names = outputs.make("regression").parse_cells([{"a": "1", "b": "2.5"}], "a,b", "csv",
+    tasks.make_output().parse_cells(rows, "y", "csv", "f.csv")
+  labels, names = tasks.make_output("regression").parse_cells([{"a": "1", "b": "2.5"}], "a,b", "csv",
                                                          "f.csv")
   assert labels == [[1.0, 2.5]] and names == ["a", "b"]
   with pytest.raises(UsageError, match="^--label_column: one column for --task=multiclass"):
-    outputs.make().parse_cells(rows, "y,z", "csv", "f.csv")
+    tasks.make_output().parse_cells(rows, "y,z", "csv", "f.csv")
 
 
 def test_outputs_name_their_serving_outputs_and_predict_rows():
   import tensorflow as tf
   scores = tf.constant([[0.2, 0.7, 0.1]])
   names = ["a", "b", "c"]
-  multiclass = outputs.make().serving_outputs(scores, names)
+  multiclass = tasks.make_output().serving_outputs(scores, names)
   assert multiclass["classes"].numpy().tolist() == [b"b"]
-  multilabel = outputs.make("multilabel", 0.15).serving_outputs(scores, names)
+  multilabel = tasks.make_output("multilabel", 0.15).serving_outputs(scores, names)
   assert multilabel["labels"].numpy().tolist() == [[b"a", b"b", b""]]
-  assert outputs.make("regression").serving_outputs(scores[:, :1], ["t"])[
+  assert tasks.make_output("regression").serving_outputs(scores[:, :1], ["t"])[
       "predictions"].shape == (1,)
-  row = outputs.make().predict_row("file", "x.png", np.array([0.2, 0.7, 0.1]), names, 2, None)
+  row = tasks.make_output().predict_row("file", "x.png", np.array([0.2, 0.7, 0.1]), names, 2, None)
   assert row == {"file": "x.png", "classes": ["b", "a"], "probabilities": [0.7, 0.2],
                  "error": None}
-  assert outputs.make("regression").predict_row("file", "x", None, ["t"], 1, "bad")[
+  assert tasks.make_output("regression").predict_row("file", "x", None, ["t"], 1, "bad")[
       "predictions"] == []
 
 

@@ -393,6 +393,29 @@ def test_text_models_take_the_other_tasks(task, tiny_preset, tmp_path):
     assert result.metrics["task"] == "regression"
 
 
+def test_text_models_take_several_heads(tiny_preset, tmp_path):
+  import csv
+  import tensorflow as tf
+  path = tmp_path / "t.csv"
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["text", "topic", "score"])
+    for label, items in TEXTS.items():
+      for i, t in enumerate(items * 2):
+        writer.writerow([t, label, "" if i % 3 == 0 else {"food": "1.5", "computers": "-2"}[label]])
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="keras_hub:" + tiny_preset, task="multiclass,regression"),
+      data=kerasft.DataConfig(csv=str(path), label_column="topic,score", batch_size=4),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  result = kerasft.train_classifier(config, verbose=0)
+  assert result.class_names == ["topic/computers", "topic/food", "score"]
+  out = tf.saved_model.load(result.export_path).signatures["serving_default"](
+      text=tf.constant(["fresh soup", "unix"]))
+  assert set(out) == {"topic/probabilities", "topic/class_ids", "topic/classes",
+                      "score/predictions"} and out["score/predictions"].shape == (2,)
+  assert set(result.metrics["heads"]) == {"topic", "score"}
+
+
 @needs_minilm
 def test_few_shot_tunes_the_encoder_on_pairs_then_the_head_and_resumes(tmp_path, monkeypatch):
   from kerasft import head_solver

@@ -19,9 +19,20 @@ Importing this package imports no TensorFlow.
 from __future__ import annotations
 
 from kerasft.errors import UsageError
-from kerasft.tasks.outputs import MAIN_OUTPUTS, Output, make as make_output
+from kerasft.tasks.outputs import KINDS, MAIN_OUTPUTS, Output
 
 TEXT_PREFIX = "keras_hub:"  # --model=keras_hub:PRESET_OR_FOLDER is a text encoder
+
+
+def make_output(task: str = "multiclass", threshold: float = 0.5) -> Output:
+  """The Output for one --task name (tagging, segmentation: in their task's module)."""
+  if task == "tagging":
+    from kerasft.tasks.tagging import Tagging  # pylint: disable=g-import-not-at-top
+    return Tagging(threshold)
+  if task == "segmentation":
+    from kerasft.tasks.segmentation import Segmentation  # pylint: disable=g-import-not-at-top
+    return Segmentation(threshold)
+  return KINDS[task](threshold)
 
 
 def modality_class(model: str, output: Output | None = None):

@@ -19,7 +19,7 @@ import re
 import numpy as np
 
 from kerasft.errors import UsageError
-from kerasft.tasks.outputs import KINDS, Output
+from kerasft.tasks.outputs import KINDS, MAIN_OUTPUTS, Output, _refuse
 
 HEAD_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 SEPARATOR = "/"
@@ -125,7 +125,6 @@ class MultiTask(Output):
     return ",".join(name for name, _ in self.heads)
 
   def check(self, config):
-    from kerasft.tasks.outputs import _refuse  # pylint: disable=g-import-not-at-top
     d = config.data
     if not d.csv:
       raise UsageError("--task/--label_column: several heads read their labels from --csv "
@@ -193,8 +192,8 @@ class MultiTask(Output):
     spans = graph.spans(self.spec)
     own = [graph.HeadMetric(m, a, b, f"{name}_{m.name}")
            for (name, head), (a, b) in zip(self.heads, spans) for m in head.metrics()]
-    return own + [graph.MeanScore([graph.HeadMetric(head.score_metric(), a, b,
-                                                    f"{name}_score")
+    return own + [graph.MeanScore([graph.HeadMetric(
+        next(m for m in head.metrics() if m.name == head.score[0]), a, b, f"{name}_score")
                                    for (name, head), (a, b) in zip(self.heads, spans)])]
 
   # --- serving
@@ -228,7 +227,6 @@ class MultiTask(Output):
 
   def served(self, result):
     """The heads' main outputs side by side, as the model outputs them."""
-    from kerasft.tasks.outputs import MAIN_OUTPUTS  # pylint: disable=g-import-not-at-top
     blocks = []
     for name, _ in self.heads:
       key = next(f"{name}{SEPARATOR}{k}" for k in MAIN_OUTPUTS
@@ -243,7 +241,7 @@ class MultiTask(Output):
   # --- reports
   def report(self, labels, outputs, class_names, out_dir):
     """Each head's report (its metrics, its PNG in out_dir/heads/NAME/) on the examples
-    that have its label, and `score`, the mean of the heads' `score_key` figures."""
+    that have its label, and `score`, the mean of the heads' `score` figures."""
     labels, outputs = np.asarray(labels, np.float32), np.asarray(outputs)
     heads = {}
     for name, head, (start, stop), own in self.parts(class_names):
@@ -254,7 +252,7 @@ class MultiTask(Output):
       heads[name] = {**head.report(head.labels_from_targets(block[present]),
                                    outputs[present, start:stop], own, folder),
                      "num_labelled": int(present.sum())}
-    scores = [heads[name][head.score_key] for name, head in self.heads]
+    scores = [heads[name][head.score[1]] for name, head in self.heads]
     return {"task": self.name, "score": float(np.mean([s or 0.0 for s in scores])),
             "heads": heads, "num_examples": len(labels)}
 

@@ -4,7 +4,7 @@ An `Output` answers, for its kind of target: how labels are read and turned into
 the head's last layer, loss, metrics and the monitored metric, the export's outputs, the
 report and its headline, the model card's entries, predict's rows, and which options it
 refuses. Code outside `kerasft.tasks` asks these objects instead of comparing task names.
-A model with several heads on one backbone will hold one `Output` per head.
+Several heads on one backbone: `kerasft.tasks.multitask`, an `Output` per head.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Output:
   unsearched: tuple = ()  # kerasft.tune's search-space entries this output refuses
   classifies = True  # class names are given by the data (not target names)
   activation = "softmax"  # of the last layer (a head of several: `multitask_graph.MultiHead`)
-  score_key = "accuracy"  # the report's figure a multi-task score averages (higher: better)
+  score = ("accuracy", "accuracy")  # (Keras metric, report key) a multi-task score averages
 
   def __init__(self, threshold: float = 0.5):
     self.threshold = threshold
@@ -132,16 +132,10 @@ class Output:
     import keras  # pylint: disable=g-import-not-at-top
     return [keras.metrics.CategoricalAccuracy(name="accuracy")]
 
-  def score_metric(self):
-    """The Keras metric of `score_key` (a multi-task run averages the heads' ones)."""
-    return self.metrics()[0]
-
-  def labels_from_targets(self, targets: np.ndarray):
-    """Per-example labels as `evaluation_labels` gives them, of float targets [N, C]."""
+  def labels_from_targets(self, targets: np.ndarray):  # as `evaluation_labels` gives them
     return np.asarray(targets).argmax(axis=1)
 
-  def default_label_column(self, class_names: list[str]):
-    """evaluate's --label_column when not given (None: the flag's default)."""
+  def default_label_column(self, class_names: list[str]):  # evaluate's (None: the flag's)
     return None if self.classifies else ",".join(class_names)
 
   def label_files(self, class_names: list[str]) -> dict:
@@ -149,13 +143,10 @@ class Output:
     from kerasft.files import LABELS  # pylint: disable=g-import-not-at-top
     return {LABELS: list(class_names)}
 
-  def solver_parts(self, model, class_names: list[str], standardize: bool = True,
-                   floor: float = 0.0):
-    """None, or for several heads each one's convex problem (`kerasft.tasks.multitask`)."""
+  def solver_parts(self, model, class_names, standardize=True, floor=0.0):  # several heads
     return None
 
-  def for_model(self, model) -> "Output":
-    """This output as `model`'s head is built (several heads: their sizes and constants)."""
+  def for_model(self, model) -> "Output":  # as `model`'s head is built (several heads)
     return self
 
   # --- serving
@@ -181,17 +172,9 @@ class Output:
             "probabilities": [float(values[i]) for i in top], "error": None}
 
   def calibrate(self, labels, outputs: np.ndarray, fit: bool):
-    """(outputs, {"ece"[, "temperature", "ece_calibrated"]}, T or None) of held-out
-    `outputs` against `labels`; with `fit`, the temperature minimizing their NLL and the
-    outputs scaled by it (`kerasft.calibration`)."""
+    """`kerasft.calibration.held_out`: (outputs, ECE entry, temperature or None)."""
     from kerasft import calibration  # pylint: disable=g-import-not-at-top
-    entry = {"ece": calibration.ece(outputs, labels), "bins": calibration.BINS}
-    if not fit:
-      return outputs, entry, None
-    temperature = calibration.fit_temperature(outputs, labels)
-    scaled = calibration.scaled(outputs, temperature)
-    entry.update(temperature=temperature, ece_calibrated=calibration.ece(scaled, labels))
-    return scaled, entry, temperature
+    return calibration.held_out(labels, outputs, fit)
 
   def served(self, result: dict):
     """What a client keeps of a signature's outputs (numpy arrays by name): the main
@@ -229,7 +212,7 @@ class Multilabel(Output):
   unsearched = ("few_shot",)
   objective = ("macro_auc", "max")
   one_label = False
-  activation, score_key = "sigmoid", "macro_auc"
+  activation, score = "sigmoid", ("auc", "macro_auc")
 
   def strata(self, labels):
     return None
@@ -308,7 +291,7 @@ class Regression(Multilabel):
   min_classes = 1
   classifies = False
   unsearched = ("label_smoothing", "mixup", "few_shot")
-  activation, score_key = "linear", "r2"
+  activation, score = "linear", ("r2", "r2")
 
   def targets(self, labels, k):
     return np.asarray(labels, np.float32).reshape(len(labels), k)
@@ -373,11 +356,7 @@ class Regression(Multilabel):
 
   def metrics(self):
     import keras  # pylint: disable=g-import-not-at-top
-    return [keras.metrics.MeanAbsoluteError(name="mae")]
-
-  def score_metric(self):
-    import keras  # pylint: disable=g-import-not-at-top
-    return keras.metrics.R2Score(name="r2")
+    return [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.R2Score(name="r2")]
 
   def serving_outputs(self, result, class_names):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -419,14 +398,3 @@ def _refuse(config, task: str, **used: bool) -> None:
 
 KINDS = {cls.name: cls for cls in (Output, Multilabel, Regression)}
 MAIN_OUTPUTS = tuple(cls.layer for cls in KINDS.values())  # probabilities, scores, predictions
-
-
-def make(task: str = "multiclass", threshold: float = 0.5) -> Output:
-  """The Output for a --task name (tagging, segmentation: in their task's module)."""
-  if task == "tagging":
-    from kerasft.tasks.tagging import Tagging  # pylint: disable=g-import-not-at-top
-    return Tagging(threshold)
-  if task == "segmentation":
-    from kerasft.tasks.segmentation import Segmentation  # pylint: disable=g-import-not-at-top
-    return Segmentation(threshold)
-  return KINDS[task](threshold)
