@@ -29,7 +29,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from small_data import _rows, print_table, run_kerasft  # noqa: E402
 
-flags.DEFINE_bool("markdown", False, "Print the table as Markdown.")
 flags.DEFINE_float("missing", 0.0, "Share of training rows whose group label is dropped.")
 flags.DEFINE_multi_string("extra", [], "More kerasft.train flags for every run.")
 FLAGS = flags.FLAGS

@@ -258,18 +258,20 @@ def stratified_split(files: Examples, fraction: float, seed: int
                      ) -> tuple[Examples, Examples]:
   """Splits off `fraction` of each class (at least one image) as validation, seeded.
 
-  Data whose output has no strata (multilabel, regression) are split at random.
+  Data whose output has no strata (multilabel, regression) are split at random; several
+  heads by their first multiclass head's class.
   """
   rng = np.random.default_rng(seed)
-  labels = files.output.strata(files.labels)
+  labels = files.output.strata(files.labels, files.class_names)
   if labels is None:
     idx = rng.permutation(len(files.inputs))
     n_val = min(max(1, int(round(len(idx) * fraction))), len(idx) - 1)
     return files.subset(sorted(idx[n_val:])), files.subset(sorted(idx[:n_val]))
   train_idx, val_idx = [], []
-  for label in range(len(files.class_names)):
+  for label in np.unique(labels):  # -1: rows without the label (several heads)
     idx = np.flatnonzero(labels == label)
-    if len(idx) == 0:
+    if len(idx) < 2 and label < 0:
+      train_idx.extend(idx)
       continue
     if len(idx) < 2:
       raise UsageError(f"--validation_split: class {files.class_names[label]!r} has only "

@@ -156,7 +156,7 @@ def _solve(output, model, arrays, train_files, val_files, class_weight, training
   solver = output.solver(model, standardize=not kfold, floor=0.0 if refit else FLOOR)
   if kfold:
     splits = _folds(y, training.folds, training.seed,
-                    output.strata(train_files.labels) is not None)
+                    output.strata(train_files.labels, train_files.class_names) is not None)
     c, score, oof = _cross_validated(solver, x, y, k, class_weight, splits)
     final = solver.fit(x, y, k, c, class_weight)
     found = Solution(c, score, f"{len(splits)}-fold cross-validation of all {len(x)} "

@@ -83,6 +83,20 @@ def test_cells_become_one_row_per_example_with_nan_for_missing_labels():
     heads.parse_cells([dict(rows[0], value="")], "colour,tone,value", "csv", "t.csv")
 
 
+def test_the_validation_split_is_stratified_by_the_first_class_head():
+  from kerasft import data
+  heads = multitask.MultiTask([("v", KINDS["regression"]()), ("c", KINDS["multiclass"]())])
+  rows = [{"v": str(i), "c": "ab"[i % 2] if i % 5 else ""} for i in range(40)]
+  labels, names = heads.parse_cells(rows, "v,c", "csv", "t.csv")
+  assert names == ["v", "c/a", "c/b"]
+  strata = heads.strata(labels, names)
+  assert sorted(set(strata.tolist())) == [-1, 1, 2]
+  files = data.Examples([str(i) for i in range(40)], labels, names, heads)
+  train, val = data.stratified_split(files, 0.25, 0)
+  got = heads.strata(val.labels, names).tolist()
+  assert got.count(1) == got.count(2) == 4 and got.count(-1) == 2
+
+
 def test_missing_labels_do_not_contribute_to_the_loss_or_metrics():
   import keras
   from kerasft import multitask_graph as graph
@@ -267,3 +281,19 @@ def test_sources_read_several_heads_for_text_tables(tmp_path):
   files = sources.read_texts(str(path), "csv", "text", "topic,score", heads)
   assert files.class_names == ["topic/computers", "topic/food", "score"]
   assert np.isnan(files.targets()[1, 2]) and files.targets()[0].tolist() == [0, 1, 1]
+
+
+@pytest.mark.slow
+def test_heads_train_over_two_cpu_replicas(tmp_path):
+  from conftest import run_cli
+  csv_path = _write_table(tmp_path, per_class=8)
+  run = run_cli("train", f"--csv={csv_path}", "--label_column=colour,tone,value",
+                "--task=multiclass,multilabel,regression", f"--model={tiny_model()}",
+                "--strategy=mirrored", "--cpu_replicas=2", "--batch_size=8",
+                "--head_solver=epochs", "--epochs=3", "--learning_rate=0.03",
+                f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}")
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "MirroredStrategy: 2 replicas" in run.stderr
+  history = json.loads((tmp_path / "run" / "history.json").read_text())
+  assert np.isfinite(history["val_score"]).all() and len(history["loss"]) == 3
+  assert os.listdir(tmp_path / "export") == ["1"]

@@ -93,8 +93,15 @@ class MultiTask(Output):
     t = self.targets(labels, k)
     return np.sum(np.isfinite(t) & (np.nan_to_num(t) != 0), axis=0).astype(int).tolist()
 
-  def strata(self, labels):
-    return None
+  def strata(self, labels, class_names=None):
+    """The first multiclass head's class (its flat column), -1 where it is missing; None
+    without such a head."""
+    first = next((p for p in self.parts(class_names or []) if p[1].one_label), None)
+    if first is None or not labels:
+      return None
+    block = np.asarray(labels, np.float32)[:, first[2][0]:first[2][1]]
+    return np.where(np.isfinite(block).all(axis=1), np.nan_to_num(block).argmax(axis=1)
+                    + first[2][0], -1)
 
   def from_names(self, per_row, names, flag, label_key):
     raise UsageError(f"--{flag}: several heads read their labels from --csv columns "

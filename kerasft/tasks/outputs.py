@@ -50,7 +50,7 @@ class Output:
     ids = np.concatenate([np.ravel(np.asarray(l, int)) for l in labels] or [[]])
     return np.bincount(ids.astype(int), minlength=k).tolist()
 
-  def strata(self, labels: list):
+  def strata(self, labels: list, class_names=None):
     """The labels a validation split is stratified by, or None for a random split."""
     return np.asarray(labels)
 
@@ -214,7 +214,7 @@ class Multilabel(Output):
   one_label = False
   activation, score = "sigmoid", ("auc", "macro_auc")
 
-  def strata(self, labels):
+  def strata(self, labels, class_names=None):
     return None
 
   def labels_from_targets(self, targets):

@@ -46,7 +46,7 @@ class Segmentation(Output):
   per_pixel = True
   unsearched = ("head", "label_smoothing", "mixup")
 
-  def strata(self, labels):
+  def strata(self, labels, class_names=None):
     return None
 
   def class_counts(self, labels, k):

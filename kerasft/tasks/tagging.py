@@ -44,7 +44,7 @@ class Tagging(Output):
   convex = False  # a per-token head trains by epochs
   unsearched = ("few_shot",)
 
-  def strata(self, labels):
+  def strata(self, labels, class_names=None):
     return None
 
   def class_counts(self, labels, k):  # entities per type, types in `entity_types` order
