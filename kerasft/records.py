@@ -61,29 +61,38 @@ def _records(inputs, per_row, names, output: Output, class_names, flag, where, l
              problems=None, stream=None) -> Examples:
   """Records with class names per record -> Examples; images are streamed from `stream`
   (their keys are the names) and checked (`problems`)."""
-  output.from_names(per_row, names, flag, label_key)
-  ids, class_names = class_ids(per_row, class_names, flag, where)
-  return Examples(inputs, output.labels_of(ids), class_names, output, names,
-                  (stream,) if stream else (), problems)
+  keys = label_key.split(",")
+  if len(keys) > 1:  # several heads: one names list per key and record, read as table cells
+    rows = [{k: "|".join(v) for k, v in zip(keys, row)} for row in per_row]
+    labels, class_names = output.parse_cells(rows, label_key, flag, where, class_names)
+  else:
+    output.from_names(per_row, names, flag, label_key)
+    ids, class_names = class_ids(per_row, class_names, flag, where)
+    labels = output.labels_of(ids)
+  return Examples(inputs, labels, class_names, output, names, (stream,) if stream else (),
+                  problems)
 
 
 def _read_tfrecord_file(path: str, flag: str, image_key: str, label_key: str,
                         checker: _ImageChecker) -> tuple[list, list]:
   """(label ids per record, record names) of one TFRecord file; images go to `checker`."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  keys = label_key.split(",")  # several: one head each
   spec = {image_key: tf.io.FixedLenFeature([], tf.string, default_value=""),
-          label_key: tf.io.VarLenFeature(tf.int64)}
+          **{k: tf.io.VarLenFeature(tf.int64) for k in keys}}
 
   def parse(record):
     example = tf.io.parse_single_example(record, spec)
-    return example[image_key], example[label_key].values
+    return example[image_key], tuple(example[k].values for k in keys)
 
   ids, names = [], []
   records = tf.data.TFRecordDataset(path).map(
       parse, num_parallel_calls=tf.data.AUTOTUNE).ragged_batch(512).prefetch(2)
   try:
     for images, label_ids in records:  # in batches: one Python step per 512 records
-      for image, row in zip(images.numpy(), label_ids.to_list()):
+      per_key = [v.to_list() for v in label_ids]
+      for image, *row in zip(images.numpy(), *per_key):
+        row = row[0] if len(keys) == 1 else row
         name = f"{path}#{len(names)}"
         if not image:
           raise UsageError(f"--{flag}: {name} has no {image_key!r} feature; name the image "
@@ -170,7 +179,13 @@ def read_tfrecords(pattern: str, flag: str, image_key: str = "", label_key: str 
     names += file_names
   if not names:
     raise UsageError(f"--{flag}: {pattern} holds no records")
-  per_row, class_names = _named_ids(ids, names, flag, label_names, class_names)
+  if "," in label_key:  # several heads: the ids are the class names
+    if label_names:
+      raise UsageError("--label_names: names one label key's ids; with several --label_key "
+                       "the ids themselves name the classes")
+    per_row = [[[str(i) for i in ids_of_key] for ids_of_key in row] for row in ids]
+  else:
+    per_row, class_names = _named_ids(ids, names, flag, label_names, class_names)
   stream = RecordStream(image_key=image_key, files=tuple(files))
   return _records(names, per_row, names, output, class_names, flag, pattern, label_key,
                   checker.problems(), stream)
@@ -243,21 +258,25 @@ def _read_tfds(name, data_dir, split, input_key, label_key, output, class_names,
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds_builder(name, data_dir)
   kind = tfds.features.Text if texts else tfds.features.Image
-  input_key, label_key, all_names = _tfds_features(
-      builder, name, kind, input_key, "text_key" if texts else "image_key", label_key)
+  found = [_tfds_features(builder, name, kind, input_key, "text_key" if texts else "image_key",
+                          key) for key in label_key.split(",")]  # several: one head each
+  input_key, keys = found[0][0], [f[1] for f in found]
   ds = tfds_split(builder, name, data_dir, split,
                    None if texts else {input_key: tfds.decode.SkipDecoding()})
   held, per_row, names, checker = [], [], [], _ImageChecker("tfds")
-  batches = ds.map(lambda example: (example[input_key], example[label_key])).ragged_batch(512)
+  batches = ds.map(lambda example: (example[input_key], tuple(example[k] for k in keys))
+                   ).ragged_batch(512)
   for inputs, labels in batches:  # in batches: one Python step per 512 records
-    labels = labels.to_list() if hasattr(labels, "to_list") else labels.numpy().tolist()
-    for item, ids in zip(inputs.numpy(), labels):
+    labels = [v.to_list() if hasattr(v, "to_list") else v.numpy().tolist() for v in labels]
+    for item, *ids in zip(inputs.numpy(), *labels):
       if texts:
         held.append(item.decode("utf-8", errors="surrogateescape"))
       else:
         checker.add(item)
-      per_row.append([all_names[j] if all_names else str(j) for j in np.atleast_1d(ids)])
+      row = [[f[2][j] if f[2] else str(j) for j in np.atleast_1d(i)] for f, i in zip(found, ids)]
+      per_row.append(row[0] if len(keys) == 1 else row)
       names.append(f"{name}[{split}]#{len(names)}")
+  label_key, all_names = ",".join(keys), found[0][2] if len(keys) == 1 else None
   if not names:
     raise UsageError(f"--tfds: split {split!r} of {name} is empty")
   class_names = class_names if class_names is not None or not all_names else list(all_names)

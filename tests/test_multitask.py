@@ -297,3 +297,74 @@ def test_heads_train_over_two_cpu_replicas(tmp_path):
   history = json.loads((tmp_path / "run" / "history.json").read_text())
   assert np.isfinite(history["val_score"]).all() and len(history["loss"]) == 3
   assert os.listdir(tmp_path / "export") == ["1"]
+
+
+def _two_label_tfrecord(path, colors_dir):
+  """TFRecord of colour squares with int64 `colour` and `warm` (absent for blue)."""
+  import tensorflow as tf
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for c, colour in enumerate(sorted(VALUES)):
+      for name in sorted(os.listdir(os.path.join(colors_dir, colour))):
+        feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[open(os.path.join(colors_dir, colour, name), "rb").read()])),
+                   "colour": tf.train.Feature(int64_list=tf.train.Int64List(value=[c]))}
+        if colour != "blue":
+          feature["warm"] = tf.train.Feature(int64_list=tf.train.Int64List(
+              value=[int(colour == "red")]))
+        writer.write(tf.train.Example(features=tf.train.Features(
+            feature=feature)).SerializeToString())
+
+
+def test_tfrecord_label_keys_and_tfds_class_labels_make_heads(tmp_path):
+  import tensorflow_datasets as tfds
+  from kerasft import records
+  colors = write_color_images(tmp_path / "colors", per_class=4, size=32)
+  _two_label_tfrecord(tmp_path / "d.tfrecord", colors)
+  heads = multitask.MultiTask([("colour", KINDS["multiclass"]()),
+                               ("warm", KINDS["multiclass"]())])
+  files = records.read_tfrecords(str(tmp_path / "d.tfrecord"), "tfrecord",
+                                 label_key="colour,warm", output=heads)
+  assert files.class_names == ["colour/0", "colour/1", "colour/2", "warm/0", "warm/1"]
+  targets = files.targets()
+  assert np.isnan(targets[:4, 3:]).all() and targets[4].tolist() == [0, 1, 0, 1, 0]
+  with pytest.raises(UsageError, match="--label_names"):
+    records.read_tfrecords(str(tmp_path / "d.tfrecord"), "tfrecord", label_key="colour,warm",
+                           output=heads, label_names=str(tmp_path / "n.txt"))
+
+  class KerasftTwoLabels(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(None, None, 3)),
+          "colour": tfds.features.ClassLabel(names=sorted(VALUES)),
+          "tone": tfds.features.ClassLabel(names=["cool", "warm"])}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      rng = np.random.default_rng(0)
+      for c, colour in enumerate(sorted(VALUES)):
+        for i in range(4):
+          yield f"{c}-{i}", {"image": rng.integers(0, 255, (32, 32, 3), np.uint8),
+                             "colour": c, "tone": int(colour == "red")}
+
+  KerasftTwoLabels(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+  heads = multitask.MultiTask([("colour", KINDS["multiclass"]()),
+                               ("tone", KINDS["multiclass"]())])
+  files = records.read_tfds("kerasft_two_labels", str(tmp_path / "tfds"), "train",
+                            label_key="colour,tone", output=heads)
+  assert files.class_names == ["colour/blue", "colour/green", "colour/red", "tone/cool",
+                               "tone/warm"]
+  assert files.targets().sum(axis=0).tolist() == [4, 4, 4, 8, 4]
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model=tiny_model()),
+      data=kerasft.DataConfig(tfds="kerasft_two_labels", tfds_data_dir=str(tmp_path / "tfds"),
+                              label_key="colour,tone", batch_size=8),
+      model_dir=str(tmp_path / "run"), export_dir="")
+  result = kerasft.train_classifier(config, verbose=0, export=False)
+  assert set(result.metrics["heads"]) == {"colour", "tone"}
+  with pytest.raises(UsageError, match="--task=regression"):
+    kerasft.RunConfig(model=kerasft.ModelConfig(model=tiny_model(), task="multiclass,regression"),
+                      data=kerasft.DataConfig(tfrecord="x", label_key="a,b"))

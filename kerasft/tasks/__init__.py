@@ -51,7 +51,8 @@ def output_of(config) -> Output:
   """The `Output` of a `RunConfig`: one head's, or `MultiTask` for several label columns."""
   from kerasft.tasks import multitask  # pylint: disable=g-import-not-at-top
   m, d = config.model, config.data
-  heads = multitask.declared(m.task, d.label_key if (d.tfrecord or d.tfds) else d.label_column)
+  flag = "label_key" if (d.tfrecord or d.tfds) else "label_column"
+  heads = multitask.declared(m.task, getattr(d, flag), flag)
   if heads:
     return multitask.MultiTask([(name, make_output(kind, m.threshold)) for name, kind in heads],
                                m.task_weights, m.threshold)

@@ -1,4 +1,5 @@
-"""Several heads on one backbone: a label column per head (`--label_column=category,price`),
+"""Several heads on one backbone: a label column per head (`--label_column=category,price`;
+TFRecord and TFDS: a label feature per head, `--label_key=category,colour`),
 each head a multiclass, multilabel or regression `Output` (`--task=multiclass,regression`).
 
 An example's labels are one float32 row: each head's targets side by side (one-hot,
@@ -25,7 +26,8 @@ HEAD_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 SEPARATOR = "/"
 
 
-def declared(tasks: str, columns: str) -> list[tuple[str, str]] | None:
+def declared(tasks: str, columns: str, flag: str = "label_column"
+             ) -> list[tuple[str, str]] | None:
   """[(head name, task)] when --task and the label columns ask for several heads, else None.
   Several columns with one --task (except regression, whose several columns are one head's
   targets) or several --task values mean several heads; raises a UsageError when their
@@ -43,10 +45,10 @@ def declared(tasks: str, columns: str) -> list[tuple[str, str]] | None:
     raise UsageError(f"--task: a head of several is {', '.join(KINDS)}, got {unknown[0]!r}")
   bad = [n for n in names if not HEAD_NAME.fullmatch(n)]
   if bad:
-    raise UsageError(f"--label_column: {bad[0]!r} names a head and its export outputs: use "
-                     "letters, digits, '_', '.', '-' (rename the column)")
+    raise UsageError(f"--{flag}: {bad[0]!r} names a head and its export outputs: use "
+                     "letters, digits, '_', '.', '-' (rename the column or feature)")
   if len(set(names)) != len(names):
-    raise UsageError(f"--label_column: a column is named twice in {columns!r}")
+    raise UsageError(f"--{flag}: a column is named twice in {columns!r}")
   return list(zip(names, kinds))
 
 
@@ -103,10 +105,6 @@ class MultiTask(Output):
     return np.where(np.isfinite(block).all(axis=1), np.nan_to_num(block).argmax(axis=1)
                     + first[2][0], -1)
 
-  def from_names(self, per_row, names, flag, label_key):
-    raise UsageError(f"--{flag}: several heads read their labels from --csv columns "
-                     "(--label_column=a,b); pass the data as a CSV")
-
   def parse_cells(self, rows, label_column, flag, path, class_names=None):
     """Each head's column parsed by its own output; an empty cell is a missing label."""
     columns = [c.strip() for c in label_column.split(",")]
@@ -133,9 +131,13 @@ class MultiTask(Output):
 
   def check(self, config):
     d = config.data
-    if not d.csv:
+    if not (d.csv or d.tfrecord or d.tfds):
       raise UsageError("--task/--label_column: several heads read their labels from --csv "
-                       "columns (--label_column=a,b)")
+                       "columns (--label_column=a,b), or --tfrecord/--tfds features "
+                       "(--label_key=a,b)")
+    if not d.csv and any(not head.classifies for _, head in self.heads):
+      raise UsageError("--task=regression: a regression head reads numbers from --csv; "
+                       "TFRecord and TFDS labels are class ids")
     if config.model.task_weights and len(config.model.task_weights) != len(self.heads):
       raise UsageError(f"--task_weights: one per head ({len(self.heads)}), got "
                        f"{len(config.model.task_weights)}")
