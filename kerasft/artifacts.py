@@ -101,7 +101,7 @@ def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None
       saved = task.export(model, class_names, os.path.join(scratch, "m"), card, 1)
     if converted:
       images, checked_on = task.sample_inputs(CHECK_EXAMPLES)
-      expected = client.saved_model_probabilities(saved, images)
+      expected = client.saved_model_probabilities(saved, images, task.output)
     for fmt in converted:
       options = ({"quantize": quantize, "io": tflite_io, **(
           {"calibration": calibration[1]} if calibration[1] else {})} if fmt == "tflite"
@@ -127,7 +127,7 @@ def _write_converted(output, fmt: str, content: bytes, saved: str, export_dir: s
   with open(trial, "wb") as f:
     f.write(content)
   outputs = conversions.RUNNERS[fmt](trial, images)
-  check = {**output.agreement(client.main_output(outputs), expected), "on": checked_on}
+  check = {**output.agreement(output.served(outputs), expected), "on": checked_on}
   entry = {"file": f"{fmt}/{version}/{conversions.FILES[fmt]}", "bytes": len(content),
            **options, "check": check}
   card = {k: v for k, v in client.read_model_card(saved).items()

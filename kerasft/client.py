@@ -18,7 +18,6 @@ from kerasft import tasks
 from kerasft.errors import UsageError
 from kerasft.files import read_labels
 from kerasft.serving import MODEL_CARD_FILE, versions
-from kerasft.tasks import MAIN_OUTPUTS
 
 
 def resolve(export: str, flag: str = "export") -> str:
@@ -33,16 +32,11 @@ def resolve(export: str, flag: str = "export") -> str:
   return os.path.join(export, str(found[-1]))
 
 
-def main_output(result: dict) -> np.ndarray:
-  """The task's main output among a signature's outputs: probabilities, scores or
-  predictions."""
-  return np.asarray(result[next(k for k in MAIN_OUTPUTS if k in result)])
-
-
-def saved_model_probabilities(version_dir: str, images: np.ndarray) -> np.ndarray:
-  """Runs an export's `serving_default` on float32 images [N, S, S, 3]; its main output."""
+def saved_model_probabilities(version_dir: str, images: np.ndarray, output) -> np.ndarray:
+  """Runs an export's `serving_default` on float32 images [N, S, S, 3]; its main output
+  as `output` (`Output.served`: several heads' side by side) keeps it."""
   signature = load_saved_model(version_dir).signatures["serving_default"]
-  return main_output(signature(images=tf.constant(images)))
+  return output.served(signature(images=tf.constant(images)))
 
 
 def read_model_card(version_dir: str) -> dict:

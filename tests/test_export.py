@@ -14,6 +14,7 @@ import pytest
 
 from conftest import call_main, export_image
 import kerasft
+from kerasft.tasks.outputs import Output
 from kerasft import client, data, formats, pipeline, serving
 
 
@@ -138,14 +139,14 @@ def test_export_cli_versions_and_tflite(trained_run, tmp_path):
   size = result.config.model.image_size
   images = np.stack([np.asarray(pipeline.decode_and_resize(open(p, "rb").read(), size))
                      for p in paths])
-  expected = client.saved_model_probabilities(str(export_dir / "1"), images)
+  expected = client.saved_model_probabilities(str(export_dir / "1"), images, Output())
   agreement = {}
   calibration = kerasft.tasks.for_config(result.config).sample_inputs(100, "train")[0]
   for quantize in ("none", "dynamic", "float16", "int8"):
     path = tflite if quantize == "dynamic" else tmp_path / f"{quantize}.tflite"
     if quantize != "dynamic":  # converted from the export written above
       path.write_bytes(formats.tflite_bytes(str(export_dir / "1"), quantize, calibration))
-    got = client.main_output(formats.run_tflite(str(path), images))
+    got = Output().served(formats.run_tflite(str(path), images))
     agreement[quantize] = np.mean(got.argmax(1) == expected.argmax(1))
     if quantize == "none":
       np.testing.assert_allclose(got, expected, atol=1e-4)

@@ -368,3 +368,17 @@ def test_tfrecord_label_keys_and_tfds_class_labels_make_heads(tmp_path):
   with pytest.raises(UsageError, match="--task=regression"):
     kerasft.RunConfig(model=kerasft.ModelConfig(model=tiny_model(), task="multiclass,regression"),
                       data=kerasft.DataConfig(tfrecord="x", label_key="a,b"))
+
+
+def test_a_fresh_process_exports_the_run_and_converts_it(trained, tmp_path):
+  """The checkpoint loads without the training process's imports; TFLite keeps every head."""
+  from conftest import run_cli
+  result, _, _ = trained
+  run = run_cli("export", f"--run_dir={result.config.model_dir}",
+                f"--export_dir={tmp_path / 'export'}", "--format=both")
+  assert run.returncode == 0, run.stderr[-3000:]
+  card = json.loads((tmp_path / "export" / "1" / "model_card.json").read_text())
+  check = card["formats"]["tflite"]["check"]
+  assert check["max_difference"] < 1e-4, check
+  tflite_card = json.loads((tmp_path / "export" / "tflite" / "1" / "model_card.json").read_text())
+  assert "colour/probabilities" in tflite_card["outputs"], tflite_card["outputs"]

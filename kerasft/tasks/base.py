@@ -62,7 +62,7 @@ class Task:
   def load_model(self, path: str):
     """Loads a .keras checkpoint of this task's model (kerasft's layers registered first)."""
     import keras  # pylint: disable=g-import-not-at-top
-    from kerasft import heads, hub  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    from kerasft import heads, hub, multitask_graph  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     return keras.saving.load_model(path, compile=False)
 
   def export(self, model, class_names: list[str], export_dir: str, card: dict,
