@@ -24,11 +24,14 @@ from absl import app, flags
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
-CASES = {  # name: (image size, head epochs, layers to unfreeze, fine-tune epochs)
-    "frozen96": (96, 10, 0, 0),
-    "frozen224": (224, 10, 0, 0),
-    "unfrozen96": (96, 1, 10, 3),
+CASES = {  # name: (image size, head epochs, layers to unfreeze, fine-tune epochs, backbone)
+    "frozen96": (96, 10, 0, 0, "mobilenet"),
+    "frozen224": (224, 10, 0, 0, "mobilenet"),
+    "unfrozen96": (96, 1, 10, 3, "mobilenet"),
+    "resnet224": (224, 10, 0, 0, "resnet50"),  # random weights (none offline): speed only
 }
+APPLICATIONS = {"mobilenet": ("MobileNet", "mobilenet", "imagenet"),  # class, module, weights
+                "resnet50": ("ResNet50", "resnet50", None)}
 flags.DEFINE_list("cases", list(CASES), "Cases to run.")
 flags.DEFINE_integer("repeats", 3, "Runs per case and implementation; medians are reported.")
 flags.DEFINE_string("data_dir", os.path.join(SHARED, "data", "fashion_mnist_small", "train"),
@@ -48,7 +51,7 @@ def _unfrozen_names(model, n):
   return backbones.unfreeze(model, top=n) if n else []
 
 
-def child_keras(size, epochs, unfreeze, fine_epochs, data_dir, out):
+def child_keras(size, epochs, unfreeze, fine_epochs, backbone, data_dir, out):
   """The Keras transfer-learning guide's recipe, timed."""
   start = time.perf_counter()
   import keras  # pylint: disable=g-import-not-at-top
@@ -63,11 +66,12 @@ def child_keras(size, epochs, unfreeze, fine_epochs, data_dir, out):
   train, val = train.prefetch(tf.data.AUTOTUNE), val.prefetch(tf.data.AUTOTUNE)
   seconds["data"] = time.perf_counter() - t
   t = time.perf_counter()
-  base = keras.applications.MobileNet(include_top=False, weights="imagenet",
-                                      input_shape=(size, size, 3), pooling="avg")
+  name, module, weights = APPLICATIONS[backbone]
+  base = getattr(keras.applications, name)(include_top=False, weights=weights,
+                                           input_shape=(size, size, 3), pooling="avg")
   base.trainable = False
   inputs = keras.Input((size, size, 3))
-  x = keras.applications.mobilenet.preprocess_input(inputs)
+  x = getattr(keras.applications, module).preprocess_input(inputs)
   x = base(x, training=False)
   x = keras.layers.Dropout(0.2)(x)
   model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
@@ -116,14 +120,15 @@ class _StepTimer:
     return Timer()
 
 
-def child_kerasft(size, epochs, unfreeze, fine_epochs, data_dir, out):
+def child_kerasft(size, epochs, unfreeze, fine_epochs, backbone, data_dir, out):
   start = time.perf_counter()
   import kerasft  # pylint: disable=g-import-not-at-top
   from kerasft import data  # pylint: disable=g-import-not-at-top
   seconds = {"import": time.perf_counter() - start}
   with tempfile.TemporaryDirectory() as tmp:
     config = kerasft.RunConfig(
-        model=kerasft.ModelConfig(model="mobilenet", image_size=size, unfreeze_top=unfreeze),
+        model=kerasft.ModelConfig(model=backbone, image_size=size, unfreeze_top=unfreeze,
+                                  weights=APPLICATIONS[backbone][2] or "none"),
         data=kerasft.DataConfig(data_dir=data_dir),
         training=kerasft.TrainingConfig(epochs=epochs, fine_tune_epochs=fine_epochs,
                                         head_solver="epochs"),  # the same recipe as keras
@@ -143,7 +148,7 @@ def child_kerasft(size, epochs, unfreeze, fine_epochs, data_dir, out):
              "peak_rss_mib": _peak_rss_mib()}, open(out, "w"))
 
 
-def child_probe(size, data_dir, out):
+def child_probe(size, backbone, data_dir, out):
   """Forward pass and input pipeline images/s; export vs in-memory latency for 32 images."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -162,7 +167,8 @@ def child_probe(size, data_dir, out):
       pass
     data_seconds.append(time.perf_counter() - t)
   output = tasks.make_output()
-  model = heads.build_classifier(backbones.build(config.ModelConfig(image_size=size)), 10, output)
+  model = heads.build_classifier(backbones.build(config.ModelConfig(
+      model=backbone, image_size=size, weights=APPLICATIONS[backbone][2] or "none")), 10, output)
   extractor = features.feature_model(model)
   extractor.predict(images[:64], verbose=0)
   forward_seconds = []
@@ -219,13 +225,13 @@ def _median(runs, *keys):
 def main(argv):
   del argv
   if FLAGS.child:
-    size, epochs, unfreeze, fine = CASES[FLAGS.case] if FLAGS.case else (96, 0, 0, 0)
+    size, epochs, unfreeze, fine, backbone = CASES[FLAGS.case]
     if FLAGS.child == "keras":
-      child_keras(size, epochs, unfreeze, fine, FLAGS.data_dir, FLAGS.out)
+      child_keras(size, epochs, unfreeze, fine, backbone, FLAGS.data_dir, FLAGS.out)
     elif FLAGS.child == "kerasft":
-      child_kerasft(size, epochs, unfreeze, fine, FLAGS.data_dir, FLAGS.out)
+      child_kerasft(size, epochs, unfreeze, fine, backbone, FLAGS.data_dir, FLAGS.out)
     else:
-      child_probe(size, FLAGS.data_dir, FLAGS.out)
+      child_probe(size, backbone, FLAGS.data_dir, FLAGS.out)
     return
   if "KERAS_HOME" not in os.environ and os.path.isdir(os.path.join(SHARED, "keras_home")):
     home = tempfile.mkdtemp(prefix="kerasft-bench-keras-home-")
@@ -248,6 +254,7 @@ def main(argv):
           "train_s": train, "process_s": _median(runs, "process_seconds"),
           "import_s": _median(runs, "seconds", "import"),
           "model_s": _median(runs, "seconds", "model"),
+          "export_s": _median(runs, "seconds", "export") if impl == "kerasft" else None,
           "images_per_s": runs[0]["images"] * epochs / train,
           "peak_rss_mib": _median(runs, "peak_rss_mib"),
           "val_accuracy": _median(runs, "val_accuracy"),
@@ -289,7 +296,37 @@ def format_table(rows, markdown):
                         f"{forward:.1f}", f"{row['kerasft']['train_s'] / forward:.2f}x",
                         f"{row['serve32_ms']:.1f}", f"{row['predict_on_batch32_ms']:.1f}",
                         f"{row['serve32_ms'] / row['predict_on_batch32_ms']:.2f}x"])
-  return _render(header, lines, markdown) + "\n\n" + _render(probe_header, probe_lines, markdown)
+  return "\n\n".join([_render(header, lines, markdown),
+                      _render(probe_header, probe_lines, markdown),
+                      _render(["target (issue #17)", "case", "measured", "met"],
+                              targets(rows), markdown)])
+
+
+def targets(rows):
+  """[target, case, measured, met] of every target the cases measured."""
+  out = []
+  for row in rows:
+    case, a, b = row["case"], row["keras"], row["kerasft"]
+    forward = row["images"] / row["forward_images_per_second"]
+    checks = []
+    if case == "frozen96":
+      floor = a["import_s"] + forward
+      checks.append(("whole process <= 1.5x (import + one forward pass)", b["process_s"] / floor,
+                     1.5, f"{b['process_s']:.1f} s vs {floor:.1f} s"))
+    if row["kerasft"]["step_ms"] is None:
+      checks.append(("training <= 1.3x one forward pass", b["train_s"] / forward, 1.3,
+                     f"{b['train_s']:.1f} s vs {forward:.1f} s"))
+      checks.append(("export <= 2 s", b["export_s"] / 2, 1.0, f"{b['export_s']:.1f} s"))
+    else:
+      checks.append(("fine-tuning per step <= 1.1x model.fit", b["step_ms"] / a["step_ms"], 1.1,
+                     f"{b['step_ms']:.0f} vs {a['step_ms']:.0f} ms"))
+    if row["size"] >= 224:
+      checks.append(("peak RSS <= 1.2x the plain script's", b["peak_rss_mib"] / a["peak_rss_mib"],
+                     1.2, f"{b['peak_rss_mib']:.0f} vs {a['peak_rss_mib']:.0f} MiB"))
+    for name, ratio, limit, what in checks:
+      shown = f"{ratio:.2f}x ({what})" if "export" not in name else what
+      out.append([name, case, shown, "yes" if ratio <= limit else "no"])
+  return out
 
 
 def _render(header, lines, markdown):

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import subprocess
 import time
 
 import keras
@@ -29,7 +30,62 @@ from kerasft.pipeline import Dataset
 from kerasft.heads import backbone_of
 
 SHUFFLE_BUFFER = 100_000  # features shuffled at once when streaming from disk
-EXTRACT_BATCH = 128  # images per forward pass while extracting (faster than 32 on CPU)
+MAX_EXTRACT_BATCH = 128  # examples per forward pass while extracting, at most
+# Measured on CPU (MobileNet, ResNet50 at 224 px): a forward pass holds about 4x its largest
+# layer output per example; MobileNet's throughput is the same from 16 to 128 per batch,
+# its peak memory is not (1,155 MiB at 32 against 2,146 MiB at 128 for a whole run).
+ACTIVATIONS_PER_LARGEST = 4
+CPU_ACTIVATION_BUDGET = 512 << 20
+
+
+def activation_budget() -> int:
+  """Bytes one extraction batch's activations may take: on a GPU a quarter of its memory
+  (`nvidia-smi`; 8 GiB assumed when it cannot say), else the smaller of 512 MiB and an
+  eighth of the memory available now."""
+  if tf.config.list_physical_devices("GPU"):
+    try:
+      out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total",
+                            "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                           timeout=10, check=True).stdout
+      return (min(int(v) for v in out.split()) << 20) // 4
+    except (OSError, ValueError, subprocess.SubprocessError):
+      return 2 << 30
+  try:
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    available = 4 << 30
+  return min(CPU_ACTIVATION_BUDGET, available // 8)
+
+
+def _largest_output(model: keras.Model) -> int:
+  """Bytes per example of the largest layer output in `model` (nested models included),
+  at least 5x its input's (a hub module's own activations are not visible)."""
+  def size(tensor) -> int:
+    return int(np.prod([d or 1 for d in tensor.shape[1:]])) * np.dtype(tensor.dtype).itemsize
+  largest = 5 * max(size(t) for t in model.inputs)
+  for layer in model.layers:
+    if isinstance(layer, keras.Model):
+      largest = max(largest, _largest_output(layer))
+      continue
+    try:
+      largest = max([largest] + [size(t) for t in keras.tree.flatten(layer.output)])
+    except (AttributeError, ValueError, TypeError):  # a layer called more than once
+      continue
+  return largest
+
+
+def extraction_batch(extractor: keras.Model, budget: int | None = None) -> int:
+  """Examples per forward pass of `extractor`: the largest power of two up to
+  `MAX_EXTRACT_BATCH` whose estimated activations fit `budget` bytes
+  [`activation_budget()`], so that a large backbone or image size never exhausts memory."""
+  per_example = ACTIVATIONS_PER_LARGEST * _largest_output(extractor)
+  budget = activation_budget() if budget is None else budget
+  batch = MAX_EXTRACT_BATCH
+  while batch > 1 and batch * per_example > budget:
+    batch //= 2
+  logging.info("feature cache: %d examples per forward pass (about %.0f MiB of activations "
+               "each, budget %.0f MiB)", batch, batch * per_example / 2**20, budget / 2**20)
+  return batch
 
 
 def default_memory_budget() -> int:
@@ -95,7 +151,10 @@ def feature_model(model: keras.Model) -> keras.Model:
   if _taps(model):
     return keras.Model(model.inputs, _taps(model), name=f"{model.name}_features")
   if len(model.inputs) > 1:  # several inputs (a text model): cut the graph where the head starts
-    return keras.Model(model.inputs, _split(model)[1][0].input, name=f"{model.name}_features")
+    extractor = keras.Model(model.inputs, _split(model)[1][0].input,
+                            name=f"{model.name}_features")
+    extractor.input_spec = None  # takes batches cut to their longest text (`Dataset.bucketed`)
+    return extractor
   return _chain(_split(model)[0], model.input_shape[1:], f"{model.name}_features")
 
 
@@ -172,13 +231,32 @@ def extract(model: keras.Model, files: Examples, make_inputs, dtype: str = "floa
   return _memoized(feature_model(model), files, make_inputs, dtype, inputs_key, verbose)
 
 
+def _predict(extractor: keras.Model, files: Examples, make_inputs, verbose, bucketed=None):
+  """`extractor`'s outputs on `files`, in their order; bucketed: `Dataset.bucketed`."""
+  batch = extraction_batch(extractor)
+  if bucketed is None:
+    return extractor.predict(make_inputs(files, batch), verbose=verbose)
+  batches, order = bucketed(files, batch)
+  spec = keras.tree.map_structure(lambda a: tf.TensorSpec([None] * a.ndim, a.dtype),
+                                  batches[0][0])
+  call = tf.function(lambda x: extractor(x, training=False), input_signature=[spec])
+  progress = keras.utils.Progbar(len(files.inputs), verbose=0 if verbose == 0 else 1)
+  parts = []  # one trace for every batch shape (Keras' predict traces again per shape)
+  for inputs, _ in batches:
+    parts.append(keras.tree.map_structure(np.asarray, call(inputs)))
+    progress.add(len(keras.tree.flatten(parts[-1])[0]))
+  out = keras.tree.map_structure(lambda *a: np.concatenate(a), *parts)
+  back = np.argsort(order)
+  return _each(lambda a: a[back], out)
+
+
 def _memoized(extractor: keras.Model, files: Examples, make_inputs, dtype: str,
-              inputs_key: str, verbose):
+              inputs_key: str, verbose, bucketed=None):
   shared = _SHARED[-1] if _SHARED and not files.streams else None
   if shared is None:
     logging.info("feature cache: extracting %d examples", len(files.inputs))
-    return _each(lambda a: a.astype(dtype, copy=False), extractor.predict(
-        make_inputs(files, EXTRACT_BATCH), verbose=verbose))
+    return _each(lambda a: a.astype(dtype, copy=False), _predict(
+        extractor, files, make_inputs, verbose, bucketed))
   memo = shared.rows.setdefault(_model_key(extractor, dtype, inputs_key), {})
   keys = [_example_key(x) for x in files.inputs]
   missing = list({k: i for i, k in reversed(list(enumerate(keys))) if k not in memo}.values())
@@ -187,8 +265,8 @@ def _memoized(extractor: keras.Model, files: Examples, make_inputs, dtype: str,
                  "process)", len(missing), len(keys) - len(missing))
     start = time.perf_counter()
     missing.sort()
-    computed = _each(lambda a: a.astype(dtype, copy=False), extractor.predict(
-        make_inputs(files.subset(missing), EXTRACT_BATCH), verbose=verbose))
+    computed = _each(lambda a: a.astype(dtype, copy=False), _predict(
+        extractor, files.subset(missing), make_inputs, verbose, bucketed))
     for j, i in enumerate(missing):
       memo[keys[i]] = _each(lambda a: a[j], computed)  # pylint: disable=cell-var-from-loop
     shared.extractions, shared.seconds = (shared.extractions + 1,
@@ -225,7 +303,7 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
   def stream(files: Examples, name: str, shuffle: bool) -> tf.data.Dataset:
     path = os.path.join(cache_dir, name)
     shutil.rmtree(path, ignore_errors=True)
-    images = dataset.make_inputs(files, EXTRACT_BATCH)  # in file order
+    images = dataset.make_inputs(files, extraction_batch(extractor))  # in file order
     logging.info("feature cache: extracting %d %s examples to %s", len(files.inputs), name, path)
     labels = dataset.targets(files)
     features = images.map(lambda x, _: _each(lambda f: tf.cast(f, dtype),
@@ -262,14 +340,16 @@ def _in_memory(extractor: keras.Model, dataset: Dataset, dtype: str, verbose,
   train, val = dataset.train_files, dataset.val_files
   if train.streams:
     logging.info("feature cache: extracting %d examples", len(train.inputs) + len(val.inputs))  # streamed records are read split by split, each in its stream's order
-    parts = [_each(np.asarray, extractor.predict(dataset.make_inputs(files, EXTRACT_BATCH),
+    batch = extraction_batch(extractor)
+    parts = [_each(np.asarray, extractor.predict(dataset.make_inputs(files, batch),
                                                  verbose=verbose)) for files in (train, val)]
     parts = [_each(lambda a: a.astype(dtype, copy=False), p) for p in parts]
     if isinstance(parts[0], tuple):
       return tuple(np.concatenate(maps) for maps in zip(*parts))
     return np.concatenate(parts)
   # one pass over training and validation examples together: one trace, full batches
-  return _memoized(extractor, train + val, dataset.make_inputs, dtype, inputs_key, verbose)
+  return _memoized(extractor, train + val, dataset.make_inputs, dtype, inputs_key, verbose,
+                   dataset.bucketed)
 
 
 def _width(extractor: keras.Model, dataset: Dataset) -> int:

@@ -63,6 +63,9 @@ class Dataset:
   val_files: Examples
   make_inputs: Callable
   targets: Callable = Examples.targets
+  # bucketed(files, batch_size) -> (batches (inputs, _) of `files` in a cheaper order, that
+  # order): feature extraction of texts sorted by length, each batch cut to its longest
+  bucketed: Callable | None = None
 
 
 RESIZE_MODES = ("squash", "crop", "pad")

@@ -117,3 +117,23 @@ def test_augmentation_refuses_caching_and_stays_out_of_the_export(tmp_path, capl
   second = loaded.signatures["serving_default"](images=images)["probabilities"].numpy()
   np.testing.assert_array_equal(first, second)
   np.testing.assert_allclose(first, result.model.predict(images.numpy(), verbose=0), atol=1e-5)
+
+
+def test_the_extraction_batch_follows_the_activations_and_the_budget(monkeypatch):
+  """Largest power of two up to 128 whose ~4x-largest-activation bytes fit the budget."""
+  def extractor(side, channels):
+    inputs = keras.Input((side, side, 3))
+    x = keras.layers.Conv2D(channels, 3, padding="same")(inputs)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+  small, large = extractor(8, 4), extractor(64, 64)  # 1 KiB and 1 MiB per example
+  assert features._largest_output(large) == 64 * 64 * 64 * 4
+  assert features.extraction_batch(small, budget=64 << 20) == 128
+  assert features.extraction_batch(large, budget=64 << 20) == 16  # 16 x 4 MiB
+  assert features.extraction_batch(large, budget=1 << 20) == 1
+  monkeypatch.setattr(features, "CPU_ACTIVATION_BUDGET", 8 << 20)
+  assert features.activation_budget() <= 8 << 20
+  assert features.extraction_batch(large) == 2
+  # a module whose inside is not visible: at least 5x its input per example
+  inputs = keras.Input((32, 32, 3))
+  opaque = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+  assert features._largest_output(opaque) == 5 * 32 * 32 * 3 * 4

@@ -393,6 +393,25 @@ def test_text_models_take_the_other_tasks(task, tiny_preset, tmp_path):
     assert result.metrics["task"] == "regression"
 
 
+def test_bucketed_extraction_gives_the_full_length_features_in_order(tiny_preset):
+  from kerasft import data, features, tasks, text
+  texts = [" ".join([t] * (1 + i % 3)) for i, t in enumerate(
+      [t for items in TEXTS.values() for t in items] * 3)]
+  files = data.Examples(texts, [0] * len(texts), ["a", "b"])
+  encoder = text.load(tiny_preset)
+  text.set_length(encoder, 32)
+  model = text.build_classifier(encoder, 2, 32, tasks.make_output())
+  batches, order = text.bucketed(files, encoder, 2)
+  assert sorted(order.tolist()) == list(range(len(texts)))
+  assert len({b[0]["token_ids"].shape[1] for b in batches}) > 1  # cut to their longest
+  assert sum(len(b[0]["token_ids"]) for b in batches) == len(texts)
+  plain = features._predict(features.feature_model(model), files,
+                            lambda f, b: text.make_pipeline(f, encoder, b), 0)
+  cut = features._predict(features.feature_model(model), files, None, 0,
+                          lambda f, b: text.bucketed(f, encoder, b))
+  np.testing.assert_allclose(cut, plain, atol=1e-5)
+
+
 def test_text_models_take_several_heads(tiny_preset, tmp_path):
   import csv
   import tensorflow as tf
