@@ -28,7 +28,7 @@ CASES = {  # name: (image size, head epochs, layers to unfreeze, fine-tune epoch
     "frozen96": (96, 10, 0, 0, "mobilenet"),
     "frozen224": (224, 10, 0, 0, "mobilenet"),
     "unfrozen96": (96, 1, 10, 3, "mobilenet"),
-    "resnet224": (224, 10, 0, 0, "resnet50"),  # random weights (none offline): speed only
+    "resnet224": (224, 3, 0, 0, "resnet50"),  # random weights (none offline): speed only
 }
 APPLICATIONS = {"mobilenet": ("MobileNet", "mobilenet", "imagenet"),  # class, module, weights
                 "resnet50": ("ResNet50", "resnet50", None)}

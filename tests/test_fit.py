@@ -154,3 +154,18 @@ def test_schedules_and_weight_decay():
   np.testing.assert_array_equal(bias.numpy(), 1.0)
   assert optimizers.make_optimizer("adamw", 0.1, weight_decay=0.01).weight_decay == 0.01
   assert optimizers.make_optimizer("adamw", 0.1).weight_decay == 0.004
+
+
+def test_best_checkpoint_does_not_write_the_model_at_every_fast_epoch(tmp_path):
+  """Writes wait until about ten writes' time has passed (a guess from the model's size
+  before the first): fast epochs keep their best in memory, the end of the fit writes it."""
+  import keras
+  from kerasft import callbacks
+  model = keras.Sequential([keras.Input((1000,)), keras.layers.Dense(2500)])  # 2.5M weights
+  path = tmp_path / "best.keras"
+  checkpoint = callbacks.BestCheckpoint(model, str(path), monitor="val_accuracy")
+  for epoch, value in enumerate((0.5, 0.6, 0.7)):
+    checkpoint.on_epoch_end(epoch, {"val_accuracy": value})
+  assert not path.exists() and checkpoint.best == 0.7
+  checkpoint.on_train_end()
+  assert path.exists() and checkpoint.saved() == pytest.approx(0.7)
