@@ -127,7 +127,7 @@ def _write_converted(output, fmt: str, content: bytes, saved: str, export_dir: s
   with open(trial, "wb") as f:
     f.write(content)
   outputs = conversions.RUNNERS[fmt](trial, images)
-  check = {**output.agreement(output.served(outputs), expected), "on": checked_on}
+  check = {**output.agreement(output.main_output(outputs), expected), "on": checked_on}
   entry = {"file": f"{fmt}/{version}/{conversions.FILES[fmt]}", "bytes": len(content),
            **options, "check": check}
   card = {k: v for k, v in client.read_model_card(saved).items()
@@ -192,6 +192,7 @@ def evaluate_export(export: str, data_config, split: str = "test", output_dir: s
                      "to evaluate the export on")
   card = client.read_model_card(version_dir)
   task_class, output = tasks.for_card(card)
+  _check_slices(data_config, output)
   class_names = read_labels(version_dir)
   data_config = _label_columns(data_config, output, class_names, label_column_given)
   files = task_class.evaluation_examples(data_config, output, class_names, split)
@@ -212,6 +213,7 @@ def evaluate_run(run_dir: str, data_config, split: str = "test", output_dir: str
   """Evaluates a run's best checkpoint on a `DataConfig`'s labelled data, or without a
   data source on the run's own validation data; with the run's training curves."""
   model, task, class_names = load_run(run_dir)
+  _check_slices(data_config, task.output)
   if data_config.source:
     data_config = _label_columns(data_config, task.output, class_names, label_column_given)
     files = task.evaluation_examples(data_config, task.output, class_names, split)
@@ -229,6 +231,12 @@ def evaluate_run(run_dir: str, data_config, split: str = "test", output_dir: str
                 RunFolder(run_dir).history(),
                 _Seen(type(task), data_config, files, f"the run {run_dir} (best checkpoint)",
                       task.cards(model, files), model))
+
+
+def _check_slices(data_config, output) -> None:
+  if data_config.slice_column and not output.sliceable:
+    raise UsageError(f"--slice_column: per-slice metrics are for multiclass, multilabel and "
+                     f"regression models, not {output.name}")
 
 
 def _label_columns(data_config, output, class_names, given: bool):

@@ -34,9 +34,9 @@ def resolve(export: str, flag: str = "export") -> str:
 
 def saved_model_probabilities(version_dir: str, images: np.ndarray, output) -> np.ndarray:
   """Runs an export's `serving_default` on float32 images [N, S, S, 3]; its main output
-  as `output` (`Output.served`: several heads' side by side) keeps it."""
+  as `output` takes it (`Output.main_output`: several heads' side by side)."""
   signature = load_saved_model(version_dir).signatures["serving_default"]
-  return output.served(signature(images=tf.constant(images)))
+  return output.main_output(signature(images=tf.constant(images)))
 
 
 def read_model_card(version_dir: str) -> dict:

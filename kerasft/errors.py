@@ -17,6 +17,13 @@ class UsageError(Exception):
   """
 
 
+def refuse(task: str, **used: bool) -> None:
+  """Raises a UsageError naming the first flag in `used` that is on: not for --task=`task`."""
+  chosen = [flag for flag, on in used.items() if on]
+  if chosen:
+    raise UsageError(f"--{chosen[0]}: not for --task={task}")
+
+
 class Interrupted(BaseException):
   """SIGTERM or SIGINT arrived (a preemption, Ctrl-C): raised where the program is, so
   training stops at once; what was saved (every finished epoch, the best one) stays, and

@@ -146,7 +146,7 @@ def test_export_cli_versions_and_tflite(trained_run, tmp_path):
     path = tflite if quantize == "dynamic" else tmp_path / f"{quantize}.tflite"
     if quantize != "dynamic":  # converted from the export written above
       path.write_bytes(formats.tflite_bytes(str(export_dir / "1"), quantize, calibration))
-    got = Output().served(formats.run_tflite(str(path), images))
+    got = Output().main_output(formats.run_tflite(str(path), images))
     agreement[quantize] = np.mean(got.argmax(1) == expected.argmax(1))
     if quantize == "none":
       np.testing.assert_allclose(got, expected, atol=1e-4)

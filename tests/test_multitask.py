@@ -382,3 +382,11 @@ def test_a_fresh_process_exports_the_run_and_converts_it(trained, tmp_path):
   assert check["max_difference"] < 1e-4, check
   tflite_card = json.loads((tmp_path / "export" / "tflite" / "1" / "model_card.json").read_text())
   assert "colour/probabilities" in tflite_card["outputs"], tflite_card["outputs"]
+
+
+def test_evaluate_refuses_slices_of_several_heads_before_reading(trained, tmp_path):
+  result, _, csv_path = trained
+  run = call_main("evaluate", f"--export={result.export_path}", f"--csv={csv_path}",
+                  "--slice_column=colour", f"--output_dir={tmp_path / 'eval'}")
+  assert run.returncode == 2 and "error: --slice_column" in run.stderr
+  assert not (tmp_path / "eval").exists()

@@ -19,8 +19,8 @@ import re
 
 import numpy as np
 
-from kerasft.errors import UsageError
-from kerasft.tasks.outputs import KINDS, MAIN_OUTPUTS, Output, _refuse
+from kerasft.errors import UsageError, refuse
+from kerasft.tasks.outputs import KINDS, MAIN_OUTPUTS, Output
 
 HEAD_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 SEPARATOR = "/"
@@ -58,7 +58,7 @@ class MultiTask(Output):
   built (`for_model`), which the loss and metrics need."""
   name, layer, noun = "multitask", "multitask", "classes"
   monitor, objective = ("val_score", "max"), ("score", "max")
-  min_classes, one_label = 1, False
+  min_classes, one_label, sliceable = 1, False, False
   unsearched = ("few_shot",)
 
   def __init__(self, heads, weights=(), threshold: float = 0.5, spec=None):
@@ -141,7 +141,7 @@ class MultiTask(Output):
     if config.model.task_weights and len(config.model.task_weights) != len(self.heads):
       raise UsageError(f"--task_weights: one per head ({len(self.heads)}), got "
                        f"{len(config.model.task_weights)}")
-    _refuse(config, self.name, class_weight=d.class_weight != "none", oversample=d.oversample,
+    refuse(self.name, class_weight=d.class_weight != "none", oversample=d.oversample,
             recipe=config.methods.recipe == "few_shot",
             calibrate=config.training.calibrate != "none", slice_column=bool(d.slice_column))
 
@@ -234,7 +234,7 @@ class MultiTask(Output):
   def calibrate(self, labels, outputs, fit):  # --calibrate is refused for this output
     return outputs, None, None
 
-  def served(self, result):
+  def main_output(self, result):
     """The heads' main outputs side by side, as the model outputs them."""
     blocks = []
     for name, _ in self.heads:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from kerasft import reports
-from kerasft.errors import UsageError
+from kerasft.errors import UsageError, refuse
 
 
 class Output:
@@ -33,6 +33,7 @@ class Output:
   classifies = True  # class names are given by the data (not target names)
   activation = "softmax"  # of the last layer (a head of several: `multitask_graph.MultiHead`)
   score = ("accuracy", "accuracy")  # (Keras metric, report key) a multi-task score averages
+  sliceable = True  # evaluate and runs report a metric per --slice_column value
 
   def __init__(self, threshold: float = 0.5):
     self.threshold = threshold
@@ -177,8 +178,12 @@ class Output:
     return calibration.held_out(labels, outputs, fit)
 
   def served(self, result: dict):
-    """What a client keeps of a signature's outputs (numpy arrays by name): the main
-    output [N, ...] (probabilities, scores or predictions)."""
+    """What a client keeps of a signature's outputs (numpy arrays by name): the main one."""
+    return self.main_output(result)
+
+  def main_output(self, result: dict):
+    """The main output [N, ...] of a signature's outputs (probabilities, scores or
+    predictions): what a converted model is compared on."""
     return np.asarray(result[next(k for k in MAIN_OUTPUTS if k in result)])
 
   def agreement(self, got: np.ndarray, expected: np.ndarray) -> dict:
@@ -230,7 +235,7 @@ class Multilabel(Output):
     return [[n.strip() for n in cell.split("|") if n.strip()] for cell in cells]
 
   def check(self, config):
-    _refuse(config, self.name, class_weight=config.data.class_weight != "none",
+    refuse(self.name, class_weight=config.data.class_weight != "none",
             oversample=config.data.oversample, recipe=config.methods.recipe == "few_shot",
             calibrate=config.training.calibrate != "none")
 
@@ -325,7 +330,7 @@ class Regression(Multilabel):
     if not d.csv:
       raise UsageError("--task=regression: needs numeric targets from --csv (--label_column "
                        "names the target columns)")
-    _refuse(config, self.name, class_weight=d.class_weight != "none", oversample=d.oversample,
+    refuse(self.name, class_weight=d.class_weight != "none", oversample=d.oversample,
             mixup=bool(d.mixup), cutmix=bool(d.cutmix),
             label_smoothing=bool(config.training.label_smoothing),
             recipe=config.methods.recipe == "few_shot",
@@ -388,12 +393,6 @@ class Regression(Multilabel):
 
   def table(self, metrics):
     return reports.target_table(metrics)
-
-
-def _refuse(config, task: str, **used: bool) -> None:
-  chosen = [flag for flag, on in used.items() if on]
-  if chosen:
-    raise UsageError(f"--{chosen[0]}: not for --task={task}")
 
 
 KINDS = {cls.name: cls for cls in (Output, Multilabel, Regression)}

@@ -17,9 +17,9 @@ import numpy as np
 from absl import logging
 
 from kerasft import segmentation as seg
-from kerasft.errors import UsageError
+from kerasft.errors import UsageError, refuse
 from kerasft.tasks.image import ImageTask
-from kerasft.tasks.outputs import Output, _refuse
+from kerasft.tasks.outputs import Output
 
 SOURCES = ("data_dir", "csv", "tfds")
 AUGMENTATIONS = ("flip", "zoom", "translate", "contrast")  # what moves masks with images
@@ -38,6 +38,7 @@ class Segmentation(Output):
   """Class probabilities per pixel ("probabilities" [N, S, S, C]); labels are masks of
   class indices (255: ignored), outputs class maps."""
   name = "segmentation"
+  sliceable = False
   monitor = ("val_mean_iou", "max")
   objective = ("mean_iou", "max")
   one_label = False
@@ -54,7 +55,7 @@ class Segmentation(Output):
 
   def check(self, config):
     d, t = config.data, config.training
-    _refuse(config, self.name, class_weight=d.class_weight != "none", oversample=d.oversample,
+    refuse(self.name, class_weight=d.class_weight != "none", oversample=d.oversample,
             slice_column=bool(d.slice_column), calibrate=t.calibrate != "none",
             mixup=bool(d.mixup), cutmix=bool(d.cutmix), label_smoothing=bool(t.label_smoothing),
             head=bool(config.model.head), recipe=config.methods.recipe == "few_shot",

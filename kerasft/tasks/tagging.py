@@ -17,8 +17,8 @@ import numpy as np
 from absl import logging
 
 from kerasft import reports, tagging
-from kerasft.errors import UsageError
-from kerasft.tasks.outputs import Output, _refuse
+from kerasft.errors import UsageError, refuse
+from kerasft.tasks.outputs import Output
 from kerasft.tasks.text import TextTask
 
 SOURCES = ("conll", "jsonl", "tfds")
@@ -36,6 +36,7 @@ class Tagging(Output):
   """IOB2 tag probabilities per token ("probabilities" [N, L, 1 + 2 types]); labels and
   outputs are per-text entity lists ((start, end, type[, score]) character spans)."""
   name = "tagging"
+  sliceable = False
   names_key, noun = "entity_types", "entity types"
   monitor = ("val_entity_f1", "max")
   objective = ("entity_f1", "max")
@@ -57,7 +58,7 @@ class Tagging(Output):
 
   def check(self, config):
     d = config.data
-    _refuse(config, self.name, class_weight=d.class_weight != "none", oversample=d.oversample,
+    refuse(self.name, class_weight=d.class_weight != "none", oversample=d.oversample,
             slice_column=bool(d.slice_column), calibrate=config.training.calibrate != "none",
             recipe=config.methods.recipe == "few_shot")
 
