@@ -29,7 +29,7 @@ from kerasft.data import Examples
 from kerasft.pipeline import Dataset
 from kerasft.heads import backbone_of
 
-SHUFFLE_BUFFER = 100_000  # features shuffled at once when streaming from disk
+SHUFFLE_BYTES = 64 << 20  # features streamed from disk are shuffled this many bytes at once
 MAX_EXTRACT_BATCH = 128  # examples per forward pass while extracting, at most
 # Measured on CPU (MobileNet, ResNet50 at 224 px): a forward pass holds about 4x its largest
 # layer output per example; MobileNet's throughput is the same from 16 to 128 per batch,
@@ -310,7 +310,8 @@ def build(model: keras.Model, dataset: Dataset, batch_size: int, seed: int,
                                              extractor(x, training=False)))
     tf.data.Dataset.zip(features.unbatch(), tf.data.Dataset.from_tensor_slices(labels)).save(
         path, shard_func=lambda *_: np.int64(0))
-    return finish(tf.data.Dataset.load(path), min(len(files.inputs), SHUFFLE_BUFFER), shuffle)
+    buffer = max(1024, SHUFFLE_BYTES // (width * np.dtype(dtype).itemsize))  # flat memory
+    return finish(tf.data.Dataset.load(path), min(len(files.inputs), buffer), shuffle)
 
   def finish(ds, buffer, shuffle):
     ds = ds.map(lambda f, y: (tf.nest.map_structure(lambda a: tf.cast(a, tf.float32), f), y))
