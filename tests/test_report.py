@@ -13,9 +13,8 @@ import pytest
 
 from conftest import COLORS, call_main, tiny_model, write_color_images
 import kerasft
-from kerasft import backbones, calibration, explain, heads, html_report, sources
+from kerasft import backbones, calibration, explain, heads, html_report, sources, tasks
 from kerasft.errors import UsageError
-from kerasft.tasks import outputs as outputs_lib
 from kerasft.tasks import report as report_sections
 
 SITES = ("north", "south")
@@ -204,7 +203,7 @@ def test_gradcam_peaks_inside_the_square_the_model_learned_to_find():
   keras.utils.set_random_seed(0)
   backbone = backbones.build(kerasft.ModelConfig(model=path))
   backbone.model.trainable = True
-  model = heads.build_classifier(backbone, 2, outputs_lib.make(), dropout=0.0)
+  model = heads.build_classifier(backbone, 2, tasks.make_output(), dropout=0.0)
   model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"])
   x, y, _ = _squares(400, 0)
