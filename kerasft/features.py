@@ -40,7 +40,7 @@ CPU_ACTIVATION_BUDGET = 512 << 20
 
 def activation_budget() -> int:
   """Bytes one extraction batch's activations may take: on a GPU a quarter of its memory
-  (`nvidia-smi`; 8 GiB assumed when it cannot say), else the smaller of 512 MiB and an
+  (`nvidia-smi`; 2 GiB when it cannot say), else the smaller of 512 MiB and an
   eighth of the memory available now."""
   if tf.config.list_physical_devices("GPU"):
     try:
