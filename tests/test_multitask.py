@@ -234,7 +234,8 @@ def test_evaluate_and_predict_report_every_head(trained, tmp_path):
   row = next(csv.DictReader(open(tmp_path / "p.csv")))
   assert row["colour/class_1"] == "red" and float(row["value/value"]) == pytest.approx(
       1.0, abs=0.6)
-  run = call_main("evaluate", f"--run_dir={result.config.model_dir}")
+  run = call_main("evaluate", f"--run_dir={result.config.model_dir}",
+                  f"--output_dir={tmp_path / 'eval_run'}")
   assert run.returncode == 0 and "score" in run.stdout, run.stderr[-2000:]
 
 
