@@ -55,8 +55,10 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.threading.set_intra_op_parallelism_threads(1)
   tf.config.threading.set_inter_op_parallelism_threads(1)
-  from kerasft import client, formats, sources, tasks  # pylint: disable=g-import-not-at-top
-  from kerasft.run_folder import RunFolder  # pylint: disable=g-import-not-at-top
+  from kerasft.serving import client, formats
+  from kerasft.data import tables as sources
+  from kerasft.tasks import registry as tasks
+  from kerasft.training.run_folder import RunFolder
   work = tempfile.mkdtemp(prefix="kerasft-formats-")
   run_dir = FLAGS.run_dir or os.path.join(work, "run")
   if not FLAGS.run_dir:

@@ -102,7 +102,9 @@ def _config(setting, method, work, train_csv):
 
 def _accuracy(export_path, csv_path, kind, names):
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from kerasft import client, sources, tasks  # pylint: disable=g-import-not-at-top
+  from kerasft.serving import client
+  from kerasft.data import tables as sources
+  from kerasft.tasks import registry as tasks
   files = (sources.read_texts if kind == "text" else sources.read_csv)(csv_path, "csv",
                                                                          class_names=names)
   predict, _ = client.load_predictor(export_path)
@@ -113,8 +115,8 @@ def _accuracy(export_path, csv_path, kind, names):
 
 def _endpoints(result, tests, kind, names):
   """WiSE-FT's two endpoints (head phase, fine-tuned) on each test set, through exports."""
-  from kerasft import tasks  # pylint: disable=g-import-not-at-top
-  from kerasft.methods import averaging  # pylint: disable=g-import-not-at-top
+  from kerasft.tasks import registry as tasks
+  from kerasft.methods import averaging
   run = result.config.model_dir
   top = json.load(open(os.path.join(run, averaging.TOP_K, "index.json")))[0]["file"]
   out = {}
@@ -136,7 +138,7 @@ def _one_row(setting, method, work):
   kind = "image" if setting == "image" else "text"
   if method == "features + LogisticRegressionCV":
     config = _config(setting, "default (frozen, convex head)", work, train_csv)
-    from kerasft import sources  # pylint: disable=g-import-not-at-top
+    from kerasft.data import tables as sources
     test = sources.read_texts(tests["test"], "csv", class_names=names)
     accuracy, seconds = small_data._probe(config, test)  # pylint: disable=protected-access
     row = {"test": accuracy, "seconds": seconds}

@@ -133,7 +133,7 @@ def unet_case(root: str, classes: list[str], seconds: float) -> dict:
   """Test metrics of the U-Net trained for `seconds` of wall time (whole epochs)."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from kerasft import segmentation  # pylint: disable=g-import-not-at-top
+  from kerasft.tasks.segmentation import data as segmentation
   start = time.monotonic()
   keras.utils.set_random_seed(0)
   images, _, masks = _split(root, "train", FLAGS.unet_size)

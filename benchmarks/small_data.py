@@ -80,7 +80,8 @@ def _config(kind, train_csv, work, name, **training):
 def _kerasft(config, test_files):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import kerasft  # pylint: disable=g-import-not-at-top
-  from kerasft import client, tasks  # pylint: disable=g-import-not-at-top
+  from kerasft.serving import client
+  from kerasft.tasks import registry as tasks
   start = time.perf_counter()
   result = kerasft.train_classifier(config, verbose=0)
   seconds = time.perf_counter() - start
@@ -94,7 +95,8 @@ def _probe(config, test_files):
   """(a): the same frozen backbone's features + LogisticRegressionCV."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from sklearn.linear_model import LogisticRegressionCV  # pylint: disable=g-import-not-at-top
-  from kerasft import features, tasks  # pylint: disable=g-import-not-at-top
+  from kerasft.models import features
+  from kerasft.tasks import registry as tasks
   start = time.perf_counter()
   task = tasks.for_config(config.resolved())
   train, val = task.index(0)
@@ -110,7 +112,7 @@ def _probe(config, test_files):
 
 
 def _case(name, work):
-  from kerasft import sources  # pylint: disable=g-import-not-at-top
+  from kerasft.data import tables as sources
   kind, per_class = CASES[name]
   train_rows, test_rows, column = _rows(kind)
   train_csv = _write(_slice(train_rows, per_class), os.path.join(work, f"{name}.csv"), column)

@@ -62,7 +62,8 @@ def tfidf(train_csv, test_csv, _):
 def _kerasft(train_csv, test_csv, work, model_kwargs, training_kwargs, note):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import kerasft  # pylint: disable=g-import-not-at-top
-  from kerasft import client, sources  # pylint: disable=g-import-not-at-top
+  from kerasft.serving import client
+  from kerasft.data import tables as sources
   config = kerasft.RunConfig(
       model=kerasft.ModelConfig(model="keras_hub:" + FLAGS.preset, **model_kwargs),
       data=kerasft.DataConfig(csv=train_csv),

@@ -47,7 +47,7 @@ def _peak_rss_mib():
 
 
 def _unfrozen_names(model, n):
-  from kerasft import backbones  # pylint: disable=g-import-not-at-top
+  from kerasft.models import backbones
   return backbones.unfreeze(model, top=n) if n else []
 
 
@@ -123,7 +123,7 @@ class _StepTimer:
 def child_kerasft(size, epochs, unfreeze, fine_epochs, backbone, data_dir, out):
   start = time.perf_counter()
   import kerasft  # pylint: disable=g-import-not-at-top
-  from kerasft import data  # pylint: disable=g-import-not-at-top
+  from kerasft.data import examples as data
   seconds = {"import": time.perf_counter() - start}
   with tempfile.TemporaryDirectory() as tmp:
     config = kerasft.RunConfig(
@@ -152,7 +152,11 @@ def child_probe(size, backbone, data_dir, out):
   """Forward pass and input pipeline images/s; export vs in-memory latency for 32 images."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from kerasft import backbones, config, data, features, heads, pipeline, serving, tasks  # pylint: disable=g-import-not-at-top
+  from kerasft.models import backbones, features, heads
+  from kerasft import config
+  from kerasft.data import examples as data, pipeline
+  from kerasft.serving import versions as serving
+  from kerasft.tasks import registry as tasks
 
   files = data.scan_class_folder(data_dir, "data_dir")
   n = len(files.inputs)

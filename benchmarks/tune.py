@@ -50,7 +50,8 @@ def _run(setting, config):
   """(test accuracy, seconds) of one training run through its export."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import kerasft  # pylint: disable=g-import-not-at-top
-  from kerasft import client, tasks  # pylint: disable=g-import-not-at-top
+  from kerasft.serving import client
+  from kerasft.tasks import registry as tasks
   start = time.perf_counter()
   result = kerasft.train_classifier(config, verbose=0)
   seconds = time.perf_counter() - start
@@ -70,8 +71,8 @@ def _test_data(setting, config):
 
 
 def _search(setting, work, name, budget, share):
-  from kerasft.commands import TuneConfig  # pylint: disable=g-import-not-at-top
-  from kerasft.tuning import tuner  # pylint: disable=g-import-not-at-top
+  from kerasft.config.commands import TuneConfig
+  from kerasft.tuning import tuner
   start = time.perf_counter()
   result = tuner.tune(_base(setting, work, name), TuneConfig(
       time_budget=budget, **_test_flags(setting)), share_features=share)

@@ -9,9 +9,9 @@
 `import kerasft` is cheap: TensorFlow is imported on first use of `train_classifier`.
 """
 
-from kerasft.methods import MethodsConfig
+from kerasft.config.methods import MethodsConfig
 from kerasft.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
-from kerasft.errors import UsageError
+from kerasft.core.errors import UsageError
 
 __version__ = "0.1.0"
 __all__ = ["DataConfig", "MethodsConfig", "ModelConfig", "RunConfig", "TrainingConfig", "UsageError",
@@ -22,12 +22,12 @@ def tune(config, space: str = "", time_budget: str = "", **kwargs):
   """Searches fine-tuning recipes for `config`'s data (`kerasft.tuning.tune`): space, a
   space file; time_budget, e.g. "10m"; kwargs: max_trials, models, search, test_dir,
   test_csv. Returns a `TuneResult` (leaderboard, best_config, export_path, test)."""
-  from kerasft.tuning import tune as search  # pylint: disable=g-import-not-at-top
+  from kerasft.tuning import tune as search
   return search(config, space=space, time_budget=time_budget, **kwargs)
 
 
 def __getattr__(name):
   if name == "train_classifier":
-    from kerasft.run import train_classifier  # pylint: disable=g-import-not-at-top
+    from kerasft.workflows.train import train_classifier
     return train_classifier
   raise AttributeError(f"module 'kerasft' has no attribute {name!r}")

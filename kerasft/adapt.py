@@ -15,7 +15,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kerasft import cli, commands, config, errors  # noqa: E402
+from kerasft.core import cli, errors  # noqa: E402
+from kerasft.config import commands  # noqa: E402
+from kerasft import config  # noqa: E402
 
 cli.define_flags(config.ModelConfig, only=commands.ADAPT_MODEL)
 cli.define_flags(config.DataConfig, only=commands.ADAPT_DATA)
@@ -30,7 +32,7 @@ def main(argv):
   data = cli.from_flags(config.DataConfig, only=commands.ADAPT_DATA)
   training = cli.from_flags(config.TrainingConfig, only=commands.ADAPT_TRAINING)
   settings = cli.from_flags(commands.AdaptConfig)
-  from kerasft import adapting  # pylint: disable=g-import-not-at-top
+  from kerasft.workflows import adapt as adapting
   result = adapting.adapt(model.model, data, settings, training, model.max_length)
   print(f"held-out masked-LM loss {result.before['loss']:.4f} -> {result.after['loss']:.4f}, "
         f"accuracy {result.before['accuracy']:.4f} -> {result.after['accuracy']:.4f}; "

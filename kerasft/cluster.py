@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 
-from kerasft import cli, commands, errors
+from kerasft.core import cli, errors
+from kerasft.config import commands
 
 INDEX_VARIABLES = ("JOB_COMPLETION_INDEX", "SLURM_PROCID")
 

@@ -14,7 +14,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kerasft import cli, commands, config, errors  # noqa: E402
+from kerasft.core import cli, errors  # noqa: E402
+from kerasft.config import commands  # noqa: E402
+from kerasft import config  # noqa: E402
 
 cli.define_flags(commands.EvaluateConfig)
 cli.define_flags(config.DataConfig, only=commands.EVALUATION_DATA)
@@ -25,7 +27,7 @@ def main(argv):
     raise errors.UsageError(f"unexpected arguments {argv[1:]}; all inputs are --flags")
   settings = cli.from_flags(commands.EvaluateConfig)
   data = cli.from_flags(config.DataConfig, only=commands.EVALUATION_DATA)
-  from kerasft import artifacts  # pylint: disable=g-import-not-at-top
+  from kerasft.workflows import artifacts
   evaluate = artifacts.evaluate_export if settings.export else artifacts.evaluate_run
   result = evaluate(settings.export or settings.run_dir, data, settings.split,
                     settings.output_dir, cli.given("label_column"))

@@ -16,7 +16,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kerasft import cli, commands, errors  # noqa: E402
+from kerasft.core import cli, errors  # noqa: E402
+from kerasft.config import commands  # noqa: E402
 
 cli.define_flags(commands.ExportConfig)
 
@@ -25,7 +26,7 @@ def main(argv):
   if len(argv) > 1:
     raise errors.UsageError(f"unexpected arguments {argv[1:]}; all inputs are --flags")
   settings = cli.from_flags(commands.ExportConfig)
-  from kerasft import artifacts  # pylint: disable=g-import-not-at-top
+  from kerasft.workflows import artifacts
   result = artifacts.export_run(
       settings.run_dir or settings.checkpoint or settings.adapter, settings.export_dir,
       settings.version, settings.overwrite, settings.formats, settings.quantize,

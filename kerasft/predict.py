@@ -25,7 +25,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kerasft import cli, commands, errors  # noqa: E402
+from kerasft.core import cli, errors  # noqa: E402
+from kerasft.config import commands  # noqa: E402
 
 cli.define_flags(commands.PredictConfig)
 
@@ -35,7 +36,9 @@ def main(argv):
   if len(argv) < 2:
     raise errors.UsageError("inputs: pass image files, folders or globs (for a text model: "
                             "texts) after the flags")
-  from kerasft import client, reports, tasks  # pylint: disable=g-import-not-at-top
+  from kerasft.serving import client
+  from kerasft.reporting import metrics as reports
+  from kerasft.tasks import registry as tasks
   _, output = tasks.for_card(client.read_model_card(client.resolve(settings.export)))
   if settings.mask_dir and not output.per_pixel:
     raise errors.UsageError(f"--mask_dir: writes class maps of a segmentation export; "
@@ -54,7 +57,7 @@ def main(argv):
       print(f"{name}\tERROR {row['error']}" if row["error"] else name + "\t" + "  ".join(
           f"{label} {float(value):.4f}" for label, value in reports.prediction_cells(row)))
   if settings.explain:
-    from kerasft import artifacts  # pylint: disable=g-import-not-at-top
+    from kerasft.workflows import artifacts
     readable = [r.get("file", r.get("text")) for r in rows if not r["error"]]
     if readable:
       written = artifacts.explain_inputs(settings.export, readable, settings.explain_dir,
@@ -67,7 +70,9 @@ def main(argv):
 
 def _write_masks(masks: list, mask_dir: str, export: str) -> None:
   """Writes each (file, class map) as <mask_dir>/<file's name>.png (a palette PNG)."""
-  from kerasft import client, files, segmentation  # pylint: disable=g-import-not-at-top
+  from kerasft.serving import client
+  from kerasft.core import files
+  from kerasft.tasks.segmentation import data as segmentation
   k = len(files.read_labels(client.resolve(export)))
   os.makedirs(mask_dir, exist_ok=True)
   for name, mask in masks:

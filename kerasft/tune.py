@@ -18,7 +18,9 @@ import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kerasft import cli, commands, config, errors  # noqa: E402
+from kerasft.core import cli, errors  # noqa: E402
+from kerasft.config import commands  # noqa: E402
+from kerasft import config  # noqa: E402
 
 cli.define_flags(config.RunConfig)
 cli.define_flags(commands.TuneConfig)
@@ -29,7 +31,7 @@ def main(argv):
     raise errors.UsageError(f"unexpected arguments {argv[1:]}; all inputs are --flags")
   run_config = cli.from_flags(config.RunConfig)
   settings = cli.from_flags(commands.TuneConfig)
-  from kerasft.tuning import tuner  # pylint: disable=g-import-not-at-top
+  from kerasft.tuning import tuner
   result = tuner.tune(run_config, settings)
   if not result.export_path:  # a KerasTuner worker: the chief reports
     return
@@ -47,7 +49,7 @@ class _Callable(types.ModuleType):
   calling the module calls the function."""
 
   def __call__(self, *args, **kwargs):
-    from kerasft.tuning import tune  # pylint: disable=g-import-not-at-top
+    from kerasft.tuning import tune
     return tune(*args, **kwargs)
 
 

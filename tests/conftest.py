@@ -85,19 +85,20 @@ def trained_run(tmp_path_factory):
 
 def build_backbone(name, weights="imagenet", image_size=None, **fields):
   """backbones.build for a ModelConfig with these fields."""
-  from kerasft import backbones, config
+  from kerasft.models import backbones
+  from kerasft import config
   return backbones.build(config.ModelConfig(model=name, weights=weights, image_size=image_size,
                                             **fields))
 
 
 def output(task="multiclass", threshold=0.5):
-  from kerasft import tasks
+  from kerasft.tasks import registry as tasks
   return tasks.make_output(task, threshold)
 
 
 def load_dataset(data_dir, val_dir, validation_split, image_size, batch_size, seed=0):
   """Indexed image folders in their training and validation pipelines."""
-  from kerasft import data, pipeline
+  from kerasft.data import examples as data, pipeline
   train, val = data.index(data_dir, val_dir, validation_split, seed)
   return pipeline.pipelines(train, val, image_size, batch_size, seed)
 
@@ -105,7 +106,7 @@ def load_dataset(data_dir, val_dir, validation_split, image_size, batch_size, se
 def export_image(model, class_names, image_size, export_dir, version=None, overwrite=False,
                  resize="squash", task="multiclass", threshold=0.5, card=None):
   """A SavedModel version of an image model (raw pixels in), as training writes it."""
-  from kerasft import serving
+  from kerasft.serving import versions as serving
   out = output(task, threshold)
   return serving.export(
       lambda labels: serving.image_signatures(model, class_names, image_size, labels, resize,
@@ -115,7 +116,7 @@ def export_image(model, class_names, image_size, export_dir, version=None, overw
 
 def fit_run(run_config, model, dataset, task="multiclass", **kwargs):
   """fit.execute into the config's model_dir; returns the history."""
-  from kerasft import fit, run_folder
+  from kerasft.training import fit, run_folder
   return fit.execute(run_config, model, dataset, output(task),
                      run_folder.RunFolder(run_config.model_dir), **kwargs).history
 
@@ -145,7 +146,7 @@ def call_main(module, *args, cwd=None):
   import logging as pylogging
   from absl import logging as absl_logging
   from absl.testing import flagsaver
-  from kerasft import cli
+  from kerasft.core import cli
   entry = importlib.import_module(f"kerasft.{module}")
   out, err = io.StringIO(), io.StringIO()
   handler = pylogging.StreamHandler(err)

@@ -42,7 +42,7 @@ def test_adaptation_lowers_the_masked_lm_loss_and_the_preset_trains(preset, tmp_
 
 @pytest.mark.slow
 def test_a_killed_adaptation_resumes_its_finished_phases(preset, tmp_path):
-  from kerasft import adapting
+  from kerasft.workflows import adapt as adapting
   out = tmp_path / "adapted"
   work = str(out) + ".partial"
   os.makedirs(work)
@@ -92,7 +92,7 @@ def test_adapt_mistakes_are_one_line_errors(preset, tmp_path, args, message):
 def test_texts_are_read_from_csv_folders_and_tfds_labels_ignored(tmp_path):
   import kerasft
   import tensorflow_datasets as tfds
-  from kerasft import adapting
+  from kerasft.workflows import adapt as adapting
   csv = _texts_csv(tmp_path)
   assert len(adapting.read_texts(kerasft.DataConfig(csv=csv))) == 64
   (tmp_path / "docs" / "a").mkdir(parents=True)

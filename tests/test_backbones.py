@@ -6,8 +6,8 @@ import pytest
 import keras
 
 from conftest import call_main, needs_imagenet_mobilenet, run_cli
-from kerasft import backbones, heads
-from kerasft.errors import UsageError
+from kerasft.models import backbones, heads
+from kerasft.core.errors import UsageError
 from conftest import build_backbone, output
 
 

@@ -9,8 +9,10 @@ from absl import flags
 from absl.testing import flagsaver
 
 from conftest import REPO
-from kerasft import cli, commands, config
-from kerasft.errors import UsageError
+from kerasft.core import cli
+from kerasft.config import commands
+from kerasft import config
+from kerasft.core.errors import UsageError
 
 ENTRY_POINTS = ("train", "evaluate", "predict", "export", "tune", "cluster")
 SETTINGS = (config.RunConfig, commands.TrainActions, commands.EvaluateConfig,

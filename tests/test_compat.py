@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerasft import _compat, optimizers
+from kerasft.core import _compat
+from kerasft.training import optimizers
 
 
 def test_checked_versions_cover_the_installed_keras():

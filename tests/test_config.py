@@ -4,7 +4,7 @@ import pytest
 
 import kerasft
 from kerasft import config
-from kerasft.errors import UsageError
+from kerasft.core.errors import UsageError
 
 
 @pytest.mark.parametrize("make, flag", [

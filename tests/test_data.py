@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from conftest import write_color_images
-from kerasft import data, pipeline
-from kerasft.errors import UsageError
+from kerasft.data import examples as data, pipeline
+from kerasft.core.errors import UsageError
 
 
 def test_class_folders_and_stratified_split(color_dir):

@@ -13,7 +13,7 @@ from absl import flags
 
 from conftest import REPO, call_main
 from kerasft import cluster
-from kerasft.errors import UsageError
+from kerasft.core.errors import UsageError
 
 DEPLOY = os.path.join(REPO, "deploy")
 

@@ -9,7 +9,8 @@ from sklearn import metrics as skm
 import pytest
 
 from conftest import call_main, run_cli
-from kerasft import client, data
+from kerasft.serving import client
+from kerasft.data import examples as data
 
 
 def _evaluation_files(trained_run):

@@ -14,8 +14,11 @@ import pytest
 
 from conftest import call_main, export_image
 import kerasft
-from kerasft.tasks.outputs import Output
-from kerasft import client, data, formats, pipeline, serving
+import kerasft.tasks.registry
+import kerasft.data.examples
+from kerasft.tasks.classify.outputs import Output
+from kerasft.serving import client, formats, versions as serving
+from kerasft.data import examples as data, pipeline
 
 
 def _saved_model_cli(*args):
@@ -141,7 +144,7 @@ def test_export_cli_versions_and_tflite(trained_run, tmp_path):
                      for p in paths])
   expected = client.saved_model_probabilities(str(export_dir / "1"), images, Output())
   agreement = {}
-  calibration = kerasft.tasks.for_config(result.config).sample_inputs(100, "train")[0]
+  calibration = kerasft.tasks.registry.for_config(result.config).sample_inputs(100, "train")[0]
   for quantize in ("none", "dynamic", "float16", "int8"):
     path = tflite if quantize == "dynamic" else tmp_path / f"{quantize}.tflite"
     if quantize != "dynamic":  # converted from the export written above

@@ -11,7 +11,8 @@ from absl import logging as absl_logging
 
 from conftest import write_color_images, write_tiny_backbone
 import kerasft
-from kerasft import backbones, data, features, heads, pipeline
+from kerasft.models import backbones, features, heads
+from kerasft.data import examples as data, pipeline
 from conftest import build_backbone, output
 
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import build_backbone, fit_run, load_dataset, output, write_color_images
-from kerasft import backbones, config, heads, optimizers
+from kerasft.models import backbones, heads
+from kerasft import config
+from kerasft.training import optimizers
 
 # The tiny backbone (conftest.write_tiny_backbone): blocks block1..block3, each a conv and
 # a BatchNorm layer, 32 px; its random weights tell the colour squares apart.
@@ -160,7 +162,7 @@ def test_best_checkpoint_does_not_write_the_model_at_every_fast_epoch(tmp_path):
   """Writes wait until about ten writes' time has passed (a guess from the model's size
   before the first): fast epochs keep their best in memory, the end of the fit writes it."""
   import keras
-  from kerasft import callbacks
+  from kerasft.training import callbacks
   model = keras.Sequential([keras.Input((1000,)), keras.layers.Dense(2500)])  # 2.5M weights
   path = tmp_path / "best.keras"
   checkpoint = callbacks.BestCheckpoint(model, str(path), monitor="val_accuracy")

@@ -11,10 +11,13 @@ import pytest
 
 from conftest import COLORS, call_main, tiny_model, write_color_images
 import kerasft
-from kerasft.tasks.outputs import Output
-from kerasft import artifacts, client, formats, serving
-from kerasft.errors import UsageError
-from kerasft.files import read_labels
+import kerasft.tasks.registry
+import kerasft.data.examples
+from kerasft.tasks.classify.outputs import Output
+from kerasft.workflows import artifacts
+from kerasft.serving import client, formats, versions as serving
+from kerasft.core.errors import UsageError
+from kerasft.core.files import read_labels
 
 LABELS = {"blue": ("cool", 0.0), "green": ("cool|natural", 0.25), "red": ("warm", 1.0)}
 
@@ -71,7 +74,7 @@ def test_every_format_for_every_task_agrees_with_the_saved_model(runs, task, tmp
 
 
 def _images(run, n=12):
-  task = kerasft.tasks.for_config(run.config)
+  task = kerasft.tasks.registry.for_config(run.config)
   return task.sample_inputs(n)[0]
 
 
@@ -179,7 +182,7 @@ def test_missing_onnx_extra_is_one_line(monkeypatch):
 
 def test_int8_needs_the_runs_training_images(runs, tmp_path):
   run = runs["multiclass"]
-  task = kerasft.tasks.for_config(dataclasses.replace(
+  task = kerasft.tasks.registry.for_config(dataclasses.replace(
       run.config, data=dataclasses.replace(run.config.data, csv=str(tmp_path / "gone.csv"))))
   with pytest.raises(UsageError, match="--quantize=int8: calibration reads the run's "
                                        "training images"):

@@ -10,8 +10,12 @@ import pytest
 
 from conftest import tiny_model, write_color_images
 import kerasft
-from kerasft import features, head_solver, tasks
-from kerasft.tasks import solvers
+import kerasft.tasks.registry
+import kerasft.data.examples
+from kerasft.models import features
+from kerasft.training import head_solver
+from kerasft.tasks import registry as tasks
+from kerasft.tasks.classify import outputs, solvers
 
 
 def _train(tmp_path, data_dir, model=None, **training):
@@ -76,8 +80,8 @@ def test_the_l2_strength_is_chosen_on_the_validation_split_only(monkeypatch):
       self.weights = weights
   head = Head()
   model = type("M", (), {"get_layer": lambda self, name: head})()
-  train = kerasft.data.Examples(["t"] * 60, [0, 1] * 30, [str(i) for i in range(8)])
-  val = kerasft.data.Examples(["v"] * 40, [7] * 40, train.class_names)
+  train = kerasft.data.examples.Examples(["t"] * 60, [0, 1] * 30, [str(i) for i in range(8)])
+  val = kerasft.data.examples.Examples(["v"] * 40, [7] * 40, train.class_names)
   solution = head_solver.solve(output, model, (np.zeros((60, 2)), np.zeros((40, 2))), train,
                                val, None, kerasft.TrainingConfig(kfold_below=1))
   assert solution.c == 10.0 and head.weights[0][0, 0] == 10.0
@@ -159,8 +163,8 @@ def test_the_head_before_a_fine_tune_phase_floors_the_feature_scales(tmp_path, m
   median one."""
   colors = write_color_images(tmp_path / "colors", per_class=40, size=24)
   seen = []
-  original = tasks.outputs.Output.solver
-  monkeypatch.setattr(tasks.outputs.Output, "solver", lambda self, model, standardize, floor: (
+  original = outputs.Output.solver
+  monkeypatch.setattr(outputs.Output, "solver", lambda self, model, standardize, floor: (
       seen.append((standardize, floor)), original(self, model, standardize, floor))[1])
   _train(tmp_path, colors, model={"unfreeze_blocks": 1}, fine_tune_epochs=1,
          learning_rate=0.03)

@@ -3,7 +3,7 @@ import pytest
 
 import keras
 
-from kerasft import backbones, heads
+from kerasft.models import backbones, heads
 from conftest import build_backbone, output
 
 

@@ -10,7 +10,10 @@ import tensorflow as tf
 from conftest import FASHION, call_main, needs_fashion, needs_imagenet_mobilenet, run_cli
 from conftest import write_color_images
 import kerasft
-from kerasft import backbones, client, data, heads, optimizers
+from kerasft.models import backbones, heads
+from kerasft.serving import client
+from kerasft.data import examples as data
+from kerasft.training import optimizers
 from conftest import build_backbone, output, export_image
 
 SIZE = 16
@@ -139,7 +142,7 @@ def test_cli_trains_a_hub_module_and_exports_for_saved_model_cli(tiny, tmp_path)
                          "serve", "--signature_def", "serving_default", "--inputs",
                          f"images={tmp_path / 'x.npy'}"], capture_output=True, text=True)
   assert done.returncode == 0 and "probabilities" in done.stdout, done.stderr[-2000:]
-  from kerasft import artifacts  # a hub module converts to LiteRT (int8 too) and ONNX
+  from kerasft.workflows import artifacts  # a hub module converts to LiteRT (int8 too) and ONNX
   for formats, quantize in ((("tflite", "onnx"), "none"), (("tflite",), "int8")):
     result = artifacts.export_run(str(tmp_path / "run"), str(tmp_path / quantize),
                                   formats=formats, quantize=quantize, calibration_examples=8)

@@ -12,8 +12,9 @@ import pytest
 
 from conftest import call_main, tiny_model, write_color_images
 import kerasft
-from kerasft import optimizers
-from kerasft.methods import MethodsConfig, averaging, peft
+from kerasft.training import optimizers
+from kerasft.config.methods import MethodsConfig
+from kerasft.methods import averaging, peft
 
 
 def _config(tmp_path, data_dir, methods=None, model=None, **training):
@@ -183,7 +184,7 @@ def _fresh_backbone_weights():
 
 
 def _backbone_weights(model):
-  from kerasft.heads import backbone_of
+  from kerasft.models.heads import backbone_of
   return _by_layer(backbone_of(model))
 
 
@@ -322,7 +323,7 @@ def test_few_shot_is_for_text_models_and_its_settings_need_it(tmp_path, colors):
 def test_recipe_auto_fine_tunes_with_a_soup_from_50_per_class_and_keeps_user_choices(tmp_path):
   many = write_color_images(tmp_path / "many", per_class=50, size=24)
   few = write_color_images(tmp_path / "few", per_class=10, size=24)
-  from kerasft import tasks
+  from kerasft.tasks import registry as tasks
   from kerasft.methods import auto
 
   def resolved(data_dir, name=tiny_model(), training=None, **model):

@@ -11,10 +11,10 @@ import pytest
 
 from conftest import call_main, tiny_model, write_color_images
 import kerasft
-from kerasft import sources
-from kerasft.errors import UsageError
-from kerasft.tasks import multitask
-from kerasft.tasks.outputs import KINDS
+from kerasft.data import tables as sources
+from kerasft.core.errors import UsageError
+from kerasft.tasks.multitask import output as multitask
+from kerasft.tasks.classify.outputs import KINDS
 
 VALUES = {"red": 1.0, "green": 2.0, "blue": 3.0}
 
@@ -84,7 +84,7 @@ def test_cells_become_one_row_per_example_with_nan_for_missing_labels():
 
 
 def test_the_validation_split_is_stratified_by_the_first_class_head():
-  from kerasft import data
+  from kerasft.data import examples as data
   heads = multitask.MultiTask([("v", KINDS["regression"]()), ("c", KINDS["multiclass"]())])
   rows = [{"v": str(i), "c": "ab"[i % 2] if i % 5 else ""} for i in range(40)]
   labels, names = heads.parse_cells(rows, "v,c", "csv", "t.csv")
@@ -99,7 +99,7 @@ def test_the_validation_split_is_stratified_by_the_first_class_head():
 
 def test_missing_labels_do_not_contribute_to_the_loss_or_metrics():
   import keras
-  from kerasft import multitask_graph as graph
+  from kerasft.tasks.multitask import graph
   spec = [{"name": "a", "size": 2, "activation": "softmax"},
           {"name": "b", "size": 1, "activation": "linear", "scale": [2.0], "offset": [1.0]}]
   heads = multitask.MultiTask([("a", KINDS["multiclass"]()), ("b", KINDS["regression"]())],
@@ -135,7 +135,7 @@ def trained(tmp_path_factory):
 
 def test_three_heads_train_export_and_reload_identically(trained):
   import tensorflow as tf
-  from kerasft import pipeline
+  from kerasft.data import pipeline
   result, tmp_path, _ = trained
   assert result.metrics["task"] == "multitask"
   assert set(result.metrics["heads"]) == {"colour", "tone", "value"}
@@ -184,7 +184,8 @@ def test_three_heads_train_export_and_reload_identically(trained):
 def test_each_head_is_solved_on_its_own_labelled_examples():
   """A head's convex solve is the single-head solve on the examples that have its label."""
   import keras
-  from kerasft import data, head_solver
+  from kerasft.data import examples as data
+  from kerasft.training import head_solver
   rng = np.random.default_rng(0)
   x = rng.normal(size=(60, 8)).astype(np.float32)
   classes = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5)
@@ -318,7 +319,7 @@ def _two_label_tfrecord(path, colors_dir):
 
 def test_tfrecord_label_keys_and_tfds_class_labels_make_heads(tmp_path):
   import tensorflow_datasets as tfds
-  from kerasft import records
+  from kerasft.data import records
   colors = write_color_images(tmp_path / "colors", per_class=4, size=32)
   _two_label_tfrecord(tmp_path / "d.tfrecord", colors)
   heads = multitask.MultiTask([("colour", KINDS["multiclass"]()),

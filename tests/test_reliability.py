@@ -148,7 +148,7 @@ def test_sigterm_mid_epoch_stops_in_one_line_and_the_run_resumes(tmp_path):
   assert last.startswith("interrupted (SIGTERM) at epoch ") and last.endswith(
       "of 40; run the same command to resume"), last
   assert not (tmp_path / "export").exists()
-  from kerasft.callbacks import history_from_log
+  from kerasft.training.callbacks import history_from_log
   before = history_from_log(str(log))["loss"]
   assert len(before) >= 3
   resumed = run_cli("train", *args, cwd=tmp_path, timeout=600)
@@ -207,7 +207,7 @@ def test_an_absurdly_large_image_is_skipped_with_a_warning(tmp_path):
   colors = write_color_images(tmp_path / "colors", per_class=6, size=32)
   huge = os.path.join(colors, "red", "huge.png")
   Image.new("1", (12_000, 10_000)).save(huge)  # 120 megapixels, a tiny file
-  from kerasft import data
+  from kerasft.data import examples as data
   reasons = data.unreadable_reasons([huge, os.path.join(colors, "red", os.listdir(
       os.path.join(colors, "red"))[0])])
   assert reasons[0].startswith("12000x10000 pixels, more than the 100-megapixel limit")
@@ -278,7 +278,7 @@ def test_sigkill_during_export_then_the_same_command_gives_one_complete_version(
 
 
 def test_resume_with_cached_features_continues_the_head_epochs(tmp_path, monkeypatch):
-  from kerasft import callbacks
+  from kerasft.training import callbacks
   colors = write_color_images(tmp_path / "colors", per_class=10, size=32)
   config = kerasft.RunConfig(
       model=kerasft.ModelConfig(model=tiny_model()), data=kerasft.DataConfig(data_dir=colors),
@@ -306,7 +306,7 @@ def test_resume_with_cached_features_continues_the_head_epochs(tmp_path, monkeyp
 
 
 def test_a_run_killed_after_its_export_does_not_export_twice(tmp_path, monkeypatch):
-  from kerasft import run_folder
+  from kerasft.training import run_folder
   colors = write_color_images(tmp_path / "colors", per_class=8, size=32)
   config = kerasft.RunConfig(model=kerasft.ModelConfig(model=tiny_model()),
                              data=kerasft.DataConfig(data_dir=colors),

@@ -13,9 +13,14 @@ import pytest
 
 from conftest import COLORS, call_main, tiny_model, write_color_images
 import kerasft
-from kerasft import backbones, calibration, explain, heads, html_report, sources, tasks
-from kerasft.errors import UsageError
-from kerasft.tasks import report as report_sections
+import kerasft.tasks.registry
+import kerasft.data.examples
+from kerasft.models import backbones, explain, heads
+from kerasft.reporting import calibration, html as html_report
+from kerasft.data import tables as sources
+from kerasft.tasks import registry as tasks
+from kerasft.core.errors import UsageError
+from kerasft.reporting import sections as report_sections
 
 SITES = ("north", "south")
 
@@ -107,7 +112,7 @@ def test_every_run_writes_a_self_contained_report_with_its_tasks_sections(runs, 
 def test_slices_equal_scikit_learn_on_the_same_predictions(runs):
   from sklearn import metrics as sk
   result = runs["multiclass"]
-  task = kerasft.tasks.for_config(result.config)
+  task = kerasft.tasks.registry.for_config(result.config)
   val = task.index(result.config.training.seed)[1]
   sites = sources.slice_values(result.config.data, val, "path")["site"]
   probabilities = np.asarray(result.model(task.sample_inputs(len(val.inputs))[0]))
@@ -153,7 +158,7 @@ def test_the_export_serves_calibrated_probabilities_with_the_same_classes(runs, 
   assert entry["ece_calibrated"] <= entry["ece"] and entry["temperature"] > 0
   plain = kerasft.train_classifier(dataclasses_replace(result.config, tmp_path), verbose=0)
   assert "temperature" not in plain.metrics["calibration"]
-  task = kerasft.tasks.for_config(result.config)
+  task = kerasft.tasks.registry.for_config(result.config)
   images = task.sample_inputs(16)[0]
   np.save(tmp_path / "x.npy", images)
   served = {}
@@ -227,7 +232,7 @@ def test_gradcam_peaks_inside_the_square_the_model_learned_to_find():
 def test_text_attributions_rank_the_planted_word_first(tmp_path):
   pytest.importorskip("keras_hub")
   from test_text import VOCAB, make_tiny_preset
-  from kerasft import text
+  from kerasft.models import text_encoders as text
   preset = make_tiny_preset("distil_bert", str(tmp_path / "preset"))
   rng = np.random.default_rng(0)
   # three classes: with two, "no soup" would already mean computers, and removing "kernel"
@@ -246,7 +251,7 @@ def test_text_attributions_rank_the_planted_word_first(tmp_path):
       data=kerasft.DataConfig(text_dir=str(tmp_path / "texts"), batch_size=8),
       training=kerasft.TrainingConfig(fine_tune_epochs=10, fine_tune_learning_rate=3e-3),
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export")), verbose=0)
-  task = kerasft.tasks.for_config(result.config)
+  task = kerasft.tasks.registry.for_config(result.config)
   val = task.index(0)[1]
   predict = lambda texts: result.model(text.tokenize(task.encoder, texts))  # noqa: E731
   predicted = np.asarray(predict(val.inputs)).argmax(1)
@@ -320,7 +325,7 @@ def test_report_none_writes_no_page_and_a_hub_backbone_says_why_there_is_no_grad
   result = kerasft.train_classifier(config, verbose=0)
   assert not os.path.exists(os.path.join(result.config.model_dir, "report.html"))
   assert os.path.isfile(os.path.join(result.config.model_dir, "metrics.json"))
-  task = kerasft.tasks.for_config(result.config)
+  task = kerasft.tasks.registry.for_config(result.config)
   val = task.index(0)[1]
   assert explain.can_gradcam(result.model)
   import keras  # a model whose backbone is one opaque layer, as a hub: module is

@@ -13,7 +13,9 @@ from PIL import Image
 from conftest import call_main, tiny_model
 
 import kerasft
-from kerasft import segmentation as seg
+import kerasft.tasks.registry
+import kerasft.data.examples
+from kerasft.tasks.segmentation import data as seg
 
 PALETTE = [0, 0, 0, 255, 0, 0, 0, 0, 255] + [255] * (253 * 3)
 
@@ -89,7 +91,7 @@ def test_pairs_missing_or_mis_sized_masks_are_skipped_unknown_values_refused(tmp
 
 def test_iou_matches_keras_mean_iou_and_the_training_metric():
   import keras
-  from kerasft import segmentation_graph as graph
+  from kerasft.tasks.segmentation import graph
   rng = np.random.default_rng(0)
   true = rng.integers(0, 4, (3, 8, 8)).astype(np.uint8)
   true[0, :2] = seg.IGNORE
@@ -112,7 +114,7 @@ def test_iou_matches_keras_mean_iou_and_the_training_metric():
 
 def test_joint_augmentation_keeps_image_and_mask_aligned():
   import tensorflow as tf
-  from kerasft import segmentation_graph as graph
+  from kerasft.tasks.segmentation import graph
   mask = np.zeros((32, 32), np.uint8)
   mask[4:14, 6:20], mask[18:30, 10:28] = 1, 2
   image = np.zeros((32, 32, 3), np.float32)  # class c drawn in channel c - 1
@@ -143,11 +145,12 @@ def test_joint_augmentation_keeps_image_and_mask_aligned():
 
 
 def test_multiscale_features_cached_reproduce_the_segmenter(tmp_path):
-  from kerasft import backbones, features, segmentation_graph as graph
+  from kerasft.models import backbones, features
+  from kerasft.tasks.segmentation import graph
   from kerasft.config import ModelConfig
   backbone = backbones.build(ModelConfig(weights="none", image_size=64))
   for decoder, strides in (("deeplabv3plus", [4, 16]), ("fpn", [4, 8, 16, 32])):
-    model, got = graph.build_segmenter(backbone, 3, kerasft.tasks.make_output("segmentation"),
+    model, got = graph.build_segmenter(backbone, 3, kerasft.tasks.registry.make_output("segmentation"),
                                        decoder)
     assert list(got) == strides and got[4] == "conv_pw_3_relu"
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
@@ -161,7 +164,8 @@ def test_multiscale_features_cached_reproduce_the_segmenter(tmp_path):
 
 @pytest.mark.parametrize("budget", [0, 1 << 30], ids=["on_disk", "in_memory"])
 def test_feature_cache_holds_the_maps_and_the_masks(tmp_path, budget):
-  from kerasft import features, tasks
+  from kerasft.models import features
+  from kerasft.tasks import registry as tasks
   root = write_squares(tmp_path / "d", n=12)
   task = tasks.for_config(_config(tmp_path, root).resolved())
   train, val = task.index()
@@ -188,7 +192,7 @@ def _saved_model_cli(export, signature, key, npy, outdir):
 @pytest.mark.slow
 def test_segmenter_trains_exports_and_serves_class_maps_at_each_images_size(tmp_path):
   import tensorflow as tf
-  from kerasft import pipeline
+  from kerasft.data import pipeline
   root = write_squares(tmp_path / "d", n=32)
   result = kerasft.train_classifier(_config(tmp_path, root, augment=("flip", "zoom"),
                                  model={"decoder": "fpn"}), verbose=0)
@@ -254,7 +258,7 @@ def test_evaluate_and_predict_report_iou_and_write_masks(tmp_path):
 
 def test_csv_and_tfds_sources(tmp_path):
   import tensorflow_datasets as tfds
-  from kerasft.tasks.segmentation import SegmentationTask, Segmentation
+  from kerasft.tasks.segmentation.task import SegmentationTask, Segmentation
   root = write_squares(tmp_path / "d", n=8)
   (tmp_path / "t.csv").write_text("image,seg\n" + "".join(
       f"d/images/{i:03d}.jpg,d/masks/{i:03d}.png\n" for i in range(8)))

@@ -12,8 +12,10 @@ import pytest
 from conftest import call_main, tiny_model, write_color_images
 
 import kerasft
-from kerasft import data
-from kerasft.fit import FitResult
+import kerasft.data.pipeline
+import kerasft.tasks.registry
+from kerasft.data import examples as data
+from kerasft.training.fit import FitResult
 from kerasft.methods import self_training
 
 
@@ -41,7 +43,7 @@ class _Task:
   """What `self_training.run` asks of a task."""
 
   def __init__(self, config, output=None, backbone=None):
-    self.config, self.output = config, output or kerasft.tasks.make_output()
+    self.config, self.output = config, output or kerasft.tasks.registry.make_output()
     self.backbone = backbone
 
 
@@ -63,7 +65,7 @@ def test_a_round_that_lowers_validation_is_dropped(monkeypatch, tmp_path, studen
     trained.append((student_task.config, train))
     return f"student{len(trained)}", _fitted(student_best + 0.01 * (len(trained) - 1)), "data"
   labelled = data.Examples(["a.png", "b.png"], [0, 1], ["x", "y"])
-  dataset = kerasft.pipeline.Dataset(None, None, ["x", "y"], labelled,
+  dataset = kerasft.data.pipeline.Dataset(None, None, ["x", "y"], labelled,
                                      data.Examples(["c.png"], [1], ["x", "y"]), None)
   unlabeled = data.Examples([f"u{i}.png" for i in range(3)], [0] * 3, ["x", "y"])
   model, fitted, _, rounds = self_training.run(_Task(config), "teacher", dataset, unlabeled,

@@ -10,7 +10,9 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import HAVE_IMAGENET_MOBILENET
-from kerasft import heads, pipeline, serving
+from kerasft.models import heads
+from kerasft.data import pipeline
+from kerasft.serving import versions as serving
 from conftest import build_backbone, output, export_image
 
 CLASSES = ["cat", "dog", "fish"]

@@ -12,9 +12,9 @@ import tensorflow as tf
 from conftest import COLORS, call_main, output, run_cli, tiny_model
 from conftest import write_color_images
 import kerasft
-from kerasft import data, pipeline, records, sources
-from kerasft.files import read_labels
-from kerasft.errors import UsageError
+from kerasft.data import examples as data, pipeline, records, tables as sources
+from kerasft.core.files import read_labels
+from kerasft.core.errors import UsageError
 
 # Per color: multilabel tags and a regression target ("redness").
 TAGS = {"blue": "cool", "green": "cool|natural", "red": "warm"}

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import call_main, text_saved_model_cli
 import kerasft
-from kerasft import tagging
-from kerasft.errors import UsageError
+from kerasft.tasks.tagging import data as tagging
+from kerasft.core.errors import UsageError
 
 keras_hub = pytest.importorskip("keras_hub", reason="pip install 'kerasft[text]'")
 tensorflow_text = pytest.importorskip("tensorflow_text")
@@ -181,7 +181,8 @@ class _Echo:
 
 def test_windows_give_every_word_the_tag_of_a_full_pass(tiny_preset):
   import tensorflow as tf
-  from kerasft import tagging_graph as graph, text
+  from kerasft.tasks.tagging import graph
+  from kerasft.models import text_encoders as text
   encoder = text.load(tiny_preset)
   special = graph.special_tokens(encoder.preprocessor)
   names = tagging.tag_names(["DRINK", "FOOD"])
@@ -207,7 +208,7 @@ def test_windows_give_every_word_the_tag_of_a_full_pass(tiny_preset):
 
 def test_untagged_positions_do_not_count_in_the_loss_and_f1_matches_python():
   import tensorflow as tf
-  from kerasft import tagging_graph as graph
+  from kerasft.tasks.tagging import graph
   rng = np.random.default_rng(0)
   y_true = np.eye(5, dtype=np.float32)[rng.integers(0, 5, (4, 6))]
   y_pred = rng.dirichlet(np.ones(5), (4, 6)).astype(np.float32)
@@ -256,7 +257,8 @@ def tagging_run(tiny_preset, tmp_path_factory):
 @pytest.mark.slow
 def test_tagger_trains_exports_and_serves_what_it_computes(tagging_run, tmp_path):
   import tensorflow as tf
-  from kerasft import artifacts, tasks
+  from kerasft.workflows import artifacts
+  from kerasft.tasks import registry as tasks
   result, root, test = tagging_run
   assert result.class_names == ["DRINK", "FOOD"]
   assert result.metrics["entity_f1"] > 0.9, result.metrics  # the tags follow the words
@@ -373,7 +375,8 @@ def _prepare_tiny_tagging_tfds(data_dir):
 
 
 def test_tfds_token_and_tag_sequences(tiny_preset, tmp_path):
-  from kerasft import records, tasks
+  from kerasft.data import records
+  from kerasft.tasks import registry as tasks
   _prepare_tiny_tagging_tfds(tmp_path / "tfds")
   texts, entities = records.read_tfds_tokens("kerasft_entities", str(tmp_path / "tfds"),
                                              "train")
@@ -396,8 +399,9 @@ def test_byte_pair_and_sentencepiece_encoders_tag_every_word(family, tmp_path):
   a word inside a text with one): every word gets sub-words, and the tagger runs."""
   import tensorflow as tf
   from test_text import TEXTS, make_tiny_preset
-  from kerasft import tagging_graph as graph, text
-  from kerasft.tasks.tagging import Tagging
+  from kerasft.tasks.tagging import graph
+  from kerasft.models import text_encoders as text
+  from kerasft.tasks.tagging.task import Tagging
   encoder = text.load(make_tiny_preset(family, str(tmp_path / family)))
   texts = [t for items in TEXTS.values() for t in items]
   packed = graph.packer(encoder, 16)(tf.constant(texts))
@@ -413,7 +417,8 @@ def test_byte_pair_and_sentencepiece_encoders_tag_every_word(family, tmp_path):
 
 def test_whitespace_words_keep_pre_tokenized_tokens_whole(tiny_preset):
   import tensorflow as tf
-  from kerasft import tagging_graph as graph, text
+  from kerasft.tasks.tagging import graph
+  from kerasft.models import text_encoders as text
   encoder = text.load(tiny_preset)
   texts = tf.constant(["H. L. Mencken in the U.S. , 1925"])
   spelled = {}

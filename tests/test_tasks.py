@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 import kerasft
-from kerasft import files, plan, run_folder, tasks
-from kerasft.errors import UsageError
-from kerasft.tasks import image, outputs, text
+from kerasft.core import files
+from kerasft.training import plan, run_folder
+from kerasft.tasks import registry as tasks
+from kerasft.core.errors import UsageError
+from kerasft.tasks import image, text
+from kerasft.tasks.classify import outputs
 
 
 def _config(**model):

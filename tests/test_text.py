@@ -8,8 +8,9 @@ import pytest
 
 from conftest import SHARED, call_main, text_saved_model_cli
 import kerasft
-from kerasft import backbones, sources
-from kerasft.errors import UsageError
+from kerasft.models import backbones
+from kerasft.data import tables as sources
+from kerasft.core.errors import UsageError
 from conftest import fit_run, output
 
 MINILM = os.path.join(SHARED, "models", "all-minilm-l6-v2")
@@ -94,7 +95,7 @@ def test_text_and_image_flags_do_not_mix():
 
 
 def test_max_length_is_the_99th_percentile_rounded_up_to_8():
-  from kerasft import text
+  from kerasft.models import text_encoders as text
   assert text.choose_max_length(np.arange(1, 101), 512) == 104  # p99 = 99.01
   assert text.choose_max_length(np.full(10, 3), 512) == 8
   assert text.choose_max_length(np.full(10, 700), 512) == 512
@@ -104,7 +105,7 @@ def test_max_length_is_the_99th_percentile_rounded_up_to_8():
 
 @needs_minilm
 def test_accented_input_tokenizes_to_real_tokens():
-  from kerasft import text
+  from kerasft.models import text_encoders as text
   encoder = text.load(MINILM)
   tokenizer = encoder.preprocessor.tokenizer
   unk = tokenizer.token_to_id("[UNK]")
@@ -142,7 +143,7 @@ def test_text_mistakes_are_one_line_errors(tmp_path, args, message):
 
 @needs_minilm
 def test_unfreezing_the_top_block_changes_exactly_that_block(tmp_path):
-  from kerasft import heads, text
+  from kerasft.models import heads, text_encoders as text
   path = _write_csv(tmp_path / "t.csv", times=2)
   config = kerasft.RunConfig(
       model=kerasft.ModelConfig(model="keras_hub:" + MINILM, max_length=16,
@@ -197,7 +198,7 @@ def test_frozen_minilm_with_the_default_head_reaches_080_on_fortunes_test(fortun
 @pytest.mark.slow
 def test_text_export_reproduces_the_model_on_raw_strings(fortunes_run, tmp_path):
   import tensorflow as tf
-  from kerasft import text
+  from kerasft.models import text_encoders as text
   result = fortunes_run
   strings = ["Café au lait and croissants", "The senate votes on the budget",
              "Black holes bend light", "rm -rf / is a bad idea", ""]
@@ -290,7 +291,7 @@ def tiny_preset(tmp_path_factory):
 
 def test_a_kerashub_preset_folder_trains_from_text_dir_and_exports(tiny_preset, tmp_path):
   import tensorflow as tf
-  from kerasft import text
+  from kerasft.models import text_encoders as text
   for label, items in TEXTS.items():
     (tmp_path / "texts" / label).mkdir(parents=True)
     for i, t in enumerate(items * 3):
@@ -321,7 +322,7 @@ def test_a_kerashub_preset_folder_trains_from_text_dir_and_exports(tiny_preset, 
   assert all(op in ("CaseFoldUTF8", "NormalizeUTF8", "RegexSplitWithOffsets",
                     "FastWordpieceTokenizeWithOffsets", "TFText>RoundRobinTrim")
              for op in card["custom_ops"]), card["custom_ops"]
-  from kerasft import artifacts  # LiteRT and ONNX cannot carry those ops: refused, nothing written
+  from kerasft.workflows import artifacts  # LiteRT and ONNX cannot carry those ops: refused, nothing written
   for formats in (("tflite",), ("onnx",), ("saved_model", "tflite", "onnx")):
     with pytest.raises(UsageError, match=r"^--format=.*: text models export as saved_model "
                                          r"only: .*tensorflow-text ops"):
@@ -343,7 +344,7 @@ def test_tfds_text_data_sets_are_read_with_their_text_feature():
     ("roberta", "transformer_layer_1")])
 def test_other_encoder_families_train_and_export(family, top_block, tmp_path):
   import tensorflow as tf
-  from kerasft import heads, text
+  from kerasft.models import heads, text_encoders as text
   preset = make_tiny_preset(family, str(tmp_path / family))
   config = kerasft.RunConfig(
       model=kerasft.ModelConfig(model="keras_hub:" + preset, unfreeze_blocks=1),
@@ -394,7 +395,9 @@ def test_text_models_take_the_other_tasks(task, tiny_preset, tmp_path):
 
 
 def test_bucketed_extraction_gives_the_full_length_features_in_order(tiny_preset):
-  from kerasft import data, features, tasks, text
+  from kerasft.data import examples as data
+  from kerasft.models import features, text_encoders as text
+  from kerasft.tasks import registry as tasks
   texts = [" ".join([t] * (1 + i % 3)) for i, t in enumerate(
       [t for items in TEXTS.values() for t in items] * 3)]
   files = data.Examples(texts, [0] * len(texts), ["a", "b"])
@@ -437,13 +440,13 @@ def test_text_models_take_several_heads(tiny_preset, tmp_path):
 
 @needs_minilm
 def test_few_shot_tunes_the_encoder_on_pairs_then_the_head_and_resumes(tmp_path, monkeypatch):
-  from kerasft import head_solver
+  from kerasft.training import head_solver
   from kerasft.methods import few_shot
   path = _write_csv(tmp_path / "t.csv")
   config = kerasft.RunConfig(
       model=kerasft.ModelConfig(model="keras_hub:" + MINILM, max_length=16),
       data=kerasft.DataConfig(csv=path, batch_size=8),
-      methods=kerasft.methods.MethodsConfig(recipe="few_shot", pairs_per_example=4),
+      methods=kerasft.MethodsConfig(recipe="few_shot", pairs_per_example=4),
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
   tuned = []
   original_tune = few_shot.tune
@@ -460,9 +463,9 @@ def test_few_shot_tunes_the_encoder_on_pairs_then_the_head_and_resumes(tmp_path,
   monkeypatch.setattr(few_shot, "tune", lambda *a, **k: tuned.append(original_tune(*a, **k)))
   result = kerasft.train_classifier(config, verbose=0)
   assert tuned[1] == {}  # resumed: the tuned encoder was loaded, not tuned again
-  from kerasft import text
+  from kerasft.models import text_encoders as text
   fresh = {w.path: np.asarray(w) for w in text.load(MINILM).model.weights}
-  from kerasft.heads import backbone_of
+  from kerasft.models.heads import backbone_of
   after = {w.path: np.asarray(w) for w in backbone_of(result.model).weights}
   assert sum(not np.array_equal(fresh[p], after[p]) for p in fresh) > len(fresh) // 2
   import tensorflow as tf

@@ -11,7 +11,7 @@ import tensorflow as tf
 from conftest import FASHION, HAVE_IMAGENET_MOBILENET, needs_fashion, needs_imagenet_mobilenet
 from conftest import REPO, SHARED, call_main, run_cli, write_color_images
 import kerasft
-from kerasft import data
+from kerasft.data import examples as data
 
 WEIGHTS = "imagenet" if HAVE_IMAGENET_MOBILENET else "none"
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO, call_main, run_cli, tiny_model, write_color_images
 import kerasft
-from kerasft import artifacts
+from kerasft.workflows import artifacts
 from kerasft.tuning import report, search, space
 
 pytest.importorskip("keras_tuner")
@@ -199,7 +199,7 @@ def test_entries_an_output_refuses_are_not_searched():
   import keras_tuner
   for task, refused in (("segmentation", {"head", "label_smoothing", "mixup"}),
                         ("regression", {"label_smoothing", "mixup"}), ("multiclass", set())):
-    output = kerasft.tasks.make_output(task)
+    output = kerasft.tasks.registry.make_output(task)
     hp = keras_tuner.HyperParameters()
     space.declare(hp, {}, True, False, (), output.unsearched)
     assert not refused & set(hp.values), task

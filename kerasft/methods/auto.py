@@ -26,7 +26,7 @@ LARGE_FROM = 20_000  # examples in all
 def apply(task, train, val):
   """The task with --recipe=auto resolved into concrete settings for `train` + `val`
   (unchanged for other recipes). Settings the user changed from their defaults stay."""
-  from kerasft.config import RunConfig  # pylint: disable=g-import-not-at-top
+  from kerasft.config import RunConfig
   config = task.config
   if config.methods.recipe != "auto":
     return task
@@ -35,7 +35,7 @@ def apply(task, train, val):
   changes, reason = task.auto_settings(per_class, n, train)
   if config.model.unfreezes:  # the user chose what to unfreeze
     changes.pop("model.unfreeze_blocks", None)
-  from kerasft.config import ModelConfig, TrainingConfig  # pylint: disable=g-import-not-at-top
+  from kerasft.config import ModelConfig, TrainingConfig
   defaults = RunConfig(model=ModelConfig(model=config.model.model), training=TrainingConfig(
       learning_rate=config.training.learning_rate)).resolved()  # as the config's are filled
   groups = {}

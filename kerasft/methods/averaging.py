@@ -24,8 +24,8 @@ import keras
 import numpy as np
 from absl import logging
 
-from kerasft.files import atomic_path, read_json, write_json
-from kerasft.methods import WISE_FT_ALPHAS, wise_ft_alpha
+from kerasft.core.files import atomic_path, read_json, write_json
+from kerasft.config.methods import WISE_FT_ALPHAS, wise_ft_alpha
 
 TOP_K, HEAD_WEIGHTS, EMA_WEIGHTS = "top_k", "head_phase.npz", "ema.npz"
 WISE_FT_PLOT, SCORES = "wise_ft.png", "averaging.json"

@@ -19,10 +19,11 @@ import keras
 import numpy as np
 from absl import logging
 
-from kerasft import _compat, backbones
-from kerasft.errors import UsageError
-from kerasft.files import atomic_path
-from kerasft.heads import backbone_of
+from kerasft.core import _compat
+from kerasft.models import backbones
+from kerasft.core.errors import UsageError
+from kerasft.core.files import atomic_path
+from kerasft.models.heads import backbone_of
 
 DEFAULT_TARGETS = ("query", "value")  # attention projections; plus pointwise convolutions
 _NORMS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kerasft.tasks.outputs import Output
+from kerasft.tasks.classify.outputs import Output
 
 
 class Task:
@@ -42,7 +42,7 @@ class Task:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     import kerasft  # pylint: disable=g-import-not-at-top
     c, d = self.config, self.config.data
-    from kerasft import backbones  # pylint: disable=g-import-not-at-top
+    from kerasft.models import backbones
     prefix = backbones.source(c.model.model)[0]
     card = {"name": c.name, **self.output.card(), "backbone": c.model.model,
             "weights": f"the {prefix[:-1]} model's own" if prefix else c.model.weights,
@@ -62,7 +62,8 @@ class Task:
   def load_model(self, path: str):
     """Loads a .keras checkpoint of this task's model (kerasft's layers registered first)."""
     import keras  # pylint: disable=g-import-not-at-top
-    from kerasft import heads, hub, multitask_graph  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    from kerasft.models import heads, hub
+    from kerasft.tasks.multitask import graph as multitask_graph
     return keras.saving.load_model(path, compile=False)
 
   def export(self, model, class_names: list[str], export_dir: str, card: dict,
@@ -70,8 +71,8 @@ class Task:
     """Writes `model` as a TF Serving version of `export_dir` (see `kerasft.serving`).
     LoRA layers are merged into their kernels first (in place; the model computes the
     same), so the export has a full fine-tune's layers and latency."""
-    from kerasft import serving  # pylint: disable=g-import-not-at-top
-    from kerasft.methods import peft  # pylint: disable=g-import-not-at-top
+    from kerasft.serving import versions as serving
+    from kerasft.methods import peft
     peft.merge(model)
     return serving.export(lambda labels_path: self.export_signatures(model, class_names,
                                                                      labels_path),
@@ -85,7 +86,7 @@ class Task:
 
   def block_table(self) -> str:
     """One line per block of the backbone (what --unfreeze_blocks counts), for --list_blocks."""
-    from kerasft import backbones  # pylint: disable=g-import-not-at-top
+    from kerasft.models import backbones
     return "\n".join(f"{name:<28} {len(layers):>3} layers: {', '.join(l.name for l in layers)}"
                      for name, layers in backbones.blocks(self.block_model()))
 
@@ -95,13 +96,13 @@ class Task:
 
   def predict_examples(self, model, files, batch_size: int):
     """(what the report compares with, `model`'s outputs) on `files` (evaluate --run_dir)."""
-    from kerasft import reports  # pylint: disable=g-import-not-at-top
+    from kerasft.reporting import metrics as reports
     return reports.predict(model, self.pipeline(files, batch_size))
 
   def held_out(self, model, dataset, view=None):
     """(targets, outputs) of `model` on the run's validation examples; view: (head model,
     cached validation features) when the head trained on cached features."""
-    from kerasft import reports  # pylint: disable=g-import-not-at-top
+    from kerasft.reporting import metrics as reports
     return reports.predict(*(view or (model, dataset.val)))
 
   @staticmethod

@@ -8,8 +8,10 @@ import os
 import numpy as np
 from absl import logging
 
-from kerasft import _compat, backbones, data, pipeline, sources
-from kerasft.errors import UsageError
+from kerasft.core import _compat
+from kerasft.models import backbones
+from kerasft.data import examples as data, pipeline, tables as sources
+from kerasft.core.errors import UsageError
 from kerasft.tasks.base import Task
 
 
@@ -59,7 +61,7 @@ class ImageTask(Task):
     d = self.config.data
     flag = d.unlabeled_source
     if flag == "unlabeled_tfrecord":
-      from kerasft import records  # pylint: disable=g-import-not-at-top
+      from kerasft.data import records
       files = data.readable(records.read_unlabeled_tfrecords(
           d.unlabeled_tfrecord, flag, d.image_key, class_names, self.output), flag,
                             d.strict_data)
@@ -88,14 +90,14 @@ class ImageTask(Task):
     stats: the head's constants (`Output.head_stats`) [from `train_files`]."""
     m = self.config.model
     backbone = self.backbone or backbones.build(m)
-    from kerasft import heads  # pylint: disable=g-import-not-at-top
+    from kerasft.models import heads
     model = heads.build_classifier(backbone, len(train_files.class_names), self.output, m.head,
                                    m.dropout, m.bn_mode,
                                    stats or self.output.head_stats(train_files))
     return self.replace(backbone=backbone, image_size=backbone.image_size), model
 
   def auto_settings(self, per_class, n, train):
-    from kerasft.methods import auto  # pylint: disable=g-import-not-at-top
+    from kerasft.methods import auto
     changes, why = {}, ["frozen backbone, convex head"]
     side = _median_side(train)
     if side and side <= 64 and not backbones.source(self.config.model.model)[0]:
@@ -138,7 +140,7 @@ class ImageTask(Task):
             "resize": f"{self.config.data.resize}, bilinear"}
 
   def export_signatures(self, model, class_names, labels_path):
-    from kerasft import serving  # pylint: disable=g-import-not-at-top
+    from kerasft.serving import versions as serving
     return serving.image_signatures(model, class_names, self.config.model.image_size,
                                     labels_path, self.config.data.resize,
                                     self.output.serving_outputs)
@@ -190,8 +192,8 @@ class ImageTask(Task):
     """A function (indices, class ids or None, captions) -> HTML cards of `files`' images
     at `image_size`, with Grad-CAM of the class over each when `model` (a Keras model
     whose feature map is reachable) and a class are given."""
-    from kerasft import explain  # pylint: disable=g-import-not-at-top
-    from kerasft.tasks import report  # pylint: disable=g-import-not-at-top
+    from kerasft.models import explain
+    from kerasft.reporting import sections as report
     explains = model is not None and explain.can_gradcam(model)
     heatmaps = explain.gradcam_function(model) if explains else None
 
@@ -213,8 +215,8 @@ class ImageTask(Task):
     """Writes the Grad-CAM overlay of each of `files` for its class as
     <out_dir>/<name>.gradcam.png; returns the paths ([] when Grad-CAM cannot reach the
     backbone's feature maps)."""
-    from kerasft import explain  # pylint: disable=g-import-not-at-top
-    from kerasft.tasks import report  # pylint: disable=g-import-not-at-top
+    from kerasft.models import explain
+    from kerasft.reporting import sections as report
     if not explain.can_gradcam(model):
       return []
     indices = list(range(len(files.inputs)))
@@ -257,7 +259,7 @@ def _median_side(files, sample: int = 32) -> int:
   """The median shorter side of up to `sample` of `files`' images (0 when unknown)."""
   import io  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from kerasft.data import encoded_bytes  # pylint: disable=g-import-not-at-top
+  from kerasft.data.examples import encoded_bytes
   if files.streams or not files.inputs:
     return 0
   step = max(1, len(files.inputs) // sample)

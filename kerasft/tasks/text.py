@@ -7,8 +7,9 @@ import functools
 import numpy as np
 from absl import logging
 
-from kerasft import backbones, sources, text
-from kerasft.errors import UsageError
+from kerasft.models import backbones, text_encoders as text
+from kerasft.data import tables as sources
+from kerasft.core.errors import UsageError
 from kerasft.tasks.base import Task
 
 
@@ -57,7 +58,7 @@ class TextTask(Task):
     """`Examples` of the texts of --unlabeled_text_dir (.txt files, searched recursively) or
     --unlabeled_csv (--text_column), labelled 0 (a placeholder); empty ones skipped."""
     import os  # pylint: disable=g-import-not-at-top
-    from kerasft import data  # pylint: disable=g-import-not-at-top
+    from kerasft.data import examples as data
     d = self.config.data
     flag = d.unlabeled_source
     if flag == "unlabeled_text_dir":
@@ -93,7 +94,7 @@ class TextTask(Task):
     return self.replace(backbone=encoder, max_length=length), model
 
   def auto_settings(self, per_class, n, train):
-    from kerasft.methods import auto  # pylint: disable=g-import-not-at-top
+    from kerasft.methods import auto
     if per_class <= auto.FEW_SHOT_UP_TO and self.output.one_label and self.output.classifies:
       return {"methods.recipe": "few_shot"}, "few-shot pairs, then the convex head"
     if n >= auto.LARGE_FROM:
@@ -129,7 +130,7 @@ class TextTask(Task):
     return super().load_model(path)
 
   def export_signatures(self, model, class_names, labels_path):
-    from kerasft import serving  # pylint: disable=g-import-not-at-top
+    from kerasft.serving import versions as serving
     return serving.text_signatures(model, self.encoder.preprocessor, class_names,
                                    labels_path, self.output.serving_outputs)
 
@@ -159,8 +160,8 @@ class TextTask(Task):
     word supports the class, red: it speaks against it) when `model`, its `encoder`
     (`kerasft.text.TextBackbone`) and a class are given."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from kerasft import explain  # pylint: disable=g-import-not-at-top
-    from kerasft.tasks import report  # pylint: disable=g-import-not-at-top
+    from kerasft.models import explain
+    from kerasft.reporting import sections as report
     # one graph for every batch size (each size would otherwise trace anew)
     run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 

@@ -18,8 +18,8 @@ def tune(config, space: str = "", time_budget: str = "", max_trials: int = 0,
   the keywords are `kerasft.commands.TuneConfig`'s (space: a space file's path). Returns a
   `TuneResult`: the leaderboard (best first), the best `RunConfig`, the export path and
   the test figures."""
-  from kerasft.commands import TuneConfig  # pylint: disable=g-import-not-at-top
-  from kerasft.tuning import tuner  # pylint: disable=g-import-not-at-top
+  from kerasft.config.commands import TuneConfig
+  from kerasft.tuning import tuner
   settings = TuneConfig(models=models, time_budget=time_budget, max_trials=max_trials,
                         search=search, space=space, test_dir=test_dir, test_csv=test_csv)
   return tuner.tune(config, settings, verbose)

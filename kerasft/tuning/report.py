@@ -17,7 +17,7 @@ import os
 
 from absl import logging
 
-from kerasft.files import atomic_path, write_json
+from kerasft.core.files import atomic_path, write_json
 from kerasft.tuning import search
 
 SKIPPED_FLAGS = ("name", "model_dir", "export_dir", "overwrite")
@@ -103,7 +103,7 @@ def _scalar(value):
 
 def flagfile(config_dict: dict) -> str:
   """The absl flags (one per line) of a `RunConfig` dict's settings that are not defaults."""
-  from kerasft.config import RunConfig  # pylint: disable=g-import-not-at-top
+  from kerasft.config import RunConfig
   default = RunConfig().to_dict()
   lines = []
   for group, values in config_dict.items():
@@ -124,7 +124,7 @@ def finish(config, task, settings, root: str, test, extracted: tuple, clock):
   """Writes the search's outputs, exports the best trial and evaluates it and the default
   recipe on the test split; returns the `TuneResult`. extracted: (feature extraction
   passes, their seconds) in this process."""
-  from kerasft.tuning.tuner import TuneResult  # pylint: disable=g-import-not-at-top
+  from kerasft.tuning.tuner import TuneResult
   records = search.records(root)
   ranked = _ranked(records, task.output.objective[1])
   if not ranked:
@@ -164,7 +164,7 @@ def _log_budget(records: list, extractions: int, extracting: float) -> None:
 
 
 def _config(record):
-  from kerasft.config import RunConfig  # pylint: disable=g-import-not-at-top
+  from kerasft.config import RunConfig
   return RunConfig.from_dict(record.config)
 
 
@@ -174,8 +174,8 @@ def _run_dir(record) -> str:
 
 def _export(best, records, settings, config, task) -> str:
   """The best trial's model, exported to --export_dir with the search in its card."""
-  from kerasft import artifacts  # pylint: disable=g-import-not-at-top
-  from kerasft.run_folder import RunFolder  # pylint: disable=g-import-not-at-top
+  from kerasft.workflows import artifacts
+  from kerasft.training.run_folder import RunFolder
   model, trial_task, class_names = artifacts.load_run(_run_dir(best))
   card = {**trial_task.card(RunFolder(_run_dir(best)).metrics()), "search": {
       "trial": best.trial_id, "trials": len(records), "oracle": settings.search,
@@ -187,7 +187,7 @@ def _export(best, records, settings, config, task) -> str:
 
 def _test(best, records, test, root: str, task) -> dict:
   """The best trial and the default recipe (the first probe) on the test split, once."""
-  from kerasft import artifacts  # pylint: disable=g-import-not-at-top
+  from kerasft.workflows import artifacts
   default = next(r for r in records if r.trial_id == "probe-0")
   name = task.output.objective[0]
   result = {}

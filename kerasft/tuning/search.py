@@ -20,9 +20,10 @@ import time
 
 from absl import logging
 
-from kerasft import callbacks, tasks
-from kerasft.errors import UsageError
-from kerasft.files import read_json, write_json
+from kerasft.training import callbacks
+from kerasft.tasks import registry as tasks
+from kerasft.core.errors import UsageError
+from kerasft.core.files import read_json, write_json
 from kerasft.tuning import space as space_module
 
 TRIALS, STATE, TUNER = "trials", "search.json", "keras_tuner"
@@ -49,7 +50,7 @@ class Record:
 def run_trial(trial_id: str, config, root: str, kind: str, clock) -> Record:
   """Trains (or resumes) one trial's run under `root`/trials/<id> without exporting;
   returns its record, also written as trial.json there. A finished trial is read back."""
-  from kerasft.run import train_classifier  # pylint: disable=g-import-not-at-top
+  from kerasft.workflows.train import train_classifier
   folder = os.path.join(root, TRIALS, trial_id)
   done = read_json(os.path.join(folder, "trial.json"))
   if done:
@@ -108,7 +109,7 @@ def probe(config, candidates: tuple, root: str, clock) -> tuple[list[str], list[
 
 def image_sizes(model_name: str) -> tuple:
   """The searched image sizes a Keras Applications backbone accepts (none for others)."""
-  from kerasft import backbones  # pylint: disable=g-import-not-at-top
+  from kerasft.models import backbones
   if backbones.source(model_name)[0]:
     return ()
   spec = backbones.spec(model_name)

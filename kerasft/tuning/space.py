@@ -18,7 +18,7 @@ import dataclasses
 import json
 import os
 
-from kerasft.errors import UsageError
+from kerasft.core.errors import UsageError
 
 AUGMENTS = ("zoom", "translate", "contrast")  # label-preserving for most image data
 

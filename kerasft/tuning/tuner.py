@@ -9,8 +9,10 @@ import os
 import time
 
 
-from kerasft import backbones, callbacks, features, tasks
-from kerasft.errors import UsageError
+from kerasft.models import backbones, features
+from kerasft.training import callbacks
+from kerasft.tasks import registry as tasks
+from kerasft.core.errors import UsageError
 from kerasft.tuning import report, search
 from kerasft.tuning import space as space_module
 
@@ -31,8 +33,8 @@ class TuneResult:
 
 @functools.lru_cache(maxsize=None)
 def _block_count(model_name: str) -> int:
-  from kerasft.config import ModelConfig  # pylint: disable=g-import-not-at-top
-  from kerasft.config import RunConfig  # pylint: disable=g-import-not-at-top
+  from kerasft.config import ModelConfig
+  from kerasft.config import RunConfig
   task = tasks.for_config(RunConfig(model=ModelConfig(model=model_name)))
   return len(backbones.blocks(task.block_model()))
 
@@ -69,7 +71,7 @@ def _tuner_class():
 
 def search_folder(config) -> str:
   """A search's folder: --model_dir, else runs/<name>-tune."""
-  from kerasft import backbones as b  # pylint: disable=g-import-not-at-top
+  from kerasft.models import backbones as b
   return config.model_dir or os.path.join(
       "runs", f"{config.name or b.default_name(config.model.model)}-tune")
 
@@ -103,7 +105,7 @@ def tune(config, settings, verbose: int | str = 0, share_features: bool = True
   config = dataclasses.replace(config, model_dir=search_folder(config)).resolved()
   task = tasks.for_config(config).resolve_data()
   config, images = task.config, task.INPUT_DTYPE != "string"
-  from kerasft.run import check_outputs  # pylint: disable=g-import-not-at-top
+  from kerasft.workflows.train import check_outputs
   check_outputs(config)
   overrides = space_module.load(settings.space)
   test_data = report.test_data(config, settings)
