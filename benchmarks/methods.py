@@ -3,7 +3,7 @@ few-shot text, against kerasft's default and a plain full fine-tune.
 
   python benchmarks/methods.py [--markdown] [--settings=image,text,few_shot]
 
-Each row is one `kerasft.train_classifier` run in its own process (so its peak RSS is its
+Each row is one `kerasft.run_training` run in its own process (so its peak RSS is its
 own), measured through its export: test accuracy, accuracy on a shifted test set (images:
 the test images at half contrast and blurred, made here), wall time of the whole run,
 trainable parameters of the last phase (from the model card), and validation figures of
@@ -144,7 +144,7 @@ def _one_row(setting, method, work):
     row = {"test": accuracy, "seconds": seconds}
   else:
     start = time.perf_counter()
-    result = kerasft.train_classifier(_config(setting, method, work, train_csv), verbose=0)
+    result = kerasft.run_training(_config(setting, method, work, train_csv), verbose=0)
     row = {"seconds": time.perf_counter() - start, "validation": result.metrics["accuracy"],
            **{k: _accuracy(result.export_path, v, kind, names) for k, v in tests.items()}}
     card = json.load(open(os.path.join(result.export_path, "model_card.json")))

@@ -9,7 +9,7 @@ test split it prints test accuracy and wall time of
   (b) kerasft with --head_solver=epochs (the default before the convex head);
   (c) kerasft's default (the convex head).
 kerasft's figures are measured through its export, on the test split, and its time is the
-whole `train_classifier` call (data, model, training, report, export).
+whole `run_training` call (data, model, training, report, export).
 Images: ../shared/data/fashion_mnist_small on MobileNet (ImageNet) at 96 px; texts:
 ../shared/data/fortunes_4class on the MiniLM encoder in ../shared/models.
 """
@@ -83,7 +83,7 @@ def _kerasft(config, test_files):
   from kerasft.serving import client
   from kerasft.tasks import registry as tasks
   start = time.perf_counter()
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   seconds = time.perf_counter() - start
   predict, _ = client.load_predictor(result.export_path)
   task_class, _ = tasks.for_card(client.read_model_card(result.export_path))

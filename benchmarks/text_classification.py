@@ -11,7 +11,7 @@ is scored on test.csv, which no case sees before):
              (feature caching: the texts are encoded once).
   fine_tune: kerasft, 1 head epoch, then the whole encoder fine-tuned for 3 epochs with
              AdamW at 5e-5, 96 tokens.
-Prints one table: test accuracy, train seconds (for kerasft: the whole train_classifier
+Prints one table: test accuracy, train seconds (for kerasft: the whole run_training
 call, including the export), and peak memory.
 """
 
@@ -70,7 +70,7 @@ def _kerasft(train_csv, test_csv, work, model_kwargs, training_kwargs, note):
       training=kerasft.TrainingConfig(**training_kwargs),
       model_dir=os.path.join(work, "run"), export_dir=os.path.join(work, "export"))
   start = time.perf_counter()
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   seconds = time.perf_counter() - start
   predict, names = client.load_predictor(result.export_path)
   test = sources.read_texts(test_csv, "csv", class_names=names)

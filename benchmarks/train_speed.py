@@ -5,7 +5,7 @@
 
 Each run is its own process. (a) "keras" is written the way the Keras transfer-learning
 guide does it: `image_dataset_from_directory`, a frozen backbone called with
-`training=False`, `model.fit`. (b) "kerasft" is `kerasft.train_classifier`. Training time
+`training=False`, `model.fit`. (b) "kerasft" is `kerasft.run_training`. Training time
 is data indexing + feature extraction + training; import, model build, export and reports
 are listed separately. Prints one table of medians (and --markdown prints it as Markdown).
 """
@@ -133,7 +133,7 @@ def child_kerasft(size, epochs, unfreeze, fine_epochs, backbone, data_dir, out):
         training=kerasft.TrainingConfig(epochs=epochs, fine_tune_epochs=fine_epochs,
                                         head_solver="epochs"),  # the same recipe as keras
         model_dir=os.path.join(tmp, "run"), export_dir=os.path.join(tmp, "export"))
-    result = kerasft.train_classifier(config, verbose=0)
+    result = kerasft.run_training(config, verbose=0)
   s = result.seconds
   seconds.update(data=s["data"], model=s["model"], train=s["data"] + s["train"],
                  export=s["export"], report=s["report"])

@@ -53,7 +53,7 @@ def _run(setting, config):
   from kerasft.serving import client
   from kerasft.tasks import registry as tasks
   start = time.perf_counter()
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   seconds = time.perf_counter() - start
   task = tasks.for_config(result.config)
   files = task.evaluation_examples(

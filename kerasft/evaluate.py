@@ -27,8 +27,8 @@ def main(argv):
     raise errors.UsageError(f"unexpected arguments {argv[1:]}; all inputs are --flags")
   settings = cli.from_flags(commands.EvaluateConfig)
   data = cli.from_flags(config.DataConfig, only=commands.EVALUATION_DATA)
-  from kerasft.workflows import artifacts
-  evaluate = artifacts.evaluate_export if settings.export else artifacts.evaluate_run
+  from kerasft.workflows.evaluate import evaluate_export, evaluate_run  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  evaluate = evaluate_export if settings.export else evaluate_run
   result = evaluate(settings.export or settings.run_dir, data, settings.split,
                     settings.output_dir, cli.given("label_column"))
   print(result.table)

@@ -26,8 +26,8 @@ def main(argv):
   if len(argv) > 1:
     raise errors.UsageError(f"unexpected arguments {argv[1:]}; all inputs are --flags")
   settings = cli.from_flags(commands.ExportConfig)
-  from kerasft.workflows import artifacts
-  result = artifacts.export_run(
+  from kerasft.workflows.export import export_run  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  result = export_run(
       settings.run_dir or settings.checkpoint or settings.adapter, settings.export_dir,
       settings.version, settings.overwrite, settings.formats, settings.quantize,
       settings.calibration_examples or 200, settings.tflite_io)
@@ -38,7 +38,7 @@ def main(argv):
 
 
 def describe(check: dict) -> str:
-  """One line for a converted file's check (`artifacts.export_run`)."""
+  """One line for a converted file's check (`kerasft.workflows.export.export_run`)."""
   parts = [f"largest difference {check['max_difference']:.2e}"]
   for key, what in (("top1_agreement", "same top-1 class"),
                     ("label_agreement", "same label decisions")):

@@ -27,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kerasft.core import cli, errors  # noqa: E402
 from kerasft.config import commands  # noqa: E402
+from kerasft.reporting import metrics as reports  # noqa: E402
 
 cli.define_flags(commands.PredictConfig)
 
@@ -36,17 +37,8 @@ def main(argv):
   if len(argv) < 2:
     raise errors.UsageError("inputs: pass image files, folders or globs (for a text model: "
                             "texts) after the flags")
-  from kerasft.serving import client
-  from kerasft.reporting import metrics as reports
-  from kerasft.tasks import registry as tasks
-  _, output = tasks.for_card(client.read_model_card(client.resolve(settings.export)))
-  if settings.mask_dir and not output.per_pixel:
-    raise errors.UsageError(f"--mask_dir: writes class maps of a segmentation export; "
-                            f"{settings.export} is a {output.name} export")
-  rows = client.classify_files(settings.export, argv[1:], settings.top_k, settings.batch_size)
-  masks = [(row.get("file", ""), row.pop("mask")) for row in rows if "mask" in row]
-  if settings.mask_dir:
-    _write_masks(masks, settings.mask_dir, settings.export)
+  from kerasft.workflows import predict as predicting  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  rows = predicting.predict(settings, argv[1:])
   failed = sum(1 for r in rows if r["error"])
   if settings.output:
     reports.write_predictions(rows, settings.output)
@@ -56,29 +48,16 @@ def main(argv):
       name = row.get("file", row.get("text"))
       print(f"{name}\tERROR {row['error']}" if row["error"] else name + "\t" + "  ".join(
           f"{label} {float(value):.4f}" for label, value in reports.prediction_cells(row)))
-  if settings.explain:
-    from kerasft.workflows import artifacts
-    readable = [r.get("file", r.get("text")) for r in rows if not r["error"]]
-    if readable:
-      written = artifacts.explain_inputs(settings.export, readable, settings.explain_dir,
-                                         settings.batch_size)
-      print(f"explanations of {len(readable)} inputs in {written[0]}"
-            + (f" and {len(written) - 1} PNGs" if len(written) > 1 else ""))
+  if settings.mask_dir:
+    print(f"{sum(1 for r in rows if not r['error'])} class maps written to {settings.mask_dir}")
+  readable = [r.get("file", r.get("text")) for r in rows if not r["error"]]
+  if settings.explain and readable:
+    written = predicting.explain_inputs(settings.export, readable, settings.explain_dir,
+                                        settings.batch_size)
+    print(f"explanations of {len(readable)} inputs in {written[0]}"
+          + (f" and {len(written) - 1} PNGs" if len(written) > 1 else ""))
   if failed:
     print(f"{failed} of {len(rows)} inputs could not be read", file=sys.stderr)
-
-
-def _write_masks(masks: list, mask_dir: str, export: str) -> None:
-  """Writes each (file, class map) as <mask_dir>/<file's name>.png (a palette PNG)."""
-  from kerasft.serving import client
-  from kerasft.core import files
-  from kerasft.tasks.segmentation import data as segmentation
-  k = len(files.read_labels(client.resolve(export)))
-  os.makedirs(mask_dir, exist_ok=True)
-  for name, mask in masks:
-    stem = os.path.splitext(os.path.basename(name))[0]
-    segmentation.write_mask(os.path.join(mask_dir, f"{stem}.png"), mask, k)
-  print(f"{len(masks)} class maps written to {mask_dir}")
 
 
 if __name__ == "__main__":

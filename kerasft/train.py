@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from kerasft.core import cli, errors  # noqa: E402
 from kerasft.config import commands  # noqa: E402
 from kerasft import config  # noqa: E402
+from kerasft.config import backbones  # noqa: E402
 
 cli.define_flags(commands.TrainActions)
 cli.define_flags(config.RunConfig)
@@ -25,7 +26,6 @@ def main(argv):
     raise errors.UsageError(f"unexpected arguments {argv[1:]}; all inputs are --flags")
   actions = cli.from_flags(commands.TrainActions)
   if actions.list_models:
-    from kerasft.models import backbones
     print(backbones.model_table())
     return
   run_config = cli.from_flags(config.RunConfig)
@@ -33,8 +33,8 @@ def main(argv):
     from kerasft.tasks import registry as tasks
     print(tasks.for_config(run_config).block_table())
     return
-  from kerasft.workflows.train import train_classifier
-  result = train_classifier(run_config, before={"import": time.monotonic() - STARTED})
+  from kerasft.workflows.train import run_training
+  result = run_training(run_config, before={"import": time.monotonic() - STARTED})
   if result.export_path:  # not on multi-worker workers other than the chief
     print(f"validation {result.headline}; run in {result.config.model_dir}; exported to "
           f"{result.export_path}")

@@ -49,8 +49,8 @@ class _Callable(types.ModuleType):
   calling the module calls the function."""
 
   def __call__(self, *args, **kwargs):
-    from kerasft.tuning import tune
-    return tune(*args, **kwargs)
+    from kerasft.tuning import tuner
+    return tuner.tune_with(*args, **kwargs)
 
 
 sys.modules[__name__].__class__ = _Callable

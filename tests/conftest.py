@@ -80,7 +80,7 @@ def trained_run(tmp_path_factory):
       training=kerasft.TrainingConfig(epochs=2, head_solver="epochs"),
       name="fashion", model_dir=str(root / "runs" / "fashion"),
       export_dir=str(root / "saved_models" / "fashion"))
-  return kerasft.train_classifier(config, verbose=0), data_dir
+  return kerasft.run_training(config, verbose=0), data_dir
 
 
 def build_backbone(name, weights="imagenet", image_size=None, **fields):

@@ -7,12 +7,13 @@ import keras
 
 from conftest import call_main, needs_imagenet_mobilenet, run_cli
 from kerasft.models import backbones, heads
+from kerasft.config import backbones as backbone_names
 from kerasft.core.errors import UsageError
 from conftest import build_backbone, output
 
 
 def test_every_table_entry_names_a_keras_application():
-  for name, entry in backbones.MODELS.items():
+  for name, entry in backbone_names.MODELS.items():
     assert callable(getattr(keras.applications, entry.keras_name, None)), name
     assert entry.min_size <= entry.default_size, name
 
@@ -27,7 +28,7 @@ FAMILIES = ("convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_
 @pytest.mark.slow
 def test_every_family_builds_small_and_freezing_leaves_only_the_head():
   for name in FAMILIES:
-    entry = backbones.MODELS[name]
+    entry = backbone_names.MODELS[name]
     size = max(32, entry.min_size)
     backbone = build_backbone(name, "none", size)
     model = heads.build_classifier(backbone, 3, output())
@@ -38,14 +39,14 @@ def test_every_family_builds_small_and_freezing_leaves_only_the_head():
     keras.backend.clear_session()
     gc.collect()
   module = lambda e: getattr(keras.applications, e.keras_name).__module__  # noqa: E731
-  tested = {module(backbones.MODELS[n]) for n in FAMILIES}
-  assert {module(e) for e in backbones.MODELS.values()} == tested  # every family is built
+  tested = {module(backbone_names.MODELS[n]) for n in FAMILIES}
+  assert {module(e) for e in backbone_names.MODELS.values()} == tested  # every family is built
 
 
 def test_list_models_prints_every_name_with_its_size():
   result = call_main("train", "--list_models")
   assert result.returncode == 0, result.stderr
-  for name, entry in backbones.MODELS.items():
+  for name, entry in backbone_names.MODELS.items():
     assert f"{name} " in result.stdout
   assert "efficientnet_b3" in result.stdout and " 300" in result.stdout
 

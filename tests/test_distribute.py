@@ -184,7 +184,7 @@ def test_early_stopping_reduce_lr_and_logged_rates(tmp_path, tiny_backbone):
       training=kerasft.TrainingConfig(epochs=8, learning_rate=1e-9, early_stopping_patience=2,
                                       reduce_lr_patience=1, cache_features="off"),
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
-  history = kerasft.train_classifier(config, verbose=0).history
+  history = kerasft.run_training(config, verbose=0).history
   assert len(history["loss"]) == 3  # no better val_accuracy after epoch 1: stop after 3
   assert history["learning_rate"][0] == pytest.approx(1e-9)
   assert history["learning_rate"][-1] < history["learning_rate"][0]
@@ -201,6 +201,6 @@ def test_jit_compile_and_steps_per_execution(tmp_path, tiny_backbone):
       training=kerasft.TrainingConfig(epochs=2, jit_compile="on", steps_per_execution=2,
                                       cache_features="off"),
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   assert result.model.jit_compile is True and result.model.steps_per_execution == 2
   assert len(result.history["loss"]) == 2

@@ -32,7 +32,7 @@ def runs(tmp_path_factory):
                                         **training),
         name=name, model_dir=str(root / "runs" / name),
         export_dir=str(root / "saved_models" / name))
-    return kerasft.train_classifier(config, verbose=0)
+    return kerasft.run_training(config, verbose=0)
 
   return {"off": train("off", cache_features="off"),
           "memory": train("memory", cache_features="on"),
@@ -88,7 +88,7 @@ def test_fine_tune_phase_runs_uncached_and_says_why(tmp_path, caplog, tiny_backb
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
   absl_logging.set_verbosity(absl_logging.INFO)
   with caplog.at_level(logging.INFO):
-    result = kerasft.train_classifier(config, verbose=0)
+    result = kerasft.run_training(config, verbose=0)
   messages = "\n".join(r.getMessage() for r in caplog.records)
   assert "on cached features" in messages
   assert "feature cache off: the backbone trains" in messages
@@ -106,7 +106,7 @@ def test_augmentation_refuses_caching_and_stays_out_of_the_export(tmp_path, capl
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
   absl_logging.set_verbosity(absl_logging.INFO)
   with caplog.at_level(logging.INFO):
-    result = kerasft.train_classifier(config, verbose=0)
+    result = kerasft.run_training(config, verbose=0)
   messages = "\n".join(r.getMessage() for r in caplog.records)
   assert "feature cache off for the head phase: augmentation" in messages
   assert "on cached features" not in messages

@@ -14,7 +14,7 @@ import kerasft
 import kerasft.tasks.registry
 import kerasft.data.examples
 from kerasft.tasks.classify.outputs import Output
-from kerasft.workflows import artifacts
+from kerasft.workflows import export as exporting
 from kerasft.serving import client, formats, versions as serving
 from kerasft.core.errors import UsageError
 from kerasft.core.files import read_labels
@@ -36,7 +36,7 @@ def _train(root, task, label_column):
       data=kerasft.DataConfig(csv=str(path), label_column=label_column, batch_size=8),
       training=kerasft.TrainingConfig(epochs=3, learning_rate=0.03),
       name=task, model_dir=str(root / "run"), export_dir=str(root / "export"))
-  return kerasft.train_classifier(config, verbose=0)
+  return kerasft.run_training(config, verbose=0)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def runs(tmp_path_factory):
 def test_every_format_for_every_task_agrees_with_the_saved_model(runs, task, tmp_path):
   run = runs[task]
   export_dir = str(tmp_path / "export")
-  result = artifacts.export_run(run.config.model_dir, export_dir,
+  result = exporting.export_run(run.config.model_dir, export_dir,
                                 formats=("saved_model", "tflite", "onnx"))
   assert result["saved_model"] == os.path.join(export_dir, "1")
   for fmt, name in formats.FILES.items():
@@ -81,7 +81,7 @@ def _images(run, n=12):
 @pytest.mark.parametrize("quantize", ["dynamic", "float16", "int8"])
 def test_quantized_files_load_in_litert_and_agree(runs, quantize, tmp_path):
   run = runs["multiclass"]
-  result = artifacts.export_run(run.config.model_dir, str(tmp_path / "e"),
+  result = exporting.export_run(run.config.model_dir, str(tmp_path / "e"),
                                 formats=("tflite",), quantize=quantize,
                                 calibration_examples=16)
   from ai_edge_litert.interpreter import Interpreter
@@ -100,13 +100,13 @@ def test_quantized_files_load_in_litert_and_agree(runs, quantize, tmp_path):
   if quantize == "int8":
     assert entry["calibration"] == "16 train images"
     assert os.path.getsize(result["tflite"]) < 0.5 * os.path.getsize(
-        artifacts.export_run(run.config.model_dir, str(tmp_path / "f"),
+        exporting.export_run(run.config.model_dir, str(tmp_path / "f"),
                              formats=("tflite",))["tflite"])
 
 
 def test_int8_with_uint8_input_and_output(runs, tmp_path):
   run = runs["multiclass"]
-  result = artifacts.export_run(run.config.model_dir, str(tmp_path / "e"),
+  result = exporting.export_run(run.config.model_dir, str(tmp_path / "e"),
                                 formats=("tflite",), quantize="int8", calibration_examples=16,
                                 tflite_io="uint8")
   from ai_edge_litert.interpreter import Interpreter
@@ -125,14 +125,14 @@ def test_int8_with_uint8_input_and_output(runs, tmp_path):
 def test_converted_only_takes_the_next_free_version_and_keeps_existing_ones(runs, tmp_path):
   run = runs["multiclass"]
   export_dir = str(tmp_path / "e")
-  artifacts.export_run(run.config.model_dir, export_dir, formats=("saved_model",))
-  first = artifacts.export_run(run.config.model_dir, export_dir, formats=("onnx",))
-  second = artifacts.export_run(run.config.model_dir, export_dir, formats=("onnx",))
+  exporting.export_run(run.config.model_dir, export_dir, formats=("saved_model",))
+  first = exporting.export_run(run.config.model_dir, export_dir, formats=("onnx",))
+  second = exporting.export_run(run.config.model_dir, export_dir, formats=("onnx",))
   assert first["onnx"].endswith("onnx/2/model.onnx")
   assert second["onnx"].endswith("onnx/3/model.onnx")
   with pytest.raises(UsageError, match="--version: .*onnx/2 already exists"):
-    artifacts.export_run(run.config.model_dir, export_dir, version=2, formats=("onnx",))
-  replaced = artifacts.export_run(run.config.model_dir, export_dir, version=2,
+    exporting.export_run(run.config.model_dir, export_dir, version=2, formats=("onnx",))
+  replaced = exporting.export_run(run.config.model_dir, export_dir, version=2,
                                   overwrite=True, formats=("onnx",))
   assert replaced["onnx"] == first["onnx"]
   assert sorted(os.listdir(os.path.join(export_dir, "onnx"))) == ["2", "3"]  # no staging
@@ -146,7 +146,7 @@ def test_a_failed_conversion_leaves_nothing(runs, tmp_path, monkeypatch):
     raise UsageError("--format=onnx: tf2onnx cannot convert this model")
   monkeypatch.setattr(formats, "onnx_bytes", broken)
   with pytest.raises(UsageError, match="tf2onnx cannot convert"):
-    artifacts.export_run(run.config.model_dir, str(export_dir), formats=("onnx",))
+    exporting.export_run(run.config.model_dir, str(export_dir), formats=("onnx",))
   assert not os.path.exists(export_dir / "onnx")
 
 

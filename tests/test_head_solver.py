@@ -24,7 +24,7 @@ def _train(tmp_path, data_dir, model=None, **training):
       data=kerasft.DataConfig(data_dir=data_dir, batch_size=8),
       training=kerasft.TrainingConfig(**training),
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
-  return kerasft.train_classifier(config, verbose=0)
+  return kerasft.run_training(config, verbose=0)
 
 
 def test_the_solved_head_is_scikit_learns_logistic_regression(tmp_path):

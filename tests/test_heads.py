@@ -3,6 +3,7 @@ import pytest
 
 import keras
 
+from kerasft.config import backbones as backbone_names
 from kerasft.models import backbones, heads
 from conftest import build_backbone, output
 
@@ -17,7 +18,7 @@ def test_preprocess_matches_keras_preprocess_input(mode, module):
 
 
 def test_every_table_mode_is_a_preprocess_mode():
-  assert {s.preprocess for s in backbones.MODELS.values()} <= set(heads.PREPROCESS_MODES)
+  assert {s.preprocess for s in backbone_names.MODELS.values()} <= set(heads.PREPROCESS_MODES)
 
 
 def test_classifier_takes_raw_pixels_and_head_is_all_that_trains():

@@ -10,6 +10,7 @@ import tensorflow as tf
 from conftest import FASHION, call_main, needs_fashion, needs_imagenet_mobilenet, run_cli
 from conftest import write_color_images
 import kerasft
+from kerasft.config import backbones as backbone_names
 from kerasft.models import backbones, heads
 from kerasft.serving import client
 from kerasft.data import examples as data
@@ -70,8 +71,8 @@ def _xy():
 def test_size_name_and_variables_are_the_modules_own(tiny):
   model, backbone = _classifier(tiny)
   assert backbone.image_size == SIZE and backbone.preprocess == "unit"
-  assert backbones.default_name(f"hub:{tiny}") == "tiny_module"
-  assert backbones.default_name("hub:https://tfhub.dev/google/imagenet/mobilenet_v2/5") == \
+  assert backbone_names.default_name(f"hub:{tiny}") == "tiny_module"
+  assert backbone_names.default_name("hub:https://tfhub.dev/google/imagenet/mobilenet_v2/5") == \
       "mobilenet_v2"
   layer = backbone.model.get_layer("hub_module")
   module = layer._module  # pylint: disable=protected-access
@@ -142,9 +143,9 @@ def test_cli_trains_a_hub_module_and_exports_for_saved_model_cli(tiny, tmp_path)
                          "serve", "--signature_def", "serving_default", "--inputs",
                          f"images={tmp_path / 'x.npy'}"], capture_output=True, text=True)
   assert done.returncode == 0 and "probabilities" in done.stdout, done.stderr[-2000:]
-  from kerasft.workflows import artifacts  # a hub module converts to LiteRT (int8 too) and ONNX
+  from kerasft.workflows import export as exporting  # a hub module converts to LiteRT (int8 too) and ONNX
   for formats, quantize in ((("tflite", "onnx"), "none"), (("tflite",), "int8")):
-    result = artifacts.export_run(str(tmp_path / "run"), str(tmp_path / quantize),
+    result = exporting.export_run(str(tmp_path / "run"), str(tmp_path / quantize),
                                   formats=formats, quantize=quantize, calibration_examples=8)
     for fmt in formats:
       assert result[f"{fmt}_check"]["top1_agreement"] >= (0.9 if quantize == "int8" else 1.0)
@@ -221,7 +222,7 @@ def test_mobilenet_as_a_hub_module_reaches_the_accuracy_bar(tmp_path):
       model=kerasft.ModelConfig(model=f"hub:{tmp_path / 'mobilenet_v1' / '1'}"),
       data=kerasft.DataConfig(data_dir=FASHION),
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   assert result.config.name == "mobilenet_v1" and result.config.model.image_size == 96
   test = data.scan_class_folder(os.path.join(FASHION, "test"), "data_dir", result.class_names)
   predict, _ = client.load_predictor(result.export_path)

@@ -141,7 +141,7 @@ def test_batch_norm_statistics_of_an_average_are_the_mean_over_training_batches(
 
 
 def test_soup_and_wise_ft_run_end_to_end_and_say_what_was_kept(tmp_path, colors):
-  result = kerasft.train_classifier(_config(
+  result = kerasft.run_training(_config(
       tmp_path, colors, {"average": "greedy_soup", "average_top_k": 2, "wise_ft": "auto"},
       fine_tune_epochs=3), verbose=0)
   run = tmp_path / "run"
@@ -167,7 +167,7 @@ def test_ema_uses_keras_own_moving_average_of_the_weights(tmp_path, colors, monk
     made.append(original(*args, **kwargs))
     return made[-1]
   monkeypatch.setattr(optimizers, "make_optimizer", spy)
-  kerasft.train_classifier(_config(tmp_path, colors, {"average": "ema", "ema_momentum": 0.9},
+  kerasft.run_training(_config(tmp_path, colors, {"average": "ema", "ema_momentum": 0.9},
                                    fine_tune_epochs=2), verbose=0)
   assert [o.use_ema for o in made] == [False, True] and made[1].ema_momentum == 0.9
   assert (tmp_path / "run" / "ema.npz").is_file()
@@ -195,7 +195,7 @@ def _saved_model_cli(*args):
 
 def test_lora_trains_only_low_rank_updates_and_the_merged_export_is_the_model(tmp_path, colors):
   import tensorflow as tf
-  result = kerasft.train_classifier(_config(
+  result = kerasft.run_training(_config(
       tmp_path, colors, {"peft": "lora", "lora_rank": 2, "lora_targets": ["block3_conv"],
                          "save_adapter": True}, fine_tune_epochs=2, head_solver="epochs",
       epochs=1), verbose=0)
@@ -236,7 +236,7 @@ def test_lora_trains_only_low_rank_updates_and_the_merged_export_is_the_model(tm
 @pytest.mark.parametrize("method,trained", [("bitfit", ("bias", "beta")),
                                             ("normfit", ("gamma", "beta"))])
 def test_bitfit_and_normfit_train_only_their_parameters(tmp_path, colors, method, trained):
-  result = kerasft.train_classifier(_config(tmp_path, colors, {"peft": method},
+  result = kerasft.run_training(_config(tmp_path, colors, {"peft": method},
                                             head_solver="epochs", epochs=1), verbose=0)
   before, after = _fresh_backbone_weights(), _backbone_weights(result.model)
   changed = {p for p in before if not np.array_equal(before[p], after[p])}
@@ -259,14 +259,14 @@ def test_a_lora_run_killed_mid_fine_tune_resumes_and_keeps_learning(tmp_path, co
       raise KeyboardInterrupt("killed")
   monkeypatch.setattr(averaging.TopK, "on_epoch_end", dies)
   with pytest.raises(KeyboardInterrupt):
-    kerasft.train_classifier(config, verbose=0)
+    kerasft.run_training(config, verbose=0)
   assert not (tmp_path / "export").exists()
   monkeypatch.setattr(averaging.TopK, "on_epoch_end", original)
   factors = []
   monkeypatch.setattr(peft, "merge", lambda model, merge=peft.merge: (
       factors.extend(keras.ops.convert_to_numpy(l.lora_kernel_b)
                      for l in peft.lora_layers(model)), merge(model))[1])
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   assert seen == [1, 2]
   assert len(result.history["loss"]) == 5 and os.listdir(tmp_path / "export") == ["1"]
   assert factors and any(np.any(b) for b in factors)  # the factors still learn after resume

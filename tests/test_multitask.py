@@ -130,7 +130,7 @@ def trained(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp("multitask")
   csv_path = _write_table(tmp_path)
   config = _config(tmp_path, csv_path, data={"validation_split": 0.25})
-  return kerasft.train_classifier(config, verbose=0), tmp_path, csv_path
+  return kerasft.run_training(config, verbose=0), tmp_path, csv_path
 
 
 def test_three_heads_train_export_and_reload_identically(trained):
@@ -245,7 +245,7 @@ def test_heads_fine_tune_by_epochs_with_weights(tmp_path):
   config = _config(tmp_path, csv_path, model={"unfreeze_blocks": 1, "task_weights": (1, 0.5, 2)},
                    training={"head_solver": "epochs", "epochs": 2, "fine_tune_epochs": 1},
                    data={"augment": ("flip",)})
-  result = kerasft.train_classifier(config, verbose=0, export=False)
+  result = kerasft.run_training(config, verbose=0, export=False)
   assert result.history["phase"] == ["head", "head", "fine_tune"]
   assert np.isfinite(result.history["val_score"]).all() and np.isfinite(
       result.history["loss"]).all()
@@ -365,7 +365,7 @@ def test_tfrecord_label_keys_and_tfds_class_labels_make_heads(tmp_path):
       data=kerasft.DataConfig(tfds="kerasft_two_labels", tfds_data_dir=str(tmp_path / "tfds"),
                               label_key="colour,tone", batch_size=8),
       model_dir=str(tmp_path / "run"), export_dir="")
-  result = kerasft.train_classifier(config, verbose=0, export=False)
+  result = kerasft.run_training(config, verbose=0, export=False)
   assert set(result.metrics["heads"]) == {"colour", "tone"}
   with pytest.raises(UsageError, match="--task=regression"):
     kerasft.RunConfig(model=kerasft.ModelConfig(model=tiny_model(), task="multiclass,regression"),

@@ -24,7 +24,7 @@ def made(tmp_path_factory):
   config = kerasft.RunConfig(model=kerasft.ModelConfig(model=tiny_model()),
                              data=kerasft.DataConfig(data_dir=colors),
                              model_dir=str(root / "run"), export_dir=str(root / "export"))
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   (root / "afile").write_text("not a folder")
   junk_pb = _copy(result.export_path, root / "junk_pb")
   (junk_pb / "saved_model.pb").write_bytes(b"junk")
@@ -190,7 +190,7 @@ def test_class_names_survive_exactly_and_a_line_break_is_refused(tmp_path):
   config = kerasft.RunConfig(model=kerasft.ModelConfig(model=tiny_model()),
                              data=kerasft.DataConfig(csv=str(tmp_path / "odd.csv")),
                              model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   assert result.class_names == sorted(names)
   with open(os.path.join(result.export_path, "assets", "labels.txt")) as f:
     assert f.read().splitlines() == sorted(names)
@@ -293,12 +293,12 @@ def test_resume_with_cached_features_continues_the_head_epochs(tmp_path, monkeyp
       raise KeyboardInterrupt("killed")
   monkeypatch.setattr(callbacks.EpochLog, "on_epoch_end", killed_after_three)
   with pytest.raises(KeyboardInterrupt):
-    kerasft.train_classifier(config, verbose=0)
+    kerasft.run_training(config, verbose=0)
   best = json.load(open(tmp_path / "run" / "best.keras.json"))  # kept mid-phase
   assert best["epoch"] in (0, 1, 2) and (tmp_path / "run" / "best.keras").is_file()
   before = callbacks.history_from_log(str(tmp_path / "run" / "epochs.jsonl"))["loss"]
   monkeypatch.setattr(callbacks.EpochLog, "on_epoch_end", original)
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   assert len(before) == 3 and len(result.history["loss"]) == 8
   # killed before epoch 3's backup: epochs 1-2 are kept, 3-8 run after the resume
   assert result.history["loss"][:2] == before[:2]
@@ -317,11 +317,11 @@ def test_a_run_killed_after_its_export_does_not_export_twice(tmp_path, monkeypat
     raise KeyboardInterrupt("killed between the export and its record")
   monkeypatch.setattr(run_folder.RunFolder, "finish", killed)
   with pytest.raises(KeyboardInterrupt):
-    kerasft.train_classifier(config, verbose=0)
+    kerasft.run_training(config, verbose=0)
   assert os.listdir(tmp_path / "export") == ["1"]
   monkeypatch.setattr(run_folder.RunFolder, "finish", original)
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   assert os.listdir(tmp_path / "export") == ["1"] and result.export_path.endswith("1")
-  again = kerasft.train_classifier(dataclasses.replace(config, overwrite=True), verbose=0)
+  again = kerasft.run_training(dataclasses.replace(config, overwrite=True), verbose=0)
   assert sorted(os.listdir(tmp_path / "export")) == ["1", "2"]  # a new run: a new version
   assert again.export_path.endswith("2")

@@ -76,7 +76,7 @@ def _run(root, task, column, **training):
                               slice_column=("site",)),
       training=kerasft.TrainingConfig(epochs=3, learning_rate=0.03, **training),
       name=task, model_dir=str(root / "run"), export_dir=str(root / "export"))
-  return kerasft.train_classifier(config, verbose=0)
+  return kerasft.run_training(config, verbose=0)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_the_export_serves_calibrated_probabilities_with_the_same_classes(runs, 
   result = runs["multiclass"]
   entry = result.metrics["calibration"]
   assert entry["ece_calibrated"] <= entry["ece"] and entry["temperature"] > 0
-  plain = kerasft.train_classifier(dataclasses_replace(result.config, tmp_path), verbose=0)
+  plain = kerasft.run_training(dataclasses_replace(result.config, tmp_path), verbose=0)
   assert "temperature" not in plain.metrics["calibration"]
   task = kerasft.tasks.registry.for_config(result.config)
   images = task.sample_inputs(16)[0]
@@ -246,7 +246,7 @@ def test_text_attributions_rank_the_planted_word_first(tmp_path):
     for label, word in planted.items():
       (tmp_path / "texts" / label / f"{i}.txt").write_text(
           " ".join(words[:at] + [word] + words[at:]))
-  result = kerasft.train_classifier(kerasft.RunConfig(
+  result = kerasft.run_training(kerasft.RunConfig(
       model=kerasft.ModelConfig(model="keras_hub:" + preset, dropout=0.0, unfreeze_blocks=3),
       data=kerasft.DataConfig(text_dir=str(tmp_path / "texts"), batch_size=8),
       training=kerasft.TrainingConfig(fine_tune_epochs=10, fine_tune_learning_rate=3e-3),
@@ -322,7 +322,7 @@ def test_report_none_writes_no_page_and_a_hub_backbone_says_why_there_is_no_grad
       data=kerasft.DataConfig(data_dir=colors, batch_size=8),
       training=kerasft.TrainingConfig(report="none"),
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   assert not os.path.exists(os.path.join(result.config.model_dir, "report.html"))
   assert os.path.isfile(os.path.join(result.config.model_dir, "metrics.json"))
   task = kerasft.tasks.registry.for_config(result.config)

@@ -194,7 +194,7 @@ def test_segmenter_trains_exports_and_serves_class_maps_at_each_images_size(tmp_
   import tensorflow as tf
   from kerasft.data import pipeline
   root = write_squares(tmp_path / "d", n=32)
-  result = kerasft.train_classifier(_config(tmp_path, root, augment=("flip", "zoom"),
+  result = kerasft.run_training(_config(tmp_path, root, augment=("flip", "zoom"),
                                  model={"decoder": "fpn"}), verbose=0)
   assert set(result.metrics["per_class"]) == {"0", "1", "2"}
   assert 0 <= result.metrics["mean_iou"] <= 1
@@ -225,7 +225,7 @@ def test_segmenter_trains_exports_and_serves_class_maps_at_each_images_size(tmp_
 def test_evaluate_and_predict_report_iou_and_write_masks(tmp_path):
   root = write_squares(tmp_path / "d", n=16, palette=False)
   (tmp_path / "classes.txt").write_text("background\nred\nblue\n")
-  result = kerasft.train_classifier(_config(tmp_path, root, mask_classes=str(tmp_path / "classes.txt")),
+  result = kerasft.run_training(_config(tmp_path, root, mask_classes=str(tmp_path / "classes.txt")),
                          verbose=0)
   assert result.class_names == ["background", "red", "blue"]
   evaluated = call_main("evaluate", f"--export={result.export_path}", f"--data_dir={root}",

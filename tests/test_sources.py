@@ -153,7 +153,7 @@ def test_multilabel_head_trains_and_exports_scores_and_labels(tmp_path):
   path = _write_csv(tmp_path / "labels.csv", colors)
   config = _config(tmp_path, kerasft.DataConfig(csv=path, label_column="tags"),
                    task="multilabel", threshold=0.4)
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   assert result.class_names == ["cool", "natural", "warm"]
   assert {"val_auc", "val_f1", "auc"} <= set(result.history)
   assert result.metrics["task"] == "multilabel" and "macro_auc" in result.metrics
@@ -181,7 +181,7 @@ def test_regression_head_trains_and_exports_predictions(tmp_path):
                    task="regression")
   config = dataclasses.replace(config, training=kerasft.TrainingConfig(epochs=10,
                                                                       learning_rate=0.01))
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   assert {"mae", "val_mae"} <= set(result.history)
   assert result.metrics["task"] == "regression"
   assert (tmp_path / "run" / "predictions.png").stat().st_size > 0
@@ -217,7 +217,7 @@ def test_two_regression_targets_give_predictions_of_width_two(tmp_path):
   config = _config(tmp_path, kerasft.DataConfig(csv=path, label_column="redness,blueness"),
                    task="regression")
   config = dataclasses.replace(config, training=kerasft.TrainingConfig(epochs=1))
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   out = _serve(result.export_path, "serving_default", images=np.zeros((3, 32, 32, 3), np.float32))
   assert out["predictions"].shape == (3, 2)
   assert set(result.metrics["per_target"]) == {"redness", "blueness"}
@@ -279,7 +279,7 @@ def test_tfrecord_trains_and_exports_with_class_names(tmp_path):
   names.write_text("blue\ngreen\nred\n")
   config = _config(tmp_path, kerasft.DataConfig(tfrecord=str(tmp_path / "train-*.tfrecord"),
                                                 label_names=str(names)))
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   assert result.class_names == ["blue", "green", "red"]
   assert len(result.history["loss"]) == 1  # the head is solved, not trained for --epochs
   assert (len(sources.index_images(config.data)[0].inputs)
@@ -358,7 +358,7 @@ def test_tfds_mock_data_trains_and_exports(tmp_path):
   with tfds.testing.mock_data(num_examples=40):
     config = _config(tmp_path, kerasft.DataConfig(tfds="mnist", validation_split=0.25))
     config = dataclasses.replace(config, training=kerasft.TrainingConfig(epochs=1))
-    result = kerasft.train_classifier(config, verbose=0)
+    result = kerasft.run_training(config, verbose=0)
   assert result.class_names == [str(i) for i in range(10)]
   assert os.path.isfile(os.path.join(result.export_path, "saved_model.pb"))
 

@@ -250,14 +250,14 @@ def tagging_run(tiny_preset, tmp_path_factory):
   root = tmp_path_factory.mktemp("tagging")
   test = _write_conll(root / "test.conll", _sentences(30, seed=9, longest=40))
   config = _tagger_config(tiny_preset, root)
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   return result, root, test
 
 
 @pytest.mark.slow
 def test_tagger_trains_exports_and_serves_what_it_computes(tagging_run, tmp_path):
   import tensorflow as tf
-  from kerasft.workflows import artifacts
+  from kerasft.workflows import evaluate as evaluation
   from kerasft.tasks import registry as tasks
   result, root, test = tagging_run
   assert result.class_names == ["DRINK", "FOOD"]
@@ -288,8 +288,8 @@ def test_tagger_trains_exports_and_serves_what_it_computes(tagging_run, tmp_path
                                 expected["entity_starts"])
   # the export and the run's checkpoint evaluate the same texts to the same figures
   data = kerasft.DataConfig(conll=test)
-  by_export = artifacts.evaluate_export(result.export_path, data, output_dir=str(tmp_path / "a"))
-  by_run = artifacts.evaluate_run(str(root / "run"), data, output_dir=str(tmp_path / "b"))
+  by_export = evaluation.evaluate_export(result.export_path, data, output_dir=str(tmp_path / "a"))
+  by_run = evaluation.evaluate_run(str(root / "run"), data, output_dir=str(tmp_path / "b"))
   assert by_export.metrics["entity_f1"] == pytest.approx(by_run.metrics["entity_f1"])
   assert by_export.metrics["entity_f1"] > 0.85, by_export.metrics  # longer texts: windows
   assert "FOOD" in by_export.table and os.path.isfile(tmp_path / "a" / "report.html")
@@ -450,9 +450,9 @@ def test_a_lora_tagger_killed_mid_fine_tune_resumes_and_exports(tiny_preset, tmp
       raise KeyboardInterrupt("killed")
   monkeypatch.setattr(averaging.TopK, "on_epoch_end", dies)
   with pytest.raises(KeyboardInterrupt):
-    kerasft.train_classifier(config, verbose=0)
+    kerasft.run_training(config, verbose=0)
   assert not (tmp_path / "export").exists()
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   assert len(seen) == 3  # the third fine-tune epoch ran after the resume, the others did not
   assert result.history["phase"].count("fine_tune") == 3
   assert os.listdir(tmp_path / "export") == ["1"]

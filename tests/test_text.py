@@ -178,7 +178,7 @@ def fortunes_run(tmp_path_factory):
       data=kerasft.DataConfig(csv=os.path.join(FORTUNES, "train.csv")),
       training=kerasft.TrainingConfig(epochs=10),
       name="fortunes", model_dir=str(root / "run"), export_dir=str(root / "export"))
-  return kerasft.train_classifier(config, verbose=0)
+  return kerasft.run_training(config, verbose=0)
 
 
 @pytest.mark.slow
@@ -301,7 +301,7 @@ def test_a_kerashub_preset_folder_trains_from_text_dir_and_exports(tiny_preset, 
       data=kerasft.DataConfig(text_dir=str(tmp_path / "texts"), batch_size=4),
       training=kerasft.TrainingConfig(epochs=2, learning_rate=1e-2),
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   assert result.class_names == ["computers", "food"]
   assert result.config.model.max_length == 16  # the longest text is 11 tokens with [CLS]/[SEP]
   assert result.config.name == os.path.basename(tiny_preset)
@@ -322,11 +322,11 @@ def test_a_kerashub_preset_folder_trains_from_text_dir_and_exports(tiny_preset, 
   assert all(op in ("CaseFoldUTF8", "NormalizeUTF8", "RegexSplitWithOffsets",
                     "FastWordpieceTokenizeWithOffsets", "TFText>RoundRobinTrim")
              for op in card["custom_ops"]), card["custom_ops"]
-  from kerasft.workflows import artifacts  # LiteRT and ONNX cannot carry those ops: refused, nothing written
+  from kerasft.workflows import export as exporting  # LiteRT and ONNX cannot carry those ops: refused, nothing written
   for formats in (("tflite",), ("onnx",), ("saved_model", "tflite", "onnx")):
     with pytest.raises(UsageError, match=r"^--format=.*: text models export as saved_model "
                                          r"only: .*tensorflow-text ops"):
-      artifacts.export_run(str(tmp_path / "run"), str(tmp_path / "other"), formats=formats)
+      exporting.export_run(str(tmp_path / "run"), str(tmp_path / "other"), formats=formats)
   assert not os.path.exists(tmp_path / "other")
 
 
@@ -351,7 +351,7 @@ def test_other_encoder_families_train_and_export(family, top_block, tmp_path):
       data=kerasft.DataConfig(csv=_write_csv(tmp_path / "t.csv", times=2), batch_size=8),
       training=kerasft.TrainingConfig(epochs=1, fine_tune_epochs=1),
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   encoder_model = heads.backbone_of(result.model)
   assert backbones.blocks(encoder_model)[-1][0] == top_block
   assert result.history["phase"] == ["head", "fine_tune"]
@@ -383,7 +383,7 @@ def test_text_models_take_the_other_tasks(task, tiny_preset, tmp_path):
       data=kerasft.DataConfig(csv=str(path), batch_size=4),
       training=kerasft.TrainingConfig(epochs=2),
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   out = tf.saved_model.load(result.export_path).signatures["serving_default"](
       text=tf.constant(["fresh soup", "unix"]))
   if task == "multilabel":
@@ -429,7 +429,7 @@ def test_text_models_take_several_heads(tiny_preset, tmp_path):
       model=kerasft.ModelConfig(model="keras_hub:" + tiny_preset, task="multiclass,regression"),
       data=kerasft.DataConfig(csv=str(path), label_column="topic,score", batch_size=4),
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   assert result.class_names == ["topic/computers", "topic/food", "score"]
   out = tf.saved_model.load(result.export_path).signatures["serving_default"](
       text=tf.constant(["fresh soup", "unix"]))
@@ -456,12 +456,12 @@ def test_few_shot_tunes_the_encoder_on_pairs_then_the_head_and_resumes(tmp_path,
     raise KeyboardInterrupt("killed after the pairs")
   monkeypatch.setattr(head_solver, "solve", killed)
   with pytest.raises(KeyboardInterrupt):
-    kerasft.train_classifier(config, verbose=0)
+    kerasft.run_training(config, verbose=0)
   # all 8 labelled texts (k-fold regime: the head is then cross-validated on all of them)
   assert tuned[0]["pairs"] == 8 * 4 and (tmp_path / "run" / few_shot.TUNED).is_file()
   monkeypatch.undo()
   monkeypatch.setattr(few_shot, "tune", lambda *a, **k: tuned.append(original_tune(*a, **k)))
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   assert tuned[1] == {}  # resumed: the tuned encoder was loaded, not tuned again
   from kerasft.models import text_encoders as text
   fresh = {w.path: np.asarray(w) for w in text.load(MINILM).model.weights}

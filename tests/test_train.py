@@ -120,7 +120,7 @@ def test_default_recipe_transfers_to_fashion_mnist_test_split(tmp_path):
       model=kerasft.ModelConfig(model="mobilenet", image_size=96),
       data=kerasft.DataConfig(data_dir=FASHION),
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
-  result = kerasft.train_classifier(config, verbose=0)
+  result = kerasft.run_training(config, verbose=0)
   assert result.export_path == str(tmp_path / "export" / "1")
   assert len(result.history["loss"]) == 1  # the head phase is one convex solve
   # Accuracy on the held-out test/ folder, through the exported serving_bytes signature.

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO, call_main, run_cli, tiny_model, write_color_images
 import kerasft
-from kerasft.workflows import artifacts
+from kerasft.workflows import evaluate as evaluation
 from kerasft.tuning import report, search, space
 
 pytest.importorskip("keras_tuner")
@@ -44,8 +44,8 @@ def _rows(tmp_path):
 
 def test_a_search_writes_every_output_and_exports_the_winner(tmp_path, data, monkeypatch):
   evaluated = []
-  original = artifacts.evaluate_run
-  monkeypatch.setattr(artifacts, "evaluate_run", lambda *a, **k: (
+  original = evaluation.evaluate_run
+  monkeypatch.setattr(evaluation, "evaluate_run", lambda *a, **k: (
       evaluated.append((a[0], len(search.records(str(tmp_path / "search"))))), original(*a, **k))[1])
   done = call_main("tune", *_flags(tmp_path, data, "--max_trials=4", "--search=random",
                                    "--deterministic"))

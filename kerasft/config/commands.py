@@ -11,9 +11,11 @@ import os
 import re
 from typing import Optional
 
+import kerasft.config.backbones as backbones
 from kerasft.core.errors import UsageError
 from kerasft.core.files import check_writable
 from kerasft.core.settings import check_choices, positive_int, setting
+from kerasft.tasks.settings import TaskData
 
 # --format -> what it writes, the SavedModel first (the others are converted from it).
 FORMATS = {"saved_model": ("saved_model",), "tflite": ("tflite",), "onnx": ("onnx",),
@@ -22,9 +24,10 @@ _EXPORT_HELP = "An export: saved_models/NAME (newest version) or saved_models/NA
 _RUN_DIR_HELP = "A training run's folder (its best checkpoint)."
 
 # The DataConfig flags `evaluate` reads: one source and how to read it, no training options.
-EVALUATION_DATA = ("data_dir", "csv", "path_column", "label_column", "slice_column", "tfrecord", "label_names",
-                   "image_key", "label_key", "tfds", "tfds_data_dir", "text_dir",
-                   "text_column", "text_key", "conll", "jsonl", "batch_size")
+EVALUATION_DATA = ("data_dir", "csv", "path_column", "label_column", "slice_column", "tfrecord",
+                   "label_names", "image_key", "label_key", "tfds", "tfds_data_dir",
+                   "text_dir", "text_column", "text_key", "batch_size"
+                   ) + TaskData.evaluation_fields()  # and each task's own sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +172,6 @@ class TuneConfig:
       if not any(names) or not all(names):
         raise UsageError(f"--models: name one or more backbones, comma-separated, got "
                          f"{self.models!r}")
-      from kerasft.models import backbones
       for name in names:
         backbones.source(name)  # unknown names: a UsageError with close matches
     if self.test_dir and self.test_csv:

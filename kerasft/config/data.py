@@ -1,5 +1,6 @@
 """The data settings of a run (`DataConfig`): where the labelled examples are and how they
-are batched. Declared once, like the rest of `kerasft.config`, which re-exports it."""
+are batched. Declared once, like the rest of `kerasft.config`; a task's own sources and
+reading options are its group in `task_data` (`kerasft.tasks.settings`)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,23 @@ import dataclasses
 
 from kerasft.core.errors import UsageError
 from kerasft.core.settings import check, check_choices, fraction, positive_int, setting
+from kerasft.tasks.settings import TaskData
 
 AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate")
-DATA_SOURCES = ("data_dir", "csv", "tfrecord", "tfds", "text_dir", "conll", "jsonl")
+DATA_SOURCES = ("data_dir", "csv", "tfrecord", "tfds", "text_dir")  # + task_data's
 UNLABELED_SOURCES = ("unlabeled_dir", "unlabeled_csv", "unlabeled_tfrecord",
                      "unlabeled_text_dir")
 DATA_PATHS = ("data_dir", "val_dir", "csv", "val_csv", "tfrecord", "val_tfrecord",  # absolute
-              "label_names", "text_dir", "tfds_data_dir", "cache_dir", "conll", "val_conll",
-              "jsonl", "val_jsonl", "mask_classes") + UNLABELED_SOURCES  # in config.json
+              "label_names", "text_dir", "tfds_data_dir", "cache_dir") + UNLABELED_SOURCES
+# (and task_data's paths: in config.json)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Where the labelled examples are and how they are batched.
 
-  One source: data_dir (image folders), csv, tfrecord, tfds, text_dir, or for --task=tagging
-  conll or jsonl; none: the built-in recipe (scikit-learn's digits).
+  One source: data_dir (image folders), csv, tfrecord, tfds, text_dir, or a task's own
+  (`task_data`); none: the built-in recipe (scikit-learn's digits).
   """
   data_dir: str = setting("", "Folder with one sub-folder per class, or train/ and "
                           "validation/ (val/) split folders [the built-in digits recipe].")
@@ -49,17 +51,6 @@ class DataConfig:
                              "of texts.")
   text_key: str = setting("", "Text models with --tfds: the text feature [its first Text "
                           "feature].")
-  conll: str = setting("", "--task=tagging: a CoNLL file (a token per line, its tag in the "
-                       "last column, IOB1/IOB2/BIOES; a blank line between sentences).")
-  val_conll: str = setting("", "--task=tagging: validation sentences, like --conll.")
-  jsonl: str = setting("", "--task=tagging: a JSON Lines file, per line 'tokens' and 'tags' "
-                       "lists, or 'text' and 'entities' [[start, end, type], ...].")
-  val_jsonl: str = setting("", "--task=tagging: validation examples, like --jsonl.")
-  mask_classes: str = setting("", "--task=segmentation: a file naming the mask values' "
-                              "classes, line i naming value i [the values, 0..K-1]; 255 "
-                              "is ignored.")
-  mask_column: str = setting("mask", "--task=segmentation with --csv: the column of mask "
-                             "paths.")
   unlabeled_dir: str = setting("", "Self-training: a folder of unlabelled images (searched "
                                "recursively; --self_training_rounds, "
                                "--pseudo_label_threshold).")
@@ -98,6 +89,7 @@ class DataConfig:
                                     "/ size / contrast).")
   class_weight: str = setting("none", "balanced: weight each class's loss by n / (classes * "
                               "its count).", choices=("none", "balanced"))
+  task_data: TaskData = setting(factory=TaskData)
 
   def __post_init__(self):
     object.__setattr__(self, "augment", tuple(self.augment))
@@ -111,12 +103,11 @@ class DataConfig:
     if len(unlabeled) > 1:
       raise UsageError(f"--{unlabeled[1]}: pass one source of unlabelled examples, got "
                        f"--{' and --'.join(unlabeled)}")
-    sources = [f for f in DATA_SOURCES if getattr(self, f)]
+    sources = self.sources()
     if len(sources) > 1:
       raise UsageError(f"--{sources[1]}: pass one data source, got --{' and --'.join(sources)}")
     for val, train in (("val_dir", "data_dir"), ("val_csv", "csv"),
-                       ("val_tfrecord", "tfrecord"), ("label_names", "tfrecord"),
-                       ("val_conll", "conll"), ("val_jsonl", "jsonl")):
+                       ("val_tfrecord", "tfrecord"), ("label_names", "tfrecord")):
       if getattr(self, val) and not getattr(self, train):
         raise UsageError(f"--{val}: only goes with --{train}")
     if self.label_key and not (self.tfrecord or self.tfds):
@@ -128,7 +119,6 @@ class DataConfig:
         ("val_split", self.val_split, "tfds"), ("tfds_data_dir", self.tfds_data_dir, "tfds"),
         ("text_key", self.text_key, "tfds"), ("path_column", self.path_column != "path", "csv"),
         ("text_column", self.text_column != "text", "csv"),
-        ("mask_column", self.mask_column != "mask", "csv"),
         ("slice_column", self.slice_column, "csv")):
       if used and not getattr(self, source):
         raise UsageError(f"--{flag}: only goes with --{source}")
@@ -145,7 +135,18 @@ class DataConfig:
     """The flag of the unlabelled examples in use ("" when none)."""
     return next((f for f in UNLABELED_SOURCES if getattr(self, f)), "")
 
+  def sources(self) -> list[str]:
+    """The flags of the data sources given (a run takes one)."""
+    return [f for f in DATA_SOURCES if getattr(self, f)] + self.task_data.sources()
+
   @property
   def source(self) -> str:
     """The flag of the data source in use ("" when none is given)."""
-    return next((f for f in DATA_SOURCES if getattr(self, f)), "")
+    return next(iter(self.sources()), "")
+
+  def source_path(self) -> str:
+    """The value of the data source in use ("" when none is given)."""
+    flag = self.source
+    groups = [self] + [getattr(self.task_data, f.name)
+                       for f in dataclasses.fields(self.task_data)]
+    return next((str(getattr(g, flag)) for g in groups if hasattr(g, flag)), "")

@@ -8,8 +8,9 @@
     --unlabeled_dir=DIR     self-training on pseudo-labelled unlabelled examples
                             (`self_training`)
 
-`MethodsConfig` declares each switch once (flags and `config.json` come from it); `check`
-refuses the combinations a run cannot honour, before anything is read. No TensorFlow.
+`MethodsConfig` declares each switch once (flags and `config.json` come from it);
+`kerasft.config.checks` refuses the combinations a run cannot honour, before anything is
+read. No TensorFlow.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class MethodsConfig:
           "must be a positive number", self.few_shot_learning_rate)
     if self.recipe == "default":
       for name in ("pairs_per_example", "few_shot_epochs", "few_shot_learning_rate"):
-        if getattr(self, name) != _DEFAULTS[name]:
+        if getattr(self, name) != DEFAULTS[name]:
           raise UsageError(f"--{name}: only goes with --recipe=few_shot")
     if self.peft != "lora":
       for name in ("lora_alpha", "lora_targets", "save_adapter"):
@@ -116,7 +117,7 @@ class MethodsConfig:
                        f"values, which --peft={self.peft} keeps frozen; pass one of them")
 
 
-_DEFAULTS = {"pairs_per_example": 20, "few_shot_epochs": 1, "few_shot_learning_rate": 1e-4,
+DEFAULTS = {"pairs_per_example": 20, "few_shot_epochs": 1, "few_shot_learning_rate": 1e-4,
              "self_training_rounds": 1, "pseudo_label_threshold": 0.8,
              "pseudo_labels_per_class": 0}
 
@@ -127,32 +128,3 @@ def wise_ft_alpha(value: str) -> Optional[float]:
     return float(value)
   except ValueError:
     return None
-
-
-def check_run(config) -> None:
-  """Raises a UsageError for methods a `RunConfig` cannot honour (what they need from the
-  model and training settings)."""
-  m, t, k = config.model, config.training, config.methods
-  if not config.data.unlabeled_source:
-    for name in ("self_training_rounds", "pseudo_label_threshold", "pseudo_labels_per_class"):
-      if getattr(k, name) != _DEFAULTS[name]:
-        raise UsageError(f"--{name}: only goes with unlabelled examples (--unlabeled_dir, "
-                         "--unlabeled_csv, --unlabeled_tfrecord, --unlabeled_text_dir)")
-  last_phase_by_epochs = bool(t.fine_tune_epochs or t.head_solver == "epochs" or m.head
-                              or config.data.augment or config.data.mixup
-                              or config.data.cutmix)
-  if k.average != "best" and not last_phase_by_epochs:
-    raise UsageError(f"--average={k.average}: averages epochs, and the convex head is one "
-                     "solve; add a fine-tune phase (--fine_tune_epochs with an unfreeze flag) "
-                     "or pass --head_solver=epochs")
-  needs_fine_tune = [f for f, on in (("wise_ft", k.wise_ft), ("l2sp", k.l2sp),
-                                     ("peft", k.peft != "none")) if on]
-  if needs_fine_tune and not t.fine_tune_epochs:
-    raise UsageError(f"--{needs_fine_tune[0]}: acts on the fine-tune phase; pass "
-                     "--fine_tune_epochs=N with --unfreeze_blocks (or another unfreeze flag)")
-  if k.peft != "none" and m.bn_mode == "train":
-    raise UsageError(f"--bn_mode=train: --peft={k.peft} keeps the backbone's batch-norm "
-                     "statistics fixed; leave --bn_mode at frozen or affine")
-  if k.peft != "none" and m.gradual_unfreeze:
-    raise UsageError(f"--gradual_unfreeze: --peft={k.peft} trains one fixed set of "
-                     "parameters; use --unfreeze_blocks (or --unfreeze_top/--unfreeze_from)")

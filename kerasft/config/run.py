@@ -15,15 +15,15 @@ import json
 import os
 from typing import Optional
 
-from kerasft.models import backbones
-from kerasft.config import methods
-from kerasft.config.data import AUGMENTATIONS, DATA_PATHS, DATA_SOURCES, DataConfig  # noqa: F401
+import kerasft.config.backbones as backbones
+from kerasft.config.data import DATA_PATHS, DataConfig
+from kerasft.config.methods import MethodsConfig
 from kerasft.core.errors import UsageError
 from kerasft.core.files import write_json
-from kerasft.config.methods import MethodsConfig
-from kerasft.core.settings import check, check_choices, fraction, non_negative_int, positive_float, positive_int, setting
+from kerasft.core.settings import (check, check_choices, fraction, non_negative_int,
+                                   positive_float, positive_int, setting)
+from kerasft.tasks.settings import HEAD_KINDS, TASKS, TaskSettings, migrated
 
-TASKS = ("multiclass", "multilabel", "regression", "tagging", "segmentation")
 AUTO_ON_OFF = ("auto", "on", "off")
 
 
@@ -65,23 +65,12 @@ class ModelConfig:
                       "segmentation (a class per pixel: images/ and masks/). Several heads "
                       "(--label_column=a,b,c): one per column, e.g. "
                       "multiclass,multilabel,regression, or one for all.")
-  task_weights: tuple[float, ...] = setting((), "Several heads: each head's loss weight, "
-                                            "in --label_column order [1 each].")
   max_length: int = setting(0, "Text models: tokens per text [0: the 99th percentile of the "
                             "training texts, rounded up to 8, at most the model's limit].")
   pooling: str = setting("mean", "Text models: the mean of the token vectors or the first "
                          "([CLS]) token's.", choices=("mean", "cls"))
   threshold: float = setting(0.5, "multilabel: the score at which the export's `labels` "
                              "output names a label.")
-  words: str = setting(
-      "punctuation", "--task=tagging: the words tagged: punctuation (the text split at white "
-      "space and around every punctuation mark: raw text) or whitespace (at white space "
-      "only: pre-tokenized text such as CoNLL tokens, where 'U.S.' and 'H.' are one word), "
-      "in training and in the export.", choices=("punctuation", "whitespace"))
-  decoder: str = setting(
-      "deeplabv3plus", "--task=segmentation: the decoder on the backbone's multi-scale maps: "
-      "deeplabv3plus (atrous pyramid on the 1/16 maps joined with the 1/4 ones) or fpn (a "
-      "feature pyramid over 1/4..1/32).", choices=("deeplabv3plus", "fpn"))
 
   def __post_init__(self):
     prefix, _ = backbones.source(self.model)  # raises UsageError with close matches
@@ -108,11 +97,8 @@ class ModelConfig:
     kinds = str(self.task).split(",")
     check(all(k in TASKS for k in kinds), "task", f"must be among {', '.join(TASKS)} (several "
           "heads: comma-separated, one per --label_column)", self.task)
-    check(len(kinds) == 1 or all(k in TASKS[:3] for k in kinds), "task",
-          f"several heads are each one of {', '.join(TASKS[:3])}", self.task)
-    object.__setattr__(self, "task_weights", tuple(self.task_weights))
-    for weight in self.task_weights:
-      positive_float(weight, "task_weights")
+    check(len(kinds) == 1 or all(k in HEAD_KINDS for k in kinds), "task",
+          f"several heads are each one of {', '.join(HEAD_KINDS)}", self.task)
     check(isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1, "threshold",
           "must be between 0 and 1 (exclusive)", self.threshold)
 
@@ -237,6 +223,11 @@ class TrainingConfig:
       raise UsageError("--reduce_lr_patience: cannot change the rate of --lr_schedule="
                        f"{self.lr_schedule}; use one of them")
 
+  def uses_kfold(self, n_labelled: int, n_classes: int) -> bool:
+    """Whether a convex head refit on all `n_labelled` examples is chosen by k-fold
+    cross-validation of all of them instead of on the validation split (small data)."""
+    return n_labelled / max(n_classes, 1) < self.kfold_below
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -253,29 +244,13 @@ class RunConfig:
   overwrite: bool = setting(False, "Replace a finished run in --model_dir, or an existing "
                             "--version.")
 
+  tasks: TaskSettings = setting(factory=TaskSettings)
+
   def __post_init__(self):
+    """Checks this group's own fields; checks across groups are `kerasft.config.checks`'."""
     if self.name:
       check(os.sep not in self.name and self.name not in (".", ".."), "name",
-             "must be a plain name without path separators", self.name)
-    if self.model.unfreezes and not self.training.fine_tune_epochs:
-      raise UsageError("--unfreeze_top/--unfreeze_blocks/--unfreeze_from/--gradual_unfreeze "
-                       "have no effect without --fine_tune_epochs; pass --fine_tune_epochs=N")
-    if (self.training.head_solver == "convex" and self.training.label_smoothing
-        and not self.model.head):
-      raise UsageError("--label_smoothing: the convex head solver fits the labels exactly; "
-                       "pass --head_solver=epochs to smooth them")
-    mixing = [f for f in ("augment", "mixup", "cutmix") if getattr(self.data, f)]
-    if self.training.cache_features == "on" and mixing:
-      raise UsageError(f"--cache_features=on: --{mixing[0]} changes the backbone's input "
-                       "every epoch, so its features cannot be cached; leave --cache_features "
-                       "at auto")
-    from kerasft.tasks import registry as tasks
-    tasks.check(self)  # what the modality and the output type cannot honour
-    methods.check_run(self)
-    if self.training.fine_tune_epochs and not self.model.unfreezes:
-      raise UsageError(f"--fine_tune_epochs={self.training.fine_tune_epochs} needs layers to "
-                       "train; pass --unfreeze_top=N (or --unfreeze_blocks, --unfreeze_from, "
-                       "--gradual_unfreeze) as well")
+            "must be a plain name without path separators", self.name)
 
   def resolved(self) -> "RunConfig":
     """A copy with name, folders, image size, fine-tune rate filled in, data paths absolute."""
@@ -287,8 +262,9 @@ class RunConfig:
     if training.fine_tune_learning_rate is None:
       training = dataclasses.replace(
           training, fine_tune_learning_rate=training.learning_rate / 10)
-    data = dataclasses.replace(self.data, **{
-        f: os.path.abspath(getattr(self.data, f)) for f in DATA_PATHS if getattr(self.data, f)})
+    data = dataclasses.replace(self.data, task_data=self.data.task_data.with_paths(
+        os.path.abspath), **{f: os.path.abspath(getattr(self.data, f))
+                             for f in DATA_PATHS if getattr(self.data, f)})
     return dataclasses.replace(
         self, name=name, model=model, training=training, data=data,
         model_dir=self.model_dir or os.path.join("runs", name),
@@ -302,13 +278,9 @@ class RunConfig:
 
   @classmethod
   def from_dict(cls, d: dict) -> "RunConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-      raise UsageError(f"config: unknown keys {sorted(unknown)}")
-    nested = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig,
-              "methods": MethodsConfig}
-    return cls(**{k: nested[k](**v) if k in nested else v for k, v in d.items()})
+    """The config a dict of `to_dict` describes (also one written before the task groups
+    were nested: `kerasft.tasks.settings.migrated`)."""
+    return _build(cls, migrated(d))
 
   @classmethod
   def from_json(cls, path: str) -> "RunConfig":
@@ -317,3 +289,14 @@ class RunConfig:
         return cls.from_dict(json.load(f))
     except (OSError, ValueError) as e:
       raise UsageError(f"{path}: cannot read the run's config ({e})") from None
+
+
+def _build(cls, d: dict):
+  """An instance of dataclass `cls` from a dict, nested groups built from nested dicts."""
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = set(d) - set(fields)
+  if unknown:
+    raise UsageError(f"config: unknown keys {sorted(unknown)}")
+  return cls(**{k: _build(fields[k].default_factory, v)
+                if isinstance(v, dict) and dataclasses.is_dataclass(fields[k].default_factory)
+                else v for k, v in d.items()})

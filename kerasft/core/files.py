@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 
+from kerasft.core.errors import UsageError
+
 LABELS = "labels.txt"  # class names, one per line: in a run folder and an export's assets/
 
 
@@ -63,7 +65,6 @@ def read_labels(path: str) -> list[str]:
 def check_writable(path: str, flag: str) -> None:
   """Raises a UsageError naming `flag` unless folder `path` exists and is writable or can
   be made (its nearest existing ancestor is a writable folder)."""
-  from kerasft.core.errors import UsageError
   if not path:
     return
   probe = os.path.abspath(path)

@@ -1,12 +1,10 @@
-"""Indexed examples (`Examples`), image folders, checking images, splits and class balance.
+"""Indexed examples (`Examples`), checking images, splits and class balance.
 
-`Examples` is an indexed split from any source (`kerasft.sources` reads tables and text
-folders, `kerasft.records` TFRecord and TFDS). This module indexes image folders: one
-sub-folder per class (`cats/`, `dogs/`, ...), or split folders `train/` and `validation/`
-(or `val/`) that each hold class sub-folders; a `test/` folder is never trained on. Every
-image is decoded once up front (`readable`), so a bad one is found (and skipped, or with
---strict_data refused) before training starts, never in the middle of an epoch.
-`kerasft.pipeline` turns examples into tf.data pipelines.
+`Examples` is an indexed split from any source (`kerasft.data.folders` reads image
+folders, `kerasft.data.tables` tables and text folders, `kerasft.data.records` TFRecord
+and TFDS). Every image is decoded once up front (`readable`), so a bad one is found (and
+skipped, or with --strict_data refused) before training starts, never in the middle of an
+epoch. `kerasft.data.pipeline` turns examples into tf.data pipelines.
 """
 
 from __future__ import annotations
@@ -21,9 +19,9 @@ import numpy as np
 from absl import logging
 
 from kerasft.core.errors import UsageError
-from kerasft.tasks.classify.outputs import Output
+from kerasft.data.labels import Classes
+from kerasft.data.source import Source
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 VALIDATION_FOLDERS = ("validation", "val")
 MAX_PIXELS = 100_000_000  # larger images are skipped: decoding would exhaust memory
 PROGRESS_FROM = 20_000  # checking this many images or records shows a progress bar
@@ -36,14 +34,15 @@ class Examples:
   inputs: image file paths, encoded images (bytes) for records from TFRecord files and
   TFDS, or (text models) the texts.
   labels: per example, its class id (multiclass), a list of class ids (multilabel) or a list
-  of float targets (regression). class_names: the classes, or the regression targets'
-  names. output: the kind of labels (`kerasft.tasks.outputs`). names: how messages name
-  each example (default: its input).
+  of float targets (regression), or a task's own (entity spans, masks). class_names: the
+  classes, or the regression targets' names. kind: the kind of labels
+  (`kerasft.data.labels`; an `Output.labels`). names: how messages name each example
+  (default: its input).
   """
   inputs: list
   labels: list
   class_names: list[str]
-  output: Output = dataclasses.field(default_factory=Output)
+  kind: Classes = dataclasses.field(default_factory=Classes)
   names: Optional[list[str]] = None
   streams: tuple = ()  # RecordStreams the records are read from (then inputs are their keys)
   problems: Optional[list] = None  # per example, why it is unusable (None: fine), if known
@@ -74,7 +73,7 @@ class Examples:
 
   def targets(self) -> np.ndarray:
     """float32 [N, C]: one-hot (multiclass), multi-hot (multilabel) or the targets."""
-    return self.output.targets(self.labels, len(self.class_names))
+    return self.kind.targets(self.labels, len(self.class_names))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,44 +115,6 @@ def encoded_bytes(item) -> bytes:
     return f.read()
 
 
-def _is_image(name: str) -> bool:
-  return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def scan_class_folder(folder: str, flag: str, class_names: Optional[list[str]] = None
-                      ) -> Examples:
-  """Indexes `folder`/<class>/**/<image>; class names are the sorted sub-folder names.
-
-  class_names: when given (a validation folder), the folder's classes must be among them
-  and labels index into them.
-  """
-  if not os.path.isdir(folder):
-    raise UsageError(f"--{flag}: folder {folder} does not exist; pass a folder with one "
-                     "sub-folder per class")
-  found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-  if not found:
-    raise UsageError(f"--{flag}: {folder} has no class sub-folders; put each class's images "
-                     "in a sub-folder named after the class")
-  if class_names is None:
-    class_names = found
-  elif set(found) - set(class_names):
-    raise UsageError(f"--{flag}: {folder} has classes {sorted(set(found) - set(class_names))} "
-                     f"that the training data does not have ({', '.join(class_names)})")
-  paths, labels = [], []
-  for name in found:
-    label = class_names.index(name)
-    for root, dirs, files in os.walk(os.path.join(folder, name)):
-      dirs.sort()
-      for f in sorted(files):
-        if _is_image(f) and not f.startswith("."):
-          paths.append(os.path.join(root, f))
-          labels.append(label)
-  if not paths:
-    raise UsageError(f"--{flag}: {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}) in "
-                     "its class sub-folders")
-  return Examples(paths, labels, list(class_names))
-
-
 def unreadable_reasons(paths: list) -> list[Optional[str]]:
   """Decodes every file (or encoded image, bytes) once, in threads; per item None, or why
   it is not a readable image."""
@@ -189,23 +150,14 @@ def unreadable_reasons(paths: list) -> list[Optional[str]]:
   return reasons
 
 
-def check_images(paths: list[str], flag: str) -> None:
-  """Raises a UsageError naming the first unreadable file among `paths`, if any."""
-  failures = [f"{p} ({r})" for p, r in zip(paths, unreadable_reasons(paths)) if r]
-  if failures:
-    raise UsageError(f"--{flag}: {len(failures)} file(s) are not readable images, first: "
-                     f"{failures[0]}; remove or fix them, or leave out --strict_data to skip "
-                     "them")
-
-
-def readable(files: Examples, flag: str, strict: bool = False) -> Examples:
+def readable(files: Examples, source: Source, strict: bool = False) -> Examples:
   """`files` without the missing, corrupt, truncated or non-image ones, which are found by
   decoding every image once (see `without`)."""
   reasons = files.problems if files.problems is not None else unreadable_reasons(files.inputs)
-  return without(files, reasons, flag, strict, "unreadable image(s)")
+  return without(files, reasons, source, strict, "unreadable image(s)")
 
 
-def without(files: Examples, reasons: list[Optional[str]], flag: str, strict: bool,
+def without(files: Examples, reasons: list[Optional[str]], source: Source, strict: bool,
             what: str, with_reasons: bool = False) -> Examples:
   """`files` without the examples whose reason (why they cannot be used) is not None:
   skipped with one warning that counts them and names the first ten (`with_reasons`: and
@@ -214,9 +166,9 @@ def without(files: Examples, reasons: list[Optional[str]], flag: str, strict: bo
   if not bad:
     return files
   if strict:
-    raise UsageError(f"--strict_data: {len(bad)} {what} from --{flag}, first: {bad[0][0]} "
-                     f"({bad[0][1]}); remove or fix them")
-  logging.warning("skipping %d %s from --%s: %s%s", len(bad), what, flag,
+    raise UsageError(f"--strict_data: {len(bad)} {what} from --{source.flag}, first: "
+                     f"{bad[0][0]} ({bad[0][1]}); remove or fix them")
+  logging.warning("skipping %d %s from --%s: %s%s", len(bad), what, source.flag,
                   ", ".join(f"{n} ({r})" if with_reasons else n for n, r in bad[:10]),
                   " ..." if len(bad) > 10 else "")
   return files.subset([i for i, r in enumerate(reasons) if r is None])
@@ -239,12 +191,12 @@ def oversampled(files: Examples, seed: int) -> Examples:
   return files.subset(sorted(int(i) for i in idx))
 
 
-def check_class_names(names: list[str], flag: str) -> None:
+def check_class_names(names: list[str], source: Source) -> None:
   """Class names go into labels.txt one per line: a name with a line break cannot."""
   bad = [n for n in names if "\n" in n or "\r" in n or not n.strip()]
   if bad:
-    raise UsageError(f"--{flag}: class name {bad[0]!r} cannot be written to labels.txt (a line "
-                     "break or an empty name); rename it")
+    raise source.error(f"class name {bad[0]!r} cannot be written to labels.txt (a line "
+                       "break or an empty name); rename it")
 
 
 def balanced_class_weights(files: Examples) -> dict[int, float]:
@@ -262,7 +214,7 @@ def stratified_split(files: Examples, fraction: float, seed: int
   heads by their first multiclass head's class.
   """
   rng = np.random.default_rng(seed)
-  labels = files.output.strata(files.labels, files.class_names)
+  labels = files.kind.strata(files.labels, files.class_names)
   if labels is None:
     idx = rng.permutation(len(files.inputs))
     n_val = min(max(1, int(round(len(idx) * fraction))), len(idx) - 1)
@@ -283,102 +235,3 @@ def stratified_split(files: Examples, fraction: float, seed: int
   return files.subset(sorted(train_idx)), files.subset(sorted(val_idx))
 
 
-def index(data_dir: str, val_dir: str = "", validation_split: float = 0.2, seed: int = 0,
-          strict: bool = False) -> tuple[Examples, Examples]:
-  """Finds the training and validation images; see the module docstring for layouts.
-
-  Unreadable files are skipped with a warning, or with `strict` are a UsageError.
-  """
-  if not os.path.isdir(data_dir):
-    raise UsageError(f"--data_dir: folder {data_dir} does not exist; pass a folder with one "
-                     "sub-folder per class")
-  train_dir, split_val_dir = data_dir, ""
-  if os.path.isdir(os.path.join(data_dir, "train")):
-    train_dir = os.path.join(data_dir, "train")
-    for name in VALIDATION_FOLDERS:
-      if os.path.isdir(os.path.join(data_dir, name)):
-        split_val_dir = os.path.join(data_dir, name)
-        break
-  elif os.path.isdir(os.path.join(data_dir, "test")):
-    raise UsageError(f"--data_dir: {data_dir} has a test/ folder but no train/ folder; "
-                     "put the training images in train/ (test/ is never trained on)")
-  train = readable(scan_class_folder(train_dir, "data_dir"), "data_dir", strict)
-  if not train.inputs:
-    raise UsageError(f"--data_dir: {train_dir} holds no readable images")
-  if len(train.class_names) < 2:
-    raise UsageError(f"--data_dir: {train_dir} has a single class ({train.class_names[0]}); "
-                     "a classifier needs at least 2 class sub-folders")
-  if val_dir or split_val_dir:
-    flag = "val_dir" if val_dir else "data_dir"
-    val = readable(scan_class_folder(val_dir or split_val_dir, flag, train.class_names), flag,
-                   strict)
-  else:
-    train, val = stratified_split(train, validation_split, seed)
-  logging.info("data: %d training and %d validation images in %d classes (%s)",
-               len(train.inputs), len(val.inputs), len(train.class_names),
-               ", ".join(train.class_names))
-  return train, val
-
-
-def evaluation_files(data_dir: str, class_names: list[str]) -> Examples:
-  """The images to evaluate in `data_dir`: its test/ folder, else validation/ (val/), else
-  the folder itself; classes must be among the model's `class_names`."""
-  if not os.path.isdir(data_dir):
-    raise UsageError(f"--data_dir: folder {data_dir} does not exist; pass a folder with one "
-                     "sub-folder per class")
-  folder = data_dir
-  for name in ("test",) + VALIDATION_FOLDERS:
-    if os.path.isdir(os.path.join(data_dir, name)):
-      folder = os.path.join(data_dir, name)
-      break
-  files = scan_class_folder(folder, "data_dir", class_names)
-  check_images(files.inputs, "data_dir")
-  logging.info("evaluating %d images in %s", len(files.inputs), folder)
-  return files
-
-
-def expand_inputs(patterns: list[str]) -> list[str]:
-  """Files, folders (searched recursively for images) and globs -> a sorted list of paths.
-
-  A named file is kept even when it is missing or not an image, so that the caller can
-  report it; an empty result is a UsageError.
-  """
-  import glob  # pylint: disable=g-import-not-at-top
-
-  paths = []
-  for pattern in patterns:
-    if os.path.isdir(pattern):
-      for root, dirs, files in os.walk(pattern):
-        dirs.sort()
-        paths += [os.path.join(root, f) for f in sorted(files) if _is_image(f)]
-    elif glob.has_magic(pattern):
-      matches = sorted(glob.glob(pattern, recursive=True))
-      paths += [m for m in matches if os.path.isfile(m) and _is_image(m)]
-    else:
-      paths.append(pattern)
-  if not paths:
-    raise UsageError(f"inputs: no images match {' '.join(patterns)}; pass image files, "
-                     "folders or globs such as 'photos/*.jpg'")
-  return list(dict.fromkeys(paths))
-
-def builtin_digits(root: str) -> str:
-  """Writes scikit-learn's 8x8 handwritten digits (1,797 images) as PNG class folders.
-
-  The data set ships inside scikit-learn, so the built-in recipe needs no download.
-  Returns the folder; an existing complete copy is reused.
-  """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-
-  folder = os.path.join(root, "sklearn_digits")
-  done = os.path.join(folder, ".complete")
-  if os.path.exists(done):
-    return folder
-  digits = load_digits()
-  for i, (image, label) in enumerate(zip(digits.images, digits.target)):
-    class_dir = os.path.join(folder, str(label))
-    os.makedirs(class_dir, exist_ok=True)
-    pixels = (image * (255.0 / 16.0)).round().astype(np.uint8)
-    Image.fromarray(pixels, mode="L").save(os.path.join(class_dir, f"{i:04d}.png"))
-  open(done, "w").close()
-  return folder

@@ -14,18 +14,20 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
-from kerasft.data.examples import PROGRESS_FROM, VALIDATION_FOLDERS, Examples, RecordStream, unreadable_reasons
 from kerasft.core import _compat
 from kerasft.core.errors import UsageError
-from kerasft.tasks.classify.outputs import Output
+from kerasft.data.examples import (PROGRESS_FROM, VALIDATION_FOLDERS, Examples, RecordStream,
+                                   unreadable_reasons)
+from kerasft.data.labels import Classes, class_ids
+from kerasft.data.source import Source
 
 
 class _ImageChecker:
   """Checks encoded images as they are read, in batches, keeping only why each is
   unusable (None: fine), so that indexing a large record set holds no image bytes."""
 
-  def __init__(self, flag: str, batch: int = 2048):
-    self._flag, self._batch, self._pending, self._problems = flag, batch, [], []
+  def __init__(self, source: Source, batch: int = 2048):
+    self._source, self._batch, self._pending, self._problems = source, batch, [], []
 
   def add(self, encoded: bytes) -> None:
     self._pending.append(encoded)
@@ -37,45 +39,35 @@ class _ImageChecker:
     self._problems += unreadable_reasons(self._pending)
     self._pending = []
     if before // PROGRESS_FROM != len(self._problems) // PROGRESS_FROM:  # a line per 20,000
-      logging.info("--%s: %d records read and checked", self._flag, len(self._problems))
+      logging.info("--%s: %d records read and checked", self._source.flag,
+                   len(self._problems))
 
   def problems(self) -> list:
     self._check()
     return self._problems
 
 
-def class_ids(names_per_row: list[list[str]], class_names: Optional[list[str]], flag: str,
-              where: str) -> tuple[list[list[int]], list[str]]:
-  """Class names per row -> class ids per row, and the classes (sorted, unless given)."""
-  found = sorted({n for row in names_per_row for n in row})
-  if class_names is None:
-    class_names = found
-  elif set(found) - set(class_names):
-    raise UsageError(f"--{flag}: {where} has classes {sorted(set(found) - set(class_names))[:10]}"
-                     f" that the training data does not have ({', '.join(class_names[:20])})")
-  position = {n: i for i, n in enumerate(class_names)}
-  return [[position[n] for n in row] for row in names_per_row], list(class_names)
-
-
-def _records(inputs, per_row, names, output: Output, class_names, flag, where, label_key,
+def _records(inputs, per_row, names, kind, class_names, source: Source, label_key,
              problems=None, stream=None) -> Examples:
-  """Records with class names per record -> Examples; images are streamed from `stream`
-  (their keys are the names) and checked (`problems`)."""
+  """Records with class names per record -> Examples labelled as `kind` says; images are
+  streamed from `stream` (their keys are the names) and checked (`problems`)."""
   keys = label_key.split(",")
   if len(keys) > 1:  # several heads: one names list per key and record, read as table cells
     rows = [{k: "|".join(v) for k, v in zip(keys, row)} for row in per_row]
-    labels, class_names = output.parse_cells(rows, label_key, flag, where, class_names)
+    labels, class_names = kind.parse_cells(rows, label_key, source, class_names)
   else:
-    output.from_names(per_row, names, flag, label_key)
-    ids, class_names = class_ids(per_row, class_names, flag, where)
-    labels = output.labels_of(ids)
-  return Examples(inputs, labels, class_names, output, names, (stream,) if stream else (),
+    kind.from_names(per_row, names, label_key, source)
+    ids, class_names = class_ids(per_row, class_names, source)
+    labels = kind.labels_of(ids)
+  return Examples(inputs, labels, class_names, kind, names, (stream,) if stream else (),
                   problems)
 
 
-def _read_tfrecord_file(path: str, flag: str, image_key: str, label_key: str,
+def _read_tfrecord_file(source: Source, image_key: str, label_key: str,
                         checker: _ImageChecker) -> tuple[list, list]:
-  """(label ids per record, record names) of one TFRecord file; images go to `checker`."""
+  """(label ids per record, record names) of one TFRecord file (`source.path`); images go
+  to `checker`."""
+  path = source.path
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   keys = label_key.split(",")  # several: one head each
   spec = {image_key: tf.io.FixedLenFeature([], tf.string, default_value=""),
@@ -95,30 +87,30 @@ def _read_tfrecord_file(path: str, flag: str, image_key: str, label_key: str,
         row = row[0] if len(keys) == 1 else row
         name = f"{path}#{len(names)}"
         if not image:
-          raise UsageError(f"--{flag}: {name} has no {image_key!r} feature; name the image "
-                           "feature with --image_key")
+          raise source.error(f"{name} has no {image_key!r} feature; name the image feature "
+                             "with --image_key")
         checker.add(image)
         ids.append(row)
         names.append(name)
   except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-    raise UsageError(f"--{flag}: {path} is not a TFRecord file of tf.train.Examples with a "
-                     f"string {image_key!r} and int64 {label_key!r} (name them with "
-                     f"--image_key/--label_key): {e.message.splitlines()[0]}") from None
+    raise source.error(f"{path} is not a TFRecord file of tf.train.Examples with a string "
+                       f"{image_key!r} and int64 {label_key!r} (name them with "
+                       f"--image_key/--label_key): {e.message.splitlines()[0]}") from None
   return ids, names
 
 
-def read_unlabeled_tfrecords(pattern: str, flag: str, image_key: str, class_names: list[str],
-                             output: Output) -> Examples:
+def read_unlabeled_tfrecords(source: Source, image_key: str, class_names: list[str],
+                             kind) -> Examples:
   """Streamed `Examples` of the images of TFRecord files of tf.train.Examples (--image_key
   [image/encoded]; labels, if any, ignored), labelled 0 (a placeholder), with why each
   image is unusable (`Examples.problems`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   image_key = image_key or "image/encoded"
-  files = sorted(tf.io.gfile.glob(pattern))
+  files = sorted(tf.io.gfile.glob(source.path))
   if not files:
-    raise UsageError(f"--{flag}: no files match {pattern}")
+    raise source.error(f"no files match {source.path}")
   spec = {image_key: tf.io.FixedLenFeature([], tf.string, default_value="")}
-  checker, names = _ImageChecker(flag), []
+  checker, names = _ImageChecker(source), []
   for path in files:
     start = len(names)
     try:
@@ -128,16 +120,16 @@ def read_unlabeled_tfrecords(pattern: str, flag: str, image_key: str, class_name
           names.append(f"{path}#{len(names) - start}")
           checker.add(image)
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-      raise UsageError(f"--{flag}: {path} is not a TFRecord file of tf.train.Examples with a "
-                       f"string {image_key!r} (name it with --image_key): "
-                       f"{e.message.splitlines()[0]}") from None
+      raise source.error(f"{path} is not a TFRecord file of tf.train.Examples with a string "
+                         f"{image_key!r} (name it with --image_key): "
+                         f"{e.message.splitlines()[0]}") from None
   if not names:
-    raise UsageError(f"--{flag}: {pattern} holds no records")
-  return Examples(names, [0] * len(names), list(class_names), output, names,
+    raise source.error(f"{source.path} holds no records")
+  return Examples(names, [0] * len(names), list(class_names), kind, names,
                   (RecordStream(image_key=image_key, files=tuple(files)),), checker.problems())
 
 
-def _named_ids(ids: list, names: list, flag: str, label_names: str,
+def _named_ids(ids: list, names: list, source: Source, label_names: str,
                class_names: Optional[list[str]]) -> tuple[list[list[str]], list[str]]:
   """Class names per record from label ids: line i of the `label_names` file names id i,
   else the ids as strings. Returns (names per record, class names)."""
@@ -151,16 +143,17 @@ def _named_ids(ids: list, names: list, flag: str, label_names: str,
     all_names = [line.strip() for line in f if line.strip()]
   bad = [(n, i) for n, row in zip(names, ids) for i in row if not 0 <= i < len(all_names)]
   if bad:
-    raise UsageError(f"--{flag}: {bad[0][0]} has label id {bad[0][1]}, but --label_names "
-                     f"{label_names} names {len(all_names)} classes (ids 0-"
-                     f"{len(all_names) - 1})")
+    raise source.error(f"{bad[0][0]} has label id {bad[0][1]}, but --label_names "
+                       f"{label_names} names {len(all_names)} classes (ids 0-"
+                       f"{len(all_names) - 1})")
   return [[all_names[i] for i in row] for row in ids], class_names or all_names
 
 
-def read_tfrecords(pattern: str, flag: str, image_key: str = "", label_key: str = "",
-                   output: Output = Output(), label_names: str = "",
-                   class_names: Optional[list[str]] = None) -> Examples:
-  """Indexes TFRecord files of tf.train.Examples: encoded image bytes and int64 label ids.
+def read_tfrecords(source: Source, image_key: str = "", label_key: str = "", kind=Classes(),
+                   label_names: str = "", class_names: Optional[list[str]] = None
+                   ) -> Examples:
+  """Indexes TFRecord files of tf.train.Examples (`source.path`: a glob): encoded image
+  bytes and int64 label ids, labels read as `kind` says.
 
   image_key/label_key default to `image/encoded` and `image/class/label`. Class names come
   from `label_names` (a file, one name per line, line i names id i), else the ids found in
@@ -169,25 +162,25 @@ def read_tfrecords(pattern: str, flag: str, image_key: str = "", label_key: str 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   image_key, label_key = image_key or "image/encoded", label_key or "image/class/label"
-  files = sorted(tf.io.gfile.glob(pattern))
+  files = sorted(tf.io.gfile.glob(source.path))
   if not files:
-    raise UsageError(f"--{flag}: no files match {pattern}")
-  checker, ids, names = _ImageChecker(flag), [], []
+    raise source.error(f"no files match {source.path}")
+  checker, ids, names = _ImageChecker(source), [], []
   for path in files:
-    file_ids, file_names = _read_tfrecord_file(path, flag, image_key, label_key, checker)
+    file_ids, file_names = _read_tfrecord_file(source.at(path), image_key, label_key, checker)
     ids += file_ids
     names += file_names
   if not names:
-    raise UsageError(f"--{flag}: {pattern} holds no records")
+    raise source.error(f"{source.path} holds no records")
   if "," in label_key:  # several heads: the ids are the class names
     if label_names:
       raise UsageError("--label_names: names one label key's ids; with several --label_key "
                        "the ids themselves name the classes")
     per_row = [[[str(i) for i in ids_of_key] for ids_of_key in row] for row in ids]
   else:
-    per_row, class_names = _named_ids(ids, names, flag, label_names, class_names)
+    per_row, class_names = _named_ids(ids, names, source, label_names, class_names)
   stream = RecordStream(image_key=image_key, files=tuple(files))
-  return _records(names, per_row, names, output, class_names, flag, pattern, label_key,
+  return _records(names, per_row, names, kind, class_names, source, label_key,
                   checker.problems(), stream)
 
 
@@ -219,19 +212,19 @@ def tfds_validation_split(name: str, data_dir: str) -> str:
   return next((s for s in VALIDATION_FOLDERS if s in splits), "")
 
 
-def _tfds_features(builder, name: str, kind, input_key: str, input_flag: str,
+def _tfds_features(builder, name: str, feature, input_key: str, input_option: str,
                    label_key: str) -> tuple[str, str, Optional[list[str]]]:
   """(input feature, label feature, class names or None) of a TFDS builder: the first
-  feature of `kind` and the first ClassLabel (or Sequence of them) unless named."""
+  feature of type `feature` and the first ClassLabel (or Sequence of them) unless named."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   features = builder.info.features
-  input_key = input_key or next((k for k, f in features.items() if isinstance(f, kind)), "")
+  input_key = input_key or next((k for k, f in features.items() if isinstance(f, feature)), "")
   label_key = label_key or next((
       k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)
       or isinstance(getattr(f, "feature", None), tfds.features.ClassLabel)), "")
-  for flag, key in ((input_flag, input_key), ("label_key", label_key)):
+  for option, key in ((input_option, input_key), ("label_key", label_key)):
     if key not in features:
-      raise UsageError(f"--{flag}: {name} has no feature {key!r}; its features are "
+      raise UsageError(f"--{option}: {name} has no feature {key!r}; its features are "
                        f"{', '.join(features)}")
   label = getattr(features[label_key], "feature", features[label_key])
   return input_key, label_key, (label.names if isinstance(label, tfds.features.ClassLabel)
@@ -252,18 +245,20 @@ def tfds_split(builder, name: str, data_dir: str, split: str, decoders):
                      f"{', '.join(builder.info.splits) or 'unknown'}") from None
 
 
-def _read_tfds(name, data_dir, split, input_key, label_key, output, class_names, texts: bool):
+def _read_tfds(name, data_dir, split, input_key, label_key, kind, class_names, texts: bool):
   """Reads one split of a prepared TFDS data set: its images (checked, streamed later) or
   its texts (held)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds_builder(name, data_dir)
-  kind = tfds.features.Text if texts else tfds.features.Image
-  found = [_tfds_features(builder, name, kind, input_key, "text_key" if texts else "image_key",
-                          key) for key in label_key.split(",")]  # several: one head each
+  feature = tfds.features.Text if texts else tfds.features.Image
+  found = [_tfds_features(builder, name, feature, input_key,
+                          "text_key" if texts else "image_key", key)
+           for key in label_key.split(",")]  # several: one head each
   input_key, keys = found[0][0], [f[1] for f in found]
   ds = tfds_split(builder, name, data_dir, split,
                    None if texts else {input_key: tfds.decode.SkipDecoding()})
-  held, per_row, names, checker = [], [], [], _ImageChecker("tfds")
+  source = Source("tfds", f"{name}[{split}]")
+  held, per_row, names, checker = [], [], [], _ImageChecker(source)
   batches = ds.map(lambda example: (example[input_key], tuple(example[k] for k in keys))
                    ).ragged_batch(512)
   for inputs, labels in batches:  # in batches: one Python step per 512 records
@@ -280,62 +275,25 @@ def _read_tfds(name, data_dir, split, input_key, label_key, output, class_names,
   if not names:
     raise UsageError(f"--tfds: split {split!r} of {name} is empty")
   class_names = class_names if class_names is not None or not all_names else list(all_names)
-  where = f"{name}[{split}]"
   if texts:
-    return _records(held, per_row, names, output, class_names, "tfds", where, label_key)
+    return _records(held, per_row, names, kind, class_names, source, label_key)
   stream = RecordStream(image_key=input_key, tfds=tfds_name(name), data_dir=data_dir,
-                        split=split, key_prefix=f"{where}#")
-  return _records(names, per_row, names, output, class_names, "tfds", where, label_key,
+                        split=split, key_prefix=f"{source.path}#")
+  return _records(names, per_row, names, kind, class_names, source, label_key,
                   checker.problems(), stream)
 
 
 def read_tfds(name: str, data_dir: str, split: str, image_key: str = "", label_key: str = "",
-              output: Output = Output(), class_names: Optional[list[str]] = None) -> Examples:
+              kind=Classes(), class_names: Optional[list[str]] = None) -> Examples:
   """The images of one split of a prepared TFDS data set (`download=False`: never waits
   offline); the image and label features are the builder's first `Image` and `ClassLabel`
   (or a `Sequence` of `ClassLabel`s, multilabel) unless named. Images are kept encoded."""
-  return _read_tfds(name, data_dir, split, image_key, label_key, output, class_names, False)
+  return _read_tfds(name, data_dir, split, image_key, label_key, kind, class_names, False)
 
 
 def read_tfds_texts(name: str, data_dir: str, split: str, text_key: str = "",
-                    label_key: str = "", output: Output = Output(),
+                    label_key: str = "", kind=Classes(),
                     class_names: Optional[list[str]] = None) -> Examples:
   """The texts of one split of a prepared TFDS data set (its first `Text` feature unless
   named), like `read_tfds`."""
-  return _read_tfds(name, data_dir, split, text_key, label_key, output, class_names, True)
-
-
-def read_tfds_tokens(name: str, data_dir: str, split: str, tokens_key: str = "",
-                     tags_key: str = "") -> tuple[list[str], list[list]]:
-  """(texts, character-span entities) of one split of a prepared TFDS data set of token
-  and tag sequences (`kerasft.tagging`): a `Sequence` of `Text` (--text_key [the first])
-  and a `Sequence` of `ClassLabel` tag names (--label_key [ner, else tags, else the
-  first]), as `conll2003` or `wikiann` hold them."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from kerasft.tasks.tagging import data as tagging
-  builder = tfds_builder(name, data_dir)
-  features = builder.info.features
-  of = lambda kind: [k for k, f in features.items()  # noqa: E731
-                     if isinstance(getattr(f, "feature", None), kind)]
-  tokens_key = tokens_key or next(iter(of(tfds.features.Text)), "")
-  sequences = of(tfds.features.ClassLabel)
-  tags_key = tags_key or next((k for k in ("ner", "tags", "ner_tags") if k in sequences),
-                              next(iter(sequences), ""))
-  for flag, key, kind in (("text_key", tokens_key, "Sequence(Text)"),
-                          ("label_key", tags_key, "Sequence(ClassLabel)")):
-    if key not in features:
-      raise UsageError(f"--{flag}: {name} has no {kind} feature {key!r}; its features are "
-                       f"{', '.join(features)}")
-  names = features[tags_key].feature.names
-  ds = tfds_split(builder, name, data_dir, split, None)
-  texts, entities = [], []
-  for example in tfds.as_numpy(ds):
-    tokens = [t.decode("utf-8", errors="replace") for t in example[tokens_key]]
-    if tokens:
-      text, found = tagging.from_tokens(tokens, [names[i] for i in example[tags_key]],
-                                        f"--tfds: {name}[{split}] example {len(texts) + 1}")
-      texts.append(text)
-      entities.append(found)
-  if not texts:
-    raise UsageError(f"--tfds: split {split!r} of {name} is empty")
-  return texts, entities
+  return _read_tfds(name, data_dir, split, text_key, label_key, kind, class_names, True)

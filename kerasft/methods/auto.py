@@ -18,15 +18,12 @@ import dataclasses
 
 from absl import logging
 
-FEW_SHOT_UP_TO = 16  # labelled examples per class
-FINE_TUNE_FROM = 50  # per class (images)
-LARGE_FROM = 20_000  # examples in all
+from kerasft.config import ModelConfig, RunConfig, TrainingConfig
 
 
 def apply(task, train, val):
   """The task with --recipe=auto resolved into concrete settings for `train` + `val`
   (unchanged for other recipes). Settings the user changed from their defaults stay."""
-  from kerasft.config import RunConfig
   config = task.config
   if config.methods.recipe != "auto":
     return task
@@ -35,7 +32,6 @@ def apply(task, train, val):
   changes, reason = task.auto_settings(per_class, n, train)
   if config.model.unfreezes:  # the user chose what to unfreeze
     changes.pop("model.unfreeze_blocks", None)
-  from kerasft.config import ModelConfig, TrainingConfig
   defaults = RunConfig(model=ModelConfig(model=config.model.model), training=TrainingConfig(
       learning_rate=config.training.learning_rate)).resolved()  # as the config's are filled
   groups = {}
@@ -50,4 +46,4 @@ def apply(task, train, val):
   logging.info("recipe auto (%d examples, %.0f per class): %s; set %s", n, per_class, reason,
                ", ".join(f"--{k}={v}" for g in groups.values() for k, v in g.items()) or
                "nothing")
-  return type(task)(resolved, task.output, task.backbone)
+  return task.with_config(resolved, task.backbone)

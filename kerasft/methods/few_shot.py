@@ -20,8 +20,9 @@ import keras
 import numpy as np
 from absl import logging
 
-from kerasft.models import backbones
+from kerasft.core import budget
 from kerasft.core.files import atomic_path
+from kerasft.models import backbones, features
 from kerasft.models.heads import backbone_of
 
 TUNED = "few_shot.weights.h5"
@@ -62,12 +63,11 @@ class PairSimilarity(keras.Model):
 def labelled(dataset, config):
   """The examples the pairs come from: the training split, or every labelled example when
   the head is then chosen by k-fold cross-validation of all of them and refit on all
-  (small data, no fine-tune phase: `kerasft.head_solver.uses_kfold`)."""
-  from kerasft.training import head_solver
+  (small data, no fine-tune phase: `TrainingConfig.uses_kfold`)."""
   train, val = dataset.train_files, dataset.val_files
   n = len(train.inputs) + len(val.inputs)
   if (not config.training.fine_tune_epochs and config.training.head_solver == "convex"
-      and head_solver.uses_kfold(config.training, n, len(train.class_names))):
+      and config.training.uses_kfold(n, len(train.class_names))):
     return train + val
   return train
 
@@ -82,7 +82,6 @@ def tune(model: keras.Model, dataset, config, path: str, verbose="auto") -> dict
   """Tunes `model`'s backbone contrastively on pairs of `dataset`'s training examples (or
   loads the result from `path` when an earlier process saved it); the backbone ends
   frozen. Returns {"pairs", "loss", "seconds"} ({} when loaded)."""
-  from kerasft.models import features
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   k, seed = config.methods, config.training.seed
   if os.path.exists(path):
@@ -103,9 +102,8 @@ def tune(model: keras.Model, dataset, config, path: str, verbose="auto") -> dict
   pair_model.compile(optimizer=keras.optimizers.Adam(k.few_shot_learning_rate), loss="mse")
   logging.info("few-shot: tuning the encoder on %d pairs of %d examples (%d epoch(s))",
                len(same), len(files.labels), k.few_shot_epochs)
-  from kerasft.training import callbacks
   history = pair_model.fit(pairs, epochs=k.few_shot_epochs, shuffle=False, verbose=verbose,
-                           callbacks=[callbacks.Deadline()] if callbacks.past_deadline()
+                           callbacks=[budget.Deadline()] if budget.past_deadline()
                            is not None else [])
   backbones.freeze(backbone)
   with atomic_path(path) as staging:

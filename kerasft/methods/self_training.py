@@ -26,6 +26,9 @@ from absl import logging
 
 from kerasft.reporting import calibration
 from kerasft.core.errors import UsageError
+from kerasft.config.methods import MethodsConfig
+from kerasft.models import features
+from kerasft.data import pipeline
 
 FOLDER = "self_training"
 
@@ -78,7 +81,6 @@ def student_config(config, index: int):
   unlabelled data or export, k-fold off (the validation examples judge every round)."""
   data = dataclasses.replace(config.data, unlabeled_dir="", unlabeled_csv="",
                              unlabeled_text_dir="")
-  from kerasft.config.methods import MethodsConfig
   default = MethodsConfig()
   methods = dataclasses.replace(config.methods, **{name: getattr(default, name) for name in (
       "self_training_rounds", "pseudo_label_threshold", "pseudo_labels_per_class")})
@@ -103,7 +105,6 @@ def calibrated(task, model, fitted, dataset) -> float:
 def teacher_outputs(model, task, unlabeled, batch_size: int) -> np.ndarray:
   """Probabilities [N, C] of `model` on the unlabelled examples, through their backbone
   features (`kerasft.features.extract`: extracted once per backbone weights in the run)."""
-  from kerasft.models import features
   maps = features.extract(model, unlabeled, task.pipeline)
   return features.head_model(model).predict(maps, batch_size=batch_size, verbose=0)
 
@@ -136,7 +137,6 @@ def run(task, model, dataset, unlabeled, fitted, train_fn):
     pseudo = dataclasses.replace(unlabeled.subset(rows.tolist()), labels=ids.tolist(),
                                  names=[f"{unlabeled.name(int(i))} (pseudo-label)" for i in rows])
     if pseudo.streams:  # records: the chosen images join the training files as bytes
-      from kerasft.data import pipeline
       pseudo = dataclasses.replace(pseudo, inputs=list(pipeline.encoded_inputs(pseudo)),
                                    streams=(), problems=None)
     student_task = type(task)(student_config(config, index), task.output,

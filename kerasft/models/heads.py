@@ -11,9 +11,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kerasft.config.backbones import default_name
 from kerasft.core import _compat
-from kerasft.models.backbones import Backbone, default_name
-from kerasft.tasks.classify.outputs import KINDS, Output
+from kerasft.models.backbones import Backbone
 
 _IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 _IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
@@ -68,12 +68,12 @@ class Rescale(keras.layers.Layer):
     return {**super().get_config(), "scale": self.scale, "offset": self.offset}
 
 
-def build_classifier(backbone: Backbone, num_classes: int, output: Output,
+def build_classifier(backbone: Backbone, num_classes: int, output,
                      head: tuple[int, ...] = (), dropout: float = 0.2, bn_mode: str = "frozen",
                      stats=None) -> keras.Model:
   """Returns a model from raw pixels [N, S, S, 3] (0..255) to `output`'s last layer [N, C].
 
-  output: the kind of head (`kerasft.tasks.outputs`), built with `stats` (what
+  output: the kind of head (a `kerasft.tasks.base.Output`), built with `stats` (what
   `output.head_stats` gives). head: hidden Dense (ReLU) sizes between the pooled features
   and the last layer; dropout: the rate before each Dense layer of the head. The output
   computes in float32. The backbone runs in inference mode, except with bn_mode="train",
@@ -95,7 +95,7 @@ def build_classifier(backbone: Backbone, num_classes: int, output: Output,
   return keras.Model(inputs, outputs, name=f"{default_name(backbone.name)}_classifier")
 
 
-def add_head(x, num_classes: int, output: Output, head: tuple[int, ...] = (),
+def add_head(x, num_classes: int, output, head: tuple[int, ...] = (),
              dropout: float = 0.2, stats=None):
   """The new head on pooled features `x` [N, F]: hidden Dense (ReLU) layers of the `head`
   sizes, `dropout` before each Dense layer, and `output`'s last layer (float32). Returns
@@ -119,8 +119,5 @@ def backbone_of(model: keras.Model) -> keras.Model:
 
 def head_layers(model: keras.Model) -> list:
   """The layers of the new head (everything after the backbone that has weights)."""
-  from kerasft.tasks.multitask import graph as multitask_graph
-  names = {n for kind in KINDS.values() for n in kind().head_layer_names()} | {
-      multitask_graph.DENSE, multitask_graph.LAYER}
-  return [layer for layer in model.layers if layer.weights and (
-      layer.name.startswith("head_dense_") or layer.name in names)]
+  after = model.layers[model.layers.index(backbone_of(model)) + 1:]
+  return [layer for layer in after if layer.weights]

@@ -28,6 +28,7 @@ from keras import ops
 from kerasft.core import _compat
 from kerasft.models import heads
 from kerasft.core.errors import UsageError
+from kerasft.data import pipeline
 
 
 POOLINGS = ("mean", "cls")
@@ -224,7 +225,6 @@ def bucketed(files, backbone: TextBackbone, batch_size: int):
 def pipelines(train, val, backbone: TextBackbone, batch_size: int, seed: int = 0):
   """Training (reshuffled each epoch) and validation pipelines of texts, as a
   `kerasft.pipeline.Dataset`."""
-  from kerasft.data import pipeline
   return pipeline.Dataset(
       train=make_pipeline(train, backbone, batch_size, shuffle=True, seed=seed),
       val=make_pipeline(val, backbone, batch_size), class_names=train.class_names,

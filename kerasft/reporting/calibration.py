@@ -10,6 +10,7 @@ returns softmax(logits / T) with the same argmax.
 from __future__ import annotations
 
 import numpy as np
+from kerasft.reporting.metrics import pyplot
 
 BINS = 15
 _RANGE = (np.log(0.05), np.log(20.0))  # temperatures searched
@@ -100,7 +101,6 @@ def plot(probabilities: np.ndarray, labels: np.ndarray, path: str,
          temperature: float | None = None) -> None:
   """Writes the reliability diagram (accuracy against confidence per bin, ECE in the
   legend; with `temperature`, the calibrated probabilities beside) as a PNG."""
-  from kerasft.reporting.metrics import pyplot
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(5, 4.5))
   centers = (np.arange(BINS) + 0.5) / BINS

@@ -269,7 +269,7 @@ def write(output, labels: np.ndarray, outputs: np.ndarray, class_names: list[str
           kept: str = "", extra: dict | None = None) -> dict:
   """Writes metrics.json and the `output`'s PNG (a `kerasft.tasks.outputs.Output`:
   confusion_matrix.png, predictions.png) and, given a training history,
-  training_curves.png into `out_dir`. labels: what `output.evaluation_labels` gives (class
+  training_curves.png into `out_dir`. labels: what `output.labels.evaluation_labels` gives (class
   ids or one-hot [N, C], multi-hot [N, C], targets [N, K]). validated_on: which examples the
   figures come from (written as "validated_on"); kept: the phase of the epoch the model
   ends with (written as "kept"); extra: more entries (calibration, slices). Returns the

@@ -1,8 +1,8 @@
 """report.html of a training run or an evaluation, and the figures it adds to
 metrics.json: the per-slice metric (--slice_column) and the reliability diagram.
 
-The page itself is `kerasft.html_report`; its sections per output type are
-`kerasft.tasks.report`; the examples are drawn by the modality (`Task.cards`).
+The page itself is `kerasft.reporting.html`; its sections are the output's
+(`Output.report_sections`); the examples are drawn by the modality (`Task.cards`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 
 from kerasft.reporting import html as html_report, metrics as reports
-from kerasft.data import tables as sources
+from kerasft.data import tables
 from kerasft.reporting import sections
 
 FIGURES = ("training_curves.png", "confusion_matrix.png", "predictions.png", "reliability.png",
@@ -35,17 +35,13 @@ def slices(task_class, output, data_config, files, targets, outputs) -> dict:
   the CSV rows are matched by the task's key column (`Task.SLICE_KEY`)."""
   if not data_config.slice_column:
     return {}
-  values = sources.slice_values(data_config, files,
-                                getattr(data_config, task_class.SLICE_KEY))
-  return sections.slices(output.name, values, np.asarray(targets), np.asarray(outputs),
-                         output.threshold)
+  values = tables.slice_values(data_config, files, getattr(data_config, task_class.SLICE_KEY))
+  return sections.slices(output, values, np.asarray(targets), np.asarray(outputs))
 
 
 def train_counts(output, train_files) -> list | None:
   """Training examples per class (per label for multilabel); None for regression."""
-  if not output.classifies:
-    return None
-  return output.class_counts(train_files.labels, len(train_files.class_names))
+  return output.labels.class_counts(train_files.labels, len(train_files.class_names))
 
 
 def summary(config, dataset, metrics: dict, seconds: dict, monitor: str) -> list:
@@ -58,7 +54,7 @@ def summary(config, dataset, metrics: dict, seconds: dict, monitor: str) -> list
   recipe += [f"{k} {getattr(methods, k)}" for k in ("average", "wise_ft", "peft", "recipe")
              if getattr(methods, k) not in ("none", "default", "", 0, 0.0, None)]
   value = metrics.get(monitor.removeprefix("val_"))
-  return [("run", config.name), ("data", f"--{d.source} {getattr(d, d.source) if d.source else ''}"
+  return [("run", config.name), ("data", f"--{d.source} {d.source_path()}"
                                   f": {len(dataset.train_files.inputs)} training, "
                                   f"{len(dataset.val_files.inputs)} validation examples, "
                                   f"{len(dataset.class_names)} classes"),
@@ -77,7 +73,7 @@ def write(data: html_report.ReportData, output, headline: str, cards, log_dir: s
   start = time.perf_counter()
   try:
     result = html_report.write(os.path.join(data.out_dir, html_report.REPORT), data.title,
-                               sections.sections(output.name, data, headline, cards))
+                               output.report_sections(data, headline, cards))
     if log_dir:
       html_report.to_tensorboard(data.out_dir, log_dir, list(FIGURES))
   except OSError as e:  # the folder cannot take it: the run's results stand

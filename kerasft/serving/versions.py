@@ -1,10 +1,7 @@
-"""SavedModel export in TF Serving's layout: `<export_dir>/<version>/`.
+"""SavedModel export in TF Serving's layout: `<export_dir>/<version>/`, written atomically.
 
-The SavedModel is saved from a `tf.Module` that tracks only the model's underlying
-variables (`[v.value for v in model.variables]`), with `tf.function` signatures that call
-the Keras model. No Keras object and no optimizer state enter the saved object graph, so
-TensorFlow's session-based loader (TF Serving, `saved_model_cli run`) restores it, and the
-variables take the parameters' bytes once (`model.export()` stores them twice).
+The SavedModel is saved from the `kerasft.models.signatures.Signatures` a task makes for
+its model: a `tf.Module` tracking only the model's variables, with its signatures.
 
 Signatures, all returning the task's outputs: multiclass `probabilities` float32 [None, C],
 `class_ids` int64 [None] and `classes` string [None] (the top-1 class name); multilabel
@@ -13,11 +10,11 @@ is at least the threshold, else ""); regression `predictions` float32 [None] (on
 or [None, K]:
   serving_default: images float32 [None, S, S, 3], RGB pixels 0..255
   serving_bytes:   image_bytes string [None], encoded JPEG/PNG/BMP/GIF, decoded and
-                   resized exactly as in training (`kerasft.pipeline.decode_and_resize`)
+                   resized exactly as in training (`kerasft.data.pipeline.decode_and_resize`)
   serving_example: examples string [None], serialized tf.train.Examples whose
                    `image/encoded` feature holds the encoded image
-A text model's `serving_default` takes `text` string [None] instead; a tagger's
-(`tagging_signatures`) returns per-word and per-entity outputs padded per batch.
+A text model's `serving_default` takes `text` string [None] instead; other tasks' outputs
+are their own (a tagger's per-word and per-entity outputs, a segmenter's class maps).
 A version folder also holds `assets/labels.txt` (class names in class-id order),
 `model_card.json`, and, when tensorflow-serving-api is installed, TF Serving warm-up
 requests in `assets.extra/tf_serving_warmup_requests`. The export root (the parent of the
@@ -26,8 +23,6 @@ model folders) gets a `models.config` for `tensorflow_model_server --model_confi
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import json
 import os
 import re
@@ -35,134 +30,17 @@ import shutil
 import tempfile
 from typing import Callable
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kerasft.core import _compat
-from kerasft.data import pipeline
 from kerasft.core.errors import UsageError
 from kerasft.core.files import LABELS, write_labels
+from kerasft.methods import peft
 
 MODEL_CARD_FILE = "model_card.json"
 MODELS_CONFIG_FILE = "models.config"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 SIGNATURES = ("serving_default", "serving_bytes", "serving_example")
-
-
-@dataclasses.dataclass
-class Signatures:
-  """What one export serves: the tf.Module (its signature functions are attributes),
-  each signature's inputs described for the model card, and a warm-up input per signature
-  ({signature: (input key, value)})."""
-  module: tf.Module
-  descriptions: dict
-  warmup: dict
-
-
-def variables_module(model, labels_path: str) -> tf.Module:
-  """A tf.Module that tracks only `model`'s variables and the labels assets (labels.txt
-  and the other files beside it: several heads' labels_HEAD.txt)."""
-  module = tf.Module()
-  module.model_variables = [v.value for v in model.variables]
-  module.labels_asset = tf.saved_model.Asset(labels_path)
-  folder = os.path.dirname(labels_path)
-  module.more_labels = [tf.saved_model.Asset(os.path.join(folder, name))
-                        for name in sorted(os.listdir(folder)) if name != LABELS]
-  return module
-
-
-def image_signatures(model, class_names: list[str], image_size: int, labels_path: str,
-                     resize: str = "squash", outputs: Callable | None = None) -> Signatures:
-  """The three image signatures of `model` (raw pixels -> its output): pixels, encoded
-  images (resized as `resize` says, as in training) and tf.train.Examples. outputs(result,
-  class_names) gives the signature outputs (`Output.serving_outputs`)."""
-  from kerasft.tasks.classify.outputs import Output
-  outputs = outputs or Output().serving_outputs
-  module = variables_module(model, labels_path)
-  image_spec = tf.TensorSpec([image_size, image_size, 3], tf.float32)
-
-  @tf.function(input_signature=[
-      tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")])
-  def serving_default(images):
-    return outputs(model(images, training=False), class_names)
-
-  def classify_encoded(encoded):  # calls serving_default's graph: the model is traced once
-    return serving_default(tf.map_fn(
-        lambda b: pipeline.decode_and_resize(b, image_size, resize), encoded,
-        fn_output_signature=image_spec))
-
-  return image_inputs(module, image_size, f"[N, {image_size}, {image_size}, 3]",
-                      serving_default, classify_encoded)
-
-
-def image_inputs(module: tf.Module, image_size: int, pixels: str, serving_default: Callable,
-                 from_encoded: Callable) -> Signatures:
-  """`Signatures` of an image `module` given its `serving_default` (float32 pixels,
-  `pixels` describing their shape) and `from_encoded` (encoded images [N] -> the same
-  outputs): serving_bytes and serving_example are made from it; a gray image warms each up."""
-
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-  def serving_bytes(image_bytes):
-    return from_encoded(image_bytes)
-
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-  def serving_example(examples):
-    return from_encoded(tf.io.parse_example(
-        examples, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})["image/encoded"])
-
-  module.serving_default, module.serving_bytes = serving_default, serving_bytes
-  module.serving_example = serving_example
-  gray = np.full((image_size, image_size, 3), 128, np.uint8)
-  return Signatures(module, {
-      "serving_default": {"images": f"float32 {pixels}, RGB 0..255"},
-      "serving_bytes": {"image_bytes": "string [N], encoded image"},
-      "serving_example": {"examples": "string [N], tf.train.Example with image/encoded"}}, {
-          "serving_default": ("images", gray[None].astype(np.float32)),
-          "serving_bytes": ("image_bytes", [_png(gray)]),
-          "serving_example": ("examples", [image_example(_png(gray))])})
-
-
-def text_signatures(model, preprocessor, class_names: list[str], labels_path: str,
-                    outputs: Callable) -> Signatures:
-  """`serving_default` of a text model (packed token inputs -> its output) taking raw
-  strings `text` [None]: the preset's `preprocessor` tokenizes and packs in the graph
-  (tensorflow-text ops), and its resources (a SentencePiece model) are tracked."""
-  module = variables_module(model, labels_path)
-  module.tokenizer_resources = _compat.capturable_resources(preprocessor)
-
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
-  def serving_default(text):
-    packed = preprocessor(text)
-    inputs = {t.name: tf.cast(packed[t.name], t.dtype) for t in model.inputs}
-    return outputs(model(inputs, training=False), class_names)
-
-  module.serving_default = serving_default
-  return Signatures(module, {"serving_default": {"text": "string [N], raw text"}},
-                    {"serving_default": ("text", ["a warm-up sentence"])})
-
-
-def tagging_signatures(model, preprocessor, tag_names: list[str], labels_path: str,
-                       length: int, words: str = "punctuation") -> Signatures:
-  """`serving_default` of a tagger (`kerasft.tasks.tagging`) taking raw strings `text`
-  [None]: words, their character offsets, IOB2 tags and scores, and the entities (text,
-  type, start, end, score), each padded to the longest in the batch ("" or -1 pads);
-  texts longer than `length` tokens are read in overlapping windows
-  (`kerasft.tagging_graph`)."""
-  from kerasft.tasks.tagging import graph
-  module = variables_module(model, labels_path)
-  module.tokenizer_resources = _compat.capturable_resources(preprocessor)
-  special = graph.special_tokens(preprocessor)
-
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")],
-               autograph=False)  # plain ops: nothing for AutoGraph to convert
-  def serving_default(text):
-    return graph.tag(model, graph.windows(text, preprocessor.tokenizer, special, length,
-                                          words), tag_names)
-
-  module.serving_default = serving_default
-  return Signatures(module, {"serving_default": {"text": "string [N], raw text"}},
-                    {"serving_default": ("text", ["Ada Lovelace lived in London."])})
 
 
 def custom_ops(saved_model_dir: str) -> list[str]:
@@ -199,19 +77,6 @@ def find_version(export_dir: str, run: dict) -> str:
     except (OSError, ValueError):
       continue
   return ""
-
-
-def _png(pixels: np.ndarray) -> bytes:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  buffer = io.BytesIO()
-  Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
-  return buffer.getvalue()
-
-
-def image_example(encoded: bytes) -> bytes:
-  """A serialized tf.train.Example with `image/encoded`, as `serving_example` takes."""
-  feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))}
-  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 def write_warmup(path: str, warmup: dict) -> bool:
@@ -343,8 +208,8 @@ def export(make_signatures: Callable, class_names: list[str], export_dir: str,
            ) -> str:
   """Writes SavedModel version `version` (default: the next) of `export_dir`.
 
-  make_signatures(labels_path) gives the `Signatures` to save (`image_signatures`,
-  `text_signatures`); class_names: labels.txt's lines or {file name: lines}; `card` (JSON-able) is written as `model_card.json` with the version,
+  make_signatures(labels_path) gives the `kerasft.models.signatures.Signatures` to save
+  (a task's `export_signatures`); class_names: labels.txt's lines or {file name: lines}; `card` (JSON-able) is written as `model_card.json` with the version,
   outputs, signatures and custom ops added. The version is written into a temporary folder
   beside it and renamed into place only when complete, so a server polling `export_dir`
   never sees half a version; an existing version is replaced only with `overwrite`.
@@ -366,3 +231,15 @@ def export(make_signatures: Callable, class_names: list[str], export_dir: str,
   update_models_config(os.path.dirname(os.path.abspath(export_dir)))
   logging.info("exported version %d to %s", version, final)
   return final
+
+
+def export_model(task, model, class_names: list[str], export_dir: str, card: dict,
+                 version: int | None = None, overwrite: bool = False) -> str:
+  """Writes `task`'s `model` as a TF Serving version of `export_dir` (see `export`), with
+  the task's signatures, label files and `card`. LoRA layers are merged into their kernels
+  first (in place; the model computes the same), so the export has a full fine-tune's
+  layers and latency. Returns the version folder."""
+  peft.merge(model)
+  return export(lambda labels_path: task.export_signatures(model, class_names, labels_path),
+                task.output.label_files(class_names), export_dir, version, overwrite,
+                {**card, task.output.names_key: list(class_names)})

@@ -8,17 +8,19 @@ import os
 import numpy as np
 from absl import logging
 
+from kerasft.config import backbones as backbone_names
 from kerasft.core import _compat
-from kerasft.models import backbones
-from kerasft.data import examples as data, pipeline, tables as sources
 from kerasft.core.errors import UsageError
-from kerasft.tasks.base import Task
+from kerasft.data import examples as data, folders, pipeline, records, tables
+from kerasft.data.source import Source
+from kerasft.models import backbones, explain, heads, signatures
+from kerasft.reporting import html
+from kerasft.tasks.base import FINE_TUNE_FROM, LARGE_FROM, Task
 
 
 class ImageTask(Task):
   """Images in: folders, CSV, TFRecord or TFDS; float32 RGB pixels 0..255 to the model;
   an export with pixel, encoded-image and tf.train.Example signatures."""
-  INPUT_DTYPE = "float32"
   CLIENT_SIGNATURE, CLIENT_INPUT, ROW_KEY = "serving_bytes", "image_bytes", "file"
 
   @classmethod
@@ -43,7 +45,7 @@ class ImageTask(Task):
     Keras' datasets cache."""
     if self.config.data.source:
       return self
-    data_dir = data.builtin_digits(os.path.join(_compat.keras_home(), "datasets"))
+    data_dir = folders.builtin_digits(os.path.join(_compat.keras_home(), "datasets"))
     logging.info("no --data_dir: the built-in recipe trains on scikit-learn's digits (%s)",
                  data_dir)
     config = dataclasses.replace(self.config, data=dataclasses.replace(
@@ -52,7 +54,7 @@ class ImageTask(Task):
 
   def index(self, seed: int = 0):
     """(training, validation) `Examples` of the config's data."""
-    return sources.index_images(self.config.data, self.output, seed)
+    return tables.index_images(self.config.data, self.output.labels, seed)
 
   def unlabeled(self, class_names: list[str]):
     """`Examples` of the readable images of --unlabeled_dir (searched recursively),
@@ -60,56 +62,52 @@ class ImageTask(Task):
     placeholder); unreadable ones skipped."""
     d = self.config.data
     flag = d.unlabeled_source
+    source = Source(flag, getattr(d, flag))
     if flag == "unlabeled_tfrecord":
-      from kerasft.data import records
-      files = data.readable(records.read_unlabeled_tfrecords(
-          d.unlabeled_tfrecord, flag, d.image_key, class_names, self.output), flag,
-                            d.strict_data)
-      return files
+      return data.readable(records.read_unlabeled_tfrecords(
+          source, d.image_key, class_names, self.output.labels), source, d.strict_data)
     if flag == "unlabeled_dir":
       if not os.path.isdir(d.unlabeled_dir):
         raise UsageError(f"--unlabeled_dir: {d.unlabeled_dir} is not a folder")
-      paths = [p for p in data.expand_inputs([d.unlabeled_dir]) if os.path.isfile(p)]
+      paths = [p for p in folders.expand_inputs([d.unlabeled_dir]) if os.path.isfile(p)]
     else:
-      rows = sources.read_table(d.unlabeled_csv, flag, [d.path_column])
+      rows = tables.read_table(source, [d.path_column])
       root = os.path.dirname(os.path.abspath(d.unlabeled_csv))
       paths = [os.path.join(root, str(r[d.path_column])) for r in rows]
-    files = data.readable(data.Examples(paths, [0] * len(paths), class_names, self.output),
-                          flag, d.strict_data)
+    files = data.readable(data.Examples(paths, [0] * len(paths), class_names,
+                                        self.output.labels), source, d.strict_data)
     if not files.inputs:
       raise UsageError(f"--{flag}: no readable unlabelled images")
     return files
 
   @staticmethod
   def evaluation_examples(data_config, output, class_names: list[str], split: str = "test"):
-    """The labelled images to evaluate on (`kerasft.sources.evaluation_images`)."""
-    return sources.evaluation_images(data_config, output, class_names, split)
+    """The labelled images to evaluate on (`kerasft.data.tables.evaluation_images`)."""
+    return tables.evaluation_images(data_config, output.labels, class_names, split)
 
   def build_model(self, train_files, stats=None):
     """(this task with the backbone's image size, the classifier sized for `train_files`).
     stats: the head's constants (`Output.head_stats`) [from `train_files`]."""
     m = self.config.model
     backbone = self.backbone or backbones.build(m)
-    from kerasft.models import heads
     model = heads.build_classifier(backbone, len(train_files.class_names), self.output, m.head,
                                    m.dropout, m.bn_mode,
                                    stats or self.output.head_stats(train_files))
     return self.replace(backbone=backbone, image_size=backbone.image_size), model
 
   def auto_settings(self, per_class, n, train):
-    from kerasft.methods import auto
     changes, why = {}, ["frozen backbone, convex head"]
     side = _median_side(train)
-    if side and side <= 64 and not backbones.source(self.config.model.model)[0]:
-      size = max(128, backbones.spec(self.config.model.model).min_size)
+    if side and side <= 64 and not backbone_names.source(self.config.model.model)[0]:
+      size = max(128, backbone_names.spec(self.config.model.model).min_size)
       changes["model.image_size"] = size
       why.append(f"{size} px inputs (median image side {side} px)")
-    if per_class >= auto.FINE_TUNE_FROM:
+    if per_class >= FINE_TUNE_FROM:
       changes.update({"model.unfreeze_blocks": len(backbones.blocks(self.block_model())),
                       "training.fine_tune_epochs": 4, "training.fine_tune_learning_rate": 1e-4,
                       "methods.average": "greedy_soup"})
       why[0] = "fine-tune every block 4 epochs, greedy soup"
-    if n >= auto.LARGE_FROM:
+    if n >= LARGE_FROM:
       changes.update({"training.fine_tune_epochs": 8, "training.lr_schedule": "cosine",
                       "data.mixup": 0.1})
       why.append("8 epochs, cosine, MixUp 0.1")
@@ -135,15 +133,14 @@ class ImageTask(Task):
     size = self.config.model.image_size
     return {"input": {"shape": [None, size, size, 3], "dtype": "float32",
                       "range": "RGB pixels 0..255"},
-            "preprocessing": f"{backbones.preprocess_name(self.config.model)} (inside the "
+            "preprocessing": f"{backbone_names.preprocess_name(self.config.model)} (inside the "
                              "model)",
             "resize": f"{self.config.data.resize}, bilinear"}
 
   def export_signatures(self, model, class_names, labels_path):
-    from kerasft.serving import versions as serving
-    return serving.image_signatures(model, class_names, self.config.model.image_size,
-                                    labels_path, self.config.data.resize,
-                                    self.output.serving_outputs)
+    return signatures.image_signatures(model, class_names, self.config.model.image_size,
+                                       labels_path, self.output.serving_outputs,
+                                       self.config.data.resize)
 
   def sample_inputs(self, n: int, split: str = "validation") -> tuple[np.ndarray, str]:
     """Up to `n` images of the run's "train" or "validation" split, drawn evenly over it
@@ -169,7 +166,7 @@ class ImageTask(Task):
   def block_model(self):
     """The backbone (without downloading weights) whose blocks --list_blocks prints."""
     m = self.config.model
-    if backbones.source(m.model)[0]:  # a module or file: its own weights
+    if backbone_names.source(m.model)[0]:  # a module or file: its own weights
       return backbones.build(m).model
     return backbones.build(dataclasses.replace(
         m, weights="none" if m.weights == "imagenet" else m.weights)).model
@@ -192,8 +189,6 @@ class ImageTask(Task):
     """A function (indices, class ids or None, captions) -> HTML cards of `files`' images
     at `image_size`, with Grad-CAM of the class over each when `model` (a Keras model
     whose feature map is reachable) and a class are given."""
-    from kerasft.models import explain
-    from kerasft.reporting import sections as report
     explains = model is not None and explain.can_gradcam(model)
     heatmaps = explain.gradcam_function(model) if explains else None
 
@@ -206,17 +201,15 @@ class ImageTask(Task):
         pixels = np.stack([explain.overlay(p, h) for p, h in zip(pixels, heat)])
       note = "" if explains else (" (no Grad-CAM: the backbone's feature maps are not "
                                   "reachable)" if model is not None else "")
-      return [f'<div class="card"><img alt="" src="{report.png_uri(report.array_png(p))}">'
-              f"<br>{report.esc(os.path.basename(files.name(i)))}<br>{report.esc(c)}"
-              f"{report.esc(note)}</div>" for p, i, c in zip(pixels, indices, captions)]
+      return [f'<div class="card"><img alt="" src="{html.png_uri(html.array_png(p))}">'
+              f"<br>{html.esc(os.path.basename(files.name(i)))}<br>{html.esc(c)}"
+              f"{html.esc(note)}</div>" for p, i, c in zip(pixels, indices, captions)]
     return cards
 
   def explanation_files(self, model, files, class_ids, out_dir: str) -> list[str]:
     """Writes the Grad-CAM overlay of each of `files` for its class as
     <out_dir>/<name>.gradcam.png; returns the paths ([] when Grad-CAM cannot reach the
     backbone's feature maps)."""
-    from kerasft.models import explain
-    from kerasft.reporting import sections as report
     if not explain.can_gradcam(model):
       return []
     indices = list(range(len(files.inputs)))
@@ -227,7 +220,7 @@ class ImageTask(Task):
       stem = os.path.splitext(os.path.basename(files.name(i)))[0]
       paths.append(os.path.join(out_dir, f"{i:04d}-{stem}.gradcam.png"))
       with open(paths[-1], "wb") as f:
-        f.write(report.array_png(explain.overlay(p, h)))
+        f.write(html.array_png(explain.overlay(p, h)))
     return paths
 
   @staticmethod
@@ -242,7 +235,7 @@ class ImageTask(Task):
   @staticmethod
   def client_inputs(patterns: list[str]) -> tuple[list, list]:
     """(image files of files, folders and globs; why each is unreadable, or None)."""
-    paths = data.expand_inputs(patterns)
+    paths = folders.expand_inputs(patterns)
     return paths, data.unreadable_reasons(paths)
 
 
@@ -259,14 +252,13 @@ def _median_side(files, sample: int = 32) -> int:
   """The median shorter side of up to `sample` of `files`' images (0 when unknown)."""
   import io  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from kerasft.data.examples import encoded_bytes
   if files.streams or not files.inputs:
     return 0
   step = max(1, len(files.inputs) // sample)
   sides = []
   for item in files.inputs[::step][:sample]:
     try:
-      sides.append(min(Image.open(io.BytesIO(encoded_bytes(item))).size))
+      sides.append(min(Image.open(io.BytesIO(data.encoded_bytes(item))).size))
     except (OSError, ValueError):
       continue
   return int(np.median(sides)) if sides else 0

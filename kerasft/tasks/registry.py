@@ -1,104 +1,82 @@
-"""Task objects: everything that differs by input modality (images, texts) and output type.
+"""The registry: task names -> their `Output` and `Task` classes, and the task of a run's
+config or of an export's model card.
 
-    task = tasks.for_config(run_config)      # ImageTask or TextTask, holding an Output
-    train, val = task.index(seed)
-    task, model = task.build_model(train)   # the config's image size / text length filled
-    dataset = task.pipelines(train, val)
+    task = registry.for_config(run_config)   # ImageTask/TextTask or a task's own class
+    task_class, output = registry.for_card(model_card)
 
-A task is made of its modality's class and one `Output` (`kerasft.tasks.outputs`:
-multiclass, multilabel, regression; `tagging.Tagging` per token; `segmentation.Segmentation`
-per pixel) for its head; the rest of kerasft asks these objects and never compares modality
-or task names. Tagging and segmentation are an `Output` and a task class each, on the same
-seams: `Output.last_layer`, `loss`, `metrics`, `served`, `report`; `Task.index`,
-`build_model`, `pipelines`, `held_out`, `export_signatures`, `write_figures`. Several heads
-on one backbone are one `multitask.MultiTask` output holding an `Output` per head.
-
-Importing this package imports no TensorFlow.
+A task is made of its modality's class (images, texts, or the task folder's own) and one
+`Output`; several heads on one backbone are one `MultiTask` output holding an `Output`
+per head. Adding a task: its folder, its classes here, its settings groups in
+`kerasft.tasks.settings`.
 """
 
 from __future__ import annotations
 
+from kerasft.config import checks
 from kerasft.core.errors import UsageError
-from kerasft.tasks.classify.outputs import KINDS, MAIN_OUTPUTS, Output
+from kerasft.tasks import image, text
+from kerasft.tasks.base import Output, Task
+from kerasft.tasks.classify.output import KINDS
+from kerasft.tasks.multitask.data import declared
+from kerasft.tasks.multitask.output import MultiTask
+from kerasft.tasks.segmentation.output import Segmentation
+from kerasft.tasks.segmentation.task import SegmentationTask
+from kerasft.tasks.tagging.output import Tagging
+from kerasft.tasks.tagging.task import TaggingTask
 
-TEXT_PREFIX = "keras_hub:"  # --model=keras_hub:PRESET_OR_FOLDER is a text encoder
+OUTPUTS = {**KINDS, "tagging": Tagging, "segmentation": Segmentation}
+TASK_CLASSES = {"tagging": TaggingTask, "segmentation": SegmentationTask}  # else a modality's
 
 
 def make_output(task: str = "multiclass", threshold: float = 0.5) -> Output:
-  """The Output for one --task name (tagging, segmentation: in their task's module)."""
-  if task == "tagging":
-    from kerasft.tasks.tagging.task import Tagging
-    return Tagging(threshold)
-  if task == "segmentation":
-    from kerasft.tasks.segmentation.task import Segmentation
-    return Segmentation(threshold)
-  return KINDS[task](threshold)
+  """The Output for one --task name."""
+  return OUTPUTS[task](threshold)
 
 
-def modality_class(model: str, output: Output | None = None):
-  """The task class for a --model value and output: `TaggingTask` for the tagging
-  output, `SegmentationTask` for the segmentation one, else `TextTask` for keras_hub:,
-  else `ImageTask`."""
-  from kerasft.tasks import image, text
-  from kerasft.tasks.segmentation import task as segmentation
-  from kerasft.tasks.tagging import task as tagging
-  if isinstance(output, tagging.Tagging):
-    return tagging.TaggingTask
-  if isinstance(output, segmentation.Segmentation):
-    return segmentation.SegmentationTask
-  return text.TextTask if model.startswith(TEXT_PREFIX) else image.ImageTask
+def modality_class(model: str, output: Output) -> type:
+  """The task class of a --model value and an output: the output's own task class, else
+  `TextTask` for keras_hub: encoders, else `ImageTask`."""
+  if output.name in TASK_CLASSES:
+    return TASK_CLASSES[output.name]
+  return text.TextTask if model.startswith(text.TEXT_PREFIX) else image.ImageTask
 
 
 def output_of(config) -> Output:
   """The `Output` of a `RunConfig`: one head's, or `MultiTask` for several label columns."""
-  from kerasft.tasks.multitask import output as multitask
   m, d = config.model, config.data
   flag = "label_key" if (d.tfrecord or d.tfds) else "label_column"
-  heads = multitask.declared(m.task, getattr(d, flag), flag)
+  heads = declared(m.task, getattr(d, flag), flag)
   if heads:
-    return multitask.MultiTask([(name, make_output(kind, m.threshold)) for name, kind in heads],
-                               m.task_weights, m.threshold)
+    return MultiTask([(name, make_output(kind, m.threshold)) for name, kind in heads],
+                     config.tasks.multitask.task_weights, m.threshold)
   return make_output(m.task, m.threshold)
 
 
-def for_config(config, backbone=None):
+def for_config(config, backbone=None) -> Task:
   """The task of a `RunConfig`; `backbone` is an already loaded backbone to reuse."""
   output = output_of(config)
   return modality_class(config.model.model, output)(config, output, backbone)
 
 
 def check(config) -> None:
-  """Raises a UsageError for settings the config's modality or output cannot honour."""
+  """Every check across a run's settings, once, before anything is read: the groups'
+  (`kerasft.config.checks`), then what the task's output and modality cannot honour."""
+  checks.check_run(config)
   output = output_of(config)
-  d = config.data
-  if config.model.task_weights and output.name != "multitask":
-    raise UsageError("--task_weights: only for several heads (--label_column=a,b)")
-  if config.model.words != "punctuation" and output.name != "tagging":
-    raise UsageError(f"--words: only for --task=tagging, not --task={output.name}")
-  if (d.conll or d.jsonl) and output.name != "tagging":  # (--tfds serves every task)
-    raise UsageError(f"--{d.source}: tagged texts are for --task=tagging, not "
-                     f"--task={output.name}")
-  for flag, used in (("decoder", config.model.decoder != "deeplabv3plus"),
-                     ("mask_classes", d.mask_classes), ("mask_column", d.mask_column != "mask")):
-    if used and output.name != "segmentation":
-      raise UsageError(f"--{flag}: only for --task=segmentation, not --task={output.name}")
-  if d.unlabeled_source and not output.one_label:
-    raise UsageError(f"--{d.unlabeled_source}: self-training pseudo-labels one class per "
-                     f"example (--task=multiclass), not --task={output.name}")
+  group = "multitask" if isinstance(output, MultiTask) else output.name
+  for task, flag, what in config.tasks.changed() + config.data.task_data.changed():
+    if task != group:
+      raise UsageError(f"--{flag}: {what}, not --task={output.name}")
+  if config.data.unlabeled_source and output.labels.task != "multiclass":
+    raise UsageError(f"--{config.data.unlabeled_source}: self-training pseudo-labels one "
+                     f"class per example (--task=multiclass), not --task={output.name}")
   output.check(config)
   modality_class(config.model.model, output).check_inputs(config)
 
 
-def for_card(card: dict):
+def for_card(card: dict) -> tuple[type, Output]:
   """(task class, Output) of an export, from its model card."""
-  from kerasft.tasks import image, text
-  from kerasft.tasks.multitask import output as multitask
-  output = (multitask.MultiTask.from_card(card) if "heads" in card else
+  output = (MultiTask.from_card(card) if "heads" in card else
             make_output(card.get("task", "multiclass"), card.get("threshold", 0.5)))
-  cls = next(c for c in (text.TextTask, image.ImageTask)
-             if card.get("input", {}).get("dtype", "float32") == c.INPUT_DTYPE)
-  return modality_class("keras_hub:" if cls is text.TextTask else "", output), output
-
-
-__all__ = ["MAIN_OUTPUTS", "Output", "check", "for_card", "for_config", "make_output",
-           "modality_class", "output_of"]
+  texts = card.get("input", {}).get("dtype", "float32") == "string"
+  return modality_class(text.TEXT_PREFIX if texts else "", output), output

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 from absl import logging
 
-from kerasft.models import backbones, text_encoders as text
-from kerasft.data import tables as sources
+from kerasft.config import backbones
 from kerasft.core.errors import UsageError
-from kerasft.tasks.base import Task
+from kerasft.data import examples, tables
+from kerasft.data.source import Source
+from kerasft.models import explain, signatures, text_encoders as text
+from kerasft.reporting import html
+from kerasft.tasks.base import FEW_SHOT_UP_TO, LARGE_FROM, Task
+
+TEXT_PREFIX = "keras_hub:"  # --model=keras_hub:PRESET_OR_FOLDER is a text encoder
 
 
 class TextTask(Task):
   """Texts in: CSV/TSV/JSONL, text folders or TFDS; tokenized by the preset's preprocessor
   in tf.data and inside the export, whose serving_default takes raw strings."""
-  INPUT_DTYPE = "string"
   CLIENT_SIGNATURE, CLIENT_INPUT, ROW_KEY = "serving_default", "text", "text"
 
   @classmethod
@@ -39,6 +44,10 @@ class TextTask(Task):
         raise UsageError(f"--{flag}: an image setting; not for text models "
                          "(--model=keras_hub:...)")
 
+  def searches_images(self) -> bool:
+    """Texts: no image size or augmentation to search."""
+    return False
+
   @property
   def preset(self) -> str:
     return backbones.source(self.config.model.model)[1]
@@ -52,15 +61,14 @@ class TextTask(Task):
     return encoder
 
   def index(self, seed: int = 0):
-    return sources.index_texts(self.config.data, self.output, seed)
+    return tables.index_texts(self.config.data, self.output.labels, seed)
 
   def unlabeled(self, class_names: list[str]):
     """`Examples` of the texts of --unlabeled_text_dir (.txt files, searched recursively) or
     --unlabeled_csv (--text_column), labelled 0 (a placeholder); empty ones skipped."""
-    import os  # pylint: disable=g-import-not-at-top
-    from kerasft.data import examples as data
     d = self.config.data
     flag = d.unlabeled_source
+    source = Source(flag, getattr(d, flag))
     if flag == "unlabeled_text_dir":
       if not os.path.isdir(d.unlabeled_text_dir):
         raise UsageError(f"--unlabeled_text_dir: {d.unlabeled_text_dir} is not a folder")
@@ -68,16 +76,16 @@ class TextTask(Task):
                      for f in files if f.endswith(".txt"))
       texts = [open(p, encoding="utf-8", errors="replace").read().strip() for p in paths]
     else:
-      texts = [str(r[d.text_column] or "") for r in sources.read_table(
-          d.unlabeled_csv, flag, [d.text_column])]
+      texts = [str(r[d.text_column] or "") for r in tables.read_table(
+          source, [d.text_column])]
     if not texts:
-      raise UsageError(f"--{flag}: no unlabelled texts")
-    return sources.readable_texts(data.Examples(texts, [0] * len(texts), class_names,
-                                                self.output), flag, d.strict_data)
+      raise source.error("no unlabelled texts")
+    return tables.readable_texts(examples.Examples(texts, [0] * len(texts), class_names,
+                                                   self.output.labels), source, d.strict_data)
 
   @staticmethod
   def evaluation_examples(data_config, output, class_names, split="test"):
-    return sources.evaluation_texts(data_config, output, class_names, split)
+    return tables.evaluation_texts(data_config, output.labels, class_names, split)
 
   def build_model(self, train_files, stats=None):
     """(this task with the text length chosen, the classifier sized for `train_files`)."""
@@ -94,10 +102,9 @@ class TextTask(Task):
     return self.replace(backbone=encoder, max_length=length), model
 
   def auto_settings(self, per_class, n, train):
-    from kerasft.methods import auto
-    if per_class <= auto.FEW_SHOT_UP_TO and self.output.one_label and self.output.classifies:
+    if per_class <= FEW_SHOT_UP_TO and self.output.labels.task == "multiclass":
       return {"methods.recipe": "few_shot"}, "few-shot pairs, then the convex head"
-    if n >= auto.LARGE_FROM:
+    if n >= LARGE_FROM:
       return ({"model.unfreeze_blocks": 2, "training.fine_tune_epochs": 2,
                "training.fine_tune_learning_rate": 5e-5, "methods.average": "greedy_soup"},
               "fine-tune the top 2 blocks 2 epochs, greedy soup")
@@ -130,9 +137,8 @@ class TextTask(Task):
     return super().load_model(path)
 
   def export_signatures(self, model, class_names, labels_path):
-    from kerasft.serving import versions as serving
-    return serving.text_signatures(model, self.encoder.preprocessor, class_names,
-                                   labels_path, self.output.serving_outputs)
+    return signatures.text_signatures(model, self.encoder.preprocessor, class_names,
+                                      labels_path, self.output.serving_outputs)
 
   def check_formats(self, formats):
     if formats != ("saved_model",):
@@ -160,8 +166,6 @@ class TextTask(Task):
     word supports the class, red: it speaks against it) when `model`, its `encoder`
     (`kerasft.text.TextBackbone`) and a class are given."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from kerasft.models import explain
-    from kerasft.reporting import sections as report
     # one graph for every batch size (each size would otherwise trace anew)
     run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
@@ -169,15 +173,15 @@ class TextTask(Task):
       top = max([abs(v) for _, v in pairs] + [1e-12])
       return " ".join(
           f'<span style="background:rgba({"0,150,0" if v >= 0 else "220,0,0"},'
-          f'{abs(v) / top * 0.7:.2f})">{report.esc(w)}</span>' for w, v in pairs)
+          f'{abs(v) / top * 0.7:.2f})">{html.esc(w)}</span>' for w, v in pairs)
 
     def cards(indices, class_ids, captions):
       texts = [files.inputs[i] for i in indices]
       if not indices or model is None or encoder is None or class_ids[0] is None:
-        return [f'<div class="card text">{report.esc(t)}<br><i>{report.esc(c)}</i></div>'
+        return [f'<div class="card text">{html.esc(t)}<br><i>{html.esc(c)}</i></div>'
                 for t, c in zip(texts, captions)]
       predict = lambda batch: run(text.tokenize(encoder, batch))  # noqa: E731
-      return [f'<div class="card text">{shaded(pairs)}<br><i>{report.esc(caption)}</i></div>'
+      return [f'<div class="card text">{shaded(pairs)}<br><i>{html.esc(caption)}</i></div>'
               for pairs, caption in zip(explain.word_occlusion(predict, texts, class_ids),
                                         captions)]
     return cards

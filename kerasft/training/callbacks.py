@@ -3,7 +3,6 @@ epoch log a resumed run's history is rebuilt from."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -11,54 +10,29 @@ import time
 import keras
 import numpy as np
 
+from kerasft.core import errors
+from kerasft.core.files import atomic_path, read_json, write_json
+from kerasft.methods import averaging
+
 PHASES = ("head", "fine_tune")
-_DEADLINES: list[float] = []  # time.monotonic() values; the innermost `deadline()` counts
-
-
-@contextlib.contextmanager
-def deadline(seconds_from_now: float):
-  """Within the block, training stops at the first batch end after `seconds_from_now`
-  (`Deadline`), and `kerasft.fit` starts no further segment (a search's time budget)."""
-  _DEADLINES.append(time.monotonic() + seconds_from_now)
-  try:
-    yield
-  finally:
-    _DEADLINES.pop()
-
-
-def past_deadline():
-  """None without a `deadline()`; else whether it has passed."""
-  return None if not _DEADLINES else time.monotonic() > _DEADLINES[-1]
 
 
 class Interruptible(keras.callbacks.Callback):
   """Inside `fit`, a SIGTERM/SIGINT takes effect at the end of the current batch (never in
-  the middle of a backup or checkpoint write): `kerasft.errors.Interrupted` is raised there,
+  the middle of a backup or checkpoint write): `kerasft.core.errors.Interrupted` is raised there,
   so the epoch in progress is redone on resume and every finished one is kept."""
 
   def on_train_begin(self, logs=None):
-    from kerasft.core import errors
     errors.DEFERRED["depth"] += 1
 
   def on_train_end(self, logs=None):
-    from kerasft.core import errors
     errors.DEFERRED["depth"] = max(0, errors.DEFERRED["depth"] - 1)
     errors.raise_pending()
 
   def on_train_batch_end(self, batch, logs=None):
-    from kerasft.core import errors
     errors.raise_pending()
 
   on_test_batch_end = on_train_batch_end
-
-
-class Deadline(keras.callbacks.Callback):
-  """Stops `fit` at the end of the first batch after the active `deadline()` (the epoch
-  then ends with its validation, as with early stopping)."""
-
-  def on_train_batch_end(self, batch, logs=None):
-    if past_deadline():
-      self.model.stop_training = True
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -106,12 +80,10 @@ class BestCheckpoint(keras.callbacks.Callback):
     start = time.monotonic()
     current = self._full.get_weights()
     self._full.set_weights(self._weights)
-    from kerasft.core.files import atomic_path, write_json
     with atomic_path(self._path) as staging:
       self._full.save(staging)
     self._full.set_weights(current)
     if self._raw:
-      from kerasft.methods import averaging
       averaging.save_weights(self._weights, f"{self._path}.npz")
     write_json({"best": float(self.best), "epoch": self._epoch},
                f"{self._path}.json")
@@ -120,14 +92,12 @@ class BestCheckpoint(keras.callbacks.Callback):
 
   def saved(self) -> float | None:
     """The best value a previous process wrote with `path` (None when there is none)."""
-    from kerasft.core.files import read_json
     value = read_json(f"{self._path}.json", {}).get("best")
     return None if value is None or not os.path.exists(self._path) else float(value)
 
   def resume(self, best: float) -> None:
     """Continues from a previous process's best epoch (its value and `path`)."""
     if self._raw and os.path.exists(f"{self._path}.npz"):
-      from kerasft.methods import averaging
       self.best, self._weights = best, averaging.load_weights(f"{self._path}.npz")
       return
     current = self._full.get_weights()
@@ -152,11 +122,9 @@ class EpochLog(keras.callbacks.Callback):
     self._path, self._phase = path, phase
 
   def on_train_begin(self, logs=None):
-    from kerasft.core import errors
     errors.PROGRESS["epochs"] = self.params.get("epochs")
 
   def on_epoch_begin(self, epoch, logs=None):
-    from kerasft.core import errors
     errors.PROGRESS["epoch"] = epoch
     self._start = time.perf_counter()
 

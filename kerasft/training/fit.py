@@ -92,7 +92,7 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
   class_weight = _class_weight(config, dataset)
   view = solution = step = None
   for index, segment in enumerate(plan[done:], start=done):
-    if callbacks.past_deadline():
+    if budget.past_deadline():
       logging.info("the time budget is spent: segment %s and later ones skipped", segment.name)
       break
     last = segment.phase == plan[-1].phase
@@ -298,7 +298,7 @@ def _prepare(segment: Segment, config: RunConfig, model, dataset: Dataset, outpu
 def _with_augmentation(model, config: RunConfig, output):
   """With --augment, a training model around the one that is exported; else `model` (also
   when the `output`'s pipeline augments, as segmentation's moves masks with images)."""
-  if not config.data.augment or not output.model_augmentation:
+  if not config.data.augment or not output.augments_in_model():
     return model
   inputs = keras.Input(model.input_shape[1:], name="images")
   return keras.Model(inputs, model(pipeline.augmentation(
@@ -349,8 +349,8 @@ def _callbacks(config: RunConfig, segment: Segment, index: int, checkpoint, outp
             checkpoint, keras.callbacks.BackupAndRestore(folder.backup_dir(index, worker))]
   if k.peft == "lora":
     chosen.append(peft.Revive())  # after BackupAndRestore loaded (and zeroed) the factors
-  if callbacks.past_deadline() is not None:
-    chosen.append(callbacks.Deadline())
+  if budget.past_deadline() is not None:
+    chosen.append(budget.Deadline())
   if top_k and (k.average != "best" or k.wise_ft):
     chosen.append(averaging.TopK(
         checkpoint.full_model, folder.path(averaging.TOP_K),

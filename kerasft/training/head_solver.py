@@ -20,7 +20,7 @@ from absl import logging
 
 from kerasft.models import features
 from kerasft.core.errors import UsageError
-from kerasft.tasks.classify.solvers import GRID
+from kerasft.tasks.classify.solver import GRID
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,7 @@ def epochs_reason(config, model, n_examples: int, output=None) -> str | None:
   `HIDDEN_LAYERS` means the features are cached but the head is not convex: it then trains
   on them to convergence (early stopping), not for a fixed handful of epochs."""
   t, d = config.training, config.data
-  if output is not None and not output.convex and t.head_solver == "convex":
+  if output is not None and not output.has_convex_head() and t.head_solver == "convex":
     return NOT_CONVEX
   if t.head_solver == "epochs":
     return "--head_solver=epochs"
@@ -65,12 +65,6 @@ def epochs_reason(config, model, n_examples: int, output=None) -> str | None:
 
 
 FLOOR = 0.1  # of the median feature scale, when a fine-tune phase follows the solve
-
-
-def uses_kfold(training, n_labelled: int, n_classes: int) -> bool:
-  """Whether a head refit on all `n_labelled` examples is chosen by k-fold
-  cross-validation of all of them instead of on the validation split (small data)."""
-  return n_labelled / max(n_classes, 1) < training.kfold_below
 
 
 def _folds(labels, folds: int, seed: int, stratify: bool):
@@ -139,14 +133,14 @@ def _solve(output, model, arrays, train_files, val_files, class_weight, training
   then may small data use k-fold cross-validation."""
   k = len(train_files.class_names)
   x_train, x_val = arrays
-  y_train, y_val = output.evaluation_labels(train_files), output.evaluation_labels(val_files)
+  y_train, y_val = output.labels.evaluation_labels(train_files), output.labels.evaluation_labels(val_files)
   parts = output.solver_parts(model, train_files.class_names, floor=0.0 if refit else FLOOR)
   if parts:
     found = _solve_parts(parts, x_train, x_val, y_train, y_val, refit)
     install(model, output, found.held_out)
     return found
   x, y, n = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), len(y_train)
-  kfold = refit and uses_kfold(training, len(x), k)
+  kfold = refit and training.uses_kfold(len(x), k)
   # With a few examples per class, per-feature standardization amplifies noisy features
   # (measured: -0.015 to -0.03 test accuracy at 5-10 per class): raw features there. Before
   # a fine-tune phase (not refit), no feature's scale is taken below a tenth of the median
@@ -156,7 +150,7 @@ def _solve(output, model, arrays, train_files, val_files, class_weight, training
   solver = output.solver(model, standardize=not kfold, floor=0.0 if refit else FLOOR)
   if kfold:
     splits = _folds(y, training.folds, training.seed,
-                    output.strata(train_files.labels, train_files.class_names) is not None)
+                    output.labels.strata(train_files.labels, train_files.class_names) is not None)
     c, score, oof = _cross_validated(solver, x, y, k, class_weight, splits)
     final = solver.fit(x, y, k, c, class_weight)
     found = Solution(c, score, f"{len(splits)}-fold cross-validation of all {len(x)} "

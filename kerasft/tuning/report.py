@@ -17,10 +17,28 @@ import os
 
 from absl import logging
 
+from kerasft.config import RunConfig
 from kerasft.core.files import atomic_path, write_json
+from kerasft.serving import versions
+from kerasft.training.run_folder import RunFolder
 from kerasft.tuning import search
+from kerasft.workflows.evaluate import evaluate_run
+from kerasft.workflows.load import load_run
 
 SKIPPED_FLAGS = ("name", "model_dir", "export_dir", "overwrite")
+
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneResult:
+  """A search's leaderboard (records, best first), the best trial's config, the export
+  of the winner ("" on a worker), and the test figures (chosen and default; {} without a
+  test split)."""
+  leaderboard: list
+  best_config: object
+  export_path: str
+  test: dict
+  extractions: int
 
 
 def test_data(config, settings):
@@ -102,29 +120,31 @@ def _scalar(value):
 
 
 def flagfile(config_dict: dict) -> str:
-  """The absl flags (one per line) of a `RunConfig` dict's settings that are not defaults."""
-  from kerasft.config import RunConfig
-  default = RunConfig().to_dict()
+  """The absl flags (one per line) of a `RunConfig` dict's settings that are not defaults
+  (flags are flat: nested groups' fields are flags of their own)."""
+  default = _leaves(RunConfig().to_dict())
   lines = []
-  for group, values in config_dict.items():
-    if not isinstance(values, dict):
-      values, default_group = {group: values}, {group: default[group]}
-    else:
-      default_group = default[group]
-    for name, value in values.items():
-      if name in SKIPPED_FLAGS or value == default_group.get(name) or value is None:
-        continue
-      if isinstance(value, (list, tuple)):
-        value = ",".join(str(v) for v in value)
-      lines.append(f"--{name}={str(value).lower() if isinstance(value, bool) else value}")
+  for name, value in _leaves(config_dict).items():
+    if name in SKIPPED_FLAGS or value == default.get(name) or value is None:
+      continue
+    if isinstance(value, (list, tuple)):
+      value = ",".join(str(v) for v in value)
+    lines.append(f"--{name}={str(value).lower() if isinstance(value, bool) else value}")
   return "\n".join(lines) + "\n"
+
+
+def _leaves(d: dict) -> dict:
+  """{field: value} of a nested dict's leaves (every field name is a flag)."""
+  out = {}
+  for key, value in d.items():
+    out.update(_leaves(value) if isinstance(value, dict) else {key: value})
+  return out
 
 
 def finish(config, task, settings, root: str, test, extracted: tuple, clock):
   """Writes the search's outputs, exports the best trial and evaluates it and the default
   recipe on the test split; returns the `TuneResult`. extracted: (feature extraction
   passes, their seconds) in this process."""
-  from kerasft.tuning.tuner import TuneResult
   records = search.records(root)
   ranked = _ranked(records, task.output.objective[1])
   if not ranked:
@@ -164,7 +184,6 @@ def _log_budget(records: list, extractions: int, extracting: float) -> None:
 
 
 def _config(record):
-  from kerasft.config import RunConfig
   return RunConfig.from_dict(record.config)
 
 
@@ -174,26 +193,23 @@ def _run_dir(record) -> str:
 
 def _export(best, records, settings, config, task) -> str:
   """The best trial's model, exported to --export_dir with the search in its card."""
-  from kerasft.workflows import artifacts
-  from kerasft.training.run_folder import RunFolder
-  model, trial_task, class_names = artifacts.load_run(_run_dir(best))
+  model, trial_task, class_names = load_run(_run_dir(best))
   card = {**trial_task.card(RunFolder(_run_dir(best)).metrics()), "search": {
       "trial": best.trial_id, "trials": len(records), "oracle": settings.search,
       "values": best.values, "validation": best.value}}
-  path = trial_task.export(model, class_names, config.export_dir, card)
+  path = versions.export_model(trial_task, model, class_names, config.export_dir, card)
   logging.info("exported the best trial (%s) to %s", best.trial_id, path)
   return path
 
 
 def _test(best, records, test, root: str, task) -> dict:
   """The best trial and the default recipe (the first probe) on the test split, once."""
-  from kerasft.workflows import artifacts
   default = next(r for r in records if r.trial_id == "probe-0")
   name = task.output.objective[0]
   result = {}
   for label, record in (("chosen", best), ("default", default)):
-    evaluation = artifacts.evaluate_run(_run_dir(record), test, "test",
-                                        os.path.join(root, "test", label))
+    evaluation = evaluate_run(_run_dir(record), test, "test",
+                              os.path.join(root, "test", label))
     result[label] = {"trial": record.trial_id, name: evaluation.metrics.get(name)}
   write_json(result, os.path.join(root, "test.json"))
   logging.info("test %s: chosen (trial %s) %.4f, default recipe %.4f", name, best.trial_id,

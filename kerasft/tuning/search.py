@@ -20,11 +20,13 @@ import time
 
 from absl import logging
 
-from kerasft.training import callbacks
+from kerasft.core import budget
 from kerasft.tasks import registry as tasks
 from kerasft.core.errors import UsageError
 from kerasft.core.files import read_json, write_json
 from kerasft.tuning import space as space_module
+from kerasft.config import backbones
+from kerasft.workflows.train import run_training
 
 TRIALS, STATE, TUNER = "trials", "search.json", "keras_tuner"
 PROBE_MARGIN = 0.03  # backbones whose probe is within this of the best get full trials
@@ -50,7 +52,6 @@ class Record:
 def run_trial(trial_id: str, config, root: str, kind: str, clock) -> Record:
   """Trains (or resumes) one trial's run under `root`/trials/<id> without exporting;
   returns its record, also written as trial.json there. A finished trial is read back."""
-  from kerasft.workflows.train import train_classifier
   folder = os.path.join(root, TRIALS, trial_id)
   done = read_json(os.path.join(folder, "trial.json"))
   if done:
@@ -61,9 +62,9 @@ def run_trial(trial_id: str, config, root: str, kind: str, clock) -> Record:
   objective, _ = tasks.for_config(config).output.objective
   start, status, value = time.perf_counter(), "completed", None
   try:
-    result = train_classifier(config, verbose=0, export=False)
+    result = run_training(config, verbose=0, export=False)
     value = result.metrics.get(objective)
-    if callbacks.past_deadline():
+    if budget.past_deadline():
       status = "stopped by the time budget"
   except UsageError as e:
     status = f"failed: {e}"
@@ -109,7 +110,6 @@ def probe(config, candidates: tuple, root: str, clock) -> tuple[list[str], list[
 
 def image_sizes(model_name: str) -> tuple:
   """The searched image sizes a Keras Applications backbone accepts (none for others)."""
-  from kerasft.models import backbones
   if backbones.source(model_name)[0]:
     return ()
   spec = backbones.spec(model_name)

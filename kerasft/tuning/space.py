@@ -118,7 +118,7 @@ def declare(hp, overrides: dict, images: bool, hyperband: bool, sizes: tuple = (
   """Declares every entry on KerasTuner's `hp` (a `keras_tuner.HyperParameters`), narrowed
   or fixed by `overrides` (`load`). images: the modality has image-only entries; sizes: the
   image sizes the backbones accept (none: image_size is not searched); skip: entries the
-  task's output refuses (`Output.unsearched`)."""
+  task's output refuses (`Output.refused_search_entries`)."""
   for name, param in SPACE.items():
     if ((param.images_only and not images) or (param.texts_only and images)
         or (name == "fine_tune_epochs" and hyperband) or name in skip):

@@ -9,32 +9,21 @@ import os
 import time
 
 
-from kerasft.models import backbones, features
-from kerasft.training import callbacks
-from kerasft.tasks import registry as tasks
+from kerasft.config import ModelConfig, RunConfig, backbones as backbone_names
+from kerasft.config.commands import TuneConfig
+from kerasft.core import budget
 from kerasft.core.errors import UsageError
-from kerasft.tuning import report, search
-from kerasft.tuning import space as space_module
+from kerasft.models import backbones, features
+from kerasft.tasks import registry as tasks
+from kerasft.tuning import report, search, space as space_module
+from kerasft.tuning.report import TuneResult
+from kerasft.workflows.train import check_outputs
 
 DEFAULT_MAX_TRIALS = 20  # with neither --max_trials nor --time_budget
 
 
-@dataclasses.dataclass(frozen=True)
-class TuneResult:
-  """A search's leaderboard (records, best first), the best trial's config, the export
-  of the winner ("" on a worker), and the test figures (chosen and default; {} without a
-  test split)."""
-  leaderboard: list
-  best_config: object
-  export_path: str
-  test: dict
-  extractions: int
-
-
 @functools.lru_cache(maxsize=None)
 def _block_count(model_name: str) -> int:
-  from kerasft.config import ModelConfig
-  from kerasft.config import RunConfig
   task = tasks.for_config(RunConfig(model=ModelConfig(model=model_name)))
   return len(backbones.blocks(task.block_model()))
 
@@ -71,9 +60,8 @@ def _tuner_class():
 
 def search_folder(config) -> str:
   """A search's folder: --model_dir, else runs/<name>-tune."""
-  from kerasft.models import backbones as b
   return config.model_dir or os.path.join(
-      "runs", f"{config.name or b.default_name(config.model.model)}-tune")
+      "runs", f"{config.name or backbone_names.default_name(config.model.model)}-tune")
 
 
 def _objective(output):
@@ -103,9 +91,9 @@ def tune(config, settings, verbose: int | str = 0, share_features: bool = True
   mistakes, before any training."""
   pinned = config.model.image_size is not None  # the user chose it: not searched
   config = dataclasses.replace(config, model_dir=search_folder(config)).resolved()
+  tasks.check(config)
   task = tasks.for_config(config).resolve_data()
-  config, images = task.config, task.INPUT_DTYPE != "string"
-  from kerasft.workflows.train import check_outputs
+  config, images = task.config, task.searches_images()
   check_outputs(config)
   overrides = space_module.load(settings.space)
   test_data = report.test_data(config, settings)
@@ -116,7 +104,7 @@ def tune(config, settings, verbose: int | str = 0, share_features: bool = True
   limit = settings.max_trials or (None if settings.budget else DEFAULT_MAX_TRIALS)
   is_worker = os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and \
       "KERASTUNER_ORACLE_IP" in os.environ
-  budget = (callbacks.deadline(remaining) if remaining is not None
+  budget = (budget.deadline(remaining) if remaining is not None
             else contextlib.nullcontext())
   sharing = features.shared_extraction() if share_features else contextlib.nullcontext(
       features.SharedExtraction())
@@ -126,7 +114,7 @@ def tune(config, settings, verbose: int | str = 0, share_features: bool = True
     kept, probes = ([], []) if is_worker else search.probe(config, candidates, root, clock)
     clock.save()
     hp = _hyperparameters(settings, overrides, kept or list(candidates), images, pinned,
-                          task.output.unsearched)
+                          task.output.refused_search_entries())
     oracle = search.make_oracle(settings.search, _objective(task.output), hp,
                                 None if limit is None else max(limit - len(probes), 0),
                                 deadline, config.training.seed)
@@ -138,3 +126,13 @@ def tune(config, settings, verbose: int | str = 0, share_features: bool = True
   return report.finish(config, task, settings, root, test_data, (extractions, extracting),
                        clock)
 
+
+
+def tune_with(config, space: str = "", time_budget: str = "", max_trials: int = 0,
+              models: str | None = None, search: str = "hyperband", test_dir: str = "",
+              test_csv: str = "", verbose=0) -> TuneResult:
+  """`tune` with `TuneConfig`'s settings as keywords (space: a space file's path): what
+  `kerasft.tune(config, ...)` calls."""
+  settings = TuneConfig(models=models, time_budget=time_budget, max_trials=max_trials,
+                        search=search, space=space, test_dir=test_dir, test_csv=test_csv)
+  return tune(config, settings, verbose)

@@ -24,10 +24,16 @@ import warnings
 import numpy as np
 from absl import logging
 
+from kerasft.core import budget
 from kerasft.training import callbacks
 from kerasft.models import text_encoders as text
 from kerasft.core.errors import UsageError
 from kerasft.core.files import read_json, write_json
+from kerasft.config import backbones
+from kerasft.data import tables as sources
+from kerasft.data import records
+from kerasft.training import distribute
+from kerasft.tasks import registry as tasks
 
 CHANCE = 0.01  # masked-token accuracy below this (or 10 / vocabulary): an untrained head
 STATE, WEIGHTS, REPORT = "state.json", "resume.weights.h5", "adaptation.json"
@@ -48,7 +54,6 @@ def read_texts(data) -> list[str]:
   """The non-empty texts of a `DataConfig`'s --csv (--text_column), --text_dir (.txt files,
   searched recursively: any sub-folders, labels ignored) or --tfds (--text_key,
   --train_split)."""
-  from kerasft.data import tables as sources
   if data.csv:
     texts = [str(r[data.text_column] or "") for r in sources.read_table(
         data.csv, "csv", [data.text_column])]
@@ -70,7 +75,6 @@ def read_texts(data) -> list[str]:
 
 def _tfds_texts(data) -> list[str]:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from kerasft.data import records
   builder = records.tfds_builder(data.tfds, data.tfds_data_dir)
   features = builder.info.features
   key = data.text_key or next((k for k, f in features.items()
@@ -137,9 +141,6 @@ def adapt(model_flag: str, data, settings, training, max_length: int = 0,
   (`kerasft.commands.AdaptConfig`) says, under `training`'s --strategy and --seed; writes
   the preset folder."""
   import keras  # pylint: disable=g-import-not-at-top
-  from kerasft.models import backbones
-  from kerasft.training import distribute
-  from kerasft.tasks import registry as tasks
   start = time.monotonic()
   if tasks.modality_class(model_flag) is not tasks.modality_class(tasks.TEXT_PREFIX):
     raise UsageError(f"--model: adapt continues a text encoder's masked-LM training; pass "
@@ -190,14 +191,14 @@ def _train(model, train, val, settings, runtime, work: str, new_head: bool, verb
                  "alone first (%d epochs)", settings.mlm_head_epochs)
     phases.insert(0, ("head", settings.mlm_head_epochs, 1e-3, False))
   budget = settings.budget
-  with callbacks.deadline(budget) if budget else contextlib.nullcontext():
+  with budget.deadline(budget) if budget else contextlib.nullcontext():
     for name, epochs, rate, everything in phases:
       if name in state["done"]:
         continue
       with runtime.strategy.scope():
         _compile(model, rate, everything)
       chosen = [callbacks.Interruptible(), keras.callbacks.BackupAndRestore(
-          os.path.join(work, f"backup_{name}"))] + ([callbacks.Deadline()] if budget else [])
+          os.path.join(work, f"backup_{name}"))] + ([budget.Deadline()] if budget else [])
       with warnings.catch_warnings():  # BERT's [CLS] pooler feeds no masked-LM output
         warnings.filterwarnings("ignore", message="Gradients do not exist")
         fitted = model.fit(train, validation_data=val, epochs=epochs, verbose=verbose,

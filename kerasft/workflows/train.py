@@ -1,8 +1,8 @@
 """One training run from a `RunConfig`: data -> model -> fit -> report -> export.
 
-`train_classifier(config)` is what `python -m kerasft.train` calls and what Python users
-call directly. Everything that can be wrong with the user's input (flags, data, weights,
-an existing run) is checked before the run's folder is written.
+`run_training(config)` is what `python -m kerasft.train` calls and what Python users call
+directly (`kerasft.run_training`). Everything that can be wrong with the user's input
+(flags, data, weights, an existing run) is checked before the run's folder is written.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ import keras
 import numpy as np
 from absl import logging
 
-from kerasft.reporting import calibration, html as html_report, metrics as reports
-from kerasft.data import examples as data
-from kerasft.training import distribute, fit
-from kerasft.models import features
-from kerasft.reporting import page as run_report
-from kerasft.serving import versions as serving
-from kerasft.data import tables as sources
-from kerasft.tasks import registry as tasks
-from kerasft.methods import auto, peft
-from kerasft.config import RunConfig
+from kerasft.config import MethodsConfig, RunConfig
 from kerasft.core.errors import UsageError
 from kerasft.core.files import atomic_path, check_writable, write_json
+from kerasft.data import examples as data, tables
+from kerasft.data.source import Source
+from kerasft.methods import auto, peft, self_training
+from kerasft.models import backbones, features, heads
+from kerasft.reporting import calibration, html as html_report, metrics as reports
+from kerasft.reporting import page as run_report
+from kerasft.serving import versions as serving
+from kerasft.tasks import registry
+from kerasft.training import distribute, fit
 from kerasft.training.run_folder import ADAPTER, BEST, LOGS, TIMINGS, RunFolder
 
 
@@ -46,11 +46,12 @@ class TrainResult:
   headline: str = ""  # the validation metrics in a few words
 
 
-def train_classifier(config: RunConfig, verbose: int | str = "auto",
-                     export: bool = True, before: dict | None = None) -> TrainResult:
+def run_training(config: RunConfig, verbose: int | str = "auto", export: bool = True,
+                 before: dict | None = None) -> TrainResult:
   """Trains and exports a model as `config` says; returns a `TrainResult`.
 
-  Writes the run folder (`kerasft.run_folder`) in `config.model_dir` and the next
+  Checks the settings against each other first (`kerasft.tasks.registry.check`). Writes the
+  run folder (`kerasft.training.run_folder`) in `config.model_dir` and the next
   SavedModel version into `config.export_dir`. Running it again on a `model_dir` whose
   run was interrupted resumes that run. Under multi-worker training only the chief writes
   these; other workers work in a temporary folder that is removed, and get
@@ -60,7 +61,8 @@ def train_classifier(config: RunConfig, verbose: int | str = "auto",
   run logs and writes (timings.json).
   """
   started = time.monotonic()
-  task = tasks.for_config(config.resolved()).resolve_data()
+  registry.check(config)
+  task = registry.for_config(config.resolved()).resolve_data()
   check_outputs(task.config)
   runtime = distribute.setup(task.config.training, task.config.data.batch_size)
   policy = keras.mixed_precision.global_policy().name
@@ -93,20 +95,19 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
   with _phase(seconds, "data"):
     logging.info("phase data: indexing --%s", config.data.source)
     train, val = task.index(config.training.seed)
-    data.check_class_names(train.class_names, config.data.source or "data_dir")
+    data.check_class_names(train.class_names, Source(config.data.source or "data_dir"))
     if config.data.slice_column:  # a missing column is found now, not after training
-      sources.slice_values(config.data, val, getattr(config.data, task.SLICE_KEY))
+      tables.slice_values(config.data, val, getattr(config.data, task.SLICE_KEY))
     if config.data.oversample:
       train = data.oversampled(train, config.training.seed)
     task = auto.apply(task, train, val)
     if task.config.data.unlabeled_source and task.config.training.kfold_below:
       logging.info("self-training: k-fold off; the validation examples judge every round")
-      task = type(task)(dataclasses.replace(task.config, training=dataclasses.replace(
-          task.config.training, kfold_below=0)), task.output, task.backbone)
+      task = task.with_config(dataclasses.replace(task.config, training=dataclasses.replace(
+          task.config.training, kfold_below=0)), task.backbone)
     config = task.config
     unlabeled = None
     if config.data.unlabeled_source:
-      from kerasft.methods import self_training
       unlabeled = task.unlabeled(train.class_names)
       self_training.check_disjoint(unlabeled.inputs, train.inputs + val.inputs,
                                    config.data.unlabeled_source)
@@ -128,7 +129,6 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
 
 def _check_unfreezing(config: RunConfig, model) -> None:
   """Fails now, not after the head phase, when the unfreeze choice is out of range."""
-  from kerasft.models import backbones, heads
   m = config.model
   if m.unfreezes:
     backbone = heads.backbone_of(model)
@@ -181,7 +181,8 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
                    export_path)
     elif export:
       logging.info("phase export: %s", config.export_dir)
-      export_path = task.export(model, dataset.class_names, config.export_dir, card)
+      export_path = serving.export_model(task, model, dataset.class_names, config.export_dir,
+                                         card)
   if config.training.report == "html":
     with _phase(seconds, "report_html"):
       _html_report(task, model, dataset, metrics, shown, folder, seconds)
@@ -193,7 +194,6 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
 def _methods_card(config: RunConfig, fitted, rounds=()) -> dict:
   """The model card's record of the fine-tuning methods (those not at their defaults), what
   the run kept, its trainable and total parameters, and its self-training `rounds`."""
-  from kerasft.config.methods import MethodsConfig
   default = MethodsConfig()
   methods = {f.name: getattr(config.methods, f.name) for f in dataclasses.fields(default)
              if getattr(config.methods, f.name) != getattr(default, f.name)}
@@ -210,19 +210,18 @@ def _self_train(task, model, dataset, unlabeled, fitted, folder: RunFolder, runt
   each student trains in its own run folder (with --recipe=auto, on settings chosen for its
   own, larger training set). Returns (model, FitResult, Dataset, rounds) of what is kept,
   whose model replaces best.keras."""
-  from kerasft.methods import self_training
 
   def train_student(student_task, train, val):
     root = student_task.config.model_dir
     student_folder = RunFolder(root, root if runtime.is_chief else os.path.join(
         folder.out, os.path.relpath(root, folder.root)))
     if recipe == "auto":  # the settings --recipe=auto picks for the student's own data
-      student_task = auto.apply(type(student_task)(dataclasses.replace(
+      student_task = auto.apply(student_task.with_config(dataclasses.replace(
           student_task.config, methods=dataclasses.replace(
-              student_task.config.methods, recipe="auto")), task.output, student_task.backbone),
+              student_task.config.methods, recipe="auto")), student_task.backbone),
           train, val)
     if student_task.config.model.unfreezes:  # it trains its own backbone, from pretrained
-      student_task = type(student_task)(student_task.config, task.output)
+      student_task = student_task.with_config(student_task.config)
     with runtime.strategy.scope():
       student_task, student = student_task.build_model(train)
       peft.enable(student, student_task.config)

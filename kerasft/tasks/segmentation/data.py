@@ -19,13 +19,17 @@ import numpy as np
 from absl import logging
 
 from kerasft.core.errors import UsageError
+from kerasft.data import records, tables
+from kerasft.data.folders import is_image
+from kerasft.data.labels import Classes
+from kerasft.data.source import Source
 
 IGNORE = 255  # a mask value that no class has: the pixel counts nowhere
 MASKS, IMAGES = "masks", "images"
 
 
-def read_mask(item, where: str) -> np.ndarray:
-  """uint8 [H, W] class indices of a mask file or encoded bytes `item` (`where` names it in
+def read_mask(item, name: str) -> np.ndarray:
+  """uint8 [H, W] class indices of a mask file or encoded bytes `item` (`name` names it in
   errors): grayscale values, palette indices, or one channel of an RGB image whose channels
   are equal. A colour mask (channels differ) is a UsageError."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -36,12 +40,12 @@ def read_mask(item, where: str) -> np.ndarray:
     if mode in ("RGB", "RGBA") and np.all(values[..., :3] == values[..., :1]):
       values = values[..., 0]
     else:
-      raise UsageError(f"{where}: a colour ({mode}) mask; save the class index of each pixel "
+      raise UsageError(f"{name}: a colour ({mode}) mask; save the class index of each pixel "
                        "as a grayscale or palette PNG")
   if values.dtype == bool:
     values = values.astype(np.uint8)
   if values.size and (values.min() < 0 or values.max() > 255):
-    raise UsageError(f"{where}: mask values {values.min()}..{values.max()}; class indices "
+    raise UsageError(f"{name}: mask values {values.min()}..{values.max()}; class indices "
                      "must be 0..254 (255: ignore)")
   return values.astype(np.uint8)
 
@@ -91,24 +95,24 @@ def read_class_names(path: str) -> list[str]:
   return names
 
 
-def folder_pairs(folder: str, flag: str) -> tuple[list[str], list[str]]:
-  """(image paths, mask paths or "" when missing) of `folder`/images and `folder`/masks,
+def folder_pairs(source: Source) -> tuple[list[str], list[str]]:
+  """(image paths, mask paths or "" when missing) of `source.path`/images and .../masks,
   matched by file stem, sorted."""
-  from kerasft.data.examples import _is_image
-  images_dir, masks_dir = os.path.join(folder, IMAGES), os.path.join(folder, MASKS)
+  images_dir = os.path.join(source.path, IMAGES)
+  masks_dir = os.path.join(source.path, MASKS)
   for path in (images_dir, masks_dir):
     if not os.path.isdir(path):
-      raise UsageError(f"--{flag}: --task=segmentation reads {IMAGES}/ and {MASKS}/ folders "
-                       f"with the same file names; {path} is not a folder")
+      raise source.error(f"--task=segmentation reads {IMAGES}/ and {MASKS}/ folders with the "
+                         f"same file names; {path} is not a folder")
   masks = {os.path.splitext(n)[0]: os.path.join(masks_dir, n)
-           for n in sorted(os.listdir(masks_dir)) if _is_image(n)}
-  images = [os.path.join(images_dir, n) for n in sorted(os.listdir(images_dir)) if _is_image(n)]
+           for n in sorted(os.listdir(masks_dir)) if is_image(n)}
+  images = [os.path.join(images_dir, n) for n in sorted(os.listdir(images_dir)) if is_image(n)]
   if not images:
-    raise UsageError(f"--{flag}: no images in {images_dir}")
+    raise source.error(f"no images in {images_dir}")
   return images, [masks.get(os.path.splitext(os.path.basename(p))[0], "") for p in images]
 
 
-def check_pairs(images: list, masks: list, names: list[str], flag: str,
+def check_pairs(images: list, masks: list, names: list[str], source: Source,
                 class_names: list[str] | None, strict: bool = False
                 ) -> tuple[list, list[bytes], list[str], list[str]]:
   """Reads and checks every mask against its image: (images kept, their masks as grayscale
@@ -120,24 +124,24 @@ def check_pairs(images: list, masks: list, names: list[str], flag: str,
     checked = list(pool.map(lambda args: _check_pair(*args), zip(images, masks, names)))
   problems = [(names[i], why) for i, (_, why) in enumerate(checked) if why]
   for name, why in problems[:10]:
-    logging.warning("--%s: skipping %s: %s", flag, name, why)
+    logging.warning("--%s: skipping %s: %s", source.flag, name, why)
   if problems and strict:
-    raise UsageError(f"--{flag}: {problems[0][0]}: {problems[0][1]} (--strict_data)")
+    raise source.error(f"{problems[0][0]}: {problems[0][1]} (--strict_data)")
   if len(problems) > 10:
-    logging.warning("--%s: %d more examples skipped", flag, len(problems) - 10)
+    logging.warning("--%s: %d more examples skipped", source.flag, len(problems) - 10)
   kept = [i for i, (_, why) in enumerate(checked) if not why]
   if not kept:
-    raise UsageError(f"--{flag}: no usable image and mask pair ({problems[0][0]}: "
-                     f"{problems[0][1]})" if problems else f"--{flag}: no examples")
+    raise source.error(f"no usable image and mask pair ({problems[0][0]}: {problems[0][1]})"
+                       if problems else "no examples")
   found = sorted(set().union(*(checked[i][0][1] for i in kept)) - {IGNORE})
   if class_names is None:
     class_names = [str(v) for v in range(max(found) + 1)]
   unknown = [v for v in found if v >= len(class_names)]
   if unknown:
     where = next(names[i] for i in kept if unknown[0] in checked[i][0][1])
-    raise UsageError(f"--{flag}: {where} has mask value {unknown[0]}, which names no class "
-                     f"(there are {len(class_names)}: {', '.join(class_names[:5])}...); "
-                     "list the classes with --mask_classes or fix the mask (255: ignore)")
+    raise source.error(f"{where} has mask value {unknown[0]}, which names no class (there "
+                       f"are {len(class_names)}: {', '.join(class_names[:5])}...); list the "
+                       "classes with --mask_classes or fix the mask (255: ignore)")
   return ([images[i] for i in kept], [checked[i][0][0] for i in kept],
           [names[i] for i in kept], class_names)
 
@@ -157,89 +161,80 @@ def _check_pair(image, mask, name: str):
   return (encode_mask(values), set(np.unique(values).tolist())), None
 
 
-def confusion(true: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
-  """int64 [k, k] pixel counts (true class, predicted class), 255 pixels left out."""
-  true, predicted = np.ravel(true).astype(np.int64), np.ravel(predicted).astype(np.int64)
-  keep = true != IGNORE
-  return np.bincount(true[keep] * k + np.minimum(predicted[keep], k - 1),
-                     minlength=k * k).reshape(k, k)
+def objects(items: list) -> np.ndarray:
+  """A 1-D object array of per-image arrays (of different sizes)."""
+  out = np.empty(len(items), object)
+  out[:] = list(items)
+  return out
 
 
-def iou_metrics(matrix: np.ndarray, class_names: list[str]) -> dict:
-  """Mean IoU (over the classes present in the truth or the prediction, as Keras' MeanIoU),
-  IoU per class (None when absent from both), pixel accuracy and pixel counts."""
-  matrix = np.asarray(matrix, np.float64)
-  hits, union = np.diag(matrix), matrix.sum(0) + matrix.sum(1) - np.diag(matrix)
-  iou = np.where(union > 0, hits / np.maximum(union, 1), np.nan)
-  total = matrix.sum()
-  return {"task": "segmentation",
-          "mean_iou": float(np.nanmean(iou)) if np.any(union > 0) else 0.0,
-          "pixel_accuracy": float(hits.sum() / total) if total else 0.0,
-          "pixels": int(total),
-          "per_class": {name: {"iou": None if np.isnan(v) else float(v),
-                               "pixels": int(matrix[i].sum())}
-                        for i, (name, v) in enumerate(zip(class_names, iou))}}
+def folder_source(d, flag_prefix: str, split: str) -> Source:
+  """The folder holding images/ and masks/ of --data_dir or --val_dir: the folder itself,
+  or its train/ (validation/, val/, or `split`) sub-folder; its path "" when absent."""
+  if flag_prefix and d.val_dir:
+    return Source("val_dir", d.val_dir)
+  root = d.data_dir
+  if os.path.isdir(os.path.join(root, IMAGES)):
+    return Source("data_dir", "" if flag_prefix else root)
+  wanted = [split] if split else (["validation", "val"] if flag_prefix else ["train"])
+  if split:
+    wanted.append("")
+  found = next((os.path.join(root, w) for w in wanted
+                if os.path.isdir(os.path.join(root, w, IMAGES))), "")
+  if not found and not flag_prefix:
+    raise UsageError(f"--data_dir: {root} holds neither {IMAGES}/ and {MASKS}/ nor "
+                     f"train/{IMAGES}/ and train/{MASKS}/")
+  return Source("data_dir", found)
 
 
-def palette(k: int) -> np.ndarray:
-  """uint8 [k, 3] distinct colours (class 0 black: usually the background)."""
-  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
-  colours = colormaps["tab20"](np.arange(max(k - 1, 1)) % 20)[:, :3] * 255
-  return np.concatenate([[[0, 0, 0]], colours]).astype(np.uint8)[:k]
+def csv_pairs(source: Source, path_column: str, mask_column: str):
+  """(image paths, mask paths) of a table's rows, relative to its folder."""
+  rows = tables.read_table(source, [path_column, mask_column])
+  root = os.path.dirname(os.path.abspath(source.path))
+  images = [os.path.join(root, str(r[path_column])) for r in rows]
+  masks = [os.path.join(root, str(r[mask_column])) if r[mask_column] else "" for r in rows]
+  for image in images:
+    if not os.path.isfile(image):
+      raise source.error(f"{source.path}: image {image} does not exist")
+  return images, [m if m and os.path.isfile(m) else "" for m in masks]
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, k: int, alpha: float = 0.5) -> np.ndarray:
-  """uint8 [H, W, 3]: `image` (0..255) with `mask`'s class colours blended in (255 pixels
-  and class 0 left as they are)."""
-  colours = palette(k)
-  mask = np.asarray(mask)
-  shown = (mask != IGNORE) & (mask > 0)
-  out = np.asarray(image, np.float32).copy()
-  out[shown] = (1 - alpha) * out[shown] + alpha * colours[mask[shown]]
-  return np.clip(out, 0, 255).astype(np.uint8)
+def tfds_pairs(name: str, data_dir: str, split: str, image_key: str, mask_key: str):
+  """(encoded images, encoded masks) of a prepared TFDS split: --image_key [its first
+  3-channel Image feature] and --label_key [its first 1-channel Image feature]."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = records.tfds_builder(name, data_dir)
+  features = builder.info.features
+  images = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
+  image_key = image_key or next((k for k in images if features[k].shape[-1] == 3), "")
+  mask_key = mask_key or next((k for k in images if features[k].shape[-1] == 1), "")
+  for flag, key in (("image_key", image_key), ("label_key", mask_key)):
+    if key not in images:
+      raise UsageError(f"--{flag}: {name} has no image feature {key!r} for "
+                       f"--task=segmentation; its image features are {', '.join(images)}")
+  ds = records.tfds_split(builder, name, data_dir, split, {
+      image_key: tfds.decode.SkipDecoding(), mask_key: tfds.decode.SkipDecoding()})
+  pairs = [(e[image_key], e[mask_key]) for e in ds.as_numpy_iterator()]
+  if not pairs:
+    raise UsageError(f"--tfds: split {split!r} of {name} is empty")
+  return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def plot_grid(images, true, predicted, class_names: list[str], path: str,
-              captions: list[str] = ()) -> None:
-  """A PNG grid: per row an image, its true mask and the predicted one overlaid, and a
-  legend of the class colours."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
-  k, n = len(class_names), len(images)
-  fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.4 * n + 0.8), squeeze=False)
-  for row, (image, t, p) in enumerate(zip(images, true, predicted)):
-    for col, (shown, title) in enumerate(((np.asarray(image, np.uint8), "image"),
-                                          (overlay(image, t, k), "true"),
-                                          (overlay(image, p, k), "predicted"))):
-      axes[row, col].imshow(shown)
-      axes[row, col].set_axis_off()
-      caption = captions[row] if col == 0 and row < len(captions) else ""
-      axes[row, col].set_title(f"{title}{': ' + caption if caption else ''}", fontsize=8)
-  colours = palette(k) / 255.0
-  fig.legend(handles=[Patch(color=colours[i], label=name) for i, name in
-                      enumerate(class_names)], loc="lower center", ncol=min(k, 6), fontsize=7)
-  fig.tight_layout(rect=(0, 0.8 / (2.4 * n + 0.8), 1, 1))
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+class Masks(Classes):
+  """An image's label is its mask of class indices (grayscale PNG bytes; 255: ignored)."""
+  task, noun = "segmentation", "classes"
 
+  def strata(self, labels, class_names=None):
+    return None
 
-def plot_iou(metrics: dict, path: str) -> None:
-  """A bar chart PNG of the IoU of each class, the mean IoU as a line."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  names = list(metrics["per_class"])
-  values = [metrics["per_class"][n]["iou"] or 0.0 for n in names]
-  fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(names) + 1.5), 3.2))
-  ax.bar(range(len(names)), values, color="tab:blue")
-  ax.axhline(metrics["mean_iou"], color="tab:red", linestyle="--",
-             label=f"mean IoU {metrics['mean_iou']:.3f}")
-  ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-  ax.set_ylim(0, 1)
-  ax.set_ylabel("IoU")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  def class_counts(self, labels, k):
+    return None
+
+  def check_folder_source(self, source):
+    """Folders of images/ and masks/ are read by the task itself."""
+
+  def targets(self, labels, k):
+    raise ValueError("segmentation targets are per pixel: graph.masks")
+
+  def evaluation_labels(self, files):
+    return objects([read_mask(m, files.name(i)) for i, m in enumerate(files.labels)])

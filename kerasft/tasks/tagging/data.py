@@ -21,6 +21,9 @@ import re
 import numpy as np
 
 from kerasft.core.errors import UsageError
+from kerasft.data import records
+from kerasft.data.labels import Classes
+from kerasft.data.source import Source
 
 OUTSIDE = "O"
 _TAG = re.compile(r"^([BIES])-(.+)$")
@@ -31,10 +34,10 @@ def tag_names(types: list[str]) -> list[str]:
   return [OUTSIDE] + [f"{p}-{t}" for t in types for p in "BI"]
 
 
-def spans(tags: list[str], where: str = "") -> list[tuple[int, int, str]]:
+def spans(tags: list[str], context: str = "") -> list[tuple[int, int, str]]:
   """Entities of a tag sequence as (first token, last token, type), whatever the scheme:
   B- and S- start an entity, I- and E- continue one of the same type (or start one, as
-  conlleval and seqeval read a stray I-), E- and S- end one, O is outside. `where` names
+  conlleval and seqeval read a stray I-), E- and S- end one, O is outside. `context` names
   the sequence in the error for a malformed tag."""
   found, current = [], None
   for i, tag in enumerate(tags):
@@ -43,7 +46,7 @@ def spans(tags: list[str], where: str = "") -> list[tuple[int, int, str]]:
       continue
     match = _TAG.match(tag)
     if not match:
-      raise UsageError(f"{where}: tag {tag!r} is neither O nor B-/I-/E-/S- and a type "
+      raise UsageError(f"{context}: tag {tag!r} is neither O nor B-/I-/E-/S- and a type "
                        "(IOB1, IOB2 or BIOES)")
     prefix, kind = match.groups()
     if prefix in "BS" or current is None or found[current][2] != kind:
@@ -56,7 +59,7 @@ def spans(tags: list[str], where: str = "") -> list[tuple[int, int, str]]:
   return [tuple(f) for f in found]
 
 
-def from_tokens(tokens: list[str], tags: list[str], where: str) -> tuple[str, list]:
+def from_tokens(tokens: list[str], tags: list[str], context: str) -> tuple[str, list]:
   """(text, character-span entities) of a tagged token sequence; tokens joined by spaces."""
   starts, offset = [], 0
   for token in tokens:
@@ -64,14 +67,14 @@ def from_tokens(tokens: list[str], tags: list[str], where: str) -> tuple[str, li
     offset += len(token) + 1
   text = " ".join(tokens)
   return text, [(starts[a], starts[b] + len(tokens[b]), kind)
-                for a, b, kind in spans(tags, where)]
+                for a, b, kind in spans(tags, context)]
 
 
-def read_conll(path: str, flag: str) -> tuple[list[str], list[list]]:
+def read_conll(source: Source) -> tuple[list[str], list[list]]:
   """(texts, entities) of a CoNLL file: a token per line, its tag in the last column, a
-  blank line between sentences, -DOCSTART- lines skipped. UsageError naming `flag`."""
-  sentences, tokens, tags = [], [], []
-  for number, line in enumerate(_lines(path, flag), start=1):
+  blank line between sentences, -DOCSTART- lines skipped. UsageError naming the source."""
+  sentences, tokens, tags, path, number = [], [], [], source.path, 0
+  for number, line in enumerate(_lines(source), start=1):
     columns = line.split()
     if not columns or columns[0] == "-DOCSTART-":
       if tokens:
@@ -79,27 +82,28 @@ def read_conll(path: str, flag: str) -> tuple[list[str], list[list]]:
       tokens, tags = [], []
       continue
     if len(columns) < 2:
-      raise UsageError(f"--{flag}: {path} line {number}: expected a token and its tag "
-                       f"separated by white space, got {line.strip()!r}")
+      raise source.error(f"{path} line {number}: expected a token and its tag separated by "
+                         f"white space, got {line.strip()!r}")
     tokens.append(columns[0])
     tags.append(columns[-1])
   if tokens:
     sentences.append((tokens, tags, number + 1))
   if not sentences:
-    raise UsageError(f"--{flag}: {path} holds no tagged sentences (CoNLL: one 'token tag' "
-                     "per line, a blank line between sentences)")
-  pairs = [from_tokens(t, g, f"--{flag}: {path} line {n - len(t)}") for t, g, n in sentences]
+    raise source.error(f"{path} holds no tagged sentences (CoNLL: one 'token tag' per line, "
+                       "a blank line between sentences)")
+  pairs = [from_tokens(t, g, f"--{source.flag}: {path} line {n - len(t)}")
+           for t, g, n in sentences]
   return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def read_jsonl(path: str, flag: str) -> tuple[list[str], list[list]]:
+def read_jsonl(source: Source) -> tuple[list[str], list[list]]:
   """(texts, entities) of a JSON Lines file: per line `tokens` and `tags`, or `text` and
   `entities` (or doccano's `label`) as [[start, end, type], ...]."""
   texts, entities = [], []
-  for number, line in enumerate(_lines(path, flag), start=1):
+  for number, line in enumerate(_lines(source), start=1):
     if not line.strip():
       continue
-    where = f"--{flag}: {path} line {number}"
+    where = f"--{source.flag}: {source.path} line {number}"
     try:
       row = json.loads(line)
     except ValueError as e:
@@ -118,11 +122,11 @@ def read_jsonl(path: str, flag: str) -> tuple[list[str], list[list]]:
     texts.append(text)
     entities.append(found)
   if not texts:
-    raise UsageError(f"--{flag}: {path} holds no examples")
+    raise source.error(f"{source.path} holds no examples")
   return texts, entities
 
 
-def _offsets(items, text: str, where: str) -> list:
+def _offsets(items, text: str, context: str) -> list:
   found = []
   for item in items:
     if isinstance(item, dict):
@@ -130,20 +134,21 @@ def _offsets(items, text: str, where: str) -> list:
     ok = (isinstance(item, (list, tuple)) and len(item) == 3 and all(
         isinstance(v, int) for v in item[:2]) and isinstance(item[2], str))
     if not ok or not 0 <= item[0] < item[1] <= len(text):
-      raise UsageError(f"{where}: entity {item!r} is not [start, end, type] with 0 <= start "
+      raise UsageError(f"{context}: entity {item!r} is not [start, end, type] with 0 <= start "
                        f"< end <= {len(text)} (the text's length)")
     found.append((item[0], item[1], item[2]))
   return sorted(found)
 
 
-def _lines(path: str, flag: str):
-  if not os.path.isfile(path):
-    raise UsageError(f"--{flag}: {path} does not exist")
+def _lines(source: Source) -> list[str]:
+  """The lines of a source's file; a UsageError naming it when it cannot be read."""
+  if not os.path.isfile(source.path):
+    raise source.error(f"{source.path} does not exist")
   try:
-    with open(path, encoding="utf-8") as f:
+    with open(source.path, encoding="utf-8") as f:
       return f.read().splitlines()
   except (OSError, UnicodeDecodeError) as e:
-    raise UsageError(f"--{flag}: cannot read {path} ({e})") from None
+    raise source.error(f"cannot read {source.path} ({e})") from None
 
 
 def entity_types(entities: list[list]) -> list[str]:
@@ -245,3 +250,69 @@ def cut(text: str, entities: list, words: list[tuple[int, int]], pieces: list[in
     out.append((text[start:end], [(max(s, start) - start, min(e, end) - start, kind)
                                   for s, e, kind in entities if s < end and e > start]))
   return out
+
+
+def read_tfds_tokens(name: str, data_dir: str, split: str, tokens_key: str = "",
+                     tags_key: str = "") -> tuple[list[str], list[list]]:
+  """(texts, character-span entities) of one split of a prepared TFDS data set of token
+  and tag sequences (`kerasft.tagging`): a `Sequence` of `Text` (--text_key [the first])
+  and a `Sequence` of `ClassLabel` tag names (--label_key [ner, else tags, else the
+  first]), as `conll2003` or `wikiann` hold them."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = records.tfds_builder(name, data_dir)
+  features = builder.info.features
+  of = lambda kind: [k for k, f in features.items()  # noqa: E731
+                     if isinstance(getattr(f, "feature", None), kind)]
+  tokens_key = tokens_key or next(iter(of(tfds.features.Text)), "")
+  sequences = of(tfds.features.ClassLabel)
+  tags_key = tags_key or next((k for k in ("ner", "tags", "ner_tags") if k in sequences),
+                              next(iter(sequences), ""))
+  for flag, key, kind in (("text_key", tokens_key, "Sequence(Text)"),
+                          ("label_key", tags_key, "Sequence(ClassLabel)")):
+    if key not in features:
+      raise UsageError(f"--{flag}: {name} has no {kind} feature {key!r}; its features are "
+                       f"{', '.join(features)}")
+  names = features[tags_key].feature.names
+  ds = records.tfds_split(builder, name, data_dir, split, None)
+  texts, entities = [], []
+  for example in tfds.as_numpy(ds):
+    tokens = [t.decode("utf-8", errors="replace") for t in example[tokens_key]]
+    if tokens:
+      text, found = from_tokens(tokens, [names[i] for i in example[tags_key]],
+                                        f"--tfds: {name}[{split}] example {len(texts) + 1}")
+      texts.append(text)
+      entities.append(found)
+  if not texts:
+    raise UsageError(f"--tfds: split {split!r} of {name} is empty")
+  return texts, entities
+
+
+def objects(items: list) -> np.ndarray:
+  """A 1-D object array of `items` (per-text entity lists), which numpy leaves unbroadcast."""
+  out = np.empty(len(items), object)
+  out[:] = [list(i) for i in items]
+  return out
+
+
+class Entities(Classes):
+  """A text's labels are its entities, (start, end, type) character spans; the "class
+  names" are the entity types."""
+  task, noun, min_classes = "tagging", "entity types", 1
+
+  def strata(self, labels, class_names=None):
+    return None
+
+  def class_counts(self, labels, k):
+    """Entities per type, types in `entity_types` order."""
+    types = entity_types(labels)
+    counts = {t: 0 for t in types}
+    for items in labels:
+      for e in items:
+        counts[e[2]] += 1
+    return [counts[t] for t in types] if len(types) == k else None
+
+  def targets(self, labels, k):
+    raise ValueError("tagging targets are per token: TaggingTask.encode")
+
+  def evaluation_labels(self, files):
+    return objects(files.labels)

@@ -1,0 +1,68 @@
+"""Checks that span a run's settings groups, run once before a run starts (not when a
+config is made or replaced: `dataclasses.replace` never re-runs them).
+
+`check_run(config)` raises a `UsageError` naming the flag for settings that contradict each
+other across groups (model, data, training, methods); what a task's modality and output
+cannot honour is asked of the task objects (`kerasft.tasks.registry.check`, which calls
+this first). No TensorFlow.
+"""
+
+from __future__ import annotations
+
+from kerasft.config.methods import DEFAULTS
+from kerasft.core.errors import UsageError
+
+
+def check_run(config) -> None:
+  """Raises a UsageError for settings of a `RunConfig` that contradict each other."""
+  _phases(config)
+  _methods(config)
+
+
+def _phases(config) -> None:
+  """The fine-tune phase, the convex head and the feature cache against the rest."""
+  m, t, d = config.model, config.training, config.data
+  if m.unfreezes and not t.fine_tune_epochs:
+    raise UsageError("--unfreeze_top/--unfreeze_blocks/--unfreeze_from/--gradual_unfreeze "
+                     "have no effect without --fine_tune_epochs; pass --fine_tune_epochs=N")
+  if t.head_solver == "convex" and t.label_smoothing and not m.head:
+    raise UsageError("--label_smoothing: the convex head solver fits the labels exactly; "
+                     "pass --head_solver=epochs to smooth them")
+  mixing = [f for f in ("augment", "mixup", "cutmix") if getattr(d, f)]
+  if t.cache_features == "on" and mixing:
+    raise UsageError(f"--cache_features=on: --{mixing[0]} changes the backbone's input "
+                     "every epoch, so its features cannot be cached; leave --cache_features "
+                     "at auto")
+  if t.fine_tune_epochs and not m.unfreezes:
+    raise UsageError(f"--fine_tune_epochs={t.fine_tune_epochs} needs layers to train; pass "
+                     "--unfreeze_top=N (or --unfreeze_blocks, --unfreeze_from, "
+                     "--gradual_unfreeze) as well")
+
+
+def _methods(config) -> None:
+  """Raises a UsageError for methods a `RunConfig` cannot honour (what they need from the
+  model and training settings)."""
+  m, t, k = config.model, config.training, config.methods
+  if not config.data.unlabeled_source:
+    for name in ("self_training_rounds", "pseudo_label_threshold", "pseudo_labels_per_class"):
+      if getattr(k, name) != DEFAULTS[name]:
+        raise UsageError(f"--{name}: only goes with unlabelled examples (--unlabeled_dir, "
+                         "--unlabeled_csv, --unlabeled_tfrecord, --unlabeled_text_dir)")
+  last_phase_by_epochs = bool(t.fine_tune_epochs or t.head_solver == "epochs" or m.head
+                              or config.data.augment or config.data.mixup
+                              or config.data.cutmix)
+  if k.average != "best" and not last_phase_by_epochs:
+    raise UsageError(f"--average={k.average}: averages epochs, and the convex head is one "
+                     "solve; add a fine-tune phase (--fine_tune_epochs with an unfreeze flag) "
+                     "or pass --head_solver=epochs")
+  needs_fine_tune = [f for f, on in (("wise_ft", k.wise_ft), ("l2sp", k.l2sp),
+                                     ("peft", k.peft != "none")) if on]
+  if needs_fine_tune and not t.fine_tune_epochs:
+    raise UsageError(f"--{needs_fine_tune[0]}: acts on the fine-tune phase; pass "
+                     "--fine_tune_epochs=N with --unfreeze_blocks (or another unfreeze flag)")
+  if k.peft != "none" and m.bn_mode == "train":
+    raise UsageError(f"--bn_mode=train: --peft={k.peft} keeps the backbone's batch-norm "
+                     "statistics fixed; leave --bn_mode at frozen or affine")
+  if k.peft != "none" and m.gradual_unfreeze:
+    raise UsageError(f"--gradual_unfreeze: --peft={k.peft} trains one fixed set of "
+                     "parameters; use --unfreeze_blocks (or --unfreeze_top/--unfreeze_from)")
