@@ -114,11 +114,12 @@ def export_image(model, class_names, image_size, export_dir, version=None, overw
       class_names, export_dir, version, overwrite, card)
 
 
-def fit_run(run_config, model, dataset, task="multiclass", **kwargs):
-  """fit.execute into the config's model_dir; returns the history."""
+def fit_run(run_config, model, dataset, task="multiclass", restore_best=True, **kwargs):
+  """fit.execute into the config's model_dir; returns the history. kwargs: `fit.Run`'s."""
   from kerasft.training import fit, run_folder
-  return fit.execute(run_config, model, dataset, output(task),
-                     run_folder.RunFolder(run_config.model_dir), **kwargs).history
+  return fit.execute(fit.Run(run_config, model, dataset, output(task),
+                             run_folder.RunFolder(run_config.model_dir), **kwargs),
+                     restore_best).history
 
 
 def text_saved_model_cli(export_path, texts, outdir):

@@ -82,8 +82,8 @@ def test_the_l2_strength_is_chosen_on_the_validation_split_only(monkeypatch):
   model = type("M", (), {"get_layer": lambda self, name: head})()
   train = kerasft.data.examples.Examples(["t"] * 60, [0, 1] * 30, [str(i) for i in range(8)])
   val = kerasft.data.examples.Examples(["v"] * 40, [7] * 40, train.class_names)
-  solution = head_solver.solve(output, model, (np.zeros((60, 2)), np.zeros((40, 2))), train,
-                               val, None, kerasft.TrainingConfig(kfold_below=1))
+  solution = head_solver.solve(output, model, head_solver.Cached(
+      np.zeros((60, 2)), np.zeros((40, 2)), train, val), kerasft.TrainingConfig(kfold_below=1))
   assert solution.c == 10.0 and head.weights[0][0, 0] == 10.0
   assert all(labels == [7] * 40 for labels in planted.scored)  # never the training labels
   assert len(planted.scored) == len(solvers.GRID)

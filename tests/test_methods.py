@@ -110,7 +110,7 @@ def test_l2sp_gradient_is_twice_lambda_times_the_distance_to_the_pretrained_weig
     kernel = keras.Variable(np.full((2, 2), 3.0, "float32"), name="kernel")
     w0 = np.full((2, 2), 1.0, "float32")
     opt = optimizers.make_optimizer("sgd", 1.0, lr_multipliers={kernel.path: multiplier},
-                                    anchors=[(kernel, w0)], l2sp=0.05)
+                                    l2sp=optimizers.L2SP(0.05, [(kernel, w0)]))
     if wrap:
       opt = keras.optimizers.LossScaleOptimizer(opt)
     opt.apply([keras.ops.zeros((2, 2))], [kernel])
@@ -120,7 +120,7 @@ def test_l2sp_gradient_is_twice_lambda_times_the_distance_to_the_pretrained_weig
   kernel = keras.Variable(np.full((2, 2), 1.0, "float32"), name="kernel")
   head = keras.Variable(np.full((2,), 1.0, "float32"), name="head")
   opt = optimizers.make_optimizer("adamw", 0.1, weight_decay=0.5,
-                                  anchors=[(kernel, kernel.numpy())], l2sp=0.05)
+                                  l2sp=optimizers.L2SP(0.05, [(kernel, kernel.numpy())]))
   opt.apply([keras.ops.zeros((2, 2)), keras.ops.zeros((2,))], [kernel, head])
   np.testing.assert_allclose(kernel.numpy(), 1.0)
   np.testing.assert_allclose(head.numpy(), 1 - 0.1 * 0.5, rtol=1e-6)

@@ -198,21 +198,22 @@ def test_each_head_is_solved_on_its_own_labelled_examples():
   heads = multitask.MultiTask([("c", KINDS["multiclass"]()), ("v", KINDS["regression"]())])
 
   def examples(rows, output, labels, class_names):
-    return data.Examples([str(i) for i in rows], labels, class_names, output)
+    return data.Examples([str(i) for i in rows], labels, class_names, output.labels)
 
   train, val = np.arange(45), np.arange(45, 60)
   multi_train = examples(train, heads, list(targets[train]), names)
   inputs = keras.Input((8,))
   model = keras.Model(inputs, heads.last_layer(inputs, 4, heads.head_stats(multi_train)))
   training = kerasft.TrainingConfig(kfold_below=0)
-  head_solver.solve(heads, model, (x[train], x[val]), multi_train,
-                    examples(val, heads, list(targets[val]), names), None, training)
+  head_solver.solve(heads, model, head_solver.Cached(
+      x[train], x[val], multi_train, examples(val, heads, list(targets[val]), names)), training)
   has = ~np.isnan(targets[:, 0])
   one = KINDS["multiclass"]()
   t, v = train[has[train]], val[has[val]]
   single = keras.Model(inputs, one.last_layer(inputs, 3))
-  head_solver.solve(one, single, (x[t], x[v]), examples(t, one, classes[t].tolist(), names[:3]),
-                    examples(v, one, classes[v].tolist(), names[:3]), None, training)
+  head_solver.solve(one, single, head_solver.Cached(
+      x[t], x[v], examples(t, one, classes[t].tolist(), names[:3]),
+      examples(v, one, classes[v].tolist(), names[:3])), training)
   kernel = model.get_layer("multitask_dense").get_weights()[0]
   np.testing.assert_allclose(kernel[:, :3], single.get_layer("probabilities").get_weights()[0],
                              atol=1e-5)

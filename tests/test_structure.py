@@ -261,22 +261,27 @@ def test_an_output_without_report_sections_fails_loudly():
 
 
 def test_a_config_validates_only_its_own_fields():
-  """No __post_init__ of a config reads another group's fields; checks across groups run
-  once, in `kerasft.config.checks`, so `dataclasses.replace` never re-runs them."""
+  """No config's __post_init__ reads a nested group's fields (another group's settings);
+  checks across groups run once, in `kerasft.config.checks` (and the task objects'), so
+  `dataclasses.replace` never re-runs them."""
   import kerasft
   from kerasft.config import checks
+  nested = {cls.__name__: {f.name for f in dataclasses.fields(cls)
+                           if dataclasses.is_dataclass(f.default_factory)}
+            for cls in (kerasft.RunConfig, kerasft.DataConfig)}
   reaching = []
   for module, tree in TREES.items():
     if layer(module) != "config":
       continue
-    for node in ast.walk(tree):
-      if isinstance(node, ast.FunctionDef) and node.name == "__post_init__":
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+      groups = nested.get(cls.name, set())
+      for node in (n for n in cls.body if isinstance(n, ast.FunctionDef)
+                   and n.name == "__post_init__"):
         for sub in ast.walk(node):
           if (isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Attribute)
-              and isinstance(sub.value.value, ast.Name) and sub.value.value.id == "self"
-              and not sub.value.attr.startswith("_")):
+              and ast.unparse(sub.value.value) == "self" and sub.value.attr in groups):
             reaching.append(f"{module}:{sub.lineno} {ast.unparse(sub)}")
-  assert not reaching, reaching
+  assert nested["RunConfig"] and not reaching, reaching
   inconsistent = dataclasses.replace(kerasft.RunConfig(), model=kerasft.ModelConfig(
       unfreeze_top=3))  # no fine-tune epochs: a cross-group mistake, found by the checks
   with pytest.raises(kerasft.UsageError, match="^--unfreeze_top"):

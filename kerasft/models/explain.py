@@ -79,14 +79,16 @@ def gradcam_function(model):
   preprocess, backbone, after = parts
   inner = keras.Model(backbone.inputs, [feature_map_layer(backbone).output, backbone.output])
 
-  def maps(images, class_ids):  # eager: a traced gradient graph costs more than it saves here
+  def maps(images, class_ids):
+    """Grad-CAM of a batch, eager: a traced gradient graph costs more than it saves here."""
     with tf.GradientTape() as tape:
       fmap, pooled = inner(preprocess(images), training=False)
       score = tf.gather(_logits(after, pooled), class_ids, axis=1, batch_dims=1)
     weights = tf.reduce_mean(tape.gradient(score, fmap), axis=(1, 2), keepdims=True)
     return tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))
 
-  def run(images, class_ids):  # a few at a time: the tape holds every activation of its batch
+  def run(images, class_ids):
+    """A few images at a time: the tape holds every activation of its batch."""
     cam = np.concatenate([maps(tf.constant(images[i:i + GRADCAM_BATCH], tf.float32),
                                tf.constant(class_ids[i:i + GRADCAM_BATCH], tf.int32)).numpy()
                           for i in range(0, len(images), GRADCAM_BATCH)])

@@ -62,7 +62,8 @@ def image_signatures(model, class_names: list[str], image_size: int, labels_path
   def serving_default(images):
     return outputs(model(images, training=False), class_names)
 
-  def classify_encoded(encoded):  # calls serving_default's graph: the model is traced once
+  def classify_encoded(encoded):
+    """Encoded images through serving_default's graph: the model is traced once."""
     return serving_default(tf.map_fn(
         lambda b: pipeline.decode_and_resize(b, image_size, resize), encoded,
         fn_output_signature=image_spec))

@@ -21,7 +21,7 @@ from absl import logging
 from kerasft.core import _compat
 from kerasft.models import backbones, features
 from kerasft.data import examples as data, pipeline
-from kerasft.training import head_solver, optimizers
+from kerasft.training import distribute, head_solver, optimizers
 from kerasft.training import callbacks
 from kerasft.training.callbacks import BestCheckpoint, EpochLog, append_epoch, history_from_log
 from kerasft.config import RunConfig
@@ -65,58 +65,67 @@ class _Step:
   arrays: tuple | None = None  # the cached (training, validation) features in memory
 
 
-def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
-            folder: RunFolder, runtime=None, restore_best: bool = True,
-            verbose: int | str = "auto") -> FitResult:
-  """Trains `model` as `config` (resolved) says, for `output` (`kerasft.tasks.outputs`),
-  writing into `folder`; returns a `FitResult`. The model ends with the best epoch's
-  weights when `restore_best`. runtime: a `kerasft.distribute.Runtime` (default: this
-  process's default strategy)."""
-  from kerasft.training import distribute
-  runtime = runtime or distribute.default_runtime()
-  reason = head_solver.epochs_reason(config, model, len(dataset.train_files.inputs)
-                                     + len(dataset.val_files.inputs), output)
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What one training run carries through its segments: its (resolved) `RunConfig`, the
+  model, its data (`kerasft.data.pipeline.Dataset`), its output, the run folder and the
+  runtime (a `kerasft.training.distribute.Runtime`; None: this process's default strategy).
+  `execute` fills in the checkpoint, the class weights and L2-SP's pretrained weights."""
+  config: RunConfig
+  model: keras.Model
+  dataset: Dataset
+  output: object
+  folder: RunFolder
+  runtime: object = None
+  verbose: int | str = "auto"
+  checkpoint: BestCheckpoint | None = None
+  class_weight: dict | None = None
+  anchors: tuple = ()
+
+
+def execute(run: Run, restore_best: bool = True) -> FitResult:
+  """Trains `run.model` as its config says, writing into its folder; returns a
+  `FitResult`. The model ends with the best epoch's weights when `restore_best`."""
+  config, model, output, folder = run.config, run.model, run.output, run.folder
+  reason = head_solver.epochs_reason(config, model, len(run.dataset.train_files.inputs)
+                                     + len(run.dataset.val_files.inputs), output)
   if reason and config.training.head_solver == "convex":
     logging.info("head phase by epochs, not solved: %s", reason)
   converge = reason in head_solver.CONVERGE
   plan = make_plan(config.training, config.model, len(backbones.blocks(backbone_of(model))),
                    head_epochs=head_solver.CONVERGE_EPOCHS if converge else 0 if reason else 1)
   monitor, mode = output.monitor
-  checkpoint = BestCheckpoint(model, folder.output(BEST), monitor=monitor, mode=mode,
-                              raw=config.methods.peft == "lora")
-  anchors = _anchors(config, model)  # the pretrained weights, before a resume loads others
-  done = _resume(folder, model, checkpoint, len(plan))
+  run = dataclasses.replace(
+      run, runtime=run.runtime or distribute.default_runtime(),
+      checkpoint=BestCheckpoint(model, folder.output(BEST), monitor=monitor, mode=mode,
+                                raw=config.methods.peft == "lora"),
+      class_weight=_class_weight(config, run.dataset),
+      anchors=tuple(_anchors(config, model)))  # pretrained, before a resume loads others
+  done = _resume(folder, model, run.checkpoint, len(plan))
   if config.methods.recipe == "few_shot" and not done:
-    with runtime.strategy.scope():
-      few_shot.tune(model, dataset, config, folder.output(few_shot.TUNED), verbose)
-  class_weight = _class_weight(config, dataset)
+    with run.runtime.strategy.scope():
+      few_shot.tune(model, run.dataset, config, folder.output(few_shot.TUNED), run.verbose)
   view = solution = step = None
   for index, segment in enumerate(plan[done:], start=done):
     if budget.past_deadline():
       logging.info("the time budget is spent: segment %s and later ones skipped", segment.name)
       break
     last = segment.phase == plan[-1].phase
-    step = _prepare(segment, config, model, dataset, output, folder, runtime, verbose,
-                    anchors, ema=last and config.methods.average == "ema")
+    step = _prepare(run, segment, ema=last and config.methods.average == "ema")
     if segment.phase == "head" and not reason:
-      solution = _solve(step, config, model, dataset, output, checkpoint, folder, class_weight,
-                        len(plan) == 1, runtime)
-      view = step.view if len(plan) == 1 else None
-      _finish_segment(folder, model, index, checkpoint, runtime, config, segment, plan)
-      continue
-    _fit_segment(step, segment, index, config, model, output, checkpoint, folder, runtime,
-                 class_weight, verbose, converge and segment.phase == "head", last)
+      solution = _solve(run, step, len(plan) == 1)
+    else:
+      _fit_segment(run, step, segment, index, converge and segment.phase == "head", last)
     view = step.view if len(plan) == 1 else None
-    _finish_segment(folder, model, index, checkpoint, runtime, config, segment, plan)
-  if restore_best and checkpoint.restore():
+    _finish_segment(run, index, segment, segment == plan[-1])
+  if restore_best and run.checkpoint.restore():
     logging.info("restored the best epoch (%s %.4f), saved as %s", monitor,
-                 checkpoint.best * (1 if mode == "max" else -1), folder.output(BEST))
-  step = step or _prepare(plan[-1], config, model, dataset, output, folder, runtime, verbose,
-                          anchors)
-  averaged = _average(config, model, step, dataset, output, folder, checkpoint, runtime)
+                 run.checkpoint.best * (1 if mode == "max" else -1), folder.output(BEST))
+  step = step or _prepare(run, plan[-1])
+  averaged = _average(run, step)
   history = history_from_log(folder.output(EPOCH_LOG))
   write_json(history, folder.output(HISTORY))
-  best = None if checkpoint.best == float("-inf") else float(checkpoint.best)
+  best = None if run.checkpoint.best == float("-inf") else float(run.checkpoint.best)
   return FitResult(history=history, best=best, validation_view=view,
                    solution=solution if len(plan) == 1 else None,
                    kept=averaged or _kept(history, output.monitor, restore_best),
@@ -124,19 +133,19 @@ def execute(config: RunConfig, model: keras.Model, dataset: Dataset, output,
                                peft.parameter_counts(model)[1]))
 
 
-def _fit_segment(step: _Step, segment: Segment, index: int, config: RunConfig, model, output,
-                 checkpoint, folder: RunFolder, runtime, class_weight, verbose,
-                 converge: bool, last: bool) -> None:
-  """One segment's `fit` (a resumed segment continues from its last backed-up epoch)."""
+def _fit_segment(run: Run, step: _Step, segment: Segment, index: int, converge: bool,
+                 last: bool) -> None:
+  """One segment's `fit` (a resumed segment continues from its last backed-up epoch);
+  converge: a head with hidden layers trained on cached features to early stopping; last:
+  the plan's last phase (its best epochs are kept for --average/--wise_ft)."""
   logging.info("segment %s: epochs %d-%d, %d of %d parameters trainable, learning rate %g%s",
                segment.name, segment.first + 1, segment.last,
-               peft.parameter_counts(step.model)[0], peft.parameter_counts(model)[1],
+               peft.parameter_counts(step.model)[0], peft.parameter_counts(run.model)[1],
                segment.learning_rate, ", on cached features" if step.on_features else "")
   step.model.fit(step.train, validation_data=step.val, initial_epoch=segment.first,
-                 epochs=segment.last, class_weight=class_weight, shuffle=False,
-                 verbose=verbose, callbacks=_callbacks(
-                     config, segment, index, checkpoint, output, folder, runtime, converge,
-                     top_k=last))
+                 epochs=segment.last, class_weight=run.class_weight, shuffle=False,
+                 verbose=run.verbose, callbacks=_callbacks(run, segment, index, converge,
+                                                           top_k=last))
   _compat.reset_initial_epoch(step.model)
 
 
@@ -147,23 +156,23 @@ def _anchors(config: RunConfig, model) -> list:
   return [(w, keras.ops.convert_to_numpy(w)) for w in backbone_of(model).weights]
 
 
-def _average(config: RunConfig, model, step: _Step, dataset: Dataset, output,
-             folder: RunFolder, checkpoint, runtime) -> str:
+def _average(run: Run, step: _Step) -> str:
   """--average and --wise_ft on the restored best epoch (`kerasft.methods.averaging`);
   returns what was kept ("" when the best epoch stayed). The kept model replaces best.keras."""
+  config, model, folder, checkpoint = run.config, run.model, run.folder, run.checkpoint
   k = config.methods
   if (k.average == "best" and not k.wise_ft) or checkpoint.best == float("-inf"):
     return ""
-  monitor, mode = output.monitor
+  monitor, mode = run.output.monitor
   trains_bn = config.model.bn_mode == "train"
   scorer = averaging.Scorer(model, step.model, step.val, monitor, mode,
-                            dataset.train if trains_bn else None, backbone_of(model))
+                            run.dataset.train if trains_bn else None, backbone_of(model))
   load = lambda name, on: averaging.load_weights(folder.path(name)) if on else None  # noqa: E731
   outcome = averaging.finish(
       k, scorer, folder.path(averaging.TOP_K), (model.get_weights(), checkpoint.best),
       load(averaging.HEAD_WEIGHTS, k.wise_ft), load(averaging.EMA_WEIGHTS, k.average == "ema"),
       folder.output(averaging.WISE_FT_PLOT))
-  if runtime.is_chief:
+  if run.runtime.is_chief:
     write_json({"kept": outcome.kept or "best epoch", "validation": outcome.scores},
                folder.output(averaging.SCORES))
     if outcome.kept:
@@ -198,30 +207,32 @@ def _kept(history: dict, monitor: tuple, restored: bool) -> str:
   return phases[best]
 
 
-def _finish_segment(folder: RunFolder, model, index: int, checkpoint, runtime,
-                    config: RunConfig, segment: Segment, plan: tuple) -> None:
+def _finish_segment(run: Run, index: int, segment: Segment, last: bool) -> None:
   """Records a finished segment for resuming (the chief alone writes), with what the
-  methods need later: the head phase's weights (--wise_ft), the EMA (--average=ema)."""
-  if not runtime.is_chief:
+  methods need later: the head phase's weights (--wise_ft), the EMA (--average=ema) after
+  the `last` segment."""
+  config, model, folder = run.config, run.model, run.folder
+  if not run.runtime.is_chief:
     return
   if segment.phase == "head" and config.methods.wise_ft:
     averaging.save_weights(model.get_weights(), folder.path(averaging.HEAD_WEIGHTS))
-  if segment == plan[-1] and config.methods.average == "ema":  # Keras swapped the EMA in
+  if last and config.methods.average == "ema":  # Keras swapped the EMA in
     averaging.save_weights(model.get_weights(), folder.path(averaging.EMA_WEIGHTS))
   with atomic_path(folder.path(RESUME_WEIGHTS)) as staging:  # a kill leaves no half file
     model.save_weights(staging)
-  folder.write_fit_state(index + 1, float(checkpoint.best))
+  folder.write_fit_state(index + 1, float(run.checkpoint.best))
 
 
-def _solve(step: _Step, config: RunConfig, model, dataset: Dataset, output, checkpoint,
-           folder: RunFolder, class_weight, last: bool, runtime):
-  """The head phase as one convex solve on the cached features (`kerasft.head_solver`),
-  logged as the run's first epoch (Keras' own loss and metrics of the held-out solution) so
-  the best-epoch checkpoint and the history treat it like any epoch; the model then keeps
-  the final solution (refit on all labelled examples when nothing trains after it)."""
-  start = time.perf_counter()
-  solution = head_solver.solve(output, model, step.arrays, dataset.train_files,
-                               dataset.val_files, class_weight, config.training, refit=last)
+def _solve(run: Run, step: _Step, last: bool):
+  """The head phase as one convex solve on the cached features
+  (`kerasft.training.head_solver`), logged as the run's first epoch (Keras' own loss and
+  metrics of the held-out solution) so the best-epoch checkpoint and the history treat it
+  like any epoch; the model then keeps the final solution (refit on all labelled examples
+  when nothing trains after it: `last`)."""
+  start, model, output, folder = time.perf_counter(), run.model, run.output, run.folder
+  solution = head_solver.solve(output, model, head_solver.Cached(
+      *step.arrays, run.dataset.train_files, run.dataset.val_files), run.config.training,
+                               run.class_weight, refit=last)
   logs = dict(step.model.evaluate(step.train, verbose=0, return_dict=True))
   logs.update({f"val_{k}": v for k, v in step.model.evaluate(  # the held-out head's figures
       step.val, verbose=0, return_dict=True).items()})
@@ -229,10 +240,10 @@ def _solve(step: _Step, config: RunConfig, model, dataset: Dataset, output, chec
   logs.update(epoch_seconds=time.perf_counter() - start, learning_rate=0.0, phase=0.0,
               l2_c=solution.c)
   append_epoch(folder.output(EPOCH_LOG), 0, logs)
-  if runtime.is_chief:
+  if run.runtime.is_chief:
     _summaries(folder.path(LOGS), logs)
-  checkpoint.on_epoch_end(0, logs)
-  checkpoint.on_train_end()
+  run.checkpoint.on_epoch_end(0, logs)
+  run.checkpoint.on_train_end()
   return solution
 
 
@@ -263,20 +274,20 @@ def _class_weight(config: RunConfig, dataset: Dataset):
   return weights
 
 
-def _prepare(segment: Segment, config: RunConfig, model, dataset: Dataset, output,
-             folder: RunFolder, runtime, verbose, anchors=(), ema: bool = False) -> _Step:
+def _prepare(run: Run, segment: Segment, ema: bool = False) -> _Step:
   """Freezes or unfreezes the backbone for `segment`, picks what `fit` trains on (cached
-  features in a frozen head segment when possible) and compiles it. anchors: L2-SP's
-  pretrained weights; ema: average the weights in the optimizer (--average=ema)."""
+  features in a frozen head segment when possible) and compiles it. ema: average the
+  weights in the optimizer (--average=ema)."""
+  config, model, dataset = run.config, run.model, run.dataset
   t, backbone = config.training, backbone_of(model)
   steps = -(-len(dataset.train_files.inputs) // config.data.batch_size)
-  with runtime.strategy.scope():
-    step = _Step(_with_augmentation(model, config, output), dataset.train, dataset.val,
+  with run.runtime.strategy.scope():
+    step = _Step(_with_augmentation(model, config, run.output), dataset.train, dataset.val,
                  t.steps_per_execution, False, None)
     multipliers = None
     if segment.phase == "head":
       backbones.freeze(backbone)
-      step = _on_features(step, config, model, dataset, folder, runtime, steps, verbose)
+      step = _on_features(run, step, steps)
     else:
       _unfreeze(segment, config, backbone)
       if config.methods.peft != "none":
@@ -286,12 +297,12 @@ def _prepare(segment: Segment, config: RunConfig, model, dataset: Dataset, outpu
                                     round(t.warmup_epochs * steps),
                                     segment.phase_epochs * steps, segment.offset * steps)
     trained = {id(w) for w in backbone.trainable_weights}
+    l2sp = optimizers.L2SP(config.methods.l2sp, [(w, w0) for w, w0 in run.anchors
+                                                  if id(w) in trained])
     optimizers.compile_model(step.model, optimizers.make_optimizer(
         t.optimizer, rate, t.weight_decay, multipliers,
-        config.methods.ema_momentum if ema else None,
-        [(w, w0) for w, w0 in anchors if id(w) in trained], config.methods.l2sp),
-                             output, t.label_smoothing, step.steps_per_execution,
-                             runtime.jit_compile)
+        config.methods.ema_momentum if ema else None, l2sp), run.output, t.label_smoothing,
+                             step.steps_per_execution, run.runtime.jit_compile)
   return step
 
 
@@ -305,11 +316,10 @@ def _with_augmentation(model, config: RunConfig, output):
       config.data.augment, config.data.augment_strength)(inputs)), name="training")
 
 
-def _on_features(step: _Step, config: RunConfig, model, dataset: Dataset, folder: RunFolder,
-                 runtime, steps: int, verbose) -> _Step:
+def _on_features(run: Run, step: _Step, steps: int) -> _Step:
   """The head segment on cached backbone features, unless --cache_features=off or the
-  backbone's input changes every epoch (the reason is logged)."""
-  t, d = config.training, config.data
+  backbone's input changes every epoch (the reason is logged); `steps` per epoch."""
+  model, t, d = run.model, run.config.training, run.config.data
   if t.cache_features == "off":
     return step
   reason = features.refusal(model, augment=d.augment, mixing=bool(d.mixup or d.cutmix))
@@ -317,13 +327,13 @@ def _on_features(step: _Step, config: RunConfig, model, dataset: Dataset, folder
     logging.warning("feature cache off for the head phase: %s", reason)
     return step
   cached = features.build(
-      model, dataset, d.batch_size, t.seed,
+      model, run.dataset, d.batch_size, t.seed,
       t.feature_cache_memory * 2**20 or features.default_memory_budget(),
-      t.feature_cache_dir or folder.output(FEATURE_CACHE), t.feature_cache_dtype, verbose,
-      inputs_key=d.resize)
+      t.feature_cache_dir or run.folder.output(FEATURE_CACHE), t.feature_cache_dtype,
+      run.verbose, inputs_key=d.resize)
   head = features.head_model(model)
   # A step is one small matmul: run a whole epoch per execution (Keras fails on >1 replicas).
-  spe = steps if runtime.strategy.num_replicas_in_sync == 1 else step.steps_per_execution
+  spe = steps if run.runtime.strategy.num_replicas_in_sync == 1 else step.steps_per_execution
   return _Step(head, cached.train, cached.val, spe, True, (head, cached.val), cached.arrays)
 
 
@@ -338,12 +348,12 @@ def _unfreeze(segment: Segment, config: RunConfig, backbone) -> None:
                "; feature cache off: the backbone trains" if t.cache_features != "off" else "")
 
 
-def _callbacks(config: RunConfig, segment: Segment, index: int, checkpoint, output,
-               folder: RunFolder, runtime, converge: bool = False, top_k: bool = False
-               ) -> list:
+def _callbacks(run: Run, segment: Segment, index: int, converge: bool = False,
+               top_k: bool = False) -> list:
   """The callbacks of one segment; top_k: keep its best epochs for --average/--wise_ft."""
-  t, k = config.training, config.methods
-  monitor, mode = output.monitor
+  t, k, folder, runtime = run.config.training, run.config.methods, run.folder, run.runtime
+  checkpoint = run.checkpoint
+  monitor, mode = run.output.monitor
   worker = "chief" if runtime.is_chief else f"worker_{runtime.worker_id}"
   chosen = [callbacks.Interruptible(), EpochLog(folder.output(EPOCH_LOG), segment.phase),
             checkpoint, keras.callbacks.BackupAndRestore(folder.backup_dir(index, worker))]

@@ -112,28 +112,38 @@ def _scan(held_out):
   return best
 
 
-def solve(output, model, arrays, train_files, val_files, class_weight, training,
+@dataclasses.dataclass(frozen=True)
+class Cached:
+  """The cached features of the training and validation examples, and those examples."""
+  x_train: np.ndarray
+  x_val: np.ndarray
+  train_files: object
+  val_files: object
+
+
+def solve(output, model, cached: Cached, training, class_weight=None,
           refit: bool = True) -> Solution:
   """`_solve` with the BLAS library on one thread: the solver's small matrix products were
   11x slower with OpenBLAS' two threads on this 2-core machine (5.05 s -> 0.44 s for five
   fits on 800 x 1024 features)."""
   from threadpoolctl import threadpool_limits  # pylint: disable=g-import-not-at-top
   with threadpool_limits(limits=1, user_api="blas"):
-    return _solve(output, model, arrays, train_files, val_files, class_weight, training,
-                  refit)
+    return _solve(output, model, cached, training, class_weight, refit)
 
 
-def _solve(output, model, arrays, train_files, val_files, class_weight, training, refit
-           ) -> Solution:
-  """Solves `model`'s head (its `output`) on cached feature `arrays` (train, validation)
-  and gives the head's Dense layer the held-out solution (fitted without the examples it
-  was scored on); `install(model, output, solution.final)` then puts in the final one.
-  refit: the final head is fitted on all labelled examples (else on the training split,
-  as when a fine-tune phase follows and compares itself on the validation split); only
-  then may small data use k-fold cross-validation."""
+def _solve(output, model, cached: Cached, training, class_weight, refit) -> Solution:
+  """Solves `model`'s head (its `output`) on `cached` features and gives the head's Dense
+  layer the held-out solution (fitted without the examples it was scored on);
+  `install(model, output, solution.final)` then puts in the final one. training: the
+  `TrainingConfig` (folds, seed, --kfold_below). refit: the final head is fitted on all
+  labelled examples (else on the training split, as when a fine-tune phase follows and
+  compares itself on the validation split); only then may small data use k-fold
+  cross-validation."""
+  train_files, val_files = cached.train_files, cached.val_files
   k = len(train_files.class_names)
-  x_train, x_val = arrays
-  y_train, y_val = output.labels.evaluation_labels(train_files), output.labels.evaluation_labels(val_files)
+  x_train, x_val = cached.x_train, cached.x_val
+  y_train = output.labels.evaluation_labels(train_files)
+  y_val = output.labels.evaluation_labels(val_files)
   parts = output.solver_parts(model, train_files.class_names, floor=0.0 if refit else FLOOR)
   if parts:
     found = _solve_parts(parts, x_train, x_val, y_train, y_val, refit)

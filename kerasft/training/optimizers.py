@@ -8,6 +8,8 @@ variables updates at its own rate, and AdamW's decoupled weight decay scales wit
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import keras
 import numpy as np
 
@@ -19,16 +21,21 @@ _OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
                "adamw": keras.optimizers.AdamW}
 
 
+class L2SP(NamedTuple):
+  """L2-SP: a penalty `strength` * (w - w0)^2 on the variables of `anchors` [(variable,
+  w0)], which then get no weight decay toward zero."""
+  strength: float
+  anchors: list
+
+
 def make_optimizer(name: str, learning_rate, weight_decay: float | None = None,
                    lr_multipliers: dict | None = None, ema_momentum: float | None = None,
-                   anchors: dict | None = None, l2sp: float = 0.0
-                   ) -> keras.optimizers.Optimizer:
+                   l2sp: L2SP | None = None) -> keras.optimizers.Optimizer:
   """"adam", "sgd" (momentum 0.9) or "adamw" at `learning_rate` (a number or schedule).
 
   weight_decay: decoupled for adamw (None: Keras' default 0.004), L2 on kernels for adam
   and sgd (None: 0). lr_multipliers: {variable path: factor of the rate}. ema_momentum:
-  Keras' `use_ema` at that momentum. anchors, l2sp: L2-SP, a penalty l2sp * (w - w0)^2 on
-  the variables of `anchors` [(variable, w0)], which get no weight decay toward zero.
+  Keras' `use_ema` at that momentum. l2sp: `L2SP` (None or strength 0: off).
   """
   if name not in _OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}")
@@ -41,12 +48,13 @@ def make_optimizer(name: str, learning_rate, weight_decay: float | None = None,
       kwargs["weight_decay"] = weight_decay
   else:
     l2 = weight_decay or 0.0
-  anchors = anchors if l2sp else []
+  anchors = l2sp.anchors if l2sp and l2sp.strength else []
   if not lr_multipliers and not l2 and not anchors:
     return _OPTIMIZERS[name](learning_rate, **kwargs)
   optimizer = _compat.with_variable_rates(_OPTIMIZERS[name])(
       learning_rate, lr_multipliers=lr_multipliers, l2=l2,
-      anchors={v.path: w0 for v, w0 in anchors}, l2sp=l2sp, **kwargs)
+      anchors={v.path: w0 for v, w0 in anchors}, l2sp=l2sp.strength if anchors else 0.0,
+      **kwargs)
   if anchors and name == "adamw":
     optimizer.exclude_from_weight_decay(var_list=[v for v, _ in anchors])
   return optimizer

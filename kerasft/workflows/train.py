@@ -147,7 +147,7 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
   rounds = []
   with _phase(seconds, "train"), (features.shared_extraction() if config.data.unlabeled_source
                                   else contextlib.nullcontext()):
-    fitted = fit.execute(config, model, dataset, task.output, folder, runtime, verbose=verbose)
+    fitted = fit.execute(fit.Run(config, model, dataset, task.output, folder, runtime, verbose))
     if unlabeled is not None:
       model, fitted, dataset, rounds = _self_train(task, model, dataset, unlabeled, fitted,
                                                    folder, runtime, verbose, recipe)
@@ -229,8 +229,8 @@ def _self_train(task, model, dataset, unlabeled, fitted, folder: RunFolder, runt
     student_folder.check_new_or_same(student_task.config)
     if runtime.is_chief:
       student_folder.start(student_task.config, data.class_names)
-    result = fit.execute(student_task.config, student, data, task.output, student_folder,
-                         runtime, verbose=verbose)
+    result = fit.execute(fit.Run(student_task.config, student, data, task.output,
+                                 student_folder, runtime, verbose))
     return student, result, data
 
   kept, fitted, dataset, rounds = self_training.run(task, model, dataset, unlabeled, fitted,

@@ -19,7 +19,7 @@ HEAD_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 SEPARATOR = "/"
 
 
-def declared(tasks: str, columns: str, flag: str = "label_column"
+def declared(tasks: str, columns: str, option: str = "label_column"
              ) -> list[tuple[str, str]] | None:
   """[(head name, task)] when --task and the label columns ask for several heads, else None.
   Several columns with one --task (except regression, whose several columns are one head's
@@ -39,10 +39,10 @@ def declared(tasks: str, columns: str, flag: str = "label_column"
                      f"{unknown[0]!r}")
   bad = [n for n in names if not HEAD_NAME.fullmatch(n)]
   if bad:
-    raise UsageError(f"--{flag}: {bad[0]!r} names a head and its export outputs: use "
+    raise UsageError(f"--{option}: {bad[0]!r} names a head and its export outputs: use "
                      "letters, digits, '_', '.', '-' (rename the column or feature)")
   if len(set(names)) != len(names):
-    raise UsageError(f"--{flag}: a column is named twice in {columns!r}")
+    raise UsageError(f"--{option}: a column is named twice in {columns!r}")
   return list(zip(names, kinds))
 
 

@@ -20,7 +20,8 @@ def signatures(model, class_names: list[str], image_size: int,
   module = signatures_lib.variables_module(model, labels_path)
   k = len(class_names)
 
-  def segment(pixels, heights, widths):  # pixels at the model's side; sizes to map back to
+  def segment(pixels, heights, widths):
+    """Class maps of pixels at the model's side, mapped back to each image's size."""
     probabilities = tf.cast(model(pixels, training=False), tf.float32)
     top_h, top_w = tf.reduce_max(heights), tf.reduce_max(widths)
 
@@ -35,7 +36,8 @@ def signatures(model, class_names: list[str], image_size: int,
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32,
                                               name="images")])
-  def serving_default(images):  # one size for the batch: no loop (LiteRT converts it)
+  def serving_default(images):
+    """One size for the batch: no loop (LiteRT converts it)."""
     shape = tf.shape(images)
     probabilities = tf.cast(model(tf.image.resize(images, (image_size, image_size)),
                                   training=False), tf.float32)
