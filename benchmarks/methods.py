@@ -139,7 +139,7 @@ def _one_row(setting, method, work):
   if method == "features + LogisticRegressionCV":
     config = _config(setting, "default (frozen, convex head)", work, train_csv)
     from kerasft.data import tables as sources
-    test = sources.read_texts(tests["test"], "csv", class_names=names)
+    test = sources.read_texts(Source("csv", tests["test"]), class_names=names)
     accuracy, seconds = small_data._probe(config, test)  # pylint: disable=protected-access
     row = {"test": accuracy, "seconds": seconds}
   else:

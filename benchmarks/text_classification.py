@@ -73,7 +73,7 @@ def _kerasft(train_csv, test_csv, work, model_kwargs, training_kwargs, note):
   result = kerasft.run_training(config, verbose=0)
   seconds = time.perf_counter() - start
   predict, names = client.load_predictor(result.export_path)
-  test = sources.read_texts(test_csv, "csv", class_names=names)
+  test = sources.read_texts(Source("csv", test_csv), class_names=names)
   scores = client.predict_files(predict, test.inputs, 64)
   accuracy = float(np.mean(scores.argmax(1) == np.asarray(test.labels)))
   return accuracy, seconds, note + f"; {result.config.model.max_length} tokens"

@@ -137,7 +137,7 @@ def child_kerasft(size, epochs, unfreeze, fine_epochs, backbone, data_dir, out):
   s = result.seconds
   seconds.update(data=s["data"], model=s["model"], train=s["data"] + s["train"],
                  export=s["export"], report=s["report"])
-  n = len(data.scan_class_folder(data_dir, "data_dir").inputs) - result.metrics["num_examples"]
+  n = len(folders.scan_class_folder(Source("data_dir", data_dir)).inputs) - result.metrics["num_examples"]
   step_seconds = None
   if fine_epochs:
     history = result.history
@@ -158,7 +158,7 @@ def child_probe(size, backbone, data_dir, out):
   from kerasft.serving import versions as serving
   from kerasft.tasks import registry as tasks
 
-  files = data.scan_class_folder(data_dir, "data_dir")
+  files = folders.scan_class_folder(Source("data_dir", data_dir))
   n = len(files.inputs)
   images = np.concatenate([x for x, _ in pipeline.make_pipeline(files, size, 32)])
   data_seconds = []

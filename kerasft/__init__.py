@@ -12,12 +12,14 @@
 
 import warnings
 
-from kerasft.config import DataConfig, MethodsConfig, ModelConfig, RunConfig, TrainingConfig
+from kerasft.config import (DataConfig, MethodsConfig, ModelConfig, RunConfig, TaskData,
+                            TaskSettings, TrainingConfig)
 from kerasft.core.errors import UsageError
 
 __version__ = "0.1.0"
-__all__ = ["DataConfig", "MethodsConfig", "ModelConfig", "RunConfig", "TrainingConfig",
-           "UsageError", "run_training", "train_classifier", "tune"]
+__all__ = ["DataConfig", "MethodsConfig", "ModelConfig", "RunConfig", "TaskData",
+           "TaskSettings", "TrainingConfig", "UsageError", "run_training", "train_classifier",
+           "tune"]
 
 
 def run_training(config, **kwargs):

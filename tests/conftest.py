@@ -96,21 +96,32 @@ def output(task="multiclass", threshold=0.5):
   return tasks.make_output(task, threshold)
 
 
+def checked(config):
+  """A RunConfig (or its dict) as a run starts it: every check across its groups run
+  (`kerasft.tasks.registry.check`); returns the config."""
+  import kerasft
+  from kerasft.tasks import registry
+  config = kerasft.RunConfig.from_dict(config) if isinstance(config, dict) else config
+  registry.check(config)
+  return config
+
+
 def load_dataset(data_dir, val_dir, validation_split, image_size, batch_size, seed=0):
   """Indexed image folders in their training and validation pipelines."""
-  from kerasft.data import examples as data, pipeline
-  train, val = data.index(data_dir, val_dir, validation_split, seed)
+  from kerasft.data import folders, pipeline
+  train, val = folders.index(data_dir, val_dir, validation_split, seed)
   return pipeline.pipelines(train, val, image_size, batch_size, seed)
 
 
 def export_image(model, class_names, image_size, export_dir, version=None, overwrite=False,
                  resize="squash", task="multiclass", threshold=0.5, card=None):
   """A SavedModel version of an image model (raw pixels in), as training writes it."""
+  from kerasft.models import signatures
   from kerasft.serving import versions as serving
   out = output(task, threshold)
   return serving.export(
-      lambda labels: serving.image_signatures(model, class_names, image_size, labels, resize,
-                                              out.serving_outputs),
+      lambda labels: signatures.image_signatures(model, class_names, image_size, labels,
+                                                 out.serving_outputs, resize),
       class_names, export_dir, version, overwrite, card)
 
 

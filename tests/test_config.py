@@ -4,6 +4,7 @@ import pytest
 
 import kerasft
 from kerasft import config
+from kerasft.config import checks
 from kerasft.core.errors import UsageError
 
 
@@ -17,9 +18,10 @@ from kerasft.core.errors import UsageError
     (lambda: config.ModelConfig(head=(512, 0)), "--head"),
     (lambda: config.ModelConfig(model="inception_v3", image_size=32), "--image_size"),
     (lambda: config.ModelConfig(model="resnet5O"), "--model"),
-    (lambda: config.RunConfig(model=config.ModelConfig(unfreeze_top=3)), "--unfreeze_top"),
-    (lambda: config.RunConfig(training=config.TrainingConfig(fine_tune_epochs=2)),
-     "--fine_tune_epochs"),
+    (lambda: checks.check_run(config.RunConfig(model=config.ModelConfig(unfreeze_top=3))),
+     "--unfreeze_top"),
+    (lambda: checks.check_run(config.RunConfig(
+        training=config.TrainingConfig(fine_tune_epochs=2))), "--fine_tune_epochs"),
     (lambda: config.RunConfig(name="a/b"), "--name"),
     (lambda: config.DataConfig(augment=("flip", "blur")), "--augment"),
     (lambda: config.DataConfig(class_weight="inverse"), "--class_weight"),

@@ -5,19 +5,20 @@ import pytest
 from PIL import Image
 
 from conftest import write_color_images
-from kerasft.data import examples as data, pipeline
+from kerasft.data.source import Source
+from kerasft.data import examples as data, pipeline, folders
 from kerasft.core.errors import UsageError
 
 
 def test_class_folders_and_stratified_split(color_dir):
-  train, val = data.index(color_dir, validation_split=0.25, seed=3)
+  train, val = folders.index(color_dir, validation_split=0.25, seed=3)
   assert train.class_names == ["blue", "green", "red"]
   assert len(val.inputs) == 9 and len(train.inputs) == 27
   assert np.bincount(val.labels).tolist() == [3, 3, 3]
   assert not set(train.inputs) & set(val.inputs)
-  again_train, again_val = data.index(color_dir, validation_split=0.25, seed=3)
+  again_train, again_val = folders.index(color_dir, validation_split=0.25, seed=3)
   assert again_val.inputs == val.inputs
-  _, other_val = data.index(color_dir, validation_split=0.25, seed=4)
+  _, other_val = folders.index(color_dir, validation_split=0.25, seed=4)
   assert other_val.inputs != val.inputs
 
 
@@ -26,11 +27,11 @@ def test_split_folders_are_used_and_test_is_never_trained_on(tmp_path):
   write_color_images(root / "train", per_class=4)
   write_color_images(root / "val", per_class=2)
   write_color_images(root / "test", per_class=2)
-  train, val = data.index(str(root))
+  train, val = folders.index(str(root))
   assert all("/train/" in p for p in train.inputs) and len(train.inputs) == 12
   assert all("/val/" in p for p in val.inputs) and len(val.inputs) == 6
   (root / "val").rename(root / "elsewhere")
-  train, val = data.index(str(root), validation_split=0.5)
+  train, val = folders.index(str(root), validation_split=0.5)
   assert all("/train/" in p for p in train.inputs + val.inputs)
 
 
@@ -38,7 +39,7 @@ def test_val_dir_with_unknown_class_is_an_error(tmp_path):
   write_color_images(tmp_path / "train", per_class=2)
   write_color_images(tmp_path / "other", per_class=2, colors={"purple": (128, 0, 128)})
   with pytest.raises(UsageError, match=r"^--val_dir: .* classes \['purple'\]"):
-    data.index(str(tmp_path / "train"), val_dir=str(tmp_path / "other"))
+    folders.index(str(tmp_path / "train"), val_dir=str(tmp_path / "other"))
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -53,7 +54,7 @@ def test_bad_folders_are_one_line_usage_errors(tmp_path, setup, message):
   root = tmp_path / "data"
   setup(root)
   with pytest.raises(UsageError, match=message) as e:
-    data.index(str(root))
+    folders.index(str(root))
   assert "\n" not in str(e.value)
 
 
@@ -74,7 +75,7 @@ def test_unreadable_files_are_skipped_with_one_warning(color_dir, caplog):
   import logging
   bad = _spoil(color_dir)
   with caplog.at_level(logging.WARNING):
-    train, val = data.index(color_dir)
+    train, val = folders.index(color_dir)
   kept = {os.path.basename(p) for p in train.inputs + val.inputs}
   assert not kept & bad and len(train.inputs + val.inputs) == 36
   warnings = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
@@ -85,7 +86,7 @@ def test_unreadable_files_are_skipped_with_one_warning(color_dir, caplog):
 def test_strict_data_makes_them_an_error(color_dir):
   _spoil(color_dir)
   with pytest.raises(UsageError, match="^--strict_data: 3 unreadable image"):
-    data.index(color_dir, strict=True)
+    folders.index(color_dir, strict=True)
 
 
 def test_balanced_class_weights_follow_the_label_counts():
@@ -101,7 +102,7 @@ def test_balanced_class_weights_follow_the_label_counts():
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
 def test_grayscale_rgba_and_palette_images_become_rgb(tmp_path, mode):
   folder = write_color_images(tmp_path / "d", per_class=2, size=20, mode=mode)
-  files = data.scan_class_folder(folder, "data_dir")
+  files = folders.scan_class_folder(Source("data_dir", folder))
   ds = pipeline.make_pipeline(files, 16, batch_size=4)
   images, labels = next(iter(ds))
   assert images.shape == (4, 16, 16, 3) and images.dtype.name == "float32"
@@ -118,7 +119,7 @@ def test_decode_and_resize_matches_pillow_pixels(tmp_path):
 
 
 def test_pipeline_shuffles_each_epoch_but_keeps_all(color_dir):
-  files = data.scan_class_folder(color_dir, "data_dir")
+  files = folders.scan_class_folder(Source("data_dir", color_dir))
   ds = pipeline.make_pipeline(files, 8, batch_size=100, shuffle=True, seed=1)
   first = np.asarray(next(iter(ds))[1]).argmax(1)
   second = np.asarray(next(iter(ds))[1]).argmax(1)
@@ -127,9 +128,9 @@ def test_pipeline_shuffles_each_epoch_but_keeps_all(color_dir):
 
 
 def test_builtin_digits_are_written_once(tmp_path):
-  folder = data.builtin_digits(str(tmp_path))
-  files = data.scan_class_folder(folder, "data_dir")
+  folder = folders.builtin_digits(str(tmp_path))
+  files = folders.scan_class_folder(Source("data_dir", folder))
   assert files.class_names == [str(d) for d in range(10)] and len(files.inputs) == 1797
   mtime = os.path.getmtime(files.inputs[0])
-  assert data.builtin_digits(str(tmp_path)) == folder
+  assert folders.builtin_digits(str(tmp_path)) == folder
   assert os.path.getmtime(files.inputs[0]) == mtime

@@ -10,12 +10,12 @@ import pytest
 
 from conftest import call_main, run_cli
 from kerasft.serving import client
-from kerasft.data import examples as data
+from kerasft.data import examples as data, folders
 
 
 def _evaluation_files(trained_run):
   result, data_dir = trained_run
-  return data.evaluation_files(data_dir, result.class_names)
+  return folders.evaluation_files(data_dir, result.class_names)
 
 
 @pytest.mark.slow

@@ -16,9 +16,9 @@ from conftest import call_main, export_image
 import kerasft
 import kerasft.tasks.registry
 import kerasft.data.examples
-from kerasft.tasks.classify.outputs import Output
+from kerasft.tasks.classify.output import Multiclass
 from kerasft.serving import client, formats, versions as serving
-from kerasft.data import examples as data, pipeline
+from kerasft.data import examples as data, pipeline, folders
 
 
 def _saved_model_cli(*args):
@@ -28,7 +28,7 @@ def _saved_model_cli(*args):
 
 def _test_images(trained_run, n):
   result, data_dir = trained_run
-  files = data.evaluation_files(data_dir, result.class_names)
+  files = folders.evaluation_files(data_dir, result.class_names)
   step = max(1, len(files.inputs) // n)
   return files.inputs[::step][:n]
 
@@ -142,14 +142,14 @@ def test_export_cli_versions_and_tflite(trained_run, tmp_path):
   size = result.config.model.image_size
   images = np.stack([np.asarray(pipeline.decode_and_resize(open(p, "rb").read(), size))
                      for p in paths])
-  expected = client.saved_model_probabilities(str(export_dir / "1"), images, Output())
+  expected = client.saved_model_probabilities(str(export_dir / "1"), images, Multiclass())
   agreement = {}
   calibration = kerasft.tasks.registry.for_config(result.config).sample_inputs(100, "train")[0]
   for quantize in ("none", "dynamic", "float16", "int8"):
     path = tflite if quantize == "dynamic" else tmp_path / f"{quantize}.tflite"
     if quantize != "dynamic":  # converted from the export written above
       path.write_bytes(formats.tflite_bytes(str(export_dir / "1"), quantize, calibration))
-    got = Output().main_output(formats.run_tflite(str(path), images))
+    got = Multiclass().main_output(formats.run_tflite(str(path), images))
     agreement[quantize] = np.mean(got.argmax(1) == expected.argmax(1))
     if quantize == "none":
       np.testing.assert_allclose(got, expected, atol=1e-4)

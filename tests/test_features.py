@@ -12,7 +12,7 @@ from absl import logging as absl_logging
 from conftest import write_color_images, write_tiny_backbone
 import kerasft
 from kerasft.models import backbones, features, heads
-from kerasft.data import examples as data, pipeline
+from kerasft.data import examples as data, pipeline, folders
 from conftest import build_backbone, output
 
 
@@ -41,7 +41,7 @@ def runs(tmp_path_factory):
 
 
 def _val_images(result):
-  files = data.index(result.config.data.data_dir, "", 0.2, 0)[1]
+  files = folders.index(result.config.data.data_dir, "", 0.2, 0)[1]
   size = result.config.model.image_size
   return np.concatenate([x for x, _ in pipeline.make_pipeline(files, size, 64)])
 

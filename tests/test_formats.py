@@ -13,7 +13,7 @@ from conftest import COLORS, call_main, tiny_model, write_color_images
 import kerasft
 import kerasft.tasks.registry
 import kerasft.data.examples
-from kerasft.tasks.classify.outputs import Output
+from kerasft.tasks.classify.output import Multiclass
 from kerasft.workflows import export as exporting
 from kerasft.serving import client, formats, versions as serving
 from kerasft.core.errors import UsageError
@@ -88,7 +88,7 @@ def test_quantized_files_load_in_litert_and_agree(runs, quantize, tmp_path):
   runner = Interpreter(model_path=result["tflite"]).get_signature_runner("serving_default")
   assert runner.get_input_details()["images"]["dtype"] == np.float32
   images = _images(run)
-  got = Output().main_output(formats.run_tflite(result["tflite"], images))
+  got = Multiclass().main_output(formats.run_tflite(result["tflite"], images))
   expected = np.asarray(run.model(images, training=False))
   # The colours are far apart: quantization keeps every class on this tiny model.
   assert np.mean(got.argmax(1) == expected.argmax(1)) == 1.0
@@ -116,7 +116,7 @@ def test_int8_with_uint8_input_and_output(runs, tmp_path):
   images = _images(run)
   raw = runner(images=images[:1].astype(np.uint8))  # pixels go in as they are
   assert raw["probabilities"].dtype == np.uint8
-  got = Output().main_output(formats.run_tflite(result["tflite"], images))
+  got = Multiclass().main_output(formats.run_tflite(result["tflite"], images))
   assert got.dtype == np.float32 and np.allclose(got.sum(1), 1, atol=0.05)
   assert np.array_equal(got.argmax(1), np.asarray(run.model(images)).argmax(1))
   assert result["tflite_check"]["top1_agreement"] == 1.0

@@ -8,14 +8,14 @@ import os
 import numpy as np
 import pytest
 
-from conftest import tiny_model, write_color_images
+from conftest import checked, tiny_model, write_color_images
 import kerasft
 import kerasft.tasks.registry
 import kerasft.data.examples
 from kerasft.models import features
 from kerasft.training import head_solver
 from kerasft.tasks import registry as tasks
-from kerasft.tasks.classify import outputs, solvers
+from kerasft.tasks.classify import output as outputs, solver as solvers
 
 
 def _train(tmp_path, data_dir, model=None, **training):
@@ -126,8 +126,9 @@ def test_head_solver_epochs_trains_for_epochs_as_before(tmp_path):
   result = _train(tmp_path, colors, head_solver="epochs", epochs=3)
   assert len(result.history["loss"]) == 3 and "l2_c" not in result.history
   with pytest.raises(kerasft.UsageError, match="^--label_smoothing: the convex head solver"):
-    kerasft.RunConfig(training=kerasft.TrainingConfig(label_smoothing=0.1))
-  kerasft.RunConfig(training=kerasft.TrainingConfig(label_smoothing=0.1, head_solver="epochs"))
+    checked(kerasft.RunConfig(training=kerasft.TrainingConfig(label_smoothing=0.1)))
+  checked(kerasft.RunConfig(training=kerasft.TrainingConfig(label_smoothing=0.1,
+                                                            head_solver="epochs")))
 
 
 def test_a_head_with_hidden_layers_trains_on_features_until_it_converges(tmp_path):
@@ -163,8 +164,8 @@ def test_the_head_before_a_fine_tune_phase_floors_the_feature_scales(tmp_path, m
   median one."""
   colors = write_color_images(tmp_path / "colors", per_class=40, size=24)
   seen = []
-  original = outputs.Output.solver
-  monkeypatch.setattr(outputs.Output, "solver", lambda self, model, standardize, floor: (
+  original = outputs.Multiclass.solver
+  monkeypatch.setattr(outputs.Multiclass, "solver", lambda self, model, standardize, floor: (
       seen.append((standardize, floor)), original(self, model, standardize, floor))[1])
   _train(tmp_path, colors, model={"unfreeze_blocks": 1}, fine_tune_epochs=1,
          learning_rate=0.03)

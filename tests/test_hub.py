@@ -10,10 +10,11 @@ import tensorflow as tf
 from conftest import FASHION, call_main, needs_fashion, needs_imagenet_mobilenet, run_cli
 from conftest import write_color_images
 import kerasft
+from kerasft.data.source import Source
 from kerasft.config import backbones as backbone_names
 from kerasft.models import backbones, heads
 from kerasft.serving import client
-from kerasft.data import examples as data
+from kerasft.data import examples as data, folders
 from kerasft.training import optimizers
 from conftest import build_backbone, output, export_image
 
@@ -224,7 +225,7 @@ def test_mobilenet_as_a_hub_module_reaches_the_accuracy_bar(tmp_path):
       model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
   result = kerasft.run_training(config, verbose=0)
   assert result.config.name == "mobilenet_v1" and result.config.model.image_size == 96
-  test = data.scan_class_folder(os.path.join(FASHION, "test"), "data_dir", result.class_names)
+  test = folders.scan_class_folder(Source("data_dir", os.path.join(FASHION, "test")), result.class_names)
   predict, _ = client.load_predictor(result.export_path)
   accuracy = np.mean(client.predict_files(predict, test.inputs).argmax(1) == test.labels)
   assert accuracy >= 0.75, accuracy

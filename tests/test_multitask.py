@@ -9,12 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import call_main, tiny_model, write_color_images
+from conftest import checked, call_main, tiny_model, write_color_images
 import kerasft
+from kerasft.data.source import Source
 from kerasft.data import tables as sources
 from kerasft.core.errors import UsageError
-from kerasft.tasks.multitask import output as multitask
-from kerasft.tasks.classify.outputs import KINDS
+from kerasft.tasks.multitask import data as multitask_data, output as multitask
+from kerasft.tasks.classify.output import KINDS
 
 VALUES = {"red": 1.0, "green": 2.0, "blue": 3.0}
 
@@ -38,28 +39,31 @@ def _write_table(tmp_path, per_class=14, missing=0.15, seed=0):
 
 
 def _config(tmp_path, csv_path, **fields):
+  """A checked RunConfig of the table's three heads (`checked`: as a run starts it)."""
   model = {"model": tiny_model(), "task": "multiclass,multilabel,regression",
            **fields.pop("model", {})}
-  return kerasft.RunConfig(
+  weights = model.pop("task_weights", ())
+  return checked(kerasft.RunConfig(
       model=kerasft.ModelConfig(**model),
       data=kerasft.DataConfig(csv=csv_path, label_column="colour,tone,value", batch_size=8,
                               **fields.pop("data", {})),
       training=kerasft.TrainingConfig(**fields.pop("training", {})),
-      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"), **fields)
+      tasks=kerasft.TaskSettings.of(task_weights=weights),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"), **fields))
 
 
 def test_heads_are_declared_by_label_columns_and_tasks():
-  assert multitask.declared("multiclass", "label") is None
-  assert multitask.declared("regression", "a,b") is None  # one head, two targets
-  assert multitask.declared("multiclass", "a,b") == [("a", "multiclass"), ("b", "multiclass")]
-  assert multitask.declared("multilabel,regression", "a, b") == [("a", "multilabel"),
+  assert multitask_data.declared("multiclass", "label") is None
+  assert multitask_data.declared("regression", "a,b") is None  # one head, two targets
+  assert multitask_data.declared("multiclass", "a,b") == [("a", "multiclass"), ("b", "multiclass")]
+  assert multitask_data.declared("multilabel,regression", "a, b") == [("a", "multilabel"),
                                                                   ("b", "regression")]
   for tasks, columns, flag in (("multiclass,regression", "a,b,c", "--task"),
                                ("multiclass,tagging", "a,b", "--task"),
                                ("multiclass", "a,unit price", "--label_column"),
                                ("multiclass", "a,a", "--label_column")):
     with pytest.raises(UsageError, match=flag):
-      multitask.declared(tasks, columns)
+      multitask_data.declared(tasks, columns)
 
 
 def test_cells_become_one_row_per_example_with_nan_for_missing_labels():
@@ -69,7 +73,7 @@ def test_cells_become_one_row_per_example_with_nan_for_missing_labels():
   rows = [{"colour": "red", "tone": "warm", "value": "1.5"},
           {"colour": "", "tone": "cool|calm", "value": "3"},
           {"colour": "blue", "tone": "", "value": None}]
-  labels, names = heads.parse_cells(rows, "colour,tone,value", "csv", "t.csv")
+  labels, names = heads.labels.parse_cells(rows, "colour,tone,value", Source("csv", "t.csv"))
   assert names == ["colour/blue", "colour/red", "tone/calm", "tone/cool", "tone/warm", "value"]
   got = np.asarray(labels)
   np.testing.assert_array_equal(got[0], [0, 1, 0, 0, 1, 1.5])
@@ -77,23 +81,23 @@ def test_cells_become_one_row_per_example_with_nan_for_missing_labels():
   assert np.isnan(got[2, 2:]).all() and got[2, :2].tolist() == [1, 0]
   assert [p[2] for p in heads.parts(names)] == [(0, 2), (2, 5), (5, 6)]
   # evaluation data is read into the model's columns
-  again, same = heads.parse_cells(rows[:1], "colour,tone,value", "csv", "t.csv", names)
+  again, same = heads.labels.parse_cells(rows[:1], "colour,tone,value", Source("csv", "t.csv"), names)
   assert same == names and np.asarray(again).shape == (1, 6)
   with pytest.raises(UsageError, match="no 'value' labels"):
-    heads.parse_cells([dict(rows[0], value="")], "colour,tone,value", "csv", "t.csv")
+    heads.labels.parse_cells([dict(rows[0], value="")], "colour,tone,value", Source("csv", "t.csv"))
 
 
 def test_the_validation_split_is_stratified_by_the_first_class_head():
   from kerasft.data import examples as data
   heads = multitask.MultiTask([("v", KINDS["regression"]()), ("c", KINDS["multiclass"]())])
   rows = [{"v": str(i), "c": "ab"[i % 2] if i % 5 else ""} for i in range(40)]
-  labels, names = heads.parse_cells(rows, "v,c", "csv", "t.csv")
+  labels, names = heads.labels.parse_cells(rows, "v,c", Source("csv", "t.csv"))
   assert names == ["v", "c/a", "c/b"]
-  strata = heads.strata(labels, names)
+  strata = heads.labels.strata(labels, names)
   assert sorted(set(strata.tolist())) == [-1, 1, 2]
-  files = data.Examples([str(i) for i in range(40)], labels, names, heads)
+  files = data.Examples([str(i) for i in range(40)], labels, names, heads.labels)
   train, val = data.stratified_split(files, 0.25, 0)
-  got = heads.strata(val.labels, names).tolist()
+  got = heads.labels.strata(val.labels, names).tolist()
   assert got.count(1) == got.count(2) == 4 and got.count(-1) == 2
 
 
@@ -272,8 +276,7 @@ def test_multitask_needs_csv_columns_one_line_exit_2(tmp_path):
   assert run.returncode == 2 and "error: --task/--label_column" in run.stderr
   assert not os.path.exists(tmp_path / "run")
   with pytest.raises(UsageError, match="--task_weights: only for several heads"):
-    kerasft.RunConfig(model=kerasft.ModelConfig(task_weights=(1.0,)),
-                      data=kerasft.DataConfig(data_dir=colors))
+    checked({"tasks": {"multitask": {"task_weights": [1.0]}}, "data": {"data_dir": colors}})
 
 
 def test_sources_read_several_heads_for_text_tables(tmp_path):
@@ -281,7 +284,7 @@ def test_sources_read_several_heads_for_text_tables(tmp_path):
   path.write_text("text,topic,score\nsoup and bread,food,1\nthe kernel crashed,computers,\n")
   heads = multitask.MultiTask([("topic", KINDS["multiclass"]()),
                                ("score", KINDS["regression"]())])
-  files = sources.read_texts(str(path), "csv", "text", "topic,score", heads)
+  files = sources.read_texts(Source("csv", str(path)), "text", "topic,score", heads.labels)
   assert files.class_names == ["topic/computers", "topic/food", "score"]
   assert np.isnan(files.targets()[1, 2]) and files.targets()[0].tolist() == [0, 1, 1]
 
@@ -325,14 +328,14 @@ def test_tfrecord_label_keys_and_tfds_class_labels_make_heads(tmp_path):
   _two_label_tfrecord(tmp_path / "d.tfrecord", colors)
   heads = multitask.MultiTask([("colour", KINDS["multiclass"]()),
                                ("warm", KINDS["multiclass"]())])
-  files = records.read_tfrecords(str(tmp_path / "d.tfrecord"), "tfrecord",
-                                 label_key="colour,warm", output=heads)
+  files = records.read_tfrecords(Source("tfrecord", str(tmp_path / "d.tfrecord")),
+                                 label_key="colour,warm", kind=heads.labels)
   assert files.class_names == ["colour/0", "colour/1", "colour/2", "warm/0", "warm/1"]
   targets = files.targets()
   assert np.isnan(targets[:4, 3:]).all() and targets[4].tolist() == [0, 1, 0, 1, 0]
   with pytest.raises(UsageError, match="--label_names"):
-    records.read_tfrecords(str(tmp_path / "d.tfrecord"), "tfrecord", label_key="colour,warm",
-                           output=heads, label_names=str(tmp_path / "n.txt"))
+    records.read_tfrecords(Source("tfrecord", str(tmp_path / "d.tfrecord")), label_key="colour,warm",
+                           kind=heads.labels, label_names=str(tmp_path / "n.txt"))
 
   class KerasftTwoLabels(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
@@ -357,7 +360,7 @@ def test_tfrecord_label_keys_and_tfds_class_labels_make_heads(tmp_path):
   heads = multitask.MultiTask([("colour", KINDS["multiclass"]()),
                                ("tone", KINDS["multiclass"]())])
   files = records.read_tfds("kerasft_two_labels", str(tmp_path / "tfds"), "train",
-                            label_key="colour,tone", output=heads)
+                            label_key="colour,tone", kind=heads.labels)
   assert files.class_names == ["colour/blue", "colour/green", "colour/red", "tone/cool",
                                "tone/warm"]
   assert files.targets().sum(axis=0).tolist() == [4, 4, 4, 8, 4]
@@ -369,8 +372,9 @@ def test_tfrecord_label_keys_and_tfds_class_labels_make_heads(tmp_path):
   result = kerasft.run_training(config, verbose=0, export=False)
   assert set(result.metrics["heads"]) == {"colour", "tone"}
   with pytest.raises(UsageError, match="--task=regression"):
-    kerasft.RunConfig(model=kerasft.ModelConfig(model=tiny_model(), task="multiclass,regression"),
-                      data=kerasft.DataConfig(tfrecord="x", label_key="a,b"))
+    checked(kerasft.RunConfig(
+        model=kerasft.ModelConfig(model=tiny_model(), task="multiclass,regression"),
+        data=kerasft.DataConfig(tfrecord="x", label_key="a,b")))
 
 
 def test_a_fresh_process_exports_the_run_and_converts_it(trained, tmp_path):

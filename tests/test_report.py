@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from conftest import COLORS, call_main, tiny_model, write_color_images
+from conftest import checked, COLORS, call_main, tiny_model, write_color_images
 import kerasft
 import kerasft.tasks.registry
 import kerasft.data.examples
@@ -117,7 +117,7 @@ def test_slices_equal_scikit_learn_on_the_same_predictions(runs):
   sites = sources.slice_values(result.config.data, val, "path")["site"]
   probabilities = np.asarray(result.model(task.sample_inputs(len(val.inputs))[0]))
   labels = np.asarray(val.labels)
-  got = report_sections.slices("multiclass", {"site": sites}, labels, probabilities)
+  got = report_sections.slices(task.output, {"site": sites}, labels, probabilities)
   for site in SITES:
     idx = [i for i, s in enumerate(sites) if s == site]
     assert got["site"][site] == {"count": len(idx), "accuracy": sk.accuracy_score(
@@ -185,8 +185,8 @@ def dataclasses_replace(config, tmp_path):
 
 def test_calibrate_is_refused_where_there_is_no_softmax():
   with pytest.raises(UsageError, match="--calibrate: not for --task=multilabel"):
-    kerasft.RunConfig(model=kerasft.ModelConfig(task="multilabel"),
-                      training=kerasft.TrainingConfig(calibrate="temperature"))
+    checked(kerasft.RunConfig(model=kerasft.ModelConfig(task="multilabel"),
+                              training=kerasft.TrainingConfig(calibrate="temperature")))
 
 
 def _squares(n, seed, size=32, side=8):

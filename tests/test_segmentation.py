@@ -13,9 +13,10 @@ from PIL import Image
 from conftest import call_main, tiny_model
 
 import kerasft
+from kerasft.data.source import Source
 import kerasft.tasks.registry
 import kerasft.data.examples
-from kerasft.tasks.segmentation import data as seg
+from kerasft.tasks.segmentation import data as seg, report as seg_report
 
 PALETTE = [0, 0, 0, 255, 0, 0, 0, 0, 255] + [255] * (253 * 3)
 
@@ -53,7 +54,7 @@ def _config(tmp_path, data_dir, **fields):
   return kerasft.RunConfig(
       name="seg", model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"),
       model=kerasft.ModelConfig(**model), training=kerasft.TrainingConfig(**training),
-      data=kerasft.DataConfig(data_dir=str(data_dir), batch_size=8, **fields))
+      data=kerasft.DataConfig.of(data_dir=str(data_dir), batch_size=8, **fields))
 
 
 def test_masks_read_from_index_and_palette_pngs_with_255_kept(tmp_path):
@@ -77,16 +78,16 @@ def test_pairs_missing_or_mis_sized_masks_are_skipped_unknown_values_refused(tmp
   root = write_squares(tmp_path / "d", n=6)
   os.remove(root / "masks" / "001.png")
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / "002.png")
-  images, masks = seg.folder_pairs(str(root), "data_dir")
-  kept, encoded, names, classes = seg.check_pairs(images, masks, images, "data_dir", None)
+  images, masks = seg.folder_pairs(Source("data_dir", str(root)))
+  kept, encoded, names, classes = seg.check_pairs(images, masks, images, Source("data_dir"), None)
   assert len(kept) == 4 and classes == ["0", "1", "2"]
   assert "001.jpg: no mask" in caplog.text and "002.jpg: mask 8x8 differs from the " \
       "image's 48x40" in caplog.text
   with pytest.raises(kerasft.UsageError, match="--data_dir: .*002.jpg: mask 8x8 differs"):
-    seg.check_pairs(images[2:], masks[2:], images[2:], "data_dir", None, strict=True)
+    seg.check_pairs(images[2:], masks[2:], images[2:], Source("data_dir"), None, strict=True)
   with pytest.raises(kerasft.UsageError, match=r"003.jpg has mask value 2, which names no "
                      r"class \(there are 2: bg, red"):
-    seg.check_pairs(images[3:], masks[3:], images[3:], "data_dir", ["bg", "red"])
+    seg.check_pairs(images[3:], masks[3:], images[3:], Source("data_dir"), ["bg", "red"])
 
 
 def test_iou_matches_keras_mean_iou_and_the_training_metric():
@@ -98,7 +99,7 @@ def test_iou_matches_keras_mean_iou_and_the_training_metric():
   probabilities = rng.random((3, 8, 8, 5)).astype(np.float32)
   probabilities[..., 4] = 0  # class 4: absent from truth and prediction
   predicted = probabilities.argmax(-1)
-  metrics = seg.iou_metrics(seg.confusion(true, predicted, 5), list("abcde"))
+  metrics = seg_report.iou_metrics(seg_report.confusion(true, predicted, 5), list("abcde"))
   reference = keras.metrics.MeanIoU(5, ignore_class=seg.IGNORE, sparse_y_pred=True)
   reference.update_state(true, predicted)
   assert metrics["mean_iou"] == pytest.approx(float(reference.result()), abs=1e-6)
@@ -258,13 +259,14 @@ def test_evaluate_and_predict_report_iou_and_write_masks(tmp_path):
 
 def test_csv_and_tfds_sources(tmp_path):
   import tensorflow_datasets as tfds
-  from kerasft.tasks.segmentation.task import SegmentationTask, Segmentation
+  from kerasft.tasks.segmentation.output import Segmentation
+  from kerasft.tasks.segmentation.task import SegmentationTask
   root = write_squares(tmp_path / "d", n=8)
   (tmp_path / "t.csv").write_text("image,seg\n" + "".join(
       f"d/images/{i:03d}.jpg,d/masks/{i:03d}.png\n" for i in range(8)))
   task = SegmentationTask(None, Segmentation())
-  files = task.read(kerasft.DataConfig(csv=str(tmp_path / "t.csv"), path_column="image",
-                                       mask_column="seg"))
+  files = task.read(kerasft.DataConfig.of(csv=str(tmp_path / "t.csv"), path_column="image",
+                                          mask_column="seg"))
   assert len(files.inputs) == 8 and files.class_names == ["0", "1", "2"]
 
   class KerasftSquares(tfds.core.GeneratorBasedBuilder, skip_registration=True):

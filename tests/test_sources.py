@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import COLORS, call_main, output, run_cli, tiny_model
+from conftest import checked, COLORS, call_main, output, run_cli, tiny_model
 from conftest import write_color_images
 import kerasft
-from kerasft.data import examples as data, pipeline, records, tables as sources
+from kerasft.data.source import Source
+from kerasft.data import examples as data, pipeline, records, tables as sources, folders
 from kerasft.core.files import read_labels
 from kerasft.core.errors import UsageError
 
@@ -69,14 +70,14 @@ def _serve(export_path, signature, **inputs):
 def test_csv_reads_paths_relative_to_its_folder_and_each_task(tmp_path):
   colors = write_color_images(tmp_path / "img" / "colors", per_class=3, size=16)
   path = _write_csv(tmp_path / "img" / "labels.csv", colors)
-  files = sources.read_csv(path, "csv")
+  files = sources.read_csv(Source("csv", path))
   assert files.class_names == ["blue", "green", "red"] and len(files.inputs) == 9
   assert all(os.path.isfile(p) for p in files.inputs)
-  multi = sources.read_csv(path, "csv", label_column="tags", output=output("multilabel"))
+  multi = sources.read_csv(Source("csv", path), label_column="tags", kind=output("multilabel").labels)
   assert multi.class_names == ["cool", "natural", "warm"]
   green = multi.targets()[np.asarray(files.labels) == 1]
   np.testing.assert_array_equal(green, [[1, 1, 0]] * 3)
-  regression = sources.read_csv(path, "csv", label_column="redness,blueness", output=output("regression"))
+  regression = sources.read_csv(Source("csv", path), label_column="redness,blueness", kind=output("regression").labels)
   assert regression.class_names == ["redness", "blueness"]
   assert regression.targets().shape == (9, 2)
   np.testing.assert_allclose(regression.targets()[np.asarray(files.labels) == 2, 0], 1.0)
@@ -85,24 +86,24 @@ def test_csv_reads_paths_relative_to_its_folder_and_each_task(tmp_path):
 def test_tsv_and_val_csv_with_an_unknown_class(tmp_path):
   path = tmp_path / "train.tsv"
   path.write_text("path\tlabel\na.png\tcat\nb.png\tdog\n")
-  assert sources.read_csv(str(path), "csv").class_names == ["cat", "dog"]
+  assert sources.read_csv(Source("csv", str(path))).class_names == ["cat", "dog"]
   val = tmp_path / "val.csv"
   val.write_text("path,label\nc.png,bird\n")
   with pytest.raises(UsageError, match=r"^--val_csv: .* classes \['bird'\]"):
-    sources.read_csv(str(val), "val_csv", class_names=["cat", "dog"])
+    sources.read_csv(Source("val_csv", str(val)), class_names=["cat", "dog"])
 
 
 @pytest.mark.parametrize("content, kwargs, message", [
     ("file,label\na.png,x\n", {}, r"^--csv: .* has no column 'path' \(columns: file, label\)"),
     ("path,label\na.png,x\nb.png,\n", {}, r"^--csv: .* row 2 has an empty 'label'"),
-    ("path,label\na.png,high\n", {"output": output("regression")}, r"^--csv: .* row 1: .* numbers"),
+    ("path,label\na.png,high\n", {"kind": output("regression").labels}, r"^--csv: .* row 1: .* numbers"),
     ("path,label\n", {}, r"^--csv: .* has no rows"),
 ])
 def test_bad_csv_files_are_one_line_errors(tmp_path, content, kwargs, message):
   path = tmp_path / "d.csv"
   path.write_text(content)
   with pytest.raises(UsageError, match=message) as e:
-    sources.read_csv(str(path), "csv", **kwargs)
+    sources.read_csv(Source("csv", str(path)), **kwargs)
   assert "\n" not in str(e.value)
 
 
@@ -229,43 +230,43 @@ def test_tfrecord_ids_as_names_or_from_label_names(tmp_path):
   colors = write_color_images(tmp_path / "colors", per_class=3, size=16)
   _write_tfrecord(tmp_path / "a.tfrecord", colors,
                   label_ids={"blue": [2], "green": [5], "red": [7]})
-  files = records.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord")
+  files = records.read_tfrecords(Source("tfrecord", str(tmp_path / "*.tfrecord")))
   assert files.class_names == ["2", "5", "7"]
   assert files.streams and files.inputs[0].endswith("a.tfrecord#0")  # streamed, not held
   assert files.name(0).endswith("a.tfrecord#0")
   names = tmp_path / "names.txt"
   names.write_text("\n".join(f"class{i}" for i in range(8)) + "\n")
-  named = records.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord", label_names=str(names))
+  named = records.read_tfrecords(Source("tfrecord", str(tmp_path / "*.tfrecord")), label_names=str(names))
   assert len(named.class_names) == 8 and named.class_names[7] == "class7"
   assert sorted(set(named.labels)) == [2, 5, 7]
   names.write_text("a\nb\n")
   with pytest.raises(UsageError, match="^--tfrecord: .* label id 2, but --label_names"):
-    records.read_tfrecords(str(tmp_path / "*.tfrecord"), "tfrecord", label_names=str(names))
+    records.read_tfrecords(Source("tfrecord", str(tmp_path / "*.tfrecord")), label_names=str(names))
 
 
 def test_tfrecord_with_several_label_ids_is_multilabel(tmp_path):
   colors = write_color_images(tmp_path / "colors", per_class=2, size=16)
   _write_tfrecord(tmp_path / "m.tfrecord", colors,
                   label_ids={"blue": [0], "green": [0, 1], "red": [2]})
-  files = records.read_tfrecords(str(tmp_path / "m.tfrecord"), "tfrecord", output=output("multilabel"))
+  files = records.read_tfrecords(Source("tfrecord", str(tmp_path / "m.tfrecord")), kind=output("multilabel").labels)
   assert files.class_names == ["0", "1", "2"]
   np.testing.assert_array_equal(files.targets()[2:4], [[1, 1, 0], [1, 1, 0]])
   with pytest.raises(UsageError, match="has 2 'image/class/label' values; a multiclass"):
-    records.read_tfrecords(str(tmp_path / "m.tfrecord"), "tfrecord")
+    records.read_tfrecords(Source("tfrecord", str(tmp_path / "m.tfrecord")))
 
 
 def test_tfrecord_with_other_keys_and_bad_records(tmp_path):
   colors = write_color_images(tmp_path / "colors", per_class=2, size=16)
   _write_tfrecord(tmp_path / "b.tfrecord", colors, image_key="jpeg", label_key="y")
   with pytest.raises(UsageError, match="^--tfrecord: .* has no 'image/encoded' feature"):
-    records.read_tfrecords(str(tmp_path / "b.tfrecord"), "tfrecord")
-  files = records.read_tfrecords(str(tmp_path / "b.tfrecord"), "tfrecord", "jpeg", "y")
+    records.read_tfrecords(Source("tfrecord", str(tmp_path / "b.tfrecord")))
+  files = records.read_tfrecords(Source("tfrecord", str(tmp_path / "b.tfrecord")), "jpeg", "y")
   assert len(files.inputs) == 6
   (tmp_path / "junk.tfrecord").write_bytes(b"not a tfrecord file at all")
   with pytest.raises(UsageError, match="^--tfrecord: .*junk.tfrecord is not a TFRecord"):
-    records.read_tfrecords(str(tmp_path / "junk.tfrecord"), "tfrecord")
+    records.read_tfrecords(Source("tfrecord", str(tmp_path / "junk.tfrecord")))
   with pytest.raises(UsageError, match="^--tfrecord: no files match"):
-    records.read_tfrecords(str(tmp_path / "none-*.tfrecord"), "tfrecord")
+    records.read_tfrecords(Source("tfrecord", str(tmp_path / "none-*.tfrecord")))
 
 
 def test_tfrecord_trains_and_exports_with_class_names(tmp_path):
@@ -413,7 +414,7 @@ def test_oversample_balances_the_classes():
 
 
 def test_cache_dir_holds_the_decoded_images(tmp_path, color_dir):
-  files = data.scan_class_folder(color_dir, "data_dir")
+  files = folders.scan_class_folder(Source("data_dir", color_dir))
   ds = pipeline.make_pipeline(files, 16, 8, cache_dir=str(tmp_path / "cache"))
   first = np.concatenate([x for x, _ in ds.as_numpy_iterator()])
   written = os.listdir(tmp_path / "cache")
@@ -443,12 +444,12 @@ def test_cache_dir_holds_the_decoded_images(tmp_path, color_dir):
 ])
 def test_bad_source_and_task_combinations_are_usage_errors(kwargs, message):
   with pytest.raises(UsageError, match=message):
-    kerasft.RunConfig.from_dict(kwargs)
+    checked(kwargs)
 
 
 def test_an_image_folder_cannot_hold_multilabel_data(color_dir):
   with pytest.raises(UsageError, match="^--task=multilabel: an image folder"):
-    sources.index_images(kerasft.DataConfig(data_dir=color_dir), output("multilabel"))
+    sources.index_images(kerasft.DataConfig(data_dir=color_dir), output("multilabel").labels)
 
 
 def test_streamed_records_come_in_order_with_their_targets(tmp_path):
@@ -460,7 +461,7 @@ def test_streamed_records_come_in_order_with_their_targets(tmp_path):
     Image.fromarray(np.full((8, 8, 3), 10 * i, np.uint8)).save(
         folder / ("a" if i % 2 == 0 else "b") / f"{i:02d}.png")
   _write_tfrecord(tmp_path / "g.tfrecord", str(folder))
-  files = records.read_tfrecords(str(tmp_path / "g.tfrecord"), "tfrecord")
+  files = records.read_tfrecords(Source("tfrecord", str(tmp_path / "g.tfrecord")))
   assert files.streams and not any(isinstance(x, bytes) for x in files.inputs)
   value = {key: 10 * int(os.path.basename(n)[:2]) for key, n in zip(
       files.inputs, sorted(str(p) for p in folder.rglob("*.png")))}

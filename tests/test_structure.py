@@ -257,7 +257,7 @@ def test_an_output_without_report_sections_fails_loudly():
   with pytest.raises(TypeError):
     Incomplete()
   with pytest.raises(TypeError):
-    base.Output()
+    base.Output()  # pylint: disable=abstract-class-instantiated
 
 
 def test_a_config_validates_only_its_own_fields():

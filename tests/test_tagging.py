@@ -7,8 +7,9 @@ import random
 import numpy as np
 import pytest
 
-from conftest import call_main, text_saved_model_cli
+from conftest import checked, call_main, text_saved_model_cli
 import kerasft
+from kerasft.data.source import Source
 from kerasft.tasks.tagging import data as tagging
 from kerasft.core.errors import UsageError
 
@@ -88,14 +89,14 @@ def test_conll_and_jsonl_readers(tmp_path):
   conll = _write_conll(tmp_path / "a.conll", [("Dave Barry wrote".split(), ["B-PER", "I-PER",
                                                                             "O"])],
                        docstart=True)
-  texts, entities = tagging.read_conll(conll, "conll")
+  texts, entities = tagging.read_conll(Source("conll", conll))
   assert texts == ["Dave Barry wrote"] and entities == [[(0, 10, "PER")]]
   rows = [{"tokens": ["in", "Paris"], "tags": ["O", "S-LOC"]},
           {"text": "Visit Rome, then Oslo.", "entities": [[17, 21, "LOC"], [6, 10, "LOC"]]},
           {"text": "doccano style", "label": [[0, 7, "ORG"]]}]
   path = tmp_path / "a.jsonl"
   path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
-  texts, entities = tagging.read_jsonl(str(path), "jsonl")
+  texts, entities = tagging.read_jsonl(Source("jsonl", str(path)))
   assert texts == ["in Paris", "Visit Rome, then Oslo.", "doccano style"]
   assert entities == [[(3, 8, "LOC")], [(6, 10, "LOC"), (17, 21, "LOC")], [(0, 7, "ORG")]]
 
@@ -115,12 +116,12 @@ def test_malformed_files_are_usage_errors_naming_flag_file_and_line(tmp_path, co
   path.write_text(content)
   reader = tagging.read_conll if flag_reader == "conll" else tagging.read_jsonl
   with pytest.raises(UsageError, match=f"--{flag_reader}: {path}"):
-    reader(str(path), flag_reader)
+    reader(Source(flag_reader, str(path)))
   with pytest.raises(UsageError) as error:
-    reader(str(path), flag_reader)
+    reader(Source(flag_reader, str(path)))
   assert message in str(error.value)
   with pytest.raises(UsageError, match="does not exist"):
-    reader(str(tmp_path / "missing"), flag_reader)
+    reader(Source(flag_reader, str(tmp_path / "missing")))
 
 
 def test_entity_f1_equals_seqeval():
@@ -238,7 +239,7 @@ def _tagger_config(preset, root, methods=None):
   return kerasft.RunConfig(
       model=kerasft.ModelConfig(model="keras_hub:" + preset, task="tagging", dropout=0.0,
                                 unfreeze_blocks=1),
-      data=kerasft.DataConfig(conll=train, batch_size=16),
+      data=kerasft.DataConfig.of(conll=train, batch_size=16),
       training=kerasft.TrainingConfig(learning_rate=1e-2, fine_tune_epochs=3,
                                       fine_tune_learning_rate=3e-3),
       methods=methods or kerasft.MethodsConfig(),
@@ -287,7 +288,7 @@ def test_tagger_trains_exports_and_serves_what_it_computes(tagging_run, tmp_path
   np.testing.assert_array_equal(np.load(tmp_path / "cli" / "entity_starts.npy"),
                                 expected["entity_starts"])
   # the export and the run's checkpoint evaluate the same texts to the same figures
-  data = kerasft.DataConfig(conll=test)
+  data = kerasft.DataConfig.of(conll=test)
   by_export = evaluation.evaluate_export(result.export_path, data, output_dir=str(tmp_path / "a"))
   by_run = evaluation.evaluate_run(str(root / "run"), data, output_dir=str(tmp_path / "b"))
   assert by_export.metrics["entity_f1"] == pytest.approx(by_run.metrics["entity_f1"])
@@ -378,12 +379,12 @@ def test_tfds_token_and_tag_sequences(tiny_preset, tmp_path):
   from kerasft.data import records
   from kerasft.tasks import registry as tasks
   _prepare_tiny_tagging_tfds(tmp_path / "tfds")
-  texts, entities = records.read_tfds_tokens("kerasft_entities", str(tmp_path / "tfds"),
+  texts, entities = tagging.read_tfds_tokens("kerasft_entities", str(tmp_path / "tfds"),
                                              "train")
   expected = [tagging.from_tokens(t, g, "") for t, g in _sentences(40, seed=0)]
   assert sorted(zip(texts, map(str, entities))) == sorted((t, str(e)) for t, e in expected)
   with pytest.raises(UsageError, match="^--label_key: kerasft_entities has no"):
-    records.read_tfds_tokens("kerasft_entities", str(tmp_path / "tfds"), "train",
+    tagging.read_tfds_tokens("kerasft_entities", str(tmp_path / "tfds"), "train",
                              tags_key="chunks")
   config = kerasft.RunConfig(
       model=kerasft.ModelConfig(model="keras_hub:" + tiny_preset, task="tagging"),
@@ -401,7 +402,7 @@ def test_byte_pair_and_sentencepiece_encoders_tag_every_word(family, tmp_path):
   from test_text import TEXTS, make_tiny_preset
   from kerasft.tasks.tagging import graph
   from kerasft.models import text_encoders as text
-  from kerasft.tasks.tagging.task import Tagging
+  from kerasft.tasks.tagging.output import Tagging
   encoder = text.load(make_tiny_preset(family, str(tmp_path / family)))
   texts = [t for items in TEXTS.values() for t in items]
   packed = graph.packer(encoder, 16)(tf.constant(texts))
@@ -428,8 +429,7 @@ def test_whitespace_words_keep_pre_tokenized_tokens_whole(tiny_preset):
   assert spelled["whitespace"] == ["H.", "L.", "Mencken", "in", "the", "U.S.", ",", "1925"]
   assert spelled["punctuation"][:4] == ["H", ".", "L", "."]
   with pytest.raises(UsageError, match="--words: only for --task=tagging"):
-    kerasft.ModelConfig(words="whitespace") and kerasft.RunConfig(
-        model=kerasft.ModelConfig(words="whitespace"))
+    checked({"tasks": {"tagging": {"words": "whitespace"}}})
 
 
 @pytest.mark.slow

@@ -6,13 +6,15 @@ import os
 import numpy as np
 import pytest
 
+from conftest import checked
 import kerasft
+from kerasft.data.source import Source
 from kerasft.core import files
 from kerasft.training import plan, run_folder
 from kerasft.tasks import registry as tasks
 from kerasft.core.errors import UsageError
 from kerasft.tasks import image, text
-from kerasft.tasks.classify import outputs
+from kerasft.tasks.classify import output as outputs
 
 
 def _config(**model):
@@ -34,24 +36,23 @@ def test_a_task_per_modality_holding_its_output():
 
 
 def test_outputs_turn_labels_into_targets():
-  assert tasks.make_output().targets([2, 0], 3).tolist() == [[0, 0, 1], [1, 0, 0]]
-  assert tasks.make_output("multilabel").targets([[0, 2], []], 3).tolist() == [[1, 0, 1], [0, 0, 0]]
-  assert tasks.make_output("regression").targets([[1.5, 2.0]], 2).tolist() == [[1.5, 2.0]]
-  assert tasks.make_output("multilabel").strata([[0], [1]]) is None
-  assert tasks.make_output().strata([0, 1]).tolist() == [0, 1]
+  assert tasks.make_output().labels.targets([2, 0], 3).tolist() == [[0, 0, 1], [1, 0, 0]]
+  assert tasks.make_output("multilabel").labels.targets([[0, 2], []], 3).tolist() == [[1, 0, 1], [0, 0, 0]]
+  assert tasks.make_output("regression").labels.targets([[1.5, 2.0]], 2).tolist() == [[1.5, 2.0]]
+  assert tasks.make_output("multilabel").labels.strata([[0], [1]]) is None
+  assert tasks.make_output().labels.strata([0, 1]).tolist() == [0, 1]
 
 
 def test_outputs_read_table_cells():
   rows = [{"y": "cat|dog"}, {"y": ""}, {"y": "dog"}]
-  labels, names = tasks.make_output("multilabel").parse_cells(rows, "y", "csv", "f.csv")
+  labels, names = tasks.make_output("multilabel").labels.parse_cells(rows, "y", Source("csv", "f.csv"))
   assert names == ["cat", "dog"] and labels == [[0, 1], [], [1]]
   with pytest.raises(UsageError, match="row 2 has an empty 'y'"):
-    tasks.make_output().parse_cells(rows, "y", "csv", "f.csv")
-  labels, names = tasks.make_output("regression").parse_cells([{"a": "1", "b": "2.5"}], "a,b", "csv",
-                                                         "f.csv")
+    tasks.make_output().labels.parse_cells(rows, "y", Source("csv", "f.csv"))
+  labels, names = tasks.make_output("regression").labels.parse_cells([{"a": "1", "b": "2.5"}], "a,b", Source("csv", "f.csv"))
   assert labels == [[1.0, 2.5]] and names == ["a", "b"]
   with pytest.raises(UsageError, match="^--label_column: one column for --task=multiclass"):
-    tasks.make_output().parse_cells(rows, "y,z", "csv", "f.csv")
+    tasks.make_output().labels.parse_cells(rows, "y,z", Source("csv", "f.csv"))
 
 
 def test_outputs_name_their_serving_outputs_and_predict_rows():
@@ -78,7 +79,8 @@ def test_outputs_name_their_serving_outputs_and_predict_rows():
 ])
 def test_outputs_refuse_what_they_cannot_honour(task, data, flag):
   with pytest.raises(UsageError, match=f"^{flag}"):
-    kerasft.RunConfig(model=kerasft.ModelConfig(task=task), data=kerasft.DataConfig(**data))
+    checked(kerasft.RunConfig(model=kerasft.ModelConfig(task=task),
+                              data=kerasft.DataConfig(**data)))
 
 
 def test_the_plan_names_its_segments():

@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from conftest import SHARED, call_main, text_saved_model_cli
+from conftest import checked, SHARED, call_main, text_saved_model_cli
 import kerasft
+from kerasft.data.source import Source
 from kerasft.models import backbones
 from kerasft.data import tables as sources
 from kerasft.core.errors import UsageError
@@ -50,9 +51,9 @@ def test_tsv_jsonl_and_text_dir_give_the_same_texts(tmp_path):
     (tmp_path / "dir" / name).mkdir(parents=True)
   (tmp_path / "dir" / "x" / "1.txt").write_text("hello there")
   (tmp_path / "dir" / "y" / "2.txt").write_text("bye now")
-  for files in (sources.read_texts(str(tmp_path / "a.tsv"), "csv"),
-                sources.read_texts(str(tmp_path / "a.jsonl"), "csv"),
-                sources.read_text_dir(str(tmp_path / "dir"), "text_dir")):
+  for files in (sources.read_texts(Source("csv", str(tmp_path / "a.tsv"))),
+                sources.read_texts(Source("csv", str(tmp_path / "a.jsonl"))),
+                sources.read_text_dir(Source("text_dir", str(tmp_path / "dir")))):
     assert files.inputs == ["hello there", "bye now"] and files.class_names == ["x", "y"]
     assert files.labels == [0, 1]
 
@@ -61,16 +62,16 @@ def test_empty_and_undecodable_texts_are_skipped_or_refused(tmp_path, caplog):
   import logging
   path = tmp_path / "t.csv"
   path.write_bytes(b"text,label\nfine text,a\n,b\n   ,a\nbad \xff\xfe bytes,b\nmore,b\nok,a\n")
-  files = sources.read_texts(str(path), "csv")
+  files = sources.read_texts(Source("csv", str(path)))
   with caplog.at_level(logging.WARNING):
-    kept = sources.readable_texts(files, "csv")
+    kept = sources.readable_texts(files, Source("csv"))
   assert kept.inputs == ["fine text", "more", "ok"]
   message = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
   assert len(message) == 1 and "skipping 3 empty or undecodable text(s)" in message[0]
   assert "row 2 (empty)" in message[0] and "row 4 (not UTF-8)" in message[0]
   with pytest.raises(UsageError,
                      match=r"^--strict_data: 3 empty or undecodable text\(s\) from --csv, first: .* row 2"):
-    sources.readable_texts(files, "csv", strict=True)
+    sources.readable_texts(files, Source("csv"), strict=True)
 
 
 @pytest.mark.parametrize("model_fields,data_fields,flag", [
@@ -78,20 +79,19 @@ def test_empty_and_undecodable_texts_are_skipped_or_refused(tmp_path, caplog):
     ({}, {"resize": "crop"}, "resize"), ({}, {"cache_dir": "c"}, "cache_dir")])
 def test_image_settings_on_a_text_model_are_errors(model_fields, data_fields, flag):
   with pytest.raises(UsageError, match=f"^--{flag}: an image setting; not for text models"):
-    kerasft.RunConfig(model=kerasft.ModelConfig(model="keras_hub:x", **model_fields),
-                      data=kerasft.DataConfig(csv="t.csv", **data_fields))
+    checked(kerasft.RunConfig(model=kerasft.ModelConfig(model="keras_hub:x", **model_fields),
+                              data=kerasft.DataConfig(csv="t.csv", **data_fields)))
 
 
 def test_text_and_image_flags_do_not_mix():
   with pytest.raises(UsageError, match="^--data_dir: a text model"):
-    kerasft.RunConfig.from_dict({"model": {"model": "keras_hub:x"}, "data": {"data_dir": "d"}})
+    checked({"model": {"model": "keras_hub:x"}, "data": {"data_dir": "d"}})
   with pytest.raises(UsageError, match="^--augment: image augmentation"):
-    kerasft.RunConfig.from_dict({"model": {"model": "keras_hub:x"},
-                                 "data": {"csv": "a.csv", "augment": ["flip"]}})
+    checked({"model": {"model": "keras_hub:x"}, "data": {"csv": "a.csv", "augment": ["flip"]}})
   with pytest.raises(UsageError, match="^--text_dir: needs a text model"):
-    kerasft.RunConfig.from_dict({"data": {"text_dir": "d"}})
+    checked({"data": {"text_dir": "d"}})
   with pytest.raises(UsageError, match="^--max_length/--pooling: only for text models"):
-    kerasft.RunConfig.from_dict({"model": {"max_length": 64}})
+    checked({"model": {"max_length": 64}})
 
 
 def test_max_length_is_the_99th_percentile_rounded_up_to_8():

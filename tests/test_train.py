@@ -11,7 +11,8 @@ import tensorflow as tf
 from conftest import FASHION, HAVE_IMAGENET_MOBILENET, needs_fashion, needs_imagenet_mobilenet
 from conftest import REPO, SHARED, call_main, run_cli, write_color_images
 import kerasft
-from kerasft.data import examples as data
+from kerasft.data.source import Source
+from kerasft.data import examples as data, folders
 
 WEIGHTS = "imagenet" if HAVE_IMAGENET_MOBILENET else "none"
 
@@ -124,7 +125,7 @@ def test_default_recipe_transfers_to_fashion_mnist_test_split(tmp_path):
   assert result.export_path == str(tmp_path / "export" / "1")
   assert len(result.history["loss"]) == 1  # the head phase is one convex solve
   # Accuracy on the held-out test/ folder, through the exported serving_bytes signature.
-  test = data.scan_class_folder(os.path.join(FASHION, "test"), "data_dir", result.class_names)
+  test = folders.scan_class_folder(Source("data_dir", os.path.join(FASHION, "test")), result.class_names)
   serve = tf.saved_model.load(result.export_path).signatures["serving_bytes"]
   predicted = []
   for start in range(0, len(test.inputs), 100):

@@ -44,8 +44,8 @@ def _rows(tmp_path):
 
 def test_a_search_writes_every_output_and_exports_the_winner(tmp_path, data, monkeypatch):
   evaluated = []
-  original = evaluation.evaluate_run
-  monkeypatch.setattr(evaluation, "evaluate_run", lambda *a, **k: (
+  original = report.evaluate_run
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: (
       evaluated.append((a[0], len(search.records(str(tmp_path / "search"))))), original(*a, **k))[1])
   done = call_main("tune", *_flags(tmp_path, data, "--max_trials=4", "--search=random",
                                    "--deterministic"))
@@ -201,7 +201,7 @@ def test_entries_an_output_refuses_are_not_searched():
                         ("regression", {"label_smoothing", "mixup"}), ("multiclass", set())):
     output = kerasft.tasks.registry.make_output(task)
     hp = keras_tuner.HyperParameters()
-    space.declare(hp, {}, True, False, (), output.unsearched)
+    space.declare(hp, {}, True, False, (), output.refused_search_entries())
     assert not refused & set(hp.values), task
     assert {"dropout", "unfreeze"} <= set(hp.values)
     if task == "multiclass":

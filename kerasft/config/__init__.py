@@ -8,5 +8,7 @@ that span groups, once, before a run starts.
 from kerasft.config.data import DataConfig
 from kerasft.config.methods import MethodsConfig
 from kerasft.config.run import ModelConfig, RunConfig, TrainingConfig
+from kerasft.tasks.settings import TaskData, TaskSettings
 
-__all__ = ["DataConfig", "MethodsConfig", "ModelConfig", "RunConfig", "TrainingConfig"]
+__all__ = ["DataConfig", "MethodsConfig", "ModelConfig", "RunConfig", "TaskData",
+           "TaskSettings", "TrainingConfig"]

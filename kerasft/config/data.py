@@ -135,6 +135,14 @@ class DataConfig:
     """The flag of the unlabelled examples in use ("" when none)."""
     return next((f for f in UNLABELED_SOURCES if getattr(self, f)), "")
 
+  @classmethod
+  def of(cls, **flags) -> "DataConfig":
+    """A DataConfig from flat flag names, as on the command line: a task's own (--conll,
+    --mask_column, ...) go into `task_data`'s groups."""
+    own = {f.name for f in dataclasses.fields(cls)}
+    return cls(task_data=TaskData.of(**{k: v for k, v in flags.items() if k not in own}),
+               **{k: v for k, v in flags.items() if k in own})
+
   def sources(self) -> list[str]:
     """The flags of the data sources given (a run takes one)."""
     return [f for f in DATA_SOURCES if getattr(self, f)] + self.task_data.sources()

@@ -113,8 +113,8 @@ class Labels(Classes):
     return None
 
   def check_folder_source(self, source):
-    raise source.error(f"--task={self.task}: an image folder gives each image one class; "
-                       "pass the labels in a --csv, --tfrecord or --tfds source")
+    raise UsageError(f"--task={self.task}: an image folder gives each image one class; pass "
+                     "the labels in a --csv, --tfrecord or --tfds source")
 
   def from_names(self, per_row, names, label_key, source):
     return None

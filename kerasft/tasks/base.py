@@ -319,9 +319,10 @@ class Task(abc.ABC):
     """Whether kerasft.tune searches image settings (size, augmentation) for this task."""
     return True
 
-  @abc.abstractmethod
   def sample_inputs(self, n: int, split: str = "validation"):
-    """Up to `n` model inputs of the run's split, and what they are (format checks)."""
+    """Up to `n` model inputs of the run's split, and what they are (format checks, int8
+    calibration); tasks whose exports do not convert have none."""
+    raise NotImplementedError(f"--task={self.output.name}: no inputs to convert with")
 
   @abc.abstractmethod
   def cards(self, model, files):

@@ -33,12 +33,17 @@ def make_output(task: str = "multiclass", threshold: float = 0.5) -> Output:
   return OUTPUTS[task](threshold)
 
 
-def modality_class(model: str, output: Output) -> type:
+def modality_class(model: str, output: Output | None = None) -> type:
   """The task class of a --model value and an output: the output's own task class, else
   `TextTask` for keras_hub: encoders, else `ImageTask`."""
-  if output.name in TASK_CLASSES:
+  if output is not None and output.name in TASK_CLASSES:
     return TASK_CLASSES[output.name]
   return text.TextTask if model.startswith(text.TEXT_PREFIX) else image.ImageTask
+
+
+def reads_texts(model: str) -> bool:
+  """Whether a --model value is a text encoder (a task of texts)."""
+  return modality_class(model) is text.TextTask
 
 
 def output_of(config) -> Output:

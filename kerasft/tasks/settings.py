@@ -30,6 +30,11 @@ class TaskSettings:
     """(task, flag, what the group is for) of every setting changed from its default."""
     return _changed(self)
 
+  @classmethod
+  def of(cls, **flags) -> "TaskSettings":
+    """The groups from flat flag names (`words="whitespace"`, `decoder="fpn"`)."""
+    return _of(cls, flags)
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskData:
@@ -58,6 +63,11 @@ class TaskData:
     return _changed(self)
 
   @classmethod
+  def of(cls, **flags) -> "TaskData":
+    """The groups from flat flag names (`conll=...`, `mask_column=...`)."""
+    return _of(cls, flags)
+
+  @classmethod
   def evaluation_fields(cls) -> tuple[str, ...]:
     """The flags of every group that evaluation data takes (all but the val_ ones)."""
     return tuple(f.name for group in dataclasses.fields(cls)
@@ -66,6 +76,19 @@ class TaskData:
 
   def _groups(self):
     return [getattr(self, f.name) for f in dataclasses.fields(self)]
+
+
+def _of(cls, flags: dict):
+  """An instance of a groups dataclass (`TaskSettings`, `TaskData`) from flat flag names;
+  a name no group has is a TypeError, as for any dataclass."""
+  groups = {}
+  for field in dataclasses.fields(cls):
+    names = {f.name for f in dataclasses.fields(field.default_factory)}
+    mine = {k: flags.pop(k) for k in list(flags) if k in names}
+    groups[field.name] = field.default_factory(**mine)
+  if flags:
+    raise TypeError(f"{cls.__name__}: unknown settings {sorted(flags)}")
+  return cls(**groups)
 
 
 def _changed(groups) -> list[tuple[str, str, str]]:

@@ -18,19 +18,19 @@ import time
 import keras
 from absl import logging
 
-from kerasft.core import _compat
-from kerasft.models import backbones, features
-from kerasft.data import examples as data, pipeline
-from kerasft.training import distribute, head_solver, optimizers
-from kerasft.training import callbacks
-from kerasft.training.callbacks import BestCheckpoint, EpochLog, append_epoch, history_from_log
 from kerasft.config import RunConfig
-from kerasft.data.pipeline import Dataset
+from kerasft.core import _compat, budget
 from kerasft.core.files import atomic_path, write_json
-from kerasft.models.heads import backbone_of
+from kerasft.data import examples as data, pipeline
+from kerasft.data.pipeline import Dataset
 from kerasft.methods import averaging, few_shot, peft
+from kerasft.models import backbones, features
+from kerasft.models.heads import backbone_of
+from kerasft.training import callbacks, distribute, head_solver, optimizers
+from kerasft.training.callbacks import BestCheckpoint, EpochLog, append_epoch, history_from_log
 from kerasft.training.plan import Segment, make_plan
-from kerasft.training.run_folder import BEST, EPOCH_LOG, FEATURE_CACHE, HISTORY, LOGS, RESUME_WEIGHTS, RunFolder
+from kerasft.training.run_folder import (BEST, EPOCH_LOG, FEATURE_CACHE, HISTORY, LOGS,
+                                         RESUME_WEIGHTS, RunFolder)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -104,11 +104,11 @@ def tune(config, settings, verbose: int | str = 0, share_features: bool = True
   limit = settings.max_trials or (None if settings.budget else DEFAULT_MAX_TRIALS)
   is_worker = os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and \
       "KERASTUNER_ORACLE_IP" in os.environ
-  budget = (budget.deadline(remaining) if remaining is not None
-            else contextlib.nullcontext())
+  deadline_ = (budget.deadline(remaining) if remaining is not None
+               else contextlib.nullcontext())
   sharing = features.shared_extraction() if share_features else contextlib.nullcontext(
       features.SharedExtraction())
-  with sharing as shared, budget:
+  with sharing as shared, deadline_:
     deadline = time.monotonic() + remaining if remaining is not None else None
     candidates = settings.candidates or (config.model.model,)
     kept, probes = ([], []) if is_worker else search.probe(config, candidates, root, clock)

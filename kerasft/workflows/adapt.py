@@ -30,7 +30,8 @@ from kerasft.models import text_encoders as text
 from kerasft.core.errors import UsageError
 from kerasft.core.files import read_json, write_json
 from kerasft.config import backbones
-from kerasft.data import tables as sources
+from kerasft.data import tables
+from kerasft.data.source import Source
 from kerasft.data import records
 from kerasft.training import distribute
 from kerasft.tasks import registry as tasks
@@ -55,8 +56,8 @@ def read_texts(data) -> list[str]:
   searched recursively: any sub-folders, labels ignored) or --tfds (--text_key,
   --train_split)."""
   if data.csv:
-    texts = [str(r[data.text_column] or "") for r in sources.read_table(
-        data.csv, "csv", [data.text_column])]
+    texts = [str(r[data.text_column] or "") for r in tables.read_table(
+        Source("csv", data.csv), [data.text_column])]
   elif data.text_dir:
     if not os.path.isdir(data.text_dir):
       raise UsageError(f"--text_dir: {data.text_dir} is not a folder")
@@ -142,7 +143,7 @@ def adapt(model_flag: str, data, settings, training, max_length: int = 0,
   the preset folder."""
   import keras  # pylint: disable=g-import-not-at-top
   start = time.monotonic()
-  if tasks.modality_class(model_flag) is not tasks.modality_class(tasks.TEXT_PREFIX):
+  if not tasks.reads_texts(model_flag):
     raise UsageError(f"--model: adapt continues a text encoder's masked-LM training; pass "
                      f"--model=keras_hub:PRESET_OR_FOLDER, not {model_flag}")
   preset = backbones.source(model_flag)[1]

@@ -80,8 +80,9 @@ class HeadsLabels(Classes):
     return np.sum(np.isfinite(t) & (np.nan_to_num(t) != 0), axis=0).astype(int).tolist()
 
   def check_folder_source(self, source):
-    raise source.error("--task: several heads read their labels from --csv columns, or "
-                       "--tfrecord/--tfds features")
+    raise UsageError("--task/--label_column: several heads read their labels from --csv "
+                     "columns (--label_column=a,b), or --tfrecord/--tfds features "
+                     "(--label_key=a,b)")
 
   def strata(self, labels, class_names=None):
     """The first multiclass head's class (its flat column), -1 where it is missing; None

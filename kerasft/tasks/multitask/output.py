@@ -20,7 +20,7 @@ import numpy as np
 
 from kerasft.core.errors import UsageError, refuse
 from kerasft.tasks.base import Output
-from kerasft.tasks.classify import solver
+from kerasft.tasks.classify import solver as solvers
 from kerasft.tasks.classify.output import KINDS
 from kerasft.tasks.multitask import data, graph, report
 from kerasft.tasks.multitask.data import SEPARATOR
@@ -110,7 +110,7 @@ class MultiTask(Output):
     spec = {h["name"]: h for h in graph.find_heads(model)}
     out = []
     for name, head, span, _ in self.parts(class_names):
-      solver = (solver.Ridge(spec[name]["offset"], spec[name]["scale"])
+      solver = (solvers.Ridge(spec[name]["offset"], spec[name]["scale"])
                 if head.activation == "linear" else head.solver(model, standardize, floor))
       out.append((name, span, head.labels.labels_from_targets, solver))
     return out
