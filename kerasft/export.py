@@ -9,7 +9,7 @@
 
 The SavedModel goes to <export_dir>/<N>/; TFLite to <export_dir>/tflite/<N>/model.tflite
 and ONNX to <export_dir>/onnx/<N>/model.onnx, each with labels.txt and a model card beside
-it, checked against the SavedModel on the run's validation images (`kerasft.formats`).
+it, checked against the SavedModel on the run's validation images (`kerasft.serving.formats`).
 """
 
 import os

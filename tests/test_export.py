@@ -14,6 +14,7 @@ import pytest
 
 from conftest import call_main, export_image
 import kerasft
+from kerasft.models import signatures
 import kerasft.tasks.registry
 import kerasft.data.examples
 from kerasft.tasks.classify.output import Multiclass
@@ -44,7 +45,7 @@ def test_three_signatures_through_saved_model_cli_reproduce_the_model(trained_ru
   np.save(tmp_path / "images.npy", pixels)
   np.save(tmp_path / "bytes.npy", np.array(encoded, dtype=object).astype("S"))
   np.save(tmp_path / "examples.npy",
-          np.array([serving.image_example(b) for b in encoded], dtype=object).astype("S"))
+          np.array([signatures.image_example(b) for b in encoded], dtype=object).astype("S"))
   assert sorted(tf.saved_model.load(result.export_path).signatures) == sorted(
       serving.SIGNATURES)
   for signature, key, npy in (("serving_default", "images", "images.npy"),

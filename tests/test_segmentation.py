@@ -51,10 +51,12 @@ def _config(tmp_path, data_dir, **fields):
   training = {"epochs": 2, "head_solver": "epochs", **fields.pop("training", {})}
   model = {"task": "segmentation", "weights": "none", "image_size": 32,
            **fields.pop("model", {})}
+  own = {k: model.pop(k) for k in ("decoder",) if k in model}
   return kerasft.RunConfig(
       name="seg", model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"),
       model=kerasft.ModelConfig(**model), training=kerasft.TrainingConfig(**training),
-      data=kerasft.DataConfig.of(data_dir=str(data_dir), batch_size=8, **fields))
+      data=kerasft.DataConfig.of(data_dir=str(data_dir), batch_size=8, **fields),
+      tasks=kerasft.TaskSettings.of(**own))
 
 
 def test_masks_read_from_index_and_palette_pngs_with_255_kept(tmp_path):

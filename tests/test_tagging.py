@@ -272,7 +272,7 @@ def test_tagger_trains_exports_and_serves_what_it_computes(tagging_run, tmp_path
   task = tasks.for_config(result.config)
   packed = task.packer(tf.constant(texts))
   assert packed["inputs"]["token_ids"].shape[0] > len(texts)
-  expected = {k: v.numpy() for k, v in __import__("kerasft.tagging_graph", fromlist=["tag"]).tag(
+  expected = {k: v.numpy() for k, v in __import__("kerasft.tasks.tagging.graph", fromlist=["tag"]).tag(
       result.model, packed, tagging.tag_names(result.class_names)).items()}
   served = tf.saved_model.load(result.export_path).signatures["serving_default"](
       text=tf.constant(texts))

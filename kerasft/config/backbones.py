@@ -97,7 +97,7 @@ def spec(name: str) -> BackboneSpec:
 
 
 def preprocess_name(m) -> str:
-  """What the model does to pixels before the backbone (`kerasft.heads.Preprocess` mode)."""
+  """What the model does to pixels before the backbone (`kerasft.models.heads.Preprocess` mode)."""
   prefix, _ = source(m.model)
   if prefix == "keras:":
     return "none"

@@ -1,6 +1,6 @@
 """The settings of the entry points besides a training run's (`kerasft.config`).
 
-Declared once like a run's settings (`kerasft.settings.setting`); `kerasft.cli` makes the
+Declared once like a run's settings (`kerasft.core.settings.setting`); `kerasft.core.cli` makes the
 flags. Data flags of `evaluate` are `DataConfig`'s own (`EVALUATION_DATA`).
 """
 

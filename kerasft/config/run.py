@@ -1,7 +1,7 @@
 """The frozen dataclasses that describe one training run: each setting declared once.
 
 Field names are the command-line flag names; each field carries its default, its help
-text and its choices (`kerasft.settings.setting`), and `kerasft.cli` defines the flags of
+text and its choices (`kerasft.core.settings.setting`), and `kerasft.core.cli` defines the flags of
 every entry point from them. Every value is validated when the dataclass is made, so a bad
 value fails before anything is read or written, with a `UsageError` that names the flag.
 `RunConfig.resolved()` fills the defaults that depend on other values (name, folders, image

@@ -1,7 +1,7 @@
 """The one exception type for user mistakes.
 
 Entry points print a `UsageError` as a single `error: ...` line on stderr and exit with
-code 2 (`guarded`, used by `kerasft.cli.run_app`). Anything else is a bug and keeps its
+code 2 (`guarded`, used by `kerasft.core.cli.run_app`). Anything else is a bug and keeps its
 traceback.
 """
 
@@ -49,7 +49,7 @@ def _raise(signum, frame):
 
 
 def raise_pending() -> None:
-  """Raises the `Interrupted` a signal left while deferred (see `kerasft.callbacks`)."""
+  """Raises the `Interrupted` a signal left while deferred (see `kerasft.training.callbacks`)."""
   if DEFERRED["signum"]:
     signum, DEFERRED["signum"], DEFERRED["depth"] = DEFERRED["signum"], 0, 0
     raise Interrupted(signum)

@@ -3,7 +3,7 @@
     model: str = setting("mobilenet", "The backbone ...")
     bn_mode: str = setting("frozen", "Unfrozen BatchNorm ...", choices=("frozen", "affine"))
 
-`kerasft.cli` defines every entry point's absl flags from these fields, and `check_choices`
+`kerasft.core.cli` defines every entry point's absl flags from these fields, and `check_choices`
 validates every field that has choices, so a choice is written in one place. No TensorFlow.
 """
 

@@ -1,4 +1,4 @@
-"""TFRecord files and prepared TFDS data sets, indexed into `kerasft.data.Examples`.
+"""TFRecord files and prepared TFDS data sets, indexed into `kerasft.data.examples.Examples`.
 
 Records are decoded once when indexed (bad images found and named) but not kept: training
 and evaluation stream them again (`kerasft.data.RecordStream`). Texts from TFDS are held.

@@ -10,7 +10,7 @@ Honest by construction: pseudo-labels never come from the labelled (training and
 validation) examples, and an unlabelled set that overlaps them is refused; every round is
 judged on the same validation examples (k-fold is off), and a student that does worse on
 them than its teacher is dropped (the teacher is kept). With a frozen backbone, every
-example's features are extracted once in the whole run (`kerasft.features.shared_extraction`):
+example's features are extracted once in the whole run (`kerasft.models.features.shared_extraction`):
 the teacher's predictions and the students' head phases reuse them. Each round trains in
 <model_dir>/self_training/round_<k>/ (a run folder of its own: a killed run resumes there).
 """
@@ -104,14 +104,14 @@ def calibrated(task, model, fitted, dataset) -> float:
 
 def teacher_outputs(model, task, unlabeled, batch_size: int) -> np.ndarray:
   """Probabilities [N, C] of `model` on the unlabelled examples, through their backbone
-  features (`kerasft.features.extract`: extracted once per backbone weights in the run)."""
+  features (`kerasft.models.features.extract`: extracted once per backbone weights in the run)."""
   maps = features.extract(model, unlabeled, task.pipeline)
   return features.head_model(model).predict(maps, batch_size=batch_size, verbose=0)
 
 
 def run(task, model, dataset, unlabeled, fitted, train_fn):
   """The rounds after the labelled run of `task` (its `model`, `dataset`, `fitted`:
-  `kerasft.fit.FitResult`) on the `unlabeled` Examples (`Task.unlabeled`, checked with
+  `kerasft.training.fit.FitResult`) on the `unlabeled` Examples (`Task.unlabeled`, checked with
   `check_disjoint`). train_fn(student task, train Examples, val Examples) trains a student
   (its own run folder) and returns (model, FitResult, Dataset). Returns (the kept model, its
   FitResult, the Dataset it trained on, [Round])."""

@@ -199,7 +199,7 @@ def unfreeze(model, top: int = 0, n_blocks: int = 0, from_layer: str = "",
   bn_mode: what happens to BatchNorm layers in the unfrozen part: "frozen" keeps all their
   weights fixed; "affine" and "train" make gamma and beta trainable (the moving statistics
   then move only if the backbone runs in training mode, which `bn_mode="train"` asks of
-  `kerasft.heads.build_classifier`).
+  `kerasft.models.heads.build_classifier`).
   """
   import keras  # pylint: disable=g-import-not-at-top
 

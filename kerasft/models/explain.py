@@ -31,7 +31,7 @@ def feature_map_layer(backbone):
 
 
 def _parts(model):
-  """(preprocess layer, backbone, the layers after it) of a `kerasft.heads` classifier, or
+  """(preprocess layer, backbone, the layers after it) of a `kerasft.models.heads` classifier, or
   None when its backbone has no reachable feature map."""
   from kerasft.models import heads
   try:
@@ -65,7 +65,7 @@ GRADCAM_BATCH = 2  # images per gradient pass (MobileNet at 224 px: +770 MiB pea
 
 def gradcam(model, images: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
   """Grad-CAM maps [N, h, w] (0..1, the feature map's size) of `class_ids` [N] for float32
-  pixels `images` [N, S, S, 3] through a `kerasft.heads` classifier."""
+  pixels `images` [N, S, S, 3] through a `kerasft.models.heads` classifier."""
   return gradcam_function(model)(images, class_ids)
 
 

@@ -11,7 +11,7 @@ export tokenizes inside its graph (tensorflow-text ops), so serving takes raw st
 The encoder runs in inference mode, its transformer layers are the blocks that
 `--unfreeze_blocks` and `--layer_lr_decay` count, and a pooling layer ("pooling": masked
 mean of the token vectors, or the first ([CLS]) token's) feeds the head of
-`kerasft.heads`.
+`kerasft.models.heads`.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def build_classifier(backbone: TextBackbone, num_classes: int, max_length: int, 
   """Returns a model from packed token inputs of `max_length` to `output`'s last layer.
 
   The encoder is frozen and called in inference mode; "pooling" pools its token vectors;
-  the head is `kerasft.heads.add_head` (output: `kerasft.tasks.outputs.Output`).
+  the head is `kerasft.models.heads.add_head` (output: `kerasft.tasks.classify.output.Output`).
   """
   inputs = {t.name: keras.Input((max_length,), dtype=t.dtype, name=t.name)
             for t in backbone.model.inputs}
@@ -224,7 +224,7 @@ def bucketed(files, backbone: TextBackbone, batch_size: int):
 
 def pipelines(train, val, backbone: TextBackbone, batch_size: int, seed: int = 0):
   """Training (reshuffled each epoch) and validation pipelines of texts, as a
-  `kerasft.pipeline.Dataset`."""
+  `kerasft.data.pipeline.Dataset`."""
   return pipeline.Dataset(
       train=make_pipeline(train, backbone, batch_size, shuffle=True, seed=seed),
       val=make_pipeline(val, backbone, batch_size), class_names=train.class_names,

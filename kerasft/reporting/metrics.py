@@ -267,7 +267,7 @@ def plot_training_curves(history: dict, path: str, monitored: str = "") -> None:
 def write(output, labels: np.ndarray, outputs: np.ndarray, class_names: list[str],
           out_dir: str, history: dict | None = None, validated_on: str = "",
           kept: str = "", extra: dict | None = None) -> dict:
-  """Writes metrics.json and the `output`'s PNG (a `kerasft.tasks.outputs.Output`:
+  """Writes metrics.json and the `output`'s PNG (a `kerasft.tasks.classify.output.Output`:
   confusion_matrix.png, predictions.png) and, given a training history,
   training_curves.png into `out_dir`. labels: what `output.labels.evaluation_labels` gives (class
   ids or one-hot [N, C], multi-hot [N, C], targets [N, K]). validated_on: which examples the

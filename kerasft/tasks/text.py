@@ -164,7 +164,7 @@ class TextTask(Task):
     """A function (indices, class ids or None, captions) -> HTML cards of `files`' texts,
     each word shaded by how much removing it lowers the class's probability (green: the
     word supports the class, red: it speaks against it) when `model`, its `encoder`
-    (`kerasft.text.TextBackbone`) and a class are given."""
+    (`kerasft.models.text_encoders.TextBackbone`) and a class are given."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     # one graph for every batch size (each size would otherwise trace anew)
     run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)

@@ -1,7 +1,7 @@
-"""The training loop: a plan's segments (`kerasft.plan`), each one `fit` call.
+"""The training loop: a plan's segments (`kerasft.training.plan`), each one `fit` call.
 
 The head segment trains the new head on the frozen backbone, on cached backbone features
-when it can (`kerasft.features`); fine-tune segments unfreeze the top of the backbone and
+when it can (`kerasft.models.features`); fine-tune segments unfreeze the top of the backbone and
 continue at their own rate, recompiling in between as Keras requires after a change of
 `trainable`. The best epoch by the output's monitored metric over all segments is saved as
 `best.keras` and restored at the end. Every epoch is backed up and every finished segment
@@ -42,7 +42,7 @@ class FitResult:
   validation_view: (head model, cached validation features) when the backbone stayed
   frozen and the head trained on cached features: the model's validation outputs without
   another pass through the backbone; else None.
-  solution: the convex head's `kerasft.head_solver.Solution` when the head phase was
+  solution: the convex head's `kerasft.training.head_solver.Solution` when the head phase was
   solved and nothing trained after it (its held-out targets and outputs are the report's).
   """
   history: dict

@@ -3,7 +3,7 @@
 `make_optimizer` gives Adam, SGD (momentum 0.9) or AdamW; with `lr_multipliers`
 (`layer_lr_multipliers`: each backbone block at a power of --layer_lr_decay) each group of
 variables updates at its own rate, and AdamW's decoupled weight decay scales with it
-(`kerasft._compat.with_variable_rates`).
+(`kerasft.core._compat.with_variable_rates`).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def layer_lr_multipliers(model: keras.Model, decay: float) -> dict:
 def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer, output,
                   label_smoothing: float = 0.0, steps_per_execution: int = 1,
                   jit_compile: bool = False) -> None:
-  """Compiles `model` with `output`'s loss and metrics (`kerasft.tasks.outputs.Output`, as
+  """Compiles `model` with `output`'s loss and metrics (`kerasft.tasks.classify.output.Output`, as
   `model`'s head is built: several heads' sizes)."""
   output = output.for_model(model)
   model.compile(optimizer=optimizer, loss=output.loss(label_smoothing), metrics=output.metrics(),

@@ -34,7 +34,7 @@ def make_plan(training, model, total_blocks: int, head_epochs: int = 0
               ) -> tuple[Segment, ...]:
   """The segments a `TrainingConfig` (resolved) and `ModelConfig` ask for, in order, for
   a backbone of `total_blocks` blocks. head_epochs: the head phase's length when it is not
-  --epochs (1: one convex solve, `kerasft.head_solver`)."""
+  --epochs (1: one convex solve, `kerasft.training.head_solver`)."""
   t = dataclasses.replace(training, epochs=head_epochs or training.epochs)
   head = Segment("head", "head", 0, t.epochs, 0, t.learning_rate, t.epochs)
   if model.gradual_unfreeze:

@@ -13,7 +13,7 @@
       best.keras.npz     --peft=lora: its weights as in memory (LoRA factors unmerged)
       few_shot.weights.h5  --recipe=few_shot: the contrastively tuned encoder
       metrics.json, *.png  the validation report
-      report.html        the run report (`kerasft.html_report`)
+      report.html        the run report (`kerasft.reporting.html`)
       logs/              TensorBoard
       feature_cache/     cached backbone features that did not fit in memory
       top_k/, head_phase.npz, ema.npz, averaging.json, wise_ft.png

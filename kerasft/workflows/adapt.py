@@ -91,7 +91,7 @@ def _tfds_texts(data) -> list[str]:
 def load_masked_lm(preset: str, max_length: int, mask_rate: float, texts: list[str]):
   """The preset's `keras_hub.models.MaskedLM`, its preprocessor packing to `max_length`
   [the 99th percentile of the texts' tokens, rounded up to 8, at most the encoder's limit]
-  and masking `mask_rate` of the tokens; accents stripped as `kerasft.text.load` does."""
+  and masking `mask_rate` of the tokens; accents stripped as `kerasft.models.text_encoders.load` does."""
   keras_hub = text.import_keras_hub()
   encoder = text.load(preset)  # checks the folder, one-line errors
   try:
@@ -139,7 +139,7 @@ def adapt(model_flag: str, data, settings, training, max_length: int = 0,
           verbose: int | str = "auto") -> AdaptResult:
   """Continues masked-LM training of the encoder --model names (keras_hub:PRESET_OR_FOLDER)
   on `data`'s texts (a DataConfig: source, --batch_size, --validation_split) as `settings`
-  (`kerasft.commands.AdaptConfig`) says, under `training`'s --strategy and --seed; writes
+  (`kerasft.config.commands.AdaptConfig`) says, under `training`'s --strategy and --seed; writes
   the preset folder."""
   import keras  # pylint: disable=g-import-not-at-top
   start = time.monotonic()

@@ -25,7 +25,7 @@ def export_run(run_or_checkpoint: str, export_dir: str = "", version: int | None
   """Exports a run's best checkpoint (or a .keras checkpoint inside a run folder, or an
   adapter file, .npz: `load_adapter`) in `formats` ("saved_model", "tflite", "onnx").
 
-  export_dir defaults to the run's. TFLite and ONNX files (`kerasft.formats`) are
+  export_dir defaults to the run's. TFLite and ONNX files (`kerasft.serving.formats`) are
   converted from the SavedModel written here (or one in a scratch folder) into
   <export_dir>/<format>/<version>/, and compared with it on up to CHECK_EXAMPLES of the
   run's validation images; int8 calibrates on `calibration_examples` training images.
@@ -85,7 +85,7 @@ def _write_converted(output, fmt: str, content: bytes, saved: str, export_dir: s
                      scratch: str) -> tuple[str, dict]:
   """Checks a converted file against the SavedModel `saved` on check_on = (images, the
   SavedModel's main output on them, what they are), then writes it with its model card
-  (`kerasft.formats.write`), recording it in `saved`'s card when that is in `export_dir`.
+  (`kerasft.serving.formats.write`), recording it in `saved`'s card when that is in `export_dir`.
   Returns (its path, the check)."""
   images, expected, checked_on = check_on
   trial = os.path.join(scratch, conversions.FILES[fmt])

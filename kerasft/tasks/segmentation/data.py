@@ -70,6 +70,13 @@ def write_mask(path: str, mask: np.ndarray, k: int) -> None:
   os.replace(path + ".tmp", path)
 
 
+def palette(k: int) -> np.ndarray:
+  """uint8 [k, 3] distinct colours (class 0 black: usually the background)."""
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  colours = colormaps["tab20"](np.arange(max(k - 1, 1)) % 20)[:, :3] * 255
+  return np.concatenate([[[0, 0, 0]], colours]).astype(np.uint8)[:k]
+
+
 def image_size(item) -> tuple[int, int]:
   """(width, height) of an image file or encoded bytes, from its header."""
   from PIL import Image  # pylint: disable=g-import-not-at-top

@@ -6,7 +6,7 @@ The segmenter takes float32 RGB pixels [N, S, S, 3] (0..255) and gives per-pixel
 probabilities [N, S, S, C]. Its encoder is the backbone cut at the last layer of each
 stride (1/4, 1/8, 1/16, 1/32 of the input side), one nested model whose outputs pass
 through identity layers named `features_<stride>`: a frozen encoder's outputs are what the
-feature cache stores (`kerasft.features`). The decoder is DeepLabV3+ (atrous spatial
+feature cache stores (`kerasft.models.features`). The decoder is DeepLabV3+ (atrous spatial
 pyramid pooling on the 1/16 features, joined with the 1/4 ones) or a semantic FPN (a
 top-down pyramid summed at 1/4), both with separable convolutions (CPU-friendly).
 """

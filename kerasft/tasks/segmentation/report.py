@@ -12,7 +12,7 @@ import numpy as np
 
 from kerasft.reporting.html import ReportData, array_png, esc, figure, png_uri, table
 from kerasft.reporting.sections import GALLERY, common
-from kerasft.tasks.segmentation.data import IGNORE
+from kerasft.tasks.segmentation.data import IGNORE, palette
 
 
 def sections(data: ReportData, headline: str, cards: Callable) -> list:
@@ -62,13 +62,6 @@ def iou_metrics(matrix: np.ndarray, class_names: list[str]) -> dict:
           "per_class": {name: {"iou": None if np.isnan(v) else float(v),
                                "pixels": int(matrix[i].sum())}
                         for i, (name, v) in enumerate(zip(class_names, iou))}}
-
-
-def palette(k: int) -> np.ndarray:
-  """uint8 [k, 3] distinct colours (class 0 black: usually the background)."""
-  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
-  colours = colormaps["tab20"](np.arange(max(k - 1, 1)) % 20)[:, :3] * 255
-  return np.concatenate([[[0, 0, 0]], colours]).astype(np.uint8)[:k]
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, k: int, alpha: float = 0.5) -> np.ndarray:

@@ -6,7 +6,7 @@ joined by single spaces and its tags (IOB1, IOB2 or BIOES, mixed files too) deco
 spans; a JSON Lines file gives `tokens` and `tags` lists, or `text` and character-offset
 `entities` (`[[start, end, label], ...]`, the format annotation tools export). The model
 tags *words* — the text split at white space and before and after every punctuation mark
-(`kerasft.tagging_graph.split_words`, the same op in training and in the export) — with
+(`kerasft.tasks.tagging.graph.split_words`, the same op in training and in the export) — with
 IOB2 tags, so the entities it predicts are character spans of the same text, and entity
 precision, recall and F1 are exact matches of spans and types (the CoNLL measure).
 No TensorFlow here.
@@ -255,7 +255,7 @@ def cut(text: str, entities: list, words: list[tuple[int, int]], pieces: list[in
 def read_tfds_tokens(name: str, data_dir: str, split: str, tokens_key: str = "",
                      tags_key: str = "") -> tuple[list[str], list[list]]:
   """(texts, character-span entities) of one split of a prepared TFDS data set of token
-  and tag sequences (`kerasft.tagging`): a `Sequence` of `Text` (--text_key [the first])
+  and tag sequences (`kerasft.tasks.tagging.data`): a `Sequence` of `Text` (--text_key [the first])
   and a `Sequence` of `ClassLabel` tag names (--label_key [ner, else tags, else the
   first]), as `conll2003` or `wikiann` hold them."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

@@ -90,7 +90,7 @@ def word_index(packed: dict):
 
 def tag_tables(n_tags: int) -> tuple[np.ndarray, np.ndarray]:
   """(type id per tag: 0 for O, else 1 + the type's index; whether the tag is a B-) of the
-  IOB2 tags `kerasft.tagging.tag_names` lays out: O, B-type, I-type, B-type, ..."""
+  IOB2 tags `kerasft.tasks.tagging.data.tag_names` lays out: O, B-type, I-type, B-type, ..."""
   kind = np.array([0] + [1 + (i - 1) // 2 for i in range(1, n_tags)], np.int64)
   return kind, np.array([i % 2 == 1 for i in range(n_tags)], bool)
 
@@ -148,7 +148,7 @@ def decode(packed: dict, word_probs, tag_names: list[str]) -> dict:
 @keras.saving.register_keras_serializable(package="kerasft")
 class EntityF1(keras.metrics.Metric):
   """Exact-match entity F1 of per-token one-hot targets [B, L, T] (all-zero rows: no tag
-  there) and predicted probabilities of the IOB2 tags `kerasft.tagging.tag_names` lays
+  there) and predicted probabilities of the IOB2 tags `kerasft.tasks.tagging.data.tag_names` lays
   out; over the rows as given (windows), which is the texts' figure when each text fits in
   one window."""
 
@@ -253,7 +253,7 @@ def cut_batch(x, y):
 
 def packer(encoder, length: int, words: str = "punctuation"):
   """A tf.function: texts [N] -> `windows` for `encoder` (a
-  `kerasft.text.TextBackbone`) and `length` tokens per window."""
+  `kerasft.models.text_encoders.TextBackbone`) and `length` tokens per window."""
   special = special_tokens(encoder.preprocessor)
   tokenizer = encoder.preprocessor.tokenizer
   return tf.function(lambda texts: windows(texts, tokenizer, special, length, words),
@@ -274,7 +274,7 @@ def piece_counts(encoder, texts: list[str], words: str = "punctuation") -> np.nd
 def build_tagger(encoder, n_types: int, length: int, output, head: tuple = (),
                  dropout: float = 0.2):
   """Packed token inputs [N, length] -> tag probabilities [N, length, 1 + 2 n_types]: the
-  frozen encoder in inference mode, then `kerasft.heads.add_head` on every token."""
+  frozen encoder in inference mode, then `kerasft.models.heads.add_head` on every token."""
   from kerasft.core import _compat
   from kerasft.models import heads
   del length  # any length: batches are cut to their longest text, windows are `length`

@@ -123,7 +123,7 @@ class TaggingTask(TextTask):
 
   @functools.cached_property
   def packer(self):
-    """texts [N] -> `kerasft.tagging_graph.windows` of this task's length (a tf.function)."""
+    """texts [N] -> `kerasft.tasks.tagging.graph.windows` of this task's length (a tf.function)."""
     return graph.packer(self.encoder, self.config.model.max_length, self._words)
 
   def encode(self, files) -> tuple[dict, np.ndarray]:
