@@ -174,3 +174,41 @@ def test_the_head_before_a_fine_tune_phase_floors_the_feature_scales(tmp_path, m
   x = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 0.001]])
   z, _, scale = solvers._standardized(x, True, 0.1)  # pylint: disable=protected-access
   np.testing.assert_allclose(scale, [0.5, 1.0, 0.05])  # the third: 0.1 x median 0.5
+
+
+def _planted(signal=0.3, k=10, per_class=6, dim=1024, seed=0):
+  """Raw, ReLU-like features of a tiny set (6 per class) with a weak class signal: the
+  case where a warm start shared across folds leaked a fold's held-out labels."""
+  rng = np.random.default_rng(seed)
+  y = np.repeat(np.arange(k), per_class)
+  x = np.abs(rng.normal(0, 1, (k, dim))[y] * signal + rng.normal(0, 1, (len(y), dim))) * 3
+  return x.astype(np.float32), y
+
+
+def test_k_fold_figures_equal_fresh_scikit_learn_fits_per_fold():
+  """Out-of-fold outputs at every C equal scikit-learn's LogisticRegression fitted afresh
+  per fold (the same lbfgs settings) to 1e-3; a warm start shared across folds (the old
+  behaviour, planted here) scores far above them, which is the leak this guards."""
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.model_selection import StratifiedKFold
+  x, y = _planted()
+  splits = list(StratifiedKFold(5, shuffle=True, random_state=0).split(x, y))
+  c, score, oof = head_solver._cross_validated(solvers.Softmax(standardize=False), x, y, 10,
+                                               None, splits)
+  fresh = {}
+  for value in solvers.GRID:
+    out = np.zeros((len(y), 10))
+    for train, held in splits:
+      out[held] = LogisticRegression(max_iter=1000, tol=1e-5, C=value).fit(
+          x[train], y[train]).predict_proba(x[held])
+    fresh[value] = out
+  np.testing.assert_allclose(oof, fresh[c], atol=1e-3)
+  assert score[0] == pytest.approx(np.mean(fresh[c].argmax(1) == y), abs=1e-3)
+  assert score[0] == pytest.approx(max(np.mean(o.argmax(1) == y) for o in fresh.values()),
+                                   abs=1e-3)  # the best of the grid, as scikit-learn's
+  shared = solvers.Softmax(standardize=False)  # every fold warm-starts from the last one
+  leaked = np.zeros((len(y), 10))
+  for value in solvers.GRID:
+    for train, held in splits:
+      leaked[held] = shared.outputs(x[held], *shared.fit(x[train], y[train], 10, value))
+  assert np.mean(leaked.argmax(1) == y) > score[0] + 0.3  # chance is 0.1
