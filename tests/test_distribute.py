@@ -111,7 +111,11 @@ def test_multi_worker_fails_without_the_compat_fix(tmp_path, tiny_backbone):
   colors = write_color_images(tmp_path / "colors", per_class=8, size=32)
   results = _multi_worker(tmp_path, colors, tiny_backbone, {"KERASFT_DISABLE_COMPAT": "1"},
                           timeout=150)
-  assert any(code != 0 for code, _, _ in results)
+  # keras-team/keras#20585's failure itself (not a timeout or an unrelated crash): Keras
+  # hands a per-replica value to an eager cross-worker reduce
+  failed = [err for code, _, err in results if code not in (0, None)]
+  assert failed and all("ValueError: Attempt to convert a value (PerReplica:" in err
+                        for err in failed), [err[-2000:] for err in failed]
 
 
 @needs_fashion

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import call_main, tiny_model
+from conftest import call_main, needs_imagenet_mobilenet, tiny_model
 
 import kerasft
 from kerasft.data.source import Source
@@ -192,15 +192,23 @@ def _saved_model_cli(export, signature, key, npy, outdir):
   return {k: np.load(outdir / f"{k}.npy") for k in ("class_map", "probabilities", "heights")}
 
 
+@needs_imagenet_mobilenet
 @pytest.mark.slow
 def test_segmenter_trains_exports_and_serves_class_maps_at_each_images_size(tmp_path):
+  """ImageNet MobileNet's maps (random ones carry nothing through 28 layers at 32 px: the
+  segmenter then predicts the background everywhere, which this test would catch)."""
   import tensorflow as tf
   from kerasft.data import pipeline
   root = write_squares(tmp_path / "d", n=32)
-  result = kerasft.run_training(_config(tmp_path, root, augment=("flip", "zoom"),
-                                 model={"decoder": "fpn"}), verbose=0)
-  assert set(result.metrics["per_class"]) == {"0", "1", "2"}
-  assert 0 <= result.metrics["mean_iou"] <= 1
+  result = kerasft.run_training(_config(tmp_path, root, augment=("flip", "zoom"), model={
+      "decoder": "fpn", "weights": "imagenet"}), verbose=0)
+  per_class = result.metrics["per_class"]
+  assert set(per_class) == {"0", "1", "2"}
+  # predicting the most frequent class everywhere: its IoU is its share of the pixels, the
+  # other classes' 0
+  total = sum(r["pixels"] for r in per_class.values())
+  majority = max(r["pixels"] for r in per_class.values()) / total
+  assert result.metrics["mean_iou"] > majority / 3 + 0.2, (result.metrics, majority)  # 0.59, 0.29
   for name in ("iou.png", "predictions.png", "report.html", "metrics.json"):
     assert os.path.getsize(tmp_path / "run" / name) > 0, name
   card = json.load(open(os.path.join(result.export_path, "model_card.json")))

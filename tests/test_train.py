@@ -3,13 +3,15 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import FASHION, HAVE_IMAGENET_MOBILENET, needs_fashion, needs_imagenet_mobilenet
-from conftest import REPO, SHARED, call_main, run_cli, write_color_images
+from conftest import REPO, SHARED, call_main, run_cli, tiny_model, write_color_images
 import kerasft
 from kerasft.data.source import Source
 from kerasft.data import examples as data, folders
@@ -145,3 +147,20 @@ def test_every_recipe_file_parses_and_builds_its_backbone(recipe):
   result = call_main("train", f"--flagfile=flags/{recipe}", "--list_blocks", cwd=REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(result.stdout.strip().splitlines()) >= 6  # one line per block
+
+
+@pytest.mark.slow
+def test_a_log_written_to_a_file_has_no_escape_codes(tmp_path):
+  """stdout to a file: one line per epoch (Keras' verbose=2), no progress bar redraws."""
+  colors = write_color_images(tmp_path / "colors", per_class=8, size=24)
+  with open(tmp_path / "run.log", "w") as log:
+    done = subprocess.run(
+        [sys.executable, "-m", "kerasft.train", f"--model={tiny_model()}",
+         f"--data_dir={colors}", "--head_solver=epochs", "--epochs=2",
+         f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}"],
+        cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": REPO}, stdout=log,
+        stderr=subprocess.STDOUT, timeout=300)
+  text = (tmp_path / "run.log").read_text()
+  assert done.returncode == 0, text[-3000:]
+  assert "\x1b" not in text and "\r" not in text
+  assert len([line for line in text.splitlines() if " - loss: " in line]) == 2  # an epoch each

@@ -1,6 +1,7 @@
 """kerasft.tune: KerasTuner's oracles over the fine-tuning space, on a tiny backbone."""
 
 import csv
+import itertools
 import json
 import os
 import signal
@@ -11,8 +12,9 @@ import time
 
 import pytest
 
-from conftest import REPO, call_main, run_cli, tiny_model, write_color_images
+from conftest import COLORS, REPO, call_main, run_cli, tiny_model, write_color_images
 import kerasft
+from kerasft.core import budget
 from kerasft.workflows import evaluate as evaluation
 from kerasft.tuning import report, search, space
 
@@ -63,7 +65,8 @@ def test_a_search_writes_every_output_and_exports_the_winner(tmp_path, data, mon
   # the test split: read once, at the end, for the chosen model and the default recipe
   assert len(evaluated) == 2 and all(n == 4 for _, n in evaluated)
   test = json.load(open(root / "test.json"))
-  assert test["default"]["trial"] == "probe-0" and 0 <= test["chosen"]["accuracy"] <= 1
+  chance = 1 / len(COLORS)  # the test images' classes are balanced
+  assert test["default"]["trial"] == "probe-0" and test["chosen"]["accuracy"] > chance + 0.3
   assert "best of 4 trials" in done.stdout and "test, chosen" in done.stdout
   # best.cfg repeats the winner: the same validation figure, deterministically
   best = min(rows, key=lambda r: -float(r["value"]))
@@ -85,7 +88,11 @@ def test_frozen_trials_share_one_feature_extraction(tmp_path, data):
   assert result.best_config.training.fine_tune_epochs == 0
 
 
-def test_the_time_budget_is_kept_within_ten_percent(tmp_path, data):
+def test_the_time_budget_is_kept_within_ten_percent(tmp_path, data, monkeypatch):
+  """On the budget's own clock (injected: every reading advances it by a quarter second),
+  so the check does not depend on the machine's speed."""
+  readings = itertools.count()
+  monkeypatch.setattr(budget, "now", lambda: next(readings) * 0.25)
   config = kerasft.RunConfig(
       model=kerasft.ModelConfig(model=tiny_model()),
       data=kerasft.DataConfig(data_dir=str(data)), training=kerasft.TrainingConfig(

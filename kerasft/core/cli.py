@@ -112,6 +112,15 @@ def from_flags(cls, only: Optional[Iterable[str]] = None,
   return cls(**kwargs)
 
 
+def progress_verbosity(verbose="auto"):
+  """Keras' `verbose` for progress: "auto" is a redrawn bar (1) on a terminal and one line
+  per epoch (2) when stdout is a file or a pipe, which would fill with the bar's escape
+  codes and redraws."""
+  if verbose != "auto":
+    return verbose
+  return 1 if sys.stdout.isatty() else 2
+
+
 def given(name: str, flag_values: flags.FlagValues = flags.FLAGS) -> bool:
   """Whether the user passed `--name` on the command line (or in a flagfile)."""
   return bool(flag_values[name].present)

@@ -13,6 +13,7 @@ import concurrent.futures
 import dataclasses
 import io
 import os
+import sys
 from typing import Optional
 
 import numpy as np
@@ -138,7 +139,8 @@ def unreadable_reasons(paths: list) -> list[Optional[str]]:
   if len(paths) >= PROGRESS_FROM:  # a bar for data sets that take a while to check
     import keras  # pylint: disable=g-import-not-at-top
     logging.info("checking %d images", len(paths))
-    progress = keras.utils.Progbar(len(paths), unit_name="image")
+    progress = keras.utils.Progbar(len(paths), unit_name="image",
+                                   verbose=1 if sys.stdout.isatty() else 2)
   reasons = []
   with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as ex:
     for r in ex.map(reason, paths):

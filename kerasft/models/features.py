@@ -240,7 +240,8 @@ def _predict(extractor: keras.Model, files: Examples, make_inputs, verbose, buck
   spec = keras.tree.map_structure(lambda a: tf.TensorSpec([None] * a.ndim, a.dtype),
                                   batches[0][0])
   call = tf.function(lambda x: extractor(x, training=False), input_signature=[spec])
-  progress = keras.utils.Progbar(len(files.inputs), verbose=0 if verbose == 0 else 1)
+  progress = keras.utils.Progbar(len(files.inputs), verbose=0 if verbose == 0 else
+                                 1 if verbose in (1, "auto") else 2)
   parts = []  # one trace for every batch shape (Keras' predict traces again per shape)
   for inputs, _ in batches:
     parts.append(keras.tree.map_structure(np.asarray, call(inputs)))

@@ -21,15 +21,6 @@ FIGURES = ("training_curves.png", "confusion_matrix.png", "predictions.png", "re
            "iou.png")
 
 
-def view(task, model, files, held: tuple, batch_size: int) -> tuple:
-  """(targets, outputs) aligned with `files`: the held-out (targets, outputs) when they
-  are of `files` (the validation examples), else the model's predictions on them."""
-  targets, outputs = held
-  if len(outputs) == len(files.inputs):
-    return targets, outputs
-  return reports.predict(model, task.pipeline(files, batch_size))
-
-
 def slices(task_class, output, data_config, files, targets, outputs) -> dict:
   """{column: {value: {"count", metric}}} of --slice_column over `files` ({} without);
   the CSV rows are matched by the task's key column (`Task.SLICE_KEY`)."""

@@ -16,6 +16,7 @@ import os
 import time
 
 import keras
+import numpy as np
 from absl import logging
 
 from kerasft.config import RunConfig
@@ -234,8 +235,7 @@ def _solve(run: Run, step: _Step, last: bool):
       *step.arrays, run.dataset.train_files, run.dataset.val_files), run.config.training,
                                run.class_weight, refit=last)
   logs = dict(step.model.evaluate(step.train, verbose=0, return_dict=True))
-  logs.update({f"val_{k}": v for k, v in step.model.evaluate(  # the held-out head's figures
-      step.val, verbose=0, return_dict=True).items()})
+  logs.update({f"val_{k}": v for k, v in _held_out_logs(run, step, solution).items()})
   head_solver.install(model, output, solution.final)
   logs.update(epoch_seconds=time.perf_counter() - start, learning_rate=0.0, phase=0.0,
               l2_c=solution.c)
@@ -245,6 +245,22 @@ def _solve(run: Run, step: _Step, last: bool):
   run.checkpoint.on_epoch_end(0, logs)
   run.checkpoint.on_train_end()
   return solution
+
+
+def _held_out_logs(run: Run, step: _Step, solution) -> dict:
+  """Keras' loss and metrics of the solved head on held-out examples: the validation
+  examples, or under k-fold the out-of-fold predictions of every labelled example (the
+  head refit on all of them has seen every one)."""
+  if not solution.out_of_fold:
+    return step.model.evaluate(step.val, verbose=0, return_dict=True)
+  targets = np.concatenate([run.dataset.targets(run.dataset.train_files),
+                            run.dataset.targets(run.dataset.val_files)])
+  outputs = np.asarray(solution.outputs, np.float32)
+  logs = {"loss": float(run.output.loss()(targets, outputs))}
+  for metric in run.output.metrics():
+    metric.update_state(targets, outputs)
+    logs[metric.name] = float(metric.result())
+  return logs
 
 
 def _resume(folder: RunFolder, model, checkpoint: BestCheckpoint, n_segments: int) -> int:

@@ -123,10 +123,10 @@ class Clock:
   def __init__(self, root: str):
     self._path = os.path.join(root, STATE)
     self._before = float(read_json(self._path, {}).get("spent", 0.0))
-    self._start = time.monotonic()
+    self._start = budget.now()
 
   def __call__(self) -> float:
-    return self._before + time.monotonic() - self._start
+    return self._before + budget.now() - self._start
 
   def save(self) -> None:
     write_json({"spent": self()}, self._path)
@@ -135,7 +135,7 @@ class Clock:
 def make_oracle(kind: str, objective, hp, max_trials: int | None, deadline: float | None,
                 seed: int):
   """KerasTuner's Hyperband, Bayesian or random-search oracle over `hp`, which stops
-  creating trials after `max_trials` or once time.monotonic() passes `deadline`."""
+  creating trials after `max_trials` or once `budget.now()` passes `deadline`."""
   import keras_tuner  # pylint: disable=g-import-not-at-top
   base = {"hyperband": keras_tuner.oracles.HyperbandOracle,
           "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
@@ -144,7 +144,7 @@ def make_oracle(kind: str, objective, hp, max_trials: int | None, deadline: floa
   class Budgeted(base):  # pylint: disable=missing-class-docstring
 
     def populate_space(self, trial_id):
-      if deadline is not None and time.monotonic() > deadline:
+      if deadline is not None and budget.now() > deadline:
         return {"status": "STOPPED", "values": None}
       return super().populate_space(trial_id)
 

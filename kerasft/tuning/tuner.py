@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import functools
 import os
-import time
 
 
 from kerasft.config import ModelConfig, RunConfig, backbones as backbone_names
@@ -109,7 +108,7 @@ def tune(config, settings, verbose: int | str = 0, share_features: bool = True
   sharing = features.shared_extraction() if share_features else contextlib.nullcontext(
       features.SharedExtraction())
   with sharing as shared, deadline_:
-    deadline = time.monotonic() + remaining if remaining is not None else None
+    deadline = budget.now() + remaining if remaining is not None else None
     candidates = settings.candidates or (config.model.model,)
     kept, probes = ([], []) if is_worker else search.probe(config, candidates, root, clock)
     clock.save()

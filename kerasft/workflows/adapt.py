@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 from absl import logging
 
-from kerasft.core import budget
+from kerasft.core import budget, cli
 from kerasft.training import callbacks
 from kerasft.models import text_encoders as text
 from kerasft.core.errors import UsageError
@@ -142,7 +142,7 @@ def adapt(model_flag: str, data, settings, training, max_length: int = 0,
   (`kerasft.config.commands.AdaptConfig`) says, under `training`'s --strategy and --seed; writes
   the preset folder."""
   import keras  # pylint: disable=g-import-not-at-top
-  start = time.monotonic()
+  start, verbose = time.monotonic(), cli.progress_verbosity(verbose)
   if not tasks.reads_texts(model_flag):
     raise UsageError(f"--model: adapt continues a text encoder's masked-LM training; pass "
                      f"--model=keras_hub:PRESET_OR_FOLDER, not {model_flag}")

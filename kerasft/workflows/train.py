@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from kerasft.config import MethodsConfig, RunConfig
+from kerasft.core import cli
 from kerasft.core.errors import UsageError
 from kerasft.core.files import atomic_path, check_writable, write_json
 from kerasft.data import examples as data, tables
@@ -61,6 +62,7 @@ def run_training(config: RunConfig, verbose: int | str = "auto", export: bool = 
   run logs and writes (timings.json).
   """
   started = time.monotonic()
+  verbose = cli.progress_verbosity(verbose)
   registry.check(config)
   task = registry.for_config(config.resolved()).resolve_data()
   check_outputs(task.config)
@@ -246,13 +248,8 @@ def _report(task, model, dataset, fitted, folder: RunFolder, runtime) -> tuple[d
   or out-of-fold predictions of every labelled example), else of the model on the
   validation examples (through cached features when the backbone stayed frozen). With
   --calibrate, the temperature fit on them is baked into `model` (and its checkpoint).
-  Returns (metrics, the validation examples' (targets, outputs) for report.html)."""
-  if fitted.solution is not None:
-    targets, outputs = fitted.solution.targets, fitted.solution.outputs
-    validated_on = fitted.solution.validated_on
-  else:
-    targets, outputs = task.held_out(model, dataset, fitted.validation_view)
-    validated_on = f"the {len(dataset.val_files.inputs)} validation examples"
+  Returns (metrics, (examples, targets, outputs) held out alike, for report.html)."""
+  files, targets, outputs, validated_on = _held_out(task, model, dataset, fitted)
   config = task.config
   raw = outputs
   outputs, calibrated, temperature = task.output.calibrate(
@@ -264,35 +261,59 @@ def _report(task, model, dataset, fitted, folder: RunFolder, runtime) -> tuple[d
     if runtime.is_chief:
       with atomic_path(folder.output(BEST)) as staging:
         model.save(staging)
-  shown = (targets, outputs)  # the validation examples' own, for slices and report.html
-  if config.data.slice_column or config.training.report == "html":  # k-fold: predict them
-    shown = run_report.view(task, model, dataset.val_files, shown, config.data.batch_size)
+  shown = _aligned(files, targets, outputs)
   extra = {"calibration": calibrated} if calibrated else {}
+  if fitted.solution is not None and fitted.solution.nested:
+    extra["nested_cross_validation"] = fitted.solution.nested
   if config.data.slice_column:
-    extra["slices"] = run_report.slices(task, task.output, config.data, dataset.val_files,
-                                        *shown)
+    extra["slices"] = run_report.slices(task, task.output, config.data, *shown)
   metrics = reports.write(task.output, targets, outputs, dataset.class_names, folder.out,
                           fitted.history, validated_on=validated_on, kept=fitted.kept,
                           extra=extra)
-  task.write_figures(dataset.val_files, *shown, folder.out)
+  task.write_figures(*shown, folder.out)
   if calibrated:
     calibration.plot(raw, targets, folder.output("reliability.png"), temperature)
   logging.info("validation figures from %s", validated_on)
   return metrics, shown
 
 
+def _held_out(task, model, dataset, fitted) -> tuple:
+  """(examples, targets, outputs, what they are) of the run's held-out predictions: the
+  solved head's (out of fold: every labelled example, training ones first), else the
+  model's on the validation examples."""
+  solution = fitted.solution
+  if solution is None:
+    targets, outputs = task.held_out(model, dataset, fitted.validation_view)
+    return (dataset.val_files, targets, outputs,
+            f"the {len(dataset.val_files.inputs)} validation examples")
+  files = dataset.val_files
+  if solution.out_of_fold and not dataset.train_files.streams:
+    files = dataset.train_files + dataset.val_files
+  return files, solution.targets, solution.outputs, solution.validated_on
+
+
+def _aligned(files, targets, outputs) -> tuple:
+  """(examples, targets, outputs) of the examples the report shows; streamed records
+  cannot be joined, so out-of-fold predictions show their validation rows alone."""
+  if len(files.inputs) == len(outputs):
+    return files, targets, outputs
+  return files, targets[-len(files.inputs):], outputs[-len(files.inputs):]
+
+
 def _html_report(task, model, dataset, metrics, shown, folder: RunFolder, seconds) -> None:
-  """report.html of the run (after the export: it never holds the export up)."""
+  """report.html of the run (after the export: it never holds the export up); `shown`:
+  the held-out (examples, targets, outputs) of `_report`."""
   config = task.config
+  files, targets, outputs = shown
   data = html_report.ReportData(
       title=f"kerasft run {config.name}", metrics=metrics, class_names=dataset.class_names,
       summary=run_report.summary(config, dataset, metrics, seconds, task.output.monitor[0]),
-      labels=np.asarray(shown[0]), outputs=np.asarray(shown[1]), files=dataset.val_files,
+      labels=np.asarray(targets), outputs=np.asarray(outputs), files=files,
       out_dir=folder.out, model=model, slices=metrics.get("slices"),
       train_counts=run_report.train_counts(task.output, dataset.train_files),
       held_out=metrics.get("validated_on", ""))
   run_report.write(data, task.output, task.output.headline(metrics),
-                   task.cards(model, dataset.val_files), folder.output(LOGS))
+                   task.cards(model, files), folder.output(LOGS))
 
 
 def _timings(seconds: dict, total: float, folder: RunFolder) -> None:

@@ -63,6 +63,7 @@ class _WarmStarts:
 
 class Softmax(_WarmStarts):
   """Multinomial logistic regression (lbfgs) for a softmax layer over `k` classes."""
+  score_name = "accuracy"  # what the first number of `score` is
 
   def fit(self, x, labels, k: int, c: float, class_weight=None, group=None):
     """(kernel [F, k], bias [k]) of the fit at inverse L2 strength `c`; `group`: which fits
@@ -98,6 +99,7 @@ class Softmax(_WarmStarts):
 
 class OneVsRest(_WarmStarts):
   """One binary logistic regression per label, for a sigmoid layer."""
+  score_name = "macro_auc"
 
   def fit(self, x, targets, k: int, c: float, class_weight=None, group=None):
     """One binary fit per label (see `Softmax.fit`)."""
@@ -128,6 +130,7 @@ class OneVsRest(_WarmStarts):
 
 class Ridge:
   """Ridge regression (alpha = 1 / C) on targets standardized by the head's (mean, std)."""
+  score_name = "negative_standardized_mse"
 
   def __init__(self, mean, std):
     self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
