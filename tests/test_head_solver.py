@@ -219,3 +219,56 @@ def test_k_fold_figures_equal_fresh_scikit_learn_fits_per_fold():
     for train, held in splits:
       leaked[held] = shared.outputs(x[held], *shared.fit(x[train], y[train], 10, value))
   assert np.mean(leaked.argmax(1) == y) > score[0] + 0.3  # chance is 0.1
+
+
+def test_under_k_fold_every_reported_figure_is_out_of_fold(tmp_path):
+  """Small data (k-fold): the epoch log's val_*, the best epoch's value, the slices, the
+  confusion matrix, report.html's mistakes and the calibration are all of the out-of-fold
+  predictions of every labelled example, recomputed here with scikit-learn on the same
+  folds and C (some labels are wrong, so they differ from the refit head's own)."""
+  from sklearn.linear_model import LogisticRegression
+  from kerasft.reporting import calibration
+  colors = write_color_images(tmp_path / "colors", per_class=10, size=24)
+  rows = [(os.path.relpath(os.path.join(d, f), tmp_path), os.path.basename(d))
+          for d, _, files in sorted(os.walk(colors)) for f in sorted(files)]
+  rng = np.random.default_rng(0)
+  names = sorted({label for _, label in rows})
+  rows = [(p, names[rng.integers(3)] if i % 5 == 0 else label, "ab"[i % 2])
+          for i, (p, label) in enumerate(rows)]  # every fifth label drawn at random
+  (tmp_path / "t.csv").write_text("path,label,site\n" + "".join(f"{p},{l},{s}\n"
+                                                                for p, l, s in rows))
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model=tiny_model(), dropout=0.0),
+      data=kerasft.DataConfig(csv=str(tmp_path / "t.csv"), slice_column=("site",),
+                              batch_size=8),
+      training=kerasft.TrainingConfig(calibrate="temperature"),
+      model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+  result = kerasft.run_training(config, verbose=0)
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert metrics["validated_on"].startswith("5-fold cross-validation of all 30")
+  task = tasks.for_config(result.config)
+  train, val = task.index(result.config.training.seed)
+  files = train + val
+  x = features.feature_model(result.model).predict(task.pipeline(files, 64), verbose=0)
+  y = np.asarray(files.labels)
+  oof = np.zeros((len(y), 3))
+  for fit_rows, held in head_solver._folds(y, 5, 0, True):  # pylint: disable=protected-access
+    oof[held] = LogisticRegression(C=result.history["l2_c"][0], max_iter=1000, tol=1e-5).fit(
+        x[fit_rows], y[fit_rows]).predict_proba(x[held])
+  accuracy = float(np.mean(oof.argmax(1) == y))
+  refit = result.model.predict(np.concatenate([b for b, _ in task.pipeline(files, 64)]),
+                               verbose=0)
+  assert np.abs(refit - oof).max() > 0.05  # the refit head has seen every example
+  assert metrics["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+  assert result.history["val_accuracy"][0] == pytest.approx(accuracy, abs=1e-6)  # epoch log
+  best = json.loads((tmp_path / "run" / "best.keras.json").read_text())["best"]
+  assert best == pytest.approx(accuracy, abs=1e-6)  # the best epoch's value
+  assert int(np.sum(metrics["confusion_matrix"])) == len(y)
+  slices = metrics["slices"]["site"]
+  assert sum(s["count"] for s in slices.values()) == len(y)
+  assert sum(s["count"] * s["accuracy"] for s in slices.values()) / len(y) == pytest.approx(
+      accuracy, abs=1e-6)
+  wrong = int(np.sum(oof.argmax(1) != y))
+  report = (tmp_path / "run" / "report.html").read_text()
+  assert f"{wrong} of {len(y)} examples are misclassified" in report
+  assert metrics["calibration"]["ece"] == pytest.approx(calibration.ece(oof, y), abs=1e-3)
