@@ -252,7 +252,7 @@ def test_under_k_fold_every_reported_figure_is_out_of_fold(tmp_path):
   x = features.feature_model(result.model).predict(task.pipeline(files, 64), verbose=0)
   y = np.asarray(files.labels)
   oof = np.zeros((len(y), 3))
-  for fit_rows, held in head_solver._folds(y, 5, 0, True):  # pylint: disable=protected-access
+  for fit_rows, held in solvers.folds(y, 5, 0, True):
     oof[held] = LogisticRegression(C=result.history["l2_c"][0], max_iter=1000, tol=1e-5).fit(
         x[fit_rows], y[fit_rows]).predict_proba(x[held])
   accuracy = float(np.mean(oof.argmax(1) == y))

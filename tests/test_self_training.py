@@ -46,6 +46,9 @@ class _Task:
     self.config, self.output = config, output or kerasft.tasks.registry.make_output()
     self.backbone = backbone
 
+  def with_config(self, config, backbone=None):
+    return _Task(config, self.output, backbone)
+
 
 def _fitted(best):
   return FitResult(history={}, best=best, validation_view=None)
@@ -80,6 +83,38 @@ def test_a_round_that_lowers_validation_is_dropped(monkeypatch, tmp_path, studen
   assert model == ("student2" if kept else "teacher")
 
 
+@pytest.mark.parametrize("judged, trained_rounds, model", [
+    ([((0.8, -0.5), (0.7, -0.6))], 0, "teacher"),  # no gain: no student is even trained
+    ([((0.8, -0.5), (0.9, -0.4)), ((0.9, -0.4), (0.85, -0.5))], 1, "student1"),
+])
+def test_rounds_are_judged_out_of_fold_before_a_student_trains(monkeypatch, tmp_path, judged,
+                                                               trained_rounds, model):
+  """The out-of-fold estimate over every labelled example decides; a student it does not
+  favour is never trained, and self-training stops there."""
+  config = kerasft.RunConfig(model_dir=str(tmp_path / "run"), data=kerasft.DataConfig(
+      data_dir=str(tmp_path), unlabeled_dir=str(tmp_path / "u")),
+      methods=kerasft.MethodsConfig(self_training_rounds=2, pseudo_label_threshold=0.5))
+  monkeypatch.setattr(self_training, "teacher_outputs",
+                      lambda *a: np.array([[0.9, 0.1], [0.2, 0.8]]))
+  monkeypatch.setattr(self_training, "calibrated", lambda *a: 1.0)
+  monkeypatch.setattr(self_training, "judge_out_of_fold", lambda *a: judged)
+  trained = []
+
+  def train(student_task, train, val):
+    trained.append(train)
+    return f"student{len(trained)}", _fitted(0.0), "data"  # validation is not asked
+  labelled = data.Examples(["a.png", "b.png"], [0, 1], ["x", "y"])
+  dataset = kerasft.data.pipeline.Dataset(None, None, ["x", "y"], labelled,
+                                          data.Examples(["c.png"], [1], ["x", "y"]), None)
+  unlabeled = data.Examples(["u0.png", "u1.png"], [0, 0], ["x", "y"])
+  got, _, _, rounds = self_training.run(_Task(config), "teacher", dataset, unlabeled,
+                                        _fitted(0.8), train)
+  assert len(trained) == trained_rounds and got == model
+  assert [r.kept for r in rounds] == [True] * trained_rounds + [False]
+  assert (rounds[-1].before, rounds[-1].after) == (judged[len(rounds) - 1][0][0],
+                                                   judged[len(rounds) - 1][1][0])
+
+
 def _colors(tmp_path):
   """(labelled colour folders, 3 per class, and a folder of 30 unlabelled ones)."""
   labelled = write_color_images(tmp_path / "labelled", per_class=3, size=32)
@@ -107,8 +142,10 @@ def test_self_training_run_extracts_each_image_once_and_records_its_rounds(tmp_p
   card = json.load(open(tmp_path / "export" / "1" / "model_card.json"))
   rounds = card["self_training"]
   assert 1 <= len(rounds) <= 2 and sum(rounds[0]["pseudo_labels"].values()) > 0
-  assert os.path.isfile(tmp_path / "run" / "self_training" / "round_1" / "best.keras")
-  assert "self-training round 1:" in log
+  assert "self-training round 1: out of fold over 9 labelled examples" in log
+  # a student is trained only when the out-of-fold estimate says it gains
+  assert os.path.isfile(tmp_path / "run" / "self_training" / "round_1" / "best.keras") == (
+      rounds[0]["kept"])
 
 
 @pytest.mark.slow

@@ -7,9 +7,14 @@ join the labelled training examples, and a student trains on them as the run did
 backbone; --self_training_rounds times, each student the next round's teacher.
 
 Honest by construction: pseudo-labels never come from the labelled (training and
-validation) examples, and an unlabelled set that overlaps them is refused; every round is
-judged on the same validation examples (k-fold is off), and a student that does worse on
-them than its teacher is dropped (the teacher is kept). With a frozen backbone, every
+validation) examples, and an unlabelled set that overlaps them is refused. A round trains
+its student only when an estimate that can tell says it gains: out of fold over every
+labelled example, with each fold's pseudo-labels from a teacher that never saw the fold
+(`judge_out_of_fold`, on the frozen backbone's features: a few convex fits). A student
+that does not beat its teacher there is never trained, and the command says the
+unlabelled examples do not help. Where the head is not one convex solve (a fine-tune
+phase, a hidden head), the validation examples judge each round after training, which the
+log calls a weak estimate. With a frozen backbone, every
 example's features are extracted once in the whole run (`kerasft.models.features.shared_extraction`):
 the teacher's predictions and the students' head phases reuse them. Each round trains in
 <model_dir>/self_training/round_<k>/ (a run folder of its own: a killed run resumes there).
@@ -29,14 +34,16 @@ from kerasft.core.errors import UsageError
 from kerasft.config.methods import MethodsConfig
 from kerasft.models import features
 from kerasft.data import pipeline
+from kerasft.tasks.classify import solver as solvers
 
 FOLDER = "self_training"
 
 
 @dataclasses.dataclass(frozen=True)
 class Round:
-  """One round: pseudo-labels per class, the monitored validation metric of its teacher and
-  its student, and whether the student was kept."""
+  """One round: pseudo-labels per class, its teacher's and its student's held-out figure
+  (out of fold over every labelled example, or the monitored validation metric), and
+  whether the student was kept."""
   index: int
   pseudo_labels: dict
   before: float
@@ -109,47 +116,118 @@ def teacher_outputs(model, task, unlabeled, batch_size: int) -> np.ndarray:
   return features.head_model(model).predict(maps, batch_size=batch_size, verbose=0)
 
 
+def judge_out_of_fold(task, model, fitted, dataset, unlabeled, temperature: float):
+  """[(teacher's, student's) out-of-fold score over every labelled example] of each
+  round, simulated on the frozen backbone's features with the solved head's L2 strength:
+  per fold, a teacher fitted without that fold pseudo-labels the unlabelled examples as
+  the run does, a student is fitted on them and the rest, and both are scored on the
+  fold; each fold's student is its next round's teacher. None when the head is not one
+  convex solve on frozen features (then the validation examples judge, a weak estimate)."""
+  if fitted.solution is None or dataset.train_files.streams:
+    return None
+  k, training = task.config.methods, task.config.training
+  labelled = dataset.train_files + dataset.val_files
+  x = features.extract(model, labelled, task.pipeline)
+  x_u = features.extract(model, unlabeled, task.pipeline)
+  y = np.asarray(task.output.labels.evaluation_labels(labelled))
+  solver = task.output.solver(model, standardize=not fitted.solution.out_of_fold)
+  n_classes, c = len(labelled.class_names), fitted.solution.c
+  splits = solvers.folds(y, training.folds, training.seed, True)
+  extra = [(np.zeros((0, x.shape[1]), x.dtype), np.zeros(0, int)) for _ in splits]
+  judged = []
+  for _ in range(k.self_training_rounds):
+    teacher, student = np.zeros((len(y), n_classes)), np.zeros((len(y), n_classes))
+    for f, (rows, held) in enumerate(splits):
+      x_fit, y_fit = np.concatenate([x[rows], extra[f][0]]), np.concatenate([y[rows], extra[f][1]])
+      weights = solver.fit(x_fit, y_fit, n_classes, c, group=("teacher", f))
+      teacher[held] = solver.outputs(x[held], *weights)
+      chosen, ids = pseudo_labels(calibration.scaled(solver.outputs(x_u, *weights), temperature),
+                                  k.pseudo_label_threshold, k.pseudo_labels_per_class)
+      extra[f] = (x_u[chosen], ids)
+      student[held] = solver.outputs(x[held], *solver.fit(
+          np.concatenate([x[rows], x_u[chosen]]), np.concatenate([y[rows], ids]),
+          n_classes, c, group=("student", f)))
+    judged.append((solver.score(y, teacher), solver.score(y, student)))
+  return judged
+
+
 def run(task, model, dataset, unlabeled, fitted, train_fn):
   """The rounds after the labelled run of `task` (its `model`, `dataset`, `fitted`:
   `kerasft.training.fit.FitResult`) on the `unlabeled` Examples (`Task.unlabeled`, checked with
   `check_disjoint`). train_fn(student task, train Examples, val Examples) trains a student
-  (its own run folder) and returns (model, FitResult, Dataset). Returns (the kept model, its
-  FitResult, the Dataset it trained on, [Round])."""
+  (its own run folder) and returns (model, FitResult, Dataset). A round's student is
+  trained only when the out-of-fold estimate says it gains (`judge_out_of_fold`), else the
+  validation examples judge it after training. Returns (the kept model, its FitResult,
+  the Dataset it trained on, [Round])."""
   config = task.config
   k, d = config.methods, config.data
   frozen = not config.model.unfreezes and k.recipe != "few_shot"
+  rounds, teacher = [], (model, fitted, dataset)
+  temperature = calibrated(task, *teacher)
+  judged = judge_out_of_fold(task, model, fitted, dataset, unlabeled, temperature)
+  if judged is None:
+    logging.warning("self-training: the head is not one convex solve on frozen features, so "
+                    "the %d validation examples judge each round (a weak estimate)",
+                    len(dataset.val_files.inputs))
+  for index in range(1, k.self_training_rounds + 1):
+    if index > 1:
+      temperature = calibrated(task, *teacher)
+    pseudo, counts = _pseudo_examples(task, teacher[0], unlabeled, temperature, index,
+                                      dataset.class_names)
+    if pseudo is None:
+      break
+    if judged is not None:
+      (before, _), (after, _) = judged[index - 1]
+      kept = after > before
+      rounds.append(Round(index, counts, before, after, kept))
+      logging.info("self-training round %d: out of fold over %d labelled examples the "
+                   "teacher scores %.4f, the student %.4f: %s", index,
+                   len(dataset.train_files.inputs) + len(dataset.val_files.inputs), before,
+                   after, "the student trains" if kept else
+                   "the round is dropped (the unlabelled examples do not help here)")
+      if not kept:
+        break
+    student_task = task.with_config(student_config(config, index),
+                                    task.backbone if frozen else None)
+    result = train_fn(student_task, dataset.train_files + pseudo, dataset.val_files)
+    if judged is None:
+      rounds.append(_judged_on_validation(task, index, counts, teacher[1], result[1]))
+      if not rounds[-1].kept:
+        break
+    teacher = result
+  return (*teacher, rounds)
+
+
+def _pseudo_examples(task, model, unlabeled, temperature: float, index: int, class_names):
+  """(the unlabelled examples the teacher `model` labels confidently enough, as Examples
+  with those labels, or None; how many per class)."""
+  k = task.config.methods
+  probabilities = calibration.scaled(
+      teacher_outputs(model, task, unlabeled, task.config.data.batch_size), temperature)
+  rows, ids = pseudo_labels(probabilities, k.pseudo_label_threshold, k.pseudo_labels_per_class)
+  counts = {name: int(np.sum(ids == c)) for c, name in enumerate(class_names)}
+  logging.info("self-training round %d: %d of %d unlabelled examples pseudo-labelled "
+               "(threshold %.2f): %s", index, len(rows), len(unlabeled.inputs),
+               k.pseudo_label_threshold, ", ".join(f"{n} {c}" for n, c in counts.items()))
+  if not len(rows):
+    logging.warning("self-training round %d: no unlabelled example reaches --pseudo_label_"
+                    "threshold=%g; stopping", index, k.pseudo_label_threshold)
+    return None, counts
+  pseudo = dataclasses.replace(unlabeled.subset(rows.tolist()), labels=ids.tolist(),
+                               names=[f"{unlabeled.name(int(i))} (pseudo-label)" for i in rows])
+  if pseudo.streams:  # records: the chosen images join the training files as bytes
+    pseudo = dataclasses.replace(pseudo, inputs=list(pipeline.encoded_inputs(pseudo)),
+                                 streams=(), problems=None)
+  return pseudo, counts
+
+
+def _judged_on_validation(task, index: int, counts: dict, teacher, student) -> "Round":
+  """The round judged on the validation examples (a student no better is dropped)."""
   monitor, mode = task.output.monitor
   better = (lambda a, b: a >= b) if mode == "max" else (lambda a, b: a <= b)  # noqa: E731
-  rounds, teacher = [], (model, fitted, dataset)
-  for index in range(1, k.self_training_rounds + 1):
-    temperature = calibrated(task, *teacher)
-    probabilities = calibration.scaled(
-        teacher_outputs(teacher[0], task, unlabeled, d.batch_size), temperature)
-    rows, ids = pseudo_labels(probabilities, k.pseudo_label_threshold, k.pseudo_labels_per_class)
-    counts = {name: int(np.sum(ids == c)) for c, name in enumerate(dataset.class_names)}
-    logging.info("self-training round %d: %d of %d unlabelled examples pseudo-labelled "
-                 "(threshold %.2f): %s", index, len(rows), len(unlabeled.inputs),
-                 k.pseudo_label_threshold, ", ".join(f"{n} {c}" for n, c in counts.items()))
-    if not len(rows):
-      logging.warning("self-training round %d: no unlabelled example reaches --pseudo_label_"
-                      "threshold=%g; stopping", index, k.pseudo_label_threshold)
-      break
-    pseudo = dataclasses.replace(unlabeled.subset(rows.tolist()), labels=ids.tolist(),
-                                 names=[f"{unlabeled.name(int(i))} (pseudo-label)" for i in rows])
-    if pseudo.streams:  # records: the chosen images join the training files as bytes
-      pseudo = dataclasses.replace(pseudo, inputs=list(pipeline.encoded_inputs(pseudo)),
-                                   streams=(), problems=None)
-    student_task = type(task)(student_config(config, index), task.output,
-                              task.backbone if frozen else None)
-    student, result, data = train_fn(student_task, dataset.train_files + pseudo,
-                                     dataset.val_files)
-    before, after = teacher[1].best, result.best
-    kept = after is not None and (before is None or better(after, before))
-    rounds.append(Round(index, counts, before, after, kept))
-    logging.info("self-training round %d: %s %.4f with the teacher, %.4f with the student: %s",
-                 index, monitor, before or float("nan"), after or float("nan"),
-                 "the student is kept" if kept else "the round is dropped (the teacher stays)")
-    if not kept:
-      break
-    teacher = (student, result, data)
-  return (*teacher, rounds)
+  before, after = teacher.best, student.best
+  kept = after is not None and (before is None or better(after, before))
+  logging.info("self-training round %d: %s %.4f with the teacher, %.4f with the student: %s",
+               index, monitor, before or float("nan"), after or float("nan"),
+               "the student is kept" if kept else "the round is dropped (the teacher stays)")
+  return Round(index, counts, before, after, kept)

@@ -20,7 +20,7 @@ from absl import logging
 
 from kerasft.models import features
 from kerasft.core.errors import UsageError
-from kerasft.tasks.classify.solver import GRID
+from kerasft.tasks.classify.solver import GRID, folds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,21 +67,6 @@ def epochs_reason(config, model, n_examples: int, output=None) -> str | None:
 
 
 FLOOR = 0.1  # of the median feature scale, when a fine-tune phase follows the solve
-
-
-def _folds(labels, folds: int, seed: int, stratify: bool):
-  """Index pairs of k-fold cross-validation, stratified by class where every class has
-  at least two examples."""
-  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
-  if stratify:
-    counts = np.bincount(labels)
-    smallest = int(counts[counts > 0].min())
-    if smallest >= 2:
-      k = min(folds, smallest)
-      return list(model_selection.StratifiedKFold(k, shuffle=True, random_state=seed).split(
-          np.zeros(len(labels)), labels))
-  k = min(folds, len(labels))
-  return list(model_selection.KFold(k, shuffle=True, random_state=seed).split(labels))
 
 
 def _cross_validated(solver, x, y, k, class_weight, splits):
@@ -229,7 +214,7 @@ def _kfold(solver, x, y, k: int, class_weight, folding: tuple) -> Solution:
   TrainingConfig's folds and seed, whether to stratify) and refit on all of them; on tiny
   data also the nested estimate of that whole procedure."""
   training, stratify = folding
-  splits = _folds(y, training.folds, training.seed, stratify)
+  splits = folds(y, training.folds, training.seed, stratify)
   c, score, oof = _cross_validated(solver, x, y, k, class_weight, splits)
   final = solver.fit(x, y, k, c, class_weight)
   nested = None
@@ -250,7 +235,7 @@ def _nested(solver, x, y, k: int, class_weight, splits, folding: tuple) -> float
   training, stratify = folding
   oof = np.zeros((len(x), k), np.float32)
   for train, held in splits:
-    inner = _folds(y[train], training.folds, training.seed, stratify)
+    inner = folds(y[train], training.folds, training.seed, stratify)
     c, _, _ = _cross_validated(solver, x[train], y[train], k, class_weight, inner)
     oof[held] = solver.outputs(x[held], *solver.fit(x[train], y[train], k, c, class_weight))
   return float(solver.score(y, oof)[0])

@@ -103,10 +103,6 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
     if config.data.oversample:
       train = data.oversampled(train, config.training.seed)
     task = auto.apply(task, train, val)
-    if task.config.data.unlabeled_source and task.config.training.kfold_below:
-      logging.info("self-training: k-fold off; the validation examples judge every round")
-      task = task.with_config(dataclasses.replace(task.config, training=dataclasses.replace(
-          task.config.training, kfold_below=0)), task.backbone)
     config = task.config
     unlabeled = None
     if config.data.unlabeled_source:

@@ -17,6 +17,21 @@ import numpy as np
 GRID = tuple(10.0 ** k for k in range(-3, 4))  # C from 1e-3 (strong L2) to 1e3 (weak)
 
 
+def folds(labels, folds: int, seed: int, stratify: bool):
+  """Index pairs of k-fold cross-validation, stratified by class where every class has
+  at least two examples."""
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  if stratify:
+    counts = np.bincount(labels)
+    smallest = int(counts[counts > 0].min())
+    if smallest >= 2:
+      k = min(folds, smallest)
+      return list(model_selection.StratifiedKFold(k, shuffle=True, random_state=seed).split(
+          np.zeros(len(labels)), labels))
+  k = min(folds, len(labels))
+  return list(model_selection.KFold(k, shuffle=True, random_state=seed).split(labels))
+
+
 def _sigmoid(z):
   return 1.0 / (1.0 + np.exp(-z))
 
