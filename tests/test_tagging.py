@@ -457,3 +457,25 @@ def test_a_lora_tagger_killed_mid_fine_tune_resumes_and_exports(tiny_preset, tmp
   assert result.history["phase"].count("fine_tune") == 3
   assert os.listdir(tmp_path / "export") == ["1"]
   assert result.metrics["entity_f1"] > 0.8, result.metrics
+
+
+def test_the_default_recipe_fine_tunes_the_encoder_and_frozen_keeps_it(tiny_preset, tmp_path):
+  """A per-token head on a frozen encoder loses to a plain fine-tuning script, so the
+  tagger's default fine-tunes every block (--recipe=frozen keeps the encoder frozen)."""
+  import dataclasses
+  from kerasft.methods import auto
+  from kerasft.models import backbones
+  from kerasft.tasks import registry
+  conll = _write_conll(tmp_path / "t.conll", _sentences(40, seed=0))
+  config = kerasft.RunConfig(
+      model=kerasft.ModelConfig(model="keras_hub:" + tiny_preset, task="tagging"),
+      data=kerasft.DataConfig.of(conll=conll)).resolved()
+  task = registry.for_config(config)
+  train, val = task.index()
+  resolved = auto.apply(task, train, val).config
+  blocks = len(backbones.blocks(task.encoder.model))  # every one of them
+  assert resolved.model.unfreeze_blocks == blocks and resolved.training.fine_tune_epochs == 4
+  assert resolved.training.fine_tune_learning_rate == 1e-4
+  frozen = task.with_config(dataclasses.replace(config, methods=kerasft.MethodsConfig(
+      recipe="frozen")))
+  assert auto.apply(frozen, train, val).config == frozen.config

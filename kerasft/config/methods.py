@@ -58,10 +58,12 @@ class MethodsConfig:
                                "LoRA factors and the head (apply it with kerasft.export "
                                "--adapter).")
   recipe: str = setting(
-      "default", "few_shot (text models): SetFit-style contrastive tuning of the encoder on "
-      "pairs of labelled texts, then the usual head; auto: settings chosen from the data "
-      "set's size and image size (README: the --recipe=auto rule), for those left at their "
-      "defaults.", choices=("default", "few_shot", "auto"))
+      "default", "default: the task's default (a frozen backbone and its convex head; "
+      "--task=tagging fine-tunes its encoder: README, defaults per task); frozen: a frozen "
+      "backbone for every task; few_shot (text models): SetFit-style contrastive tuning of "
+      "the encoder on pairs of labelled texts, then the usual head; auto: settings chosen "
+      "from the data set's size and image size (README: the --recipe=auto rule), for those "
+      "left at their defaults.", choices=("default", "frozen", "few_shot", "auto"))
   pairs_per_example: int = setting(20, "--recipe=few_shot: sampled pairs per labelled text "
                                    "(half of the same class, half of another).")
   few_shot_epochs: int = setting(1, "--recipe=few_shot: epochs over the pairs.")
@@ -102,7 +104,7 @@ class MethodsConfig:
     check(isinstance(self.few_shot_learning_rate, (int, float))
           and self.few_shot_learning_rate > 0, "few_shot_learning_rate",
           "must be a positive number", self.few_shot_learning_rate)
-    if self.recipe == "default":
+    if self.recipe != "few_shot":
       for name in ("pairs_per_example", "few_shot_epochs", "few_shot_learning_rate"):
         if getattr(self, name) != DEFAULTS[name]:
           raise UsageError(f"--{name}: only goes with --recipe=few_shot")

@@ -22,14 +22,20 @@ from kerasft.config import ModelConfig, RunConfig, TrainingConfig
 
 
 def apply(task, train, val):
-  """The task with --recipe=auto resolved into concrete settings for `train` + `val`
-  (unchanged for other recipes). Settings the user changed from their defaults stay."""
+  """The task with its recipe resolved into concrete settings for `train` + `val`:
+  --recipe=auto, the task's rule (`Task.auto_settings`); --recipe=default, the task's own
+  defaults (`Task.default_settings`: a tagger fine-tunes its encoder, whose frozen features
+  lose to a plain fine-tuning script); other recipes, none. Settings the user changed
+  from their defaults stay."""
   config = task.config
-  if config.methods.recipe != "auto":
+  if config.methods.recipe not in ("auto", "default"):
     return task
   n = len(train.inputs) + len(val.inputs)
   per_class = n / max(len(train.class_names), 1)
-  changes, reason = task.auto_settings(per_class, n, train)
+  rule = task.auto_settings if config.methods.recipe == "auto" else task.default_settings
+  changes, reason = rule(per_class, n, train)
+  if not changes:
+    return task
   if config.model.unfreezes:  # the user chose what to unfreeze
     changes.pop("model.unfreeze_blocks", None)
   defaults = RunConfig(model=ModelConfig(model=config.model.model), training=TrainingConfig(
@@ -43,7 +49,8 @@ def apply(task, train, val):
   groups["methods"]["recipe"] = recipe
   resolved = dataclasses.replace(config, **{g: dataclasses.replace(getattr(config, g), **v)
                                             for g, v in groups.items()})
-  logging.info("recipe auto (%d examples, %.0f per class): %s; set %s", n, per_class, reason,
+  logging.info("recipe %s (%d examples, %.0f per class): %s; set %s", config.methods.recipe,
+               n, per_class, reason,
                ", ".join(f"--{k}={v}" for g in groups.values() for k, v in g.items()) or
                "nothing")
   return task.with_config(resolved, task.backbone)

@@ -232,6 +232,12 @@ class Task(abc.ABC):
     """(this task with the sizes the model was built at, the model sized for
     `train_files`); stats: the head's constants (`Output.head_stats`)."""
 
+  def default_settings(self, per_class: float, n: int, train) -> tuple[dict, str]:
+    """The task's own default recipe beyond the settings' defaults, applied to what the
+    user left at its default (`kerasft.methods.auto.apply`): ({"group.field": value},
+    why); none for most tasks (a frozen backbone and its convex head)."""
+    return {}, ""
+
   @abc.abstractmethod
   def auto_settings(self, per_class: float, n: int, train) -> tuple[dict, str]:
     """--recipe=auto's rule for this task (`kerasft.methods.auto`): ({"group.field":

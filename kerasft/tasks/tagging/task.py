@@ -109,6 +109,14 @@ class TaggingTask(TextTask):
                          m.head, m.dropout)
     return self.replace(backbone=encoder, max_length=length), model
 
+  def default_settings(self, per_class, n, train):
+    """The default recipe fine-tunes the encoder as --recipe=auto does: measured on entity
+    types kerasft never saw, a per-token head on the frozen encoder scored entity F1 0.381,
+    every block fine-tuned 0.589, a plain KerasHub fine-tuning script 0.538 (the best epoch
+    on validation is kept, so a head that wins before fine-tuning stays);
+    --recipe=frozen keeps the encoder frozen."""
+    return self.auto_settings(per_class, n, train)
+
   def auto_settings(self, per_class, n, train):
     """--recipe=auto: fine-tune every encoder block (a per-token head on frozen features
     finds far fewer entities: entity F1 0.45 against 0.63 on the fortunes entities)."""
