@@ -146,6 +146,23 @@ def _build_application(name: str, weights: str, image_size: int) -> Backbone:
   return Backbone(name=name, model=model, preprocess=entry.preprocess, image_size=image_size)
 
 
+def strided_layers(model, image_size: int, strides: tuple) -> dict:
+  """{stride: the last layer of `model` whose output is [N, S/stride, S/stride, C]} for
+  the `strides` the model reaches, from a functional backbone built at `image_size`: the
+  multi-scale maps decoders and feature pyramids tap."""
+  found = {}
+  for layer in model.layers:
+    try:
+      shape = layer.output.shape
+    except (AttributeError, ValueError):
+      continue
+    if len(shape) == 4 and shape[1] and shape[1] == shape[2] and image_size % shape[1] == 0:
+      stride = image_size // shape[1]
+      if stride in strides:
+        found[stride] = layer
+  return found
+
+
 def weighted_layers(model) -> list:
   """The layers of `model` that own weights, in order from input to output."""
   return [layer for layer in model.layers if layer.weights]

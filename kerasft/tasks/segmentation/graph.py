@@ -20,6 +20,7 @@ import tensorflow as tf
 from kerasft.core import _compat
 from kerasft.core.errors import UsageError
 from kerasft.data.pipeline import decode_and_resize
+from kerasft.models.backbones import strided_layers
 from kerasft.models.features import TAPS
 from kerasft.models.heads import Preprocess
 from kerasft.tasks.segmentation.data import IGNORE
@@ -27,22 +28,6 @@ from kerasft.tasks.segmentation.data import IGNORE
 STRIDES = (4, 8, 16, 32)
 WIDTH = 128  # the decoder's channels
 DECODERS = ("deeplabv3plus", "fpn")
-
-
-def taps(model: keras.Model, image_size: int) -> dict[int, keras.layers.Layer]:
-  """{stride: the last layer of `model` whose output is [N, S/stride, S/stride, C]} for the
-  strides of `STRIDES` the model reaches, from a functional backbone built at `image_size`."""
-  found = {}
-  for layer in model.layers:
-    try:
-      shape = layer.output.shape
-    except (AttributeError, ValueError):
-      continue
-    if len(shape) == 4 and shape[1] and shape[1] == shape[2] and image_size % shape[1] == 0:
-      stride = image_size // shape[1]
-      if stride in STRIDES:
-        found[stride] = layer
-  return found
 
 
 def encoder(backbone, decoder: str) -> tuple[keras.Model, dict[int, str]]:
@@ -53,7 +38,7 @@ def encoder(backbone, decoder: str) -> tuple[keras.Model, dict[int, str]]:
   if size % 32:
     raise UsageError(f"--image_size: --task=segmentation needs a side divisible by 32, got "
                      f"{size}")
-  found = taps(model, size)
+  found = strided_layers(model, size, STRIDES)
   if 4 not in found or len(found) < 2:
     raise UsageError(f"--model: {backbone.name} gives no 1/4 and deeper feature maps (found "
                      f"1/{', 1/'.join(map(str, sorted(found))) or 'none'}); "
