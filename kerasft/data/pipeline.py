@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Callable
+from typing import Callable, NamedTuple
 
 
 from kerasft.data.examples import Examples, encoded_bytes
@@ -228,3 +228,56 @@ def augmentation(names: tuple[str, ...], strength: float):
                                                           name="augment_translate"),
   }
   return keras.Sequential([make[n]() for n in names], name="augmentation")
+
+
+class Warp(NamedTuple):
+  """One random draw of a joint augmentation (`random_warp`): what `warp` does to an image
+  and to what moves with it (a mask, boxes). Tensors; `moves`: whether it scales or
+  shifts at all."""
+  flip: object  # bool: mirror left-right (first)
+  side: object  # int32: the side the image is scaled to
+  at: object  # int32: where the scaled image sits on the canvas (both axes)
+  offset: object  # int32 [2]: the (row, column) the crop of the canvas starts at
+  canvas: object  # int32: the padded canvas' side
+  factor: object  # float32: the contrast factor (1: none)
+  moves: bool
+
+
+def random_warp(seed, size: int, names: tuple, strength: float) -> Warp:
+  """A `Warp` of an [S, S] image drawn with stateless randomness from `seed` [2]: flip
+  (horizontal), zoom (scale by 1 +- strength, then crop or pad back to S), translate (shift
+  by up to strength of the side), contrast (factor 1 +- strength), as `names` ask."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  seeds = tf.random.experimental.stateless_split(seed, 5)
+  flip = ("flip" in names) & (tf.random.stateless_uniform([], seeds[0]) < 0.5)
+  scale = 1.0 + (tf.random.stateless_uniform([], seeds[1], -strength, strength)
+                 if "zoom" in names else 0.0)
+  side = tf.cast(tf.round(size * scale), tf.int32)
+  shift = int(np.ceil(strength * size)) if "translate" in names else 0
+  canvas = tf.maximum(side, size) + 2 * shift
+  offset = tf.random.stateless_uniform([2], seeds[2], 0, canvas - size + 1, tf.int32)
+  factor = (tf.random.stateless_uniform([], seeds[3], 1 - strength, 1 + strength)
+            if "contrast" in names else tf.constant(1.0))
+  return Warp(flip, side, (canvas - side) // 2, offset, canvas, factor,
+              "zoom" in names or "translate" in names)
+
+
+def warp(x, w: Warp, method: str = "bilinear"):
+  """x [S, S, C] flipped, scaled, padded with zeros and cropped back to S as `w` says
+  (`method`: the resize's interpolation; "nearest" for class ids). No contrast change."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  size, channels = x.shape[0], x.shape[-1]
+  x = tf.cond(w.flip, lambda: tf.reverse(x, [1]), lambda: x)
+  if w.moves:
+    x = tf.image.resize(x, (w.side, w.side), method=method)
+    x = tf.image.pad_to_bounding_box(x, w.at, w.at, w.canvas, w.canvas)
+    x = tf.slice(x, [w.offset[0], w.offset[1], 0], [size, size, channels])
+  return x
+
+
+def contrast(image, w: Warp):
+  """`image` (pixels 0..255) with its contrast scaled by `w.factor` around its mean."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  mean = tf.reduce_mean(image, axis=[0, 1], keepdims=True)
+  return tf.clip_by_value((image - mean) * w.factor + mean, 0.0, 255.0)

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from kerasft.core import _compat
 from kerasft.core.errors import UsageError
+from kerasft.data import pipeline
 from kerasft.data.pipeline import decode_and_resize
 from kerasft.models.backbones import strided_layers
 from kerasft.models.features import TAPS
@@ -180,35 +181,16 @@ def resize_mask(mask, size: int):
 
 
 def augment_pair(image, mask, seed, names: tuple, strength: float):
-  """One pair transformed together, with stateless randomness from `seed` [2]: flip
-  (horizontal), zoom (scale by 1 +- strength, then crop or pad back; padding is ignored in
-  the mask), translate (shift by up to strength of the side), contrast (the image only)."""
+  """One pair transformed together (`kerasft.data.pipeline.random_warp` from `seed` [2]):
+  flip, zoom, translate move both (padding is ignored in the mask), contrast changes the
+  image only."""
   size = image.shape[0]
-  seeds = tf.random.experimental.stateless_split(seed, 5)
-  if "flip" in names:
-    flip = tf.random.stateless_uniform([], seeds[0]) < 0.5
-    image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
-    mask = tf.cond(flip, lambda: tf.reverse(mask, [1]), lambda: mask)
-  if "zoom" in names or "translate" in names:
-    scale = 1.0 + (tf.random.stateless_uniform([], seeds[1], -strength, strength)
-                   if "zoom" in names else 0.0)
-    side = tf.cast(tf.round(size * scale), tf.int32)
-    shift = int(np.ceil(strength * size)) if "translate" in names else 0
-    canvas = tf.maximum(side, size) + 2 * shift
-    image = tf.image.resize(image, (side, side), method="bilinear")
-    marked = tf.image.resize(tf.cast(mask[..., None], tf.int32) + 1, (side, side),
-                             method="nearest")  # 0 marks padding, which becomes 255
-    at = (canvas - side) // 2
-    image = tf.image.pad_to_bounding_box(image, at, at, canvas, canvas)
-    marked = tf.image.pad_to_bounding_box(marked, at, at, canvas, canvas)
-    offset = tf.random.stateless_uniform([2], seeds[2], 0, canvas - size + 1, tf.int32)
-    image = tf.slice(image, [offset[0], offset[1], 0], [size, size, 3])
-    marked = tf.slice(marked, [offset[0], offset[1], 0], [size, size, 1])
-    mask = tf.cast(tf.where(marked[..., 0] == 0, IGNORE, marked[..., 0] - 1), tf.uint8)
+  w = pipeline.random_warp(seed, size, names, strength)
+  marked = pipeline.warp(tf.cast(mask[..., None], tf.int32) + 1, w, "nearest")  # 0: padding
+  mask = tf.cast(tf.where(marked[..., 0] == 0, IGNORE, marked[..., 0] - 1), tf.uint8)
+  image = pipeline.warp(image, w)
   if "contrast" in names:
-    factor = tf.random.stateless_uniform([], seeds[3], 1 - strength, 1 + strength)
-    mean = tf.reduce_mean(image, axis=[0, 1], keepdims=True)
-    image = tf.clip_by_value((image - mean) * factor + mean, 0.0, 255.0)
+    image = pipeline.contrast(image, w)
   image.set_shape((size, size, 3))
   mask.set_shape((size, size))
   return image, mask
