@@ -15,7 +15,10 @@ Folders are searched recursively. Uses only the export (its serving_bytes signat
   python -m kerasft.predict --export=saved_models/NAME --explain --explain_dir=why/ photos/
 
 A segmentation export's rows are the classes covering most of each image (their shares of
-its pixels); --mask_dir=DIR writes each image's class map as DIR/<name>.png.
+its pixels); --mask_dir=DIR writes each image's class map as DIR/<name>.png. A detection
+export's rows are each image's boxes (class, score, xmin, ymin, xmax, ymax in pixels; a CSV
+has a row per box, in the layout --task=detection --csv reads); --draw_dir=DIR writes each
+image with its boxes drawn as DIR/<name>.png.
 
 Files that are missing or not readable images are reported on their own row, not fatal.
 """
@@ -50,6 +53,9 @@ def main(argv):
           f"{label} {float(value):.4f}" for label, value in reports.prediction_cells(row)))
   if settings.mask_dir:
     print(f"{sum(1 for r in rows if not r['error'])} class maps written to {settings.mask_dir}")
+  if settings.draw_dir:
+    print(f"{sum(1 for r in rows if not r['error'])} images with their boxes drawn in "
+          f"{settings.draw_dir}")
   readable = [r.get("file", r.get("text")) for r in rows if not r["error"]]
   if settings.explain and readable:
     written = predicting.explain_inputs(settings.export, readable, settings.explain_dir,

@@ -70,6 +70,8 @@ class PredictConfig:
   mask_dir: str = setting("", "predict with a segmentation export: write each image's class "
                           "map here as <file>.png (a palette PNG whose indices are the "
                           "classes, at the image's size).")
+  draw_dir: str = setting("", "predict with a detection export: write each image with its "
+                          "boxes drawn and labelled here as <file>.png.")
 
   def __post_init__(self):
     if not self.export:
@@ -84,6 +86,7 @@ class PredictConfig:
     check_writable(os.path.dirname(os.path.abspath(self.output)) if self.output else "",
                    "output")
     check_writable(self.mask_dir, "mask_dir")
+    check_writable(self.draw_dir, "draw_dir")
     if self.explain:
       check_writable(self.explain_dir, "explain_dir")
     elif self.explain_dir != "explanations":

@@ -62,7 +62,8 @@ class ModelConfig:
   task: str = setting("multiclass", "multiclass (softmax), multilabel (sigmoid per label, "
                       "binary cross-entropy), regression (--csv numeric targets, MSE) or "
                       "tagging (a tag per word: --conll/--jsonl, a keras_hub: encoder) or "
-                      "segmentation (a class per pixel: images/ and masks/). Several heads "
+                      "segmentation (a class per pixel: images/ and masks/) or detection "
+                      "(boxes: --coco, --voc, --yolo, a --csv of boxes). Several heads "
                       "(--label_column=a,b,c): one per column, e.g. "
                       "multiclass,multilabel,regression, or one for all.")
   max_length: int = setting(0, "Text models: tokens per text [0: the 99th percentile of the "

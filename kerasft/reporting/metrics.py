@@ -147,6 +147,9 @@ def prediction_cells(row: dict) -> list[tuple[str, str]]:
             for name, value in prediction_cells(sub)]
   if "predictions" in row:
     return [(t, f"{p:.6f}") for t, p in zip(row["targets"], row["predictions"])]
+  if "boxes" in row:
+    return [(f"{b['class']} ({b['xmin']:g}, {b['ymin']:g}, {b['xmax']:g}, {b['ymax']:g})",
+             f"{b['score']:.6f}") for b in row["boxes"]]
   return [(c, f"{p:.6f}") for c, p in zip(row["classes"], row["probabilities"])]
 
 
@@ -167,6 +170,8 @@ def write_predictions(rows: list[dict], path: str) -> None:
   error) as .csv (the columns every row has: `_csv_cells`) or .jsonl."""
   import csv  # pylint: disable=g-import-not-at-top
 
+  if rows and "boxes" in rows[0]:
+    return _write_box_rows(rows, path)
   key = "text" if rows and "text" in rows[0] else "file"
   cells = [_csv_cells(row) for row in rows]
   columns = list(dict.fromkeys(
@@ -183,6 +188,28 @@ def write_predictions(rows: list[dict], path: str) -> None:
       for row, values in zip(rows, cells):
         writer.writerow([row[key]] + [values.get(c, "") for c in columns]
                         + [row["error"] or ""])
+  os.replace(staging, path)
+
+
+def _write_box_rows(rows: list[dict], path: str) -> None:
+  """Rows with boxes as .jsonl (a line per input) or .csv: a row per box (path, xmin, ymin,
+  xmax, ymax, label, score, error), an input without boxes on a row with an empty label
+  (the layout a detection --csv reads)."""
+  import csv  # pylint: disable=g-import-not-at-top
+  staging = path + ".tmp"
+  with open(staging, "w", newline="") as f:
+    if path.endswith(".jsonl"):
+      for row in rows:
+        f.write(json.dumps({k: v for k, v in row.items() if k not in ("classes",
+                                                                      "probabilities")}) + "\n")
+    else:
+      writer = csv.writer(f)
+      writer.writerow(["path", "xmin", "ymin", "xmax", "ymax", "label", "score", "error"])
+      for row in rows:
+        for b in row["boxes"] or [None]:
+          writer.writerow([row["file"]] + ([b["xmin"], b["ymin"], b["xmax"], b["ymax"],
+                                            b["class"], b["score"]] if b else [""] * 6)
+                          + [row["error"] or ""])
   os.replace(staging, path)
 
 

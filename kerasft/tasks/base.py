@@ -37,6 +37,7 @@ class Output(abc.ABC):
   monitor = ("val_loss", "min")  # what picks the best epoch and stops early
   objective = ("loss", "min")  # the report's figure that compares runs (a search)
   labels: Classes = Classes()  # how labels are read and become targets (`kerasft.data.labels`)
+  writes: tuple = ()  # predict's folders of files: "mask_dir" (class maps), "draw_dir" (boxes)
 
   def __init__(self, threshold: float = 0.5):
     self.threshold = threshold
@@ -95,6 +96,12 @@ class Output(abc.ABC):
   def metrics(self) -> list:
     """The Keras metrics compiled with the loss (the monitored one among them)."""
 
+  def epoch_callbacks(self, config, val, val_files) -> list:
+    """Keras callbacks that put the monitored figure in each epoch's logs when no compiled
+    metric gives it (COCO's AP needs every validation image's detections); `val`: the
+    validation batches the fitted model takes, `val_files` their `Examples`."""
+    return []
+
   def augments_in_model(self) -> bool:
     """Whether --augment runs as layers in the training model (else the pipeline moves
     the labels with the images)."""
@@ -138,14 +145,19 @@ class Output(abc.ABC):
 
   def check_prediction(self, settings) -> None:
     """Raises a UsageError for predict options (a `PredictConfig`) this output cannot
-    honour: --mask_dir writes class maps, which only per-pixel outputs have."""
-    if settings.mask_dir:
-      raise UsageError(f"--mask_dir: writes class maps of a segmentation export; "
-                       f"{settings.export} is a {self.name} export")
+    honour: --mask_dir and --draw_dir write files only some outputs have (`writes`)."""
+    for flag, what in (("mask_dir", "writes the class maps of a segmentation export"),
+                       ("draw_dir", "draws the boxes of a detection export")):
+      if getattr(settings, flag) and flag not in self.writes:
+        raise UsageError(f"--{flag}: {what}; {settings.export} is a {self.name} export")
 
   def write_masks(self, masks: list, mask_dir: str, k: int) -> None:
     """predict --mask_dir: writes each (file, class map) as a PNG."""
     raise NotImplementedError(f"{self.name} outputs have no class maps")
+
+  def write_drawings(self, rows: list[dict], draw_dir: str) -> None:
+    """predict --draw_dir: writes each row's image with its boxes drawn."""
+    raise NotImplementedError(f"{self.name} outputs have no boxes")
 
   # --- reports
   def calibrate(self, labels, outputs: np.ndarray, fit: bool):
@@ -311,8 +323,9 @@ class Task(abc.ABC):
 
   @staticmethod
   def write_figures(files, labels, outputs, out_dir: str) -> None:
-    """Writes figures that need the examples themselves next to the report (segmentation:
-    predictions.png, masks over images); `labels`, `outputs` are `files`' own, in order."""
+    """Writes figures (and files) that need the examples themselves next to the report
+    (segmentation: predictions.png, masks over images; detection: also detections.json in
+    COCO's results format); `labels`, `outputs` are `files`' own, in order."""
 
   def check_explain(self) -> None:
     """Raises a UsageError when predict --explain cannot explain this task's outputs."""
@@ -363,4 +376,5 @@ def headline_metrics(metrics: dict) -> dict:
   """`metrics` without the per-class tables (also of each head of several)."""
   return {k: {h: headline_metrics(m) for h, m in v.items()} if k == "heads" else v
           for k, v in metrics.items() if k not in (
-              "per_class", "per_label", "per_target", "confusion_matrix", "type_confusion")}
+              "per_class", "per_label", "per_target", "confusion_matrix", "type_confusion",
+              "pr_curves")}

@@ -17,6 +17,8 @@ from kerasft.core.errors import UsageError
 from kerasft.tasks import image, text
 from kerasft.tasks.base import Output, Task
 from kerasft.tasks.classify.output import KINDS
+from kerasft.tasks.detection.output import Detection
+from kerasft.tasks.detection.task import DetectionTask
 from kerasft.tasks.multitask.data import declared
 from kerasft.tasks.multitask.output import MultiTask
 from kerasft.tasks.segmentation.output import Segmentation
@@ -24,8 +26,9 @@ from kerasft.tasks.segmentation.task import SegmentationTask
 from kerasft.tasks.tagging.output import Tagging
 from kerasft.tasks.tagging.task import TaggingTask
 
-OUTPUTS = {**KINDS, "tagging": Tagging, "segmentation": Segmentation}
-TASK_CLASSES = {"tagging": TaggingTask, "segmentation": SegmentationTask}  # else a modality's
+OUTPUTS = {**KINDS, "tagging": Tagging, "segmentation": Segmentation, "detection": Detection}
+TASK_CLASSES = {"tagging": TaggingTask, "segmentation": SegmentationTask,
+                "detection": DetectionTask}  # else a modality's
 
 
 def make_output(task: str = "multiclass", threshold: float = 0.5) -> Output:

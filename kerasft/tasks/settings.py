@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 
 from kerasft.core.settings import setting
+from kerasft.tasks.detection.settings import DetectionData, DetectionSettings
 from kerasft.tasks.multitask.settings import MultitaskSettings
 from kerasft.tasks.segmentation.settings import SegmentationData, SegmentationSettings
 from kerasft.tasks.tagging.settings import TaggingData, TaggingSettings
 
 HEAD_KINDS = ("multiclass", "multilabel", "regression")  # a head of several is one of these
-TASKS = HEAD_KINDS + ("tagging", "segmentation")
+TASKS = HEAD_KINDS + ("tagging", "segmentation", "detection")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +25,7 @@ class TaskSettings:
   """Each task's model and training settings, a group per task."""
   tagging: TaggingSettings = setting(factory=TaggingSettings)
   segmentation: SegmentationSettings = setting(factory=SegmentationSettings)
+  detection: DetectionSettings = setting(factory=DetectionSettings)
   multitask: MultitaskSettings = setting(factory=MultitaskSettings)
 
   def changed(self) -> list[tuple[str, str, str]]:
@@ -41,6 +43,7 @@ class TaskData:
   """Each task's own data sources and reading options, a group per task."""
   tagging: TaggingData = setting(factory=TaggingData)
   segmentation: SegmentationData = setting(factory=SegmentationData)
+  detection: DetectionData = setting(factory=DetectionData)
 
   def sources(self) -> list[str]:
     """The flags of the task data sources given (a run has one data source)."""

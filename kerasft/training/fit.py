@@ -145,8 +145,8 @@ def _fit_segment(run: Run, step: _Step, segment: Segment, index: int, converge: 
                segment.learning_rate, ", on cached features" if step.on_features else "")
   step.model.fit(step.train, validation_data=step.val, initial_epoch=segment.first,
                  epochs=segment.last, class_weight=run.class_weight, shuffle=False,
-                 verbose=run.verbose, callbacks=_callbacks(run, segment, index, converge,
-                                                           top_k=last))
+                 verbose=run.verbose, callbacks=_callbacks(run, segment, index, step.val,
+                                                           converge, top_k=last))
   _compat.reset_initial_epoch(step.model)
 
 
@@ -364,14 +364,17 @@ def _unfreeze(segment: Segment, config: RunConfig, backbone) -> None:
                "; feature cache off: the backbone trains" if t.cache_features != "off" else "")
 
 
-def _callbacks(run: Run, segment: Segment, index: int, converge: bool = False,
+def _callbacks(run: Run, segment: Segment, index: int, val, converge: bool = False,
                top_k: bool = False) -> list:
-  """The callbacks of one segment; top_k: keep its best epochs for --average/--wise_ft."""
+  """The callbacks of one segment (`val`: its validation batches); top_k: keep its best
+  epochs for --average/--wise_ft. The output's own come first: they add the monitored
+  figure to the epoch's logs the others read."""
   t, k, folder, runtime = run.config.training, run.config.methods, run.folder, run.runtime
   checkpoint = run.checkpoint
   monitor, mode = run.output.monitor
   worker = "chief" if runtime.is_chief else f"worker_{runtime.worker_id}"
-  chosen = [callbacks.Interruptible(), EpochLog(folder.output(EPOCH_LOG), segment.phase),
+  chosen = [*run.output.epoch_callbacks(run.config, val, run.dataset.val_files),
+            callbacks.Interruptible(), EpochLog(folder.output(EPOCH_LOG), segment.phase),
             checkpoint, keras.callbacks.BackupAndRestore(folder.backup_dir(index, worker))]
   if k.peft == "lora":
     chosen.append(peft.Revive())  # after BackupAndRestore loaded (and zeroed) the factors

@@ -19,8 +19,9 @@ from kerasft.workflows.load import load_run
 
 def predict(settings, inputs: list) -> list[dict]:
   """predict's rows (`kerasft.serving.client.classify_files`) of `inputs` with the export a
-  `PredictConfig` names; with --mask_dir, each image's class map written there first
-  (an export without class maps refuses it before predicting)."""
+  `PredictConfig` names; with --mask_dir, each image's class map written there (with
+  --draw_dir, each image with its boxes drawn); an export without class maps (boxes)
+  refuses the flag before predicting."""
   version_dir = client.resolve(settings.export)
   _, output = registry.for_card(client.read_model_card(version_dir))
   output.check_prediction(settings)
@@ -28,6 +29,8 @@ def predict(settings, inputs: list) -> list[dict]:
   masks = [(row.get("file", ""), row.pop("mask")) for row in rows if "mask" in row]
   if settings.mask_dir:
     output.write_masks(masks, settings.mask_dir, len(read_labels(version_dir)))
+  if settings.draw_dir:
+    output.write_drawings(rows, settings.draw_dir)
   return rows
 
 

@@ -20,6 +20,7 @@ class Segmentation(Output):
   name = "segmentation"
   labels = data.Masks()
   monitor = ("val_mean_iou", "max")
+  writes = ("mask_dir",)
   objective = ("mean_iou", "max")
 
   def refused_search_entries(self):
@@ -78,9 +79,6 @@ class Segmentation(Output):
     top = [int(i) for i in np.argsort(-shares, kind="stable")[:top_k] if shares[i] > 0]
     return {key: name, "classes": [class_names[i] for i in top],
             "probabilities": [float(shares[i]) for i in top], "error": None, "mask": values}
-
-  def check_prediction(self, settings):
-    """Every predict option applies (--mask_dir writes class maps)."""
 
   def write_masks(self, masks, mask_dir, k):
     """Writes each (file, class map) as <mask_dir>/<file's name>.png (a palette PNG)."""
