@@ -227,3 +227,310 @@ def test_validation_split_takes_a_share_of_each_class_and_of_the_empty_images():
   # the images without boxes and the one whose class no other image shares: one stratum,
   # split like the others (a class in one image alone cannot be split)
   assert sum(1 for b in val.labels if not len(b.classes) or 2 in b.classes) == 1
+
+
+def test_augmentation_keeps_every_box_on_its_pixels():
+  """Each box's pixels painted in its own colour: after every draw of flip, zoom,
+  translate and contrast, each kept box is where its colour's pixels are."""
+  import tensorflow as tf
+  from kerasft.tasks.detection import graph
+  size = 64
+  boxes = np.float32([[4, 6, 20, 30], [30, 8, 60, 22], [10, 40, 50, 62]])
+  image = np.zeros((size, size, 3), np.float32)
+  for (x0, y0, x1, y1), channel in zip(boxes.astype(int), range(3)):
+    image[y0:y1, x0:x1, channel] = 255.0
+  dropped = 0
+  for seed in range(16):
+    got, moved, classes, crowd = graph.augment(
+        tf.constant(image), tf.constant(boxes), tf.constant([0, 1, 2], tf.int32),
+        tf.zeros(3, tf.bool), tf.constant([seed, 3]), ("flip", "zoom", "translate", "contrast"),
+        0.3)
+    got, moved, classes = got.numpy(), moved.numpy(), classes.numpy()
+    dropped += 3 - len(classes)
+    for (x0, y0, x1, y1), c in zip(moved, classes):
+      painted = got[..., c] > 127
+      assert painted.any(), (seed, c)
+      ys, xs = np.nonzero(painted)
+      # the painted pixels span the box, each edge within a pixel (bilinear resizing)
+      extent = np.float32([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+      np.testing.assert_allclose(extent, [x0, y0, x1, y1], atol=1.0, err_msg=f"{seed} {c}")
+  assert dropped == 0 or dropped < 16 * 3  # boxes pushed off the image are dropped, not all
+
+
+def test_matching_ignores_crowd_regions_and_the_loss_the_ignored_anchors():
+  import tensorflow as tf
+  from kerasft.tasks.detection import graph
+  anchors = tf.constant(graph.anchors(64))
+  boxes = tf.constant([[8.0, 8.0, 40.0, 40.0], [40.0, 36.0, 64.0, 64.0]])
+  target = graph.encode(anchors, boxes, tf.constant([1, 0]), tf.constant([False, True])).numpy()
+  state = target[:, 4]
+  assert (state == 1).sum() >= 1 and (state == 0).sum() == 0  # the crowd region is no class
+  inside = graph._inside_fraction(anchors, boxes[1:]).numpy() > 0.5
+  assert np.all(state[inside & (state < 0)] == graph.IGNORED)
+  empty = graph.encode(anchors, tf.zeros((0, 4)), tf.zeros(0, tf.int32), tf.zeros(0, tf.bool))
+  assert np.all(empty.numpy()[:, 4] == graph.BACKGROUND)  # an image without boxes: negatives
+  # decoding a positive anchor's offsets gives its box back
+  positive = int(np.argmax(state == 1))
+  np.testing.assert_allclose(graph.decode(anchors[positive], target[positive, :4]),
+                             [8, 8, 40, 40], atol=1e-3)
+  loss = graph.DetectionLoss()
+  rng = np.random.default_rng(0)
+  pred = rng.normal(size=(1, len(state), 6)).astype(np.float32)
+  changed = pred.copy()
+  changed[0, state == graph.IGNORED] += 5.0  # ignored anchors: any output costs nothing
+  assert float(loss(target[None], pred)) == pytest.approx(float(loss(target[None], changed)))
+  changed[0, state == graph.BACKGROUND, 4:] += 5.0
+  assert float(loss(target[None], changed)) > float(loss(target[None], pred))
+  assert np.isfinite(float(loss(empty.numpy()[None], pred)))
+
+
+def test_coco_metrics_equal_pycocotools(tmp_path):
+  from pycocotools.coco import COCO
+  from pycocotools.cocoeval import COCOeval
+  rng = np.random.default_rng(0)
+  truth, found, images, annotations, results = [], [], [], [], []
+  for i in range(1, 41):
+    n = int(rng.integers(0, 5))
+    xy = rng.uniform(0, 150, (n, 2))
+    wh = rng.uniform(4, 120, (n, 2))  # small, medium and large objects
+    gt = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    classes = rng.integers(0, 3, n).astype(np.int32)
+    crowd = rng.random(n) < 0.1
+    truth.append(boxed.Boxed(gt, classes, crowd, 300, 300, i))
+    images.append({"id": i, "width": 300, "height": 300, "file_name": f"{i}.jpg"})
+    for b, c, w in zip(gt, classes, crowd):
+      annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(c) + 1,
+                          "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                          "area": float((b[2] - b[0]) * (b[3] - b[1])), "iscrowd": int(w)})
+    m = int(rng.integers(0, 30))
+    jitter = gt[rng.integers(0, max(n, 1), m)] if n else np.zeros((m, 4), np.float32)
+    boxes = (jitter + rng.normal(0, 6, (m, 4))).astype(np.float32)
+    boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+    found.append((boxes, rng.uniform(0.05, 1, m).astype(np.float32),
+                  rng.integers(0, 3, m).astype(np.int32)))
+  files = type("F", (), {"labels": truth, "class_names": ["a", "b", "c"],
+                         "kind": boxed.Boxes((1, 2, 3))})
+  results = report.results_json(files, found)
+  (tmp_path / "gt.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                "categories": [{"id": c, "name": n} for c, n in
+                                                               ((1, "a"), (2, "b"), (3, "c"))]}))
+  ground = COCO(str(tmp_path / "gt.json"))
+  evaluation = COCOeval(ground, ground.loadRes(results), "bbox")
+  evaluation.evaluate()
+  evaluation.accumulate()
+  evaluation.summarize()
+  ours = report.coco(truth, [(r[0], r[1], r[2]) for r in found], ["a", "b", "c"])
+  keys = ["map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10", "ar100",
+          "ar_small", "ar_medium", "ar_large"]
+  assert ours["map"] > 0.05  # a test of something: the detections find some objects
+  for key, value in zip(keys, evaluation.stats):
+    # (results_json rounds boxes to 0.01 px and scores to 1e-5, as COCO's files do)
+    assert ours[key] == pytest.approx(value, abs=1e-4), key
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A detector trained on 48 drawn images (ImageNet MobileNet at 96 px: random maps carry
+  too little through the backbone to find boxes) and its export."""
+  tmp = tmp_path_factory.mktemp("trained")
+  coco = write_coco(tmp / "d", draw_boxes(48))
+  result = kerasft.run_training(_config(tmp, coco, model={"weights": "imagenet", "image_size": 96},
+                                        training={"epochs": 30, "learning_rate": 0.002}),
+                                verbose=0)
+  return tmp, coco, result
+
+
+def _saved_model_cli(export, signature, key, npy, outdir):
+  run = subprocess.run([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"),
+                        "run", "--dir", export, "--tag_set", "serve", "--signature_def",
+                        signature, "--inputs", f"{key}={npy}", "--outdir", str(outdir)],
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  return {k: np.load(outdir / f"{k}.npy", allow_pickle=True) for k in (
+      "detection_boxes", "detection_scores", "detection_classes", "detection_class_names",
+      "num_detections")}
+
+
+@needs_imagenet_mobilenet
+@pytest.mark.slow
+def test_detector_learns_and_its_export_serves_the_same_boxes(trained):
+  """Chance: a detector that learned nothing finds no box at IoU 0.5 (AP50 0); measured
+  AP50 0.89, AP 0.66 on the 10 validation images."""
+  from kerasft.data import pipeline
+  from kerasft.tasks.detection import graph
+  tmp, coco, result = trained
+  assert result.metrics["ap50"] > 0.5 and result.metrics["map"] > 0.3, result.metrics
+  for name in ("ap_per_class.png", "pr_curves.png", "predictions.png", "report.html",
+               "detections.json"):
+    assert os.path.getsize(tmp / "run" / name) > 0, name
+  card = json.load(open(os.path.join(result.export_path, "model_card.json")))
+  assert card["task"] == "detection" and card["max_detections"] == 100
+  assert card["score_threshold"] == 0.05 and card["iou_threshold"] == 0.5
+  paths = [str(coco.parent / "images" / f"{i:03d}.jpg") for i in range(4)]
+  encoded = [open(p, "rb").read() for p in paths]
+  pixels = np.stack([np.asarray(pipeline.decode_and_resize(b, 96)) for b in encoded])
+  expected = {k: v.numpy() for k, v in graph.detect(result.model(pixels, training=False), 96, 100,
+                                                     0.05, 0.5).items()}
+  np.save(tmp / "bytes.npy", np.array(encoded, dtype=object).astype("S"))
+  served = _saved_model_cli(result.export_path, "serving_bytes", "image_bytes",
+                            tmp / "bytes.npy", tmp / "out")
+  np.testing.assert_array_equal(served["num_detections"], expected["count"])
+  for i, k in enumerate(expected["count"]):
+    np.testing.assert_allclose(served["detection_boxes"][i, :k], expected["boxes"][i, :k],
+                               atol=1e-4)
+    np.testing.assert_allclose(served["detection_scores"][i, :k], expected["scores"][i, :k],
+                               atol=1e-4)
+    np.testing.assert_array_equal(served["detection_classes"][i, :k],
+                                  expected["classes"][i, :k] + 1)
+    assert [n.decode() for n in served["detection_class_names"][i, :k]] == [
+        NAMES[c] for c in expected["classes"][i, :k]]
+    assert not served["detection_scores"][i, k:].any()  # padding
+  raw = np.stack([np.asarray(Image.open(p)) for p in paths]).astype(np.float32)
+  np.save(tmp / "pixels.npy", raw)
+  by_pixels = _saved_model_cli(result.export_path, "serving_default", "images",
+                               tmp / "pixels.npy", tmp / "out2")
+  top = by_pixels["detection_scores"][:, 0] > 0.5  # (JPEG decoding differs from PIL's a little)
+  np.testing.assert_allclose(by_pixels["detection_boxes"][top, 0],
+                             served["detection_boxes"][top, 0], atol=0.02)
+
+
+@needs_imagenet_mobilenet
+@pytest.mark.slow
+def test_evaluate_writes_coco_results_and_predict_draws_boxes(trained, tmp_path):
+  from pycocotools.coco import COCO
+  from pycocotools.cocoeval import COCOeval
+  _, coco, result = trained
+  images = str(coco.parent / "images")
+  evaluated = call_main("evaluate", f"--export={result.export_path}", f"--coco={coco}",
+                        f"--image_dir={images}", f"--output_dir={tmp_path / 'e'}")
+  assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+  assert "AP50" in evaluated.stdout and "red" in evaluated.stdout
+  metrics = json.load(open(tmp_path / "e" / "metrics.json"))
+  ground = COCO(str(coco))
+  rerun = COCOeval(ground, ground.loadRes(str(tmp_path / "e" / "detections.json")), "bbox")
+  rerun.evaluate()
+  rerun.accumulate()
+  rerun.summarize()
+  assert metrics["map"] == pytest.approx(rerun.stats[0], abs=1e-4)
+  assert metrics["ap50"] == pytest.approx(rerun.stats[1], abs=1e-4)
+  image = os.path.join(images, "000.jpg")
+  shown = call_main("predict", f"--export={result.export_path}", f"--draw_dir={tmp_path / 'd'}",
+                    image, str(tmp_path / "none.jpg"))
+  assert shown.returncode == 0, shown.stderr[-2000:]
+  assert "000.jpg\t" in shown.stdout and "ERROR" in shown.stdout
+  assert Image.open(tmp_path / "d" / "000.png").size == (72, 64)
+  for out in ("p.jsonl", "p.csv"):
+    written = call_main("predict", f"--export={result.export_path}", f"--output={tmp_path / out}",
+                        image)
+    assert written.returncode == 0, written.stderr[-2000:]
+  row = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
+  box = row["boxes"][0]
+  assert box["class"] in ("red", "blue") and 0 <= box["xmin"] < box["xmax"] <= 72
+  lines = (tmp_path / "p.csv").read_text().splitlines()
+  assert lines[0] == "path,xmin,ymin,xmax,ymax,label,score,error"
+  assert len(lines) == 1 + len(row["boxes"])
+  converted = call_main("export", f"--run_dir={trained[0] / 'run'}", "--format=tflite",
+                        f"--export_dir={tmp_path / 'x'}")
+  assert converted.returncode == 2 and "CombinedNonMaxSuppression" in converted.stderr
+  assert not os.path.exists(tmp_path / "x")
+
+
+def test_a_killed_detector_run_resumes_with_its_val_map(tmp_path, monkeypatch):
+  from kerasft.training import callbacks
+  coco = write_coco(tmp_path / "d", draw_boxes(16))
+  config = _config(tmp_path, coco, training={"epochs": 5}, augment=("flip", "zoom"))
+  original = callbacks.EpochLog.on_epoch_end
+
+  def killed_after_three(self, epoch, logs=None):
+    original(self, epoch, logs)
+    if epoch == 2:
+      raise KeyboardInterrupt("killed")
+  monkeypatch.setattr(callbacks.EpochLog, "on_epoch_end", killed_after_three)
+  with pytest.raises(KeyboardInterrupt):
+    kerasft.run_training(config, verbose=0)
+  before = callbacks.history_from_log(str(tmp_path / "run" / "epochs.jsonl"))
+  monkeypatch.setattr(callbacks.EpochLog, "on_epoch_end", original)
+  result = kerasft.run_training(config, verbose=0)
+  assert len(before["loss"]) == 3 and len(result.history["val_map"]) == 5
+  assert result.history["loss"][:2] == before["loss"][:2]
+  assert result.metrics["task"] == "detection"
+
+
+@pytest.mark.slow
+def test_a_detector_trains_over_two_cpu_replicas(tmp_path):
+  from conftest import run_cli
+  coco = write_coco(tmp_path / "d", draw_boxes(16))
+  run = run_cli("train", "--task=detection", f"--coco={coco}",
+                f"--image_dir={tmp_path / 'd' / 'images'}", "--weights=none", "--image_size=64",
+                "--epochs=2", "--head_solver=epochs", "--strategy=mirrored", "--cpu_replicas=2",
+                "--batch_size=8", f"--model_dir={tmp_path / 'run'}",
+                f"--export_dir={tmp_path / 'export'}")
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "MirroredStrategy: 2 replicas, global batch 8 = 4 per replica" in run.stderr
+  metrics = json.load(open(tmp_path / "run" / "metrics.json"))
+  assert metrics["validated_on"] == "the 4 validation examples"  # each once, not per replica
+  detections = json.load(open(tmp_path / "run" / "detections.json"))
+  assert len(detections) <= 4 * 100
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task=detection", "--coco={missing}"], "--coco: {missing} does not exist"),
+    (["--task=detection", "--coco={notcoco}"], "--coco: {notcoco} is not a COCO instances file"),
+    (["--task=detection", "--coco={badcat}", "--image_dir={images}"],
+     "annotation 1 has category_id 9, which no category has"),
+    (["--task=detection", "--coco={coco}"], "--coco: 000.jpg: the image does not exist"),
+    (["--task=detection", "--coco={coco}", "--image_dir={images}", "--augment=rotate"],
+     "--augment=rotate: --task=detection moves boxes with images for flip, zoom"),
+    (["--task=detection", "--coco={coco}", "--image_dir={images}", "--resize=crop"],
+     "--resize: --task=detection squashes images"),
+    (["--task=detection", "--coco={coco}", "--image_dir={images}", "--image_size=48"],
+     "--image_size: --task=detection needs a side divisible by 32, got 48"),
+    (["--task=detection", "--coco={coco}", "--image_dir={images}", "--model={tiny}",
+      "--image_size=32"], "gives no maps at strides 8, 16 and 32"),
+    (["--task=detection", "--coco={coco}", "--image_dir={images}", "--model=keras_hub:x"],
+     "--task=detection: finds objects in images"),
+    (["--data_dir={images}", "--max_detections=10"], "--max_detections: only for --task=detection"),
+    (["--task=detection", "--data_dir={images}"], "--data_dir: --task=detection reads --coco"),
+    (["--task=detection", "--image_dir={images}"], "--image_dir: only goes with --coco"),
+    (["--task=detection", "--coco={coco}", "--image_dir={images}", "--score_threshold=1.5"],
+     "--score_threshold: must be in [0, 1)"),
+    (["--task=detection", "--yolo={noclasses}"], "names no classes: add classes.txt"),
+    (["--task=detection", "--yolo={badyolo}"], "line 1: class 7, but 1 classes are named"),
+    (["--task=detection", "--csv={badcsv}"], "row 1: xmin, ymin, xmax, ymax must be numbers"),
+    (["--task=detection", "--voc={images}"], "has no Annotations/ folder"),
+    (["--task=detection", "--coco={coco}", "--image_dir={images}", "--mixup=0.2"],
+     "--mixup: not for --task=detection"),
+])
+def test_detection_mistakes_are_one_line_errors(tmp_path, args, message):
+  from conftest import tiny_model
+  drawn = draw_boxes(4)
+  coco = write_coco(tmp_path / "d", drawn)
+  os.makedirs(tmp_path / "elsewhere", exist_ok=True)
+  moved = tmp_path / "elsewhere" / "instances.json"  # its images are not beside it
+  moved.write_text(coco.read_text())
+  bad = json.loads(coco.read_text())
+  bad["annotations"][0]["category_id"] = 9
+  (tmp_path / "badcat.json").write_text(json.dumps(bad))
+  (tmp_path / "notcoco.json").write_text("[1, 2]")
+  for name in ("noclasses", "badyolo"):
+    os.makedirs(tmp_path / name / "images", exist_ok=True)
+    Image.fromarray(drawn[0][1]).save(tmp_path / name / "images" / "a.jpg")
+  os.makedirs(tmp_path / "badyolo" / "labels", exist_ok=True)
+  (tmp_path / "badyolo" / "classes.txt").write_text("red\n")
+  (tmp_path / "badyolo" / "labels" / "a.txt").write_text("7 0.5 0.5 0.2 0.2\n")
+  (tmp_path / "bad.csv").write_text("path,xmin,ymin,xmax,ymax,label\nd/images/000.jpg,a,1,2,3,red\n")
+  paths = {"missing": str(tmp_path / "none.json"), "notcoco": str(tmp_path / "notcoco.json"),
+           "badcat": str(tmp_path / "badcat.json"), "coco": str(moved),
+           "images": str(tmp_path / "d" / "images"), "tiny": tiny_model(),
+           "noclasses": str(tmp_path / "noclasses"), "badyolo": str(tmp_path / "badyolo"),
+           "badcsv": str(tmp_path / "bad.csv")}
+  args = [a.format(**paths) for a in args]
+  if not any(a.startswith(("--image_size", "--model")) for a in args):
+    args += ["--image_size=64", "--weights=none"]
+  result = call_main("train", *args, f"--model_dir={tmp_path / 'run'}",
+                     f"--export_dir={tmp_path / 'export'}")
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert message.format(**paths) in last, last
+  assert not os.path.exists(tmp_path / "run")

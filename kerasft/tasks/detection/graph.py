@@ -120,8 +120,8 @@ def _offsets(a, b):
 
 def decode(anchor_boxes, offsets):
   """Boxes [..., A, 4] (xyxy pixels) of predicted `offsets` [..., A, 4]."""
-  ax, ay, aw, ah = _centre_size(anchor_boxes)
-  d = offsets * VARIANCE
+  ax, ay, aw, ah = _centre_size(tf.cast(anchor_boxes, tf.float32))
+  d = tf.cast(offsets, tf.float32) * VARIANCE
   cx, cy = d[..., 0] * aw + ax, d[..., 1] * ah + ay
   w = tf.exp(tf.minimum(d[..., 2], 4.0)) * aw
   h = tf.exp(tf.minimum(d[..., 3], 4.0)) * ah
