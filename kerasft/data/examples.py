@@ -237,3 +237,10 @@ def stratified_split(files: Examples, fraction: float, seed: int
   return files.subset(sorted(train_idx)), files.subset(sorted(val_idx))
 
 
+def objects(items) -> np.ndarray:
+  """A 1-D object array of per-example items (masks of different sizes, entity lists,
+  boxes), which numpy neither broadcasts nor stacks."""
+  out = np.empty(len(items), object)
+  for i, item in enumerate(items):
+    out[i] = item
+  return out

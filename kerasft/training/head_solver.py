@@ -216,10 +216,10 @@ def _kfold(solver, x, y, k: int, class_weight, folding: tuple) -> Solution:
   training, stratify = folding
   splits = folds(y, training.folds, training.seed, stratify)
   c, score, oof = _cross_validated(solver, x, y, k, class_weight, splits)
-  final = solver.fit(x, y, k, c, class_weight)
   nested = None
   if len(x) <= NESTED_UP_TO:
-    nested = {solver.score_name: _nested(solver, x, y, k, class_weight, splits, folding)}
+    nested = {solver.score_name: _nested(solver, x, y, k, class_weight, folding)}
+  final = solver.fit(x, y, k, c, class_weight)  # the last fit: on every labelled example
   validated = (f"{len(splits)}-fold cross-validation of all {len(x)} labelled examples (the "
                f"best of {len(GRID)} L2 strengths chosen on the same folds, so slightly "
                "optimistic" + (f"; nested cross-validation: {solver.score_name} "
@@ -228,13 +228,14 @@ def _kfold(solver, x, y, k: int, class_weight, folding: tuple) -> Solution:
   return Solution(c, score, validated, y, oof, final, final, True, nested)
 
 
-def _nested(solver, x, y, k: int, class_weight, splits, folding: tuple) -> float:
+def _nested(solver, x, y, k: int, class_weight, folding: tuple) -> float:
   """The held-out score of choosing C by an inner k-fold of each outer fold's training
-  rows, then fitting there: an estimate of the whole procedure the reported figure (the
-  best C on the same folds) flatters."""
+  rows (the outer folds: `folding`'s, as `_kfold` draws them), then fitting there: an
+  estimate of the whole procedure the reported figure (the best C on the same folds)
+  flatters."""
   training, stratify = folding
   oof = np.zeros((len(x), k), np.float32)
-  for train, held in splits:
+  for train, held in folds(y, training.folds, training.seed, stratify):
     inner = folds(y[train], training.folds, training.seed, stratify)
     c, _, _ = _cross_validated(solver, x[train], y[train], k, class_weight, inner)
     oof[held] = solver.outputs(x[held], *solver.fit(x[train], y[train], k, c, class_weight))

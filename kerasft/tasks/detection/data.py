@@ -1,19 +1,13 @@
-"""Boxed images from the formats detection teams have, all read into the same examples:
-an image and its boxes in pixels (xmin, ymin, xmax, ymax), a class per box, and COCO's
-crowd regions (ignored in the loss and the metrics, as COCO does).
-
-- COCO instances JSON (`read_coco`): `bbox` [x, y, width, height] in pixels;
-- Pascal VOC (`read_voc`): Annotations/*.xml, JPEGImages/; `difficult` boxes are crowd-like;
-- YOLO (`read_yolo`): images/, labels/*.txt of `class cx cy w h` (normalized), names in
-  classes.txt or data.yaml;
-- a CSV of `path,xmin,ymin,xmax,ymax,label` rows (`read_box_table`), an image per path and
-  a row per box (an image with an empty label is a negative);
-- TFRecord files with the TF Object Detection API's keys and TFDS sets with `objects/bbox`
-  and `objects/label` (`read_box_records`, `read_tfds_boxes`; TensorFlow, imported then).
-
-Boxes outside the image are clipped to it; empty or inverted ones are skipped with a
-warning naming the file (--strict_data: an error); an unknown class, a missing image or an
-unreadable annotation file is one line naming the file. No TensorFlow at import.
+"""Boxed images from the formats detection teams have, read into the same examples: an
+image, its boxes in pixels (xmin, ymin, xmax, ymax), a class per box, and COCO's crowd
+regions (ignored in the loss and the metrics, as COCO does). Readers: COCO instances JSON
+(`read_coco`), Pascal VOC (`read_voc`; `difficult` boxes are crowd-like), YOLO
+(`read_yolo`), a CSV of `path,xmin,ymin,xmax,ymax,label` rows (`read_box_table`), TFRecords
+with the TF Object Detection API's keys (`read_box_records`), TFDS sets with `objects/bbox`
+and `objects/label` (`read_tfds_boxes`). Boxes outside the image are clipped to it; empty
+or inverted ones are skipped with a warning naming the file (--strict_data: an error); an
+unknown class, a missing image or an unreadable annotation file is one line naming the
+file. TensorFlow only inside the TFRecord and TFDS readers.
 """
 
 from __future__ import annotations
@@ -57,13 +51,6 @@ class Read(NamedTuple):
   category_ids: tuple = ()
 
 
-def objects(items: list) -> np.ndarray:
-  """A 1-D object array of per-image items (Boxed labels, detections)."""
-  out = np.empty(len(items), object)
-  out[:] = list(items)
-  return out
-
-
 class Boxes(Classes):
   """An image's label is its `Boxed` boxes; the class names are the boxes' classes, whose
   ids in the data are `category_ids` (COCO's; () for 1..K)."""
@@ -86,15 +73,8 @@ class Boxes(Classes):
     ids = np.concatenate([b.classes[~b.crowd] for b in labels] or [np.zeros(0, np.int32)])
     return np.bincount(ids, minlength=k).tolist()
 
-  def check_folder_source(self, source):
-    raise UsageError("--task=detection: boxes come from --coco, --voc, --yolo, --csv "
-                     "(path,xmin,ymin,xmax,ymax,label), --tfrecord or --tfds")
-
-  def targets(self, labels, k):
-    raise ValueError("detection targets are per anchor: graph.encode")
-
   def evaluation_labels(self, files):
-    return objects(files.labels)
+    return examples.objects(files.labels)
 
 
 def image_size(item) -> tuple[int, int]:
@@ -225,11 +205,11 @@ def read_voc(source: Source, class_names=None) -> "Read":
                for path, file_name, objs in parsed], names)
 
 
-def _named(objs: list, names: list[str], source: Source, where: str) -> tuple:
-  """(boxes, class indices, crowd) of [(class name, box, crowd)]."""
+def _named(objs: list, names: list[str], source: Source, path: str) -> tuple:
+  """(boxes, class indices, crowd) of [(class name, box, crowd)] read from `path`."""
   unknown = [o[0] for o in objs if o[0] not in names]
   if unknown:
-    raise source.error(f"{where}: class {unknown[0]!r} is not among the classes "
+    raise source.error(f"{path}: class {unknown[0]!r} is not among the classes "
                        f"({', '.join(names[:10])})")
   return ([o[1] for o in objs], [names.index(o[0]) for o in objs], [o[2] for o in objs])
 
@@ -272,13 +252,13 @@ def read_yolo(source: Source, class_names=None) -> "Read":
   for file_name in sorted(n for n in os.listdir(images_dir) if is_image(n)):
     path = os.path.join(images_dir, file_name)
     label = os.path.join(labels_dir, os.path.splitext(file_name)[0] + ".txt")
-    items.append((path, file_name, _yolo_boxes(label, len(names), path, source)))
+    items.append((path, file_name, _yolo_boxes(label, len(names), source)))
   return Read(items, names)
 
 
-def _yolo_boxes(label_path: str, k: int, image_path: str, source: Source):
-  """The rows of one YOLO label file (None: no file: an image without boxes), scaled to
-  pixels once the image's size is known (`YoloBoxes`)."""
+def _yolo_boxes(label_path: str, k: int, source: Source):
+  """The `NormalizedBoxes` of one YOLO label file of `class cx cy w h` rows (None: no
+  file: an image without boxes)."""
   if not os.path.isfile(label_path):
     return None
   rows = []
@@ -295,19 +275,9 @@ def _yolo_boxes(label_path: str, k: int, image_path: str, source: Source):
       if not 0 <= cls < k:
         raise source.error(f"{label_path} line {number}: class {cls}, but {k} classes are "
                            f"named (0..{k - 1})")
-      rows.append((cls, cx, cy, w, h))
-  return YoloBoxes(rows, image_path)
-
-
-class YoloBoxes(NamedTuple):
-  """A YOLO label file's rows, normalized; `in_pixels` scales them to an image."""
-  rows: list
-  image_path: str
-
-  def in_pixels(self, width: int, height: int) -> tuple:
-    boxes = [((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width,
-              (cy + h / 2) * height) for _, cx, cy, w, h in self.rows]
-    return boxes, [r[0] for r in self.rows], [False] * len(self.rows)
+      rows.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, cls))
+  return NormalizedBoxes(np.asarray([r[:4] for r in rows], np.float32).reshape(-1, 4),
+                         [r[4] for r in rows])
 
 
 def read_box_table(source: Source, path_column: str = "path", class_names=None
@@ -345,7 +315,8 @@ def read_box_records(source: Source, label_names: str = "", class_names=None
   """The `Read` of TFRecord files (`source.path`: a glob) with the TF Object
   Detection API's keys: image/encoded, image/object/bbox/{xmin,ymin,xmax,ymax}
   (normalized), image/object/class/label (1-based ids) and, when present,
-  image/object/class/text (names; else --label_names' line i names id i, else the ids)."""
+  image/object/class/text (names; else --label_names' line i names id i, else the ids); an
+  id or text not among `class_names` (the training data's) is a UsageError."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   files = sorted(tf.io.gfile.glob(source.path))
   if not files:
@@ -371,38 +342,30 @@ def read_box_records(source: Source, label_names: str = "", class_names=None
                          f"Object Detection API's keys: {e.message.splitlines()[0]}") from None
   if any(not r[0] for r in rows):
     raise source.error(f"{next(r[1] for r in rows if not r[0])} has no image/encoded")
-  names = class_names or _record_names(rows, label_names)
-  return Read([(image, name, NormalizedBoxes(np.asarray(boxes, np.float32).reshape(-1, 4), [
-      _record_class(i, t, names, label_names) for i, t in zip(ids, texts)]))
-               for image, name, boxes, ids, texts in rows], names)
-
-
-def _record_names(rows: list, label_names: str) -> list[str]:
-  """The class names of box records: their texts, else --label_names, else the ids."""
-  texts = sorted({t for r in rows for t in r[4] if t})
-  if texts:
-    return texts
-  if label_names:
-    with open(label_names, encoding="utf-8") as f:
-      return [line.strip() for line in f if line.strip()]
-  return [str(i) for i in sorted({int(i) for r in rows for i in r[3]})]
-
-
-def _record_class(label_id: int, text: str, names: list[str], label_names: str) -> int:
-  if text:
-    return names.index(text)
-  return int(label_id) - 1 if label_names else names.index(str(int(label_id)))
+  if label_names and not os.path.isfile(label_names):
+    raise UsageError(f"--label_names: file {label_names} does not exist")
+  with open(label_names or os.devnull, encoding="utf-8") as f:
+    lines = [line.strip() for line in f if line.strip()]  # line i names label id i
+  parsed = [(image, name, [(t or (lines[i - 1] if 0 < i <= len(lines) else str(i)), b, False)
+                           for i, t, b in zip(ids.tolist(), texts, boxes.tolist())])
+            for image, name, boxes, ids, texts in rows]
+  names = class_names or lines or sorted({o[0] for _, _, objs in parsed for o in objs},
+                                         key=lambda n: (len(n), n) if n.isdigit() else (0, n))
+  return Read([(image, name, NormalizedBoxes(*_named(objs, names, source, name)))
+               for image, name, objs in parsed], names)
 
 
 class NormalizedBoxes(NamedTuple):
   """Boxes as fractions of the image (xmin, ymin, xmax, ymax), scaled once its size is
-  known (as YOLO's)."""
+  known (YOLO's, records', TFDS'), with their classes and crowd flags."""
   boxes: np.ndarray
   classes: list
+  crowd: list = ()
 
   def in_pixels(self, width: int, height: int) -> tuple:
-    return (self.boxes * [width, height, width, height], self.classes,
-            [False] * len(self.classes))
+    return (np.asarray(self.boxes, np.float32).reshape(-1, 4) * [width, height, width, height],
+            self.classes,
+            [bool(c) for c in self.crowd] or [False] * len(self.classes))
 
 
 def read_tfds_boxes(name: str, data_dir: str, split: str, image_key: str = "",
@@ -427,18 +390,8 @@ def read_tfds_boxes(name: str, data_dir: str, split: str, image_key: str = "",
     o = e["objects"]
     boxes = np.asarray(o["bbox"], np.float32).reshape(-1, 4)[:, [1, 0, 3, 2]]
     crowd = list(o.get("is_crowd", np.zeros(len(boxes), bool)))
-    normalized = NormalizedBoxes(boxes, list(o["label"]))
-    items.append((e[image_key], f"{name}[{split}]#{i}", CrowdAware(normalized, crowd)))
+    items.append((e[image_key], f"{name}[{split}]#{i}",
+                  NormalizedBoxes(boxes, list(o["label"]), crowd)))
   if not items:
     raise UsageError(f"--tfds: split {split!r} of {name} is empty")
   return Read(items, names)
-
-
-class CrowdAware(NamedTuple):
-  """Normalized boxes with their crowd flags."""
-  normalized: NormalizedBoxes
-  crowd: list
-
-  def in_pixels(self, width: int, height: int) -> tuple:
-    boxes, classes, _ = self.normalized.in_pixels(width, height)
-    return boxes, classes, [bool(c) for c in self.crowd]

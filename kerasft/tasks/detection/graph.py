@@ -28,7 +28,6 @@ from kerasft.data.pipeline import decode_and_resize
 from kerasft.models.backbones import strided_layers
 from kerasft.models.features import TAPS
 from kerasft.models.heads import Preprocess
-from kerasft.tasks.detection import report
 
 LEVELS = (3, 4, 5, 6, 7)  # P3..P7: strides 8..128
 SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
@@ -357,18 +356,19 @@ def detections(net, inputs, sizes: list, image_size: int, settings) -> list:
 
 
 class MeanAP(keras.callbacks.Callback):
-  """Puts `val_map`, COCO's AP of the validation images (`report.coco`), in each epoch's
-  logs, from the fitted model's outputs on `val` (batches of what it takes: images, or
-  cached pyramid inputs) and the boxes of `val_files`; `settings`: `DetectionSettings`."""
+  """Puts `val_map`, COCO's AP of the validation images, in each epoch's logs, from the
+  fitted model's outputs on `val` (batches of what it takes: images, or cached pyramid
+  inputs) and the boxes of `val_files`; `settings`: `DetectionSettings`; `coco`: the
+  metrics of (truth, detections, class names) (`report.coco`)."""
 
-  def __init__(self, val, val_files, image_size: int, settings):
+  def __init__(self, val, val_files, image_size: int, settings, coco):
     super().__init__()
-    self.val, self.truth, self.image_size, self.settings = (
-        val, list(val_files.labels), image_size, settings)
-    self.class_names = list(val_files.class_names)
+    self.val, self.files, self.image_size, self.settings, self.coco = (
+        val, val_files, image_size, settings, coco)
 
   def on_epoch_end(self, epoch, logs=None):
-    found = detections(self.model, self.val, [(b.width, b.height) for b in self.truth],
+    truth = list(self.files.labels)
+    found = detections(self.model, self.val, [(b.width, b.height) for b in truth],
                        self.image_size, self.settings)
     if logs is not None:
-      logs["val_map"] = max(report.coco(self.truth, found, self.class_names)["map"], 0.0)
+      logs["val_map"] = max(self.coco(truth, found, self.files.class_names)["map"], 0.0)

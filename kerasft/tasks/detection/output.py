@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from kerasft.core.errors import UsageError, refuse
+from kerasft.data import examples
 from kerasft.tasks.base import Output
 from kerasft.tasks.detection import data, report
 
@@ -62,7 +63,8 @@ class Detection(Output):
 
   def epoch_callbacks(self, config, val, val_files) -> list:
     from kerasft.tasks.detection import graph  # pylint: disable=g-import-not-at-top
-    return [graph.MeanAP(val, val_files, config.model.image_size, config.tasks.detection)]
+    return [graph.MeanAP(val, val_files, config.model.image_size, config.tasks.detection,
+                         report.coco)]
 
   def card(self):
     return {"task": self.name, "boxes": "detection_boxes: ymin, xmin, ymax, xmax as "
@@ -77,7 +79,7 @@ class Detection(Output):
       yxyx = np.asarray(result["detection_boxes"][i, :k]) * [h, w, h, w]
       out.append((yxyx[:, [1, 0, 3, 2]].astype(np.float32), result["detection_scores"][i, :k],
                   np.asarray(result["detection_classes"][i, :k]).astype(int) - 1))
-    return data.objects(out)
+    return examples.objects(out)
 
   def main_output(self, result):
     return np.asarray(result["detection_boxes"])

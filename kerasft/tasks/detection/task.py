@@ -125,7 +125,7 @@ class DetectionTask(ImageTask):
     net, batches = view if view is not None else (model, self.pipeline(files, batch_size))
     found = graph.detections(net, batches, [(b.width, b.height) for b in files.labels],
                              self.config.model.image_size, self.config.tasks.detection)
-    return boxed.objects(list(files.labels)), boxed.objects(found)
+    return examples.objects(files.labels), examples.objects(found)
 
   def held_out(self, model, dataset, view=None):
     return self.predict_examples(model, dataset.val_files, self.config.data.batch_size, view)

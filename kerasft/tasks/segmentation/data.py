@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from kerasft.core.errors import UsageError
-from kerasft.data import records, tables
+from kerasft.data import examples, records, tables
 from kerasft.data.folders import is_image
 from kerasft.data.labels import Classes
 from kerasft.data.source import Source
@@ -168,13 +168,6 @@ def _check_pair(image, mask, name: str):
   return (encode_mask(values), set(np.unique(values).tolist())), None
 
 
-def objects(items: list) -> np.ndarray:
-  """A 1-D object array of per-image arrays (of different sizes)."""
-  out = np.empty(len(items), object)
-  out[:] = list(items)
-  return out
-
-
 def folder_source(d, flag_prefix: str, split: str) -> Source:
   """The folder holding images/ and masks/ of --data_dir or --val_dir: the folder itself,
   or its train/ (validation/, val/, or `split`) sub-folder; its path "" when absent."""
@@ -244,4 +237,4 @@ class Masks(Classes):
     raise ValueError("segmentation targets are per pixel: graph.masks")
 
   def evaluation_labels(self, files):
-    return objects([read_mask(m, files.name(i)) for i, m in enumerate(files.labels)])
+    return examples.objects([read_mask(m, files.name(i)) for i, m in enumerate(files.labels)])

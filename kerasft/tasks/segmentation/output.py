@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from kerasft.core.errors import UsageError, refuse
+from kerasft.data import examples
 from kerasft.tasks.base import Output
 from kerasft.tasks.segmentation import data, report
 
@@ -67,7 +68,7 @@ class Segmentation(Output):
 
   def served(self, result):
     """Per-image class maps [H, W] at each image's size (the export pads to the largest)."""
-    return data.objects([m[:h, :w] for m, h, w in zip(result["class_map"], result["heights"],
+    return examples.objects([m[:h, :w] for m, h, w in zip(result["class_map"], result["heights"],
                                                  result["widths"])])
 
   def predict_row(self, key, name, values, class_names, top_k, error):

@@ -21,7 +21,7 @@ import re
 import numpy as np
 
 from kerasft.core.errors import UsageError
-from kerasft.data import records
+from kerasft.data import examples, records
 from kerasft.data.labels import Classes
 from kerasft.data.source import Source
 
@@ -287,13 +287,6 @@ def read_tfds_tokens(name: str, data_dir: str, split: str, tokens_key: str = "",
   return texts, entities
 
 
-def objects(items: list) -> np.ndarray:
-  """A 1-D object array of `items` (per-text entity lists), which numpy leaves unbroadcast."""
-  out = np.empty(len(items), object)
-  out[:] = [list(i) for i in items]
-  return out
-
-
 class Entities(Classes):
   """A text's labels are its entities, (start, end, type) character spans; the "class
   names" are the entity types."""
@@ -315,4 +308,4 @@ class Entities(Classes):
     raise ValueError("tagging targets are per token: TaggingTask.encode")
 
   def evaluation_labels(self, files):
-    return objects(files.labels)
+    return examples.objects([list(e) for e in files.labels])

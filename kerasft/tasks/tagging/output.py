@@ -7,6 +7,7 @@ import numpy as np
 
 from kerasft.core.errors import refuse
 from kerasft.reporting import metrics as reports
+from kerasft.data import examples
 from kerasft.tasks.base import Output
 from kerasft.tasks.tagging import data, report
 
@@ -47,7 +48,7 @@ class Tagging(Output):
 
   def served(self, result: dict) -> np.ndarray:
     """Per-text entity lists (start, end, type, score, text) of the export's outputs."""
-    return data.objects([[(int(a), int(b), t.decode(), float(s), x.decode())
+    return examples.objects([[(int(a), int(b), t.decode(), float(s), x.decode())
              for a, b, t, s, x in zip(*(result[k][i] for k in (
                  "entity_starts", "entity_ends", "entity_types", "entity_scores", "entities")))
              if a >= 0] for i in range(len(result["entities"]))])

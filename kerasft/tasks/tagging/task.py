@@ -230,7 +230,7 @@ class TaggingTask(TextTask):
     for start in range(0, len(files.inputs), batch_size):
       result = run(tf.constant(files.inputs[start:start + batch_size], tf.string))
       predicted += list(self.output.served({k: v.numpy() for k, v in result.items()}))
-    return self.output.labels.evaluation_labels(files), tagging.objects(predicted)
+    return self.output.labels.evaluation_labels(files), examples.objects([list(p) for p in predicted])
 
   def held_out(self, model, dataset, view=None):
     return self.predict_examples(model, dataset.val_files, self.config.data.batch_size)
