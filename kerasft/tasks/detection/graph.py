@@ -219,13 +219,14 @@ def pyramid(c3, c4, c5) -> list:
 
 def _subnet(outputs_per_anchor: int, name: str, bias: float = 0.0) -> list:
   """The layers of a head shared by every level, applied in order: DEPTH separable
-  convolutions with ReLU, then one that gives `outputs_per_anchor` per anchor (float32).
+  convolutions with ReLU, then a separable one that gives `outputs_per_anchor` per anchor
+  (float32).
   Layers, not a nested model: the backbone stays the detector's one nested model."""
   layers = []
   for i in range(DEPTH):
     layers += [keras.layers.SeparableConv2D(WIDTH, 3, padding="same", name=f"{name}_conv{i}"),
                keras.layers.ReLU(name=f"{name}_relu{i}")]
-  return layers + [keras.layers.Conv2D(
+  return layers + [keras.layers.SeparableConv2D(  # 8x cheaper than a full 3x3 on a CPU
       len(SCALES) * len(RATIOS) * outputs_per_anchor, 3, padding="same", dtype="float32",
       bias_initializer=keras.initializers.Constant(bias), name=f"{name}_out")]
 
