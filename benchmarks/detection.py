@@ -185,7 +185,7 @@ def run_keras_hub(work: str, seconds: float) -> dict:
           bounding_box_format="xyxy", from_logits=True, confidence_threshold=0.05))
   prior = -np.log((1 - 0.01) / 0.01)  # on the class head, where RetinaNet puts it
   for head, bias in ((detector.classification_head, prior), (detector.box_head, 0.0)):
-    last = head.weights[-1]
+    last = head.prediction_layer.bias
     last.assign(np.full(last.shape, bias, np.float32))
   backbone.get_layer("backbone").trainable = False  # the encoder frozen, as kerasft's default
   detector.compile(optimizer=keras.optimizers.Adam(1e-3))

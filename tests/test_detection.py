@@ -500,6 +500,8 @@ def test_a_detector_trains_over_two_cpu_replicas(tmp_path):
     (["--task=detection", "--voc={images}"], "has no Annotations/ folder"),
     (["--task=detection", "--coco={coco}", "--image_dir={images}", "--mixup=0.2"],
      "--mixup: not for --task=detection"),
+    (["--task=detection", "--csv={badcsv}", "--label_column=kind"],
+     "--label_column: not for --task=detection"),
 ])
 def test_detection_mistakes_are_one_line_errors(tmp_path, args, message):
   from conftest import tiny_model

@@ -8,13 +8,9 @@ import os
 
 import numpy as np
 
-from kerasft.core.errors import UsageError, refuse
 from kerasft.data import examples
-from kerasft.tasks.base import Output
+from kerasft.tasks.base import Output, check_labels_on_pixels
 from kerasft.tasks.detection import data, report
-
-AUGMENTATIONS = ("flip", "zoom", "translate", "contrast")  # what moves boxes with images
-
 
 class Detection(Output):
   """Raw anchor outputs ("detections" [N, A, 4 + C]); labels are `data.Boxed` per image,
@@ -34,18 +30,7 @@ class Detection(Output):
     return False
 
   def check(self, config):
-    d, t = config.data, config.training
-    refuse(self.name, class_weight=d.class_weight != "none", oversample=d.oversample,
-           slice_column=bool(d.slice_column), calibrate=t.calibrate != "none",
-           mixup=bool(d.mixup), cutmix=bool(d.cutmix), label_smoothing=bool(t.label_smoothing),
-           head=bool(config.model.head), recipe=config.methods.recipe == "few_shot")
-    if d.resize != "squash":
-      raise UsageError("--resize: --task=detection squashes images to the square (boxes "
-                       "scale with them); leave --resize out")
-    other = [a for a in d.augment if a not in AUGMENTATIONS]
-    if other:
-      raise UsageError(f"--augment={other[0]}: --task=detection moves boxes with images for "
-                       f"{', '.join(AUGMENTATIONS)}")
+    check_labels_on_pixels(config, self.name, "boxes", "scales the boxes with them")
 
   def last_layer(self, x, n, stats=None):
     """The pyramid levels' per-anchor outputs `x` [[N, A_l, 4 + n]] joined (float32)."""

@@ -7,13 +7,10 @@ import os
 
 import numpy as np
 
-from kerasft.core.errors import UsageError, refuse
+from kerasft.core.errors import UsageError
 from kerasft.data import examples
-from kerasft.tasks.base import Output
+from kerasft.tasks.base import Output, check_labels_on_pixels
 from kerasft.tasks.segmentation import data, report
-
-AUGMENTATIONS = ("flip", "zoom", "translate", "contrast")  # what moves masks with images
-
 
 class Segmentation(Output):
   """Class probabilities per pixel ("probabilities" [N, S, S, C]); labels are masks of
@@ -32,19 +29,9 @@ class Segmentation(Output):
     return False
 
   def check(self, config):
-    d, t = config.data, config.training
-    refuse(self.name, class_weight=d.class_weight != "none", oversample=d.oversample,
-            slice_column=bool(d.slice_column), calibrate=t.calibrate != "none",
-            mixup=bool(d.mixup), cutmix=bool(d.cutmix), label_smoothing=bool(t.label_smoothing),
-            head=bool(config.model.head), recipe=config.methods.recipe == "few_shot",
-            label_column=d.label_column != "label")
-    if d.resize != "squash":
-      raise UsageError("--resize: --task=segmentation squashes images to the square and maps "
-                       "the class map back to each image's own size; leave --resize out")
-    other = [a for a in d.augment if a not in AUGMENTATIONS]
-    if other:
-      raise UsageError(f"--augment={other[0]}: --task=segmentation moves masks with images "
-                       f"for {', '.join(AUGMENTATIONS)}")
+    check_labels_on_pixels(config, self.name, "masks", "maps the class map back to each "
+                           "image's own size")
+    d = config.data
     if d.task_data.segmentation.mask_column != "mask" and not d.csv:
       raise UsageError("--mask_column: only goes with --csv")
 
