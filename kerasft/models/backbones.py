@@ -13,6 +13,8 @@ import os
 import re
 import warnings
 
+from absl import logging
+
 from kerasft.config.backbones import INPUT_RANGES, default_name, source, spec
 from kerasft.core.errors import UsageError
 
@@ -99,8 +101,6 @@ def _build_keras_file(name, path, backbone_layer) -> Backbone:
 
 
 def _build_application(name: str, weights: str, image_size: int) -> Backbone:
-  import keras  # pylint: disable=g-import-not-at-top
-
   entry = spec(name)
   if weights == "imagenet":
     keras_weights = "imagenet"
@@ -111,26 +111,7 @@ def _build_application(name: str, weights: str, image_size: int) -> Backbone:
       raise UsageError(f"--weights: file {weights!r} does not exist; pass 'imagenet', 'none' "
                        "or the path of a weights file saved for this backbone")
     keras_weights = None
-  constructor = getattr(keras.applications, entry.keras_name)
-  try:
-    with warnings.catch_warnings():  # ImageNet weights work at any size for these models.
-      warnings.filterwarnings("ignore", message=".*will be loaded as the default")
-      model = constructor(include_top=False, weights=keras_weights, pooling="avg",
-                          input_shape=(image_size, image_size, 3))
-  except ValueError as e:
-    raise UsageError(f"--image_size: {name} cannot be built at {image_size} px: "
-                     f"{str(e).splitlines()[0]}") from None
-  except Exception as e:  # Keras raises a bare Exception when the download fails.
-    match = re.search(r"URL fetch failure on (\S+?): ", str(e))
-    if keras_weights != "imagenet" or not match:
-      raise
-    from kerasft.core import _compat
-    cache = os.path.join(_compat.keras_home(), "models")
-    raise UsageError(
-        f"--weights=imagenet: {name}'s ImageNet weights {os.path.basename(match.group(1))} are "
-        f"not in Keras' cache {cache} and cannot be downloaded ({str(e).split(': ')[-1]}); "
-        "put that file there (or set KERAS_HOME to a writable folder whose models/ holds it), "
-        "or pass --weights=none or --weights=/path/to/weights.h5") from None
+  model = _constructed(name, entry.keras_name, keras_weights, image_size)
   if keras_weights is None and weights.lower() != "none":
     try:
       with warnings.catch_warnings(record=True) as caught:
@@ -144,6 +125,51 @@ def _build_application(name: str, weights: str, image_size: int) -> Backbone:
                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
   model.trainable = False
   return Backbone(name=name, model=model, preprocess=entry.preprocess, image_size=image_size)
+
+
+def _constructed(name: str, keras_name: str, keras_weights, image_size: int):
+  """`keras.applications.<keras_name>` without its top at `image_size`, pooled, with
+  `keras_weights` ("imagenet" or None). Offline, where Keras has a weights file per size
+  (MobileNets: 128, 160, 192) and only the 224 px one is cached, the 224 px ImageNet weights
+  are loaded, as Keras itself does at the sizes it has no file for (a log line says so).
+  A size the model cannot take or weights that are missing are one-line UsageErrors."""
+  import keras  # pylint: disable=g-import-not-at-top
+  constructor = getattr(keras.applications, keras_name)
+
+  def build(weights, size):
+    with warnings.catch_warnings():  # ImageNet weights work at any size for these models.
+      warnings.filterwarnings("ignore", message=".*will be loaded as the default")
+      return constructor(include_top=False, weights=weights, pooling="avg",
+                         input_shape=(size, size, 3))
+  try:
+    return build(keras_weights, image_size)
+  except ValueError as e:
+    raise UsageError(f"--image_size: {name} cannot be built at {image_size} px: "
+                     f"{str(e).splitlines()[0]}") from None
+  except Exception as e:  # Keras raises a bare Exception when the download fails.
+    match = re.search(r"URL fetch failure on (\S+?): ", str(e))
+    if keras_weights != "imagenet" or not match:
+      raise
+    missing = os.path.basename(match.group(1))
+    reason = str(e).split(": ")[-1]
+  if image_size != 224:
+    try:
+      reference = build("imagenet", 224)
+    except Exception:  # pylint: disable=broad-except
+      reference = None
+    if reference is not None:
+      model = build(None, image_size)
+      model.set_weights(reference.get_weights())
+      logging.info("%s is not in Keras' cache: %s uses its 224 px ImageNet weights at %d px",
+                   missing, name, image_size)
+      return model
+  from kerasft.core import _compat  # pylint: disable=g-import-not-at-top
+  cache = os.path.join(_compat.keras_home(), "models")
+  raise UsageError(
+      f"--weights=imagenet: {name}'s ImageNet weights {missing} are not in Keras' cache "
+      f"{cache} and cannot be downloaded ({reason}); put that file there (or set KERAS_HOME "
+      "to a writable folder whose models/ holds it), or pass --weights=none or "
+      "--weights=/path/to/weights.h5")
 
 
 def strided_layers(model, image_size: int, strides: tuple) -> dict:
