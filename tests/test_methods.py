@@ -174,6 +174,43 @@ def test_ema_uses_keras_own_moving_average_of_the_weights(tmp_path, colors, monk
   assert "ema" in json.load(open(tmp_path / "run" / "averaging.json"))["validation"]
 
 
+def test_accumulating_k_batches_equals_one_batch_k_times_larger():
+  """SGD (momentum 0.9), no batch norm: 4 accumulated batches of 8 end where batches of 32
+  end (to 1e-5); batches of 8 without accumulation end elsewhere (the test can fail)."""
+  x = np.random.default_rng(0).normal(size=(96, 6)).astype("float32")
+  y = (x[:, 0] + x[:, 1] > 0).astype("int32")
+
+  def trained(batch, accumulate):
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu"),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizers.make_optimizer("sgd", 0.1, accumulate=accumulate),
+                  "sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=batch, epochs=3, shuffle=False, verbose=0)
+    return model.get_weights()
+  large = trained(32, 1)
+  for a, b in zip(large, trained(8, 4), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  assert max(np.abs(a - b).max() for a, b in zip(large, trained(8, 1))) > 1e-3
+
+
+def test_gradient_accumulation_reaches_the_fine_tune_optimizer_and_the_card(tmp_path, colors,
+                                                                            monkeypatch):
+  made = []
+  original = optimizers.make_optimizer
+
+  def spy(*args, **kwargs):
+    made.append(original(*args, **kwargs))
+    return made[-1]
+  monkeypatch.setattr(optimizers, "make_optimizer", spy)
+  result = kerasft.run_training(_config(tmp_path, colors, fine_tune_epochs=1,
+                                        gradient_accumulation_steps=2), verbose=0)
+  assert made and all(o.gradient_accumulation_steps == 2 for o in made)
+  assert int(made[-1].iterations.numpy()) >= 1  # the fine-tune phase took optimizer steps
+  card = json.load(open(os.path.join(result.export_path, "model_card.json")))
+  assert card["gradient_accumulation_steps"] == 2
+
+
 def _by_layer(backbone):
   return {f"{layer.name}/{w.name}": w.numpy() for layer in backbone.layers for w in layer.weights}
 
@@ -286,6 +323,9 @@ def test_a_lora_run_killed_mid_fine_tune_resumes_and_keeps_learning(tmp_path, co
     (["--fine_tune_epochs=1", "--unfreeze_blocks=1", "--peft=lora", "--lora_targets=nothing*"],
      "--lora_targets: no layer of the unfrozen part matches nothing*"),
     (["--ema_momentum=1.5"], "--ema_momentum: must be between 0 and 1"),
+    (["--gradient_accumulation_steps=4"], "--gradient_accumulation_steps: accumulates the "
+     "gradients of phases trained by epochs"),
+    (["--gradient_accumulation_steps=0"], "--gradient_accumulation_steps: must be a positive"),
 ])
 def test_bad_method_combinations_are_one_line_exit_2(tmp_path, colors, args, message):
   done = call_main("train", f"--model={tiny_model()}", f"--data_dir={colors}",

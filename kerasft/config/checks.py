@@ -33,10 +33,22 @@ def _phases(config) -> None:
     raise UsageError(f"--cache_features=on: --{mixing[0]} changes the backbone's input "
                      "every epoch, so its features cannot be cached; leave --cache_features "
                      "at auto")
+  if t.gradient_accumulation_steps > 1 and not _last_phase_by_epochs(config):
+    raise UsageError("--gradient_accumulation_steps: accumulates the gradients of phases "
+                     "trained by epochs, and the convex head is one solve; add a fine-tune "
+                     "phase (--fine_tune_epochs with an unfreeze flag) or pass "
+                     "--head_solver=epochs")
   if t.fine_tune_epochs and not m.unfreezes:
     raise UsageError(f"--fine_tune_epochs={t.fine_tune_epochs} needs layers to train; pass "
                      "--unfreeze_top=N (or --unfreeze_blocks, --unfreeze_from, "
                      "--gradual_unfreeze) as well")
+
+
+def _last_phase_by_epochs(config) -> bool:
+  """Whether a `RunConfig`'s last phase trains by epochs (not one convex solve)."""
+  t, d = config.training, config.data
+  return bool(t.fine_tune_epochs or t.head_solver == "epochs" or config.model.head
+              or d.augment or d.mixup or d.cutmix)
 
 
 def _methods(config) -> None:
@@ -48,10 +60,7 @@ def _methods(config) -> None:
       if getattr(k, name) != DEFAULTS[name]:
         raise UsageError(f"--{name}: only goes with unlabelled examples (--unlabeled_dir, "
                          "--unlabeled_csv, --unlabeled_tfrecord, --unlabeled_text_dir)")
-  last_phase_by_epochs = bool(t.fine_tune_epochs or t.head_solver == "epochs" or m.head
-                              or config.data.augment or config.data.mixup
-                              or config.data.cutmix)
-  if k.average != "best" and not last_phase_by_epochs:
+  if k.average != "best" and not _last_phase_by_epochs(config):
     raise UsageError(f"--average={k.average}: averages epochs, and the convex head is one "
                      "solve; add a fine-tune phase (--fine_tune_epochs with an unfreeze flag) "
                      "or pass --head_solver=epochs")

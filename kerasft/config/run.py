@@ -190,6 +190,11 @@ class TrainingConfig:
   jit_compile: str = setting("auto", "XLA; auto: on with GPUs, off on CPU (7-12x slower for "
                              "MobileNets here).", choices=AUTO_ON_OFF)
   steps_per_execution: int = setting(1, "Training steps per tf.function call.")
+  gradient_accumulation_steps: int = setting(
+      1, "Phases trained by epochs: one optimizer step per N batches, on the mean of their "
+      "gradients (Keras' optimizer accumulation): the updates of an N x --batch_size batch "
+      "in the memory of one --batch_size batch (batch-norm statistics still see the small "
+      "batches) [1: off].")
   cache_features: str = setting(
       "auto", "Compute the frozen backbone's features once and train the head on them "
       "(auto/on: when the backbone is frozen and nothing augments its input).",
@@ -206,6 +211,7 @@ class TrainingConfig:
     positive_float(self.learning_rate, "learning_rate")
     positive_int(self.epochs, "epochs")
     positive_int(self.steps_per_execution, "steps_per_execution")
+    positive_int(self.gradient_accumulation_steps, "gradient_accumulation_steps")
     non_negative_int(self.kfold_below, "kfold_below")
     check(isinstance(self.folds, int) and self.folds >= 2, "folds", "must be at least 2",
           self.folds)

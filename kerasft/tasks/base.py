@@ -300,6 +300,8 @@ class Task(abc.ABC):
             "versions": {"kerasft": kerasft.__version__, "tensorflow": tf.__version__,
                          "keras": keras.__version__}}
     card.update(self.input_card())
+    if c.training.gradient_accumulation_steps > 1:
+      card["gradient_accumulation_steps"] = c.training.gradient_accumulation_steps
     if metrics:
       card["validation_metrics"] = headline_metrics(metrics)
     return card

@@ -317,8 +317,8 @@ def _prepare(run: Run, segment: Segment, ema: bool = False) -> _Step:
                                                   if id(w) in trained])
     optimizers.compile_model(step.model, optimizers.make_optimizer(
         t.optimizer, rate, t.weight_decay, multipliers,
-        config.methods.ema_momentum if ema else None, l2sp), run.output, t.label_smoothing,
-                             step.steps_per_execution, run.runtime.jit_compile)
+        config.methods.ema_momentum if ema else None, l2sp, t.gradient_accumulation_steps),
+        run.output, t.label_smoothing, step.steps_per_execution, run.runtime.jit_compile)
   return step
 
 
