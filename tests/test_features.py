@@ -120,6 +120,43 @@ def test_augmentation_refuses_caching_and_stays_out_of_the_export(tmp_path, capl
   np.testing.assert_allclose(first, result.model.predict(images.numpy(), verbose=0), atol=1e-5)
 
 
+def test_a_run_whose_activations_cannot_fit_is_refused_naming_what_fits():
+  """Every layer output (1 MiB conv + 1 MiB relu + the 48 KiB input + 256 B pooled per
+  example) times the batch when the backbone trains; 4x the largest output for one frozen
+  forward pass; the message names the largest batch, else about the largest side."""
+  from kerasft.core.errors import UsageError
+  inputs = keras.Input((64, 64, 3))
+  x = keras.layers.Conv2D(64, 3, padding="same")(inputs)
+  x = keras.layers.ReLU()(x)
+  model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+  per = features._all_outputs(model)
+  assert per == 2 * 64 * 64 * 64 * 4 + 64 * 64 * 3 * 4 + 64 * 4
+  features.check_fits(model, 32, True, available=32 * per)  # fits exactly: no error
+  with pytest.raises(UsageError, match=r"^--image_size=64: fine-tuning with --batch_size=32 "
+                     r"needs at least .* the largest --batch_size that fits is 10$"):
+    features.check_fits(model, 32, True, available=10 * per + 5)
+  with pytest.raises(UsageError, match="the largest --image_size that fits one image is "
+                     "about 32$"):  # 64 px x the square root of 1/2
+    features.check_fits(model, 32, True, available=per // 2)
+  features.check_fits(model, 32, False, available=4 * (1 << 20))  # one frozen pass fits
+  with pytest.raises(UsageError, match="one forward pass of the frozen backbone"):
+    features.check_fits(model, 32, False, available=1 << 20)
+
+
+def test_an_absurd_image_size_is_one_line_before_any_work(tmp_path):
+  from conftest import call_main
+  colors = write_color_images(tmp_path / "colors", per_class=3)
+  for extra in ([], ["--unfreeze_blocks=1", "--fine_tune_epochs=1"]):
+    result = call_main("train", "--weights=none", "--image_size=20000", f"--data_dir={colors}",
+                       f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'x'}",
+                       *extra)
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: --image_size=20000: ") and "fits one image is about" in line, line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "x").exists()
+
+
 def test_the_extraction_batch_follows_the_activations_and_the_budget(monkeypatch):
   """Largest power of two up to 128 whose ~4x-largest-activation bytes fit the budget."""
   def extractor(side, channels):

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from kerasft.core.errors import UsageError
 from kerasft.data.examples import Examples
 from kerasft.data.pipeline import Dataset
 from kerasft.models.heads import backbone_of
@@ -40,28 +41,87 @@ CPU_ACTIVATION_BUDGET = 512 << 20
 
 def activation_budget() -> int:
   """Bytes one extraction batch's activations may take: on a GPU a quarter of its memory
-  (`nvidia-smi`; 2 GiB when it cannot say), else the smaller of 512 MiB and an
-  eighth of the memory available now."""
+  (2 GiB when `nvidia-smi` cannot say), else the smaller of 512 MiB and an eighth of the
+  memory available now."""
+  if tf.config.list_physical_devices("GPU"):
+    return device_memory() // 4
+  return min(CPU_ACTIVATION_BUDGET, device_memory() // 8)
+
+
+def device_memory() -> int:
+  """Bytes a run's activations can use at most: the smallest GPU's memory (`nvidia-smi`),
+  else the memory available now."""
   if tf.config.list_physical_devices("GPU"):
     try:
       out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total",
                             "--format=csv,noheader,nounits"], capture_output=True, text=True,
                            timeout=10, check=True).stdout
-      return (min(int(v) for v in out.split()) << 20) // 4
+      return min(int(v) for v in out.split()) << 20
     except (OSError, ValueError, subprocess.SubprocessError):
-      return 2 << 30
+      return 8 << 30
   try:
-    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
   except (ValueError, OSError, AttributeError):
-    available = 4 << 30
-  return min(CPU_ACTIVATION_BUDGET, available // 8)
+    return 4 << 30
+
+
+def _output_bytes(tensor) -> int:
+  return int(np.prod([d or 1 for d in tensor.shape[1:]])) * np.dtype(tensor.dtype).itemsize
+
+
+def _all_outputs(model: keras.Model) -> int:
+  """Bytes per example of every layer output of `model` (nested models included): what
+  training through it keeps for the backward pass, at least."""
+  total = 0
+  for layer in model.layers:
+    if isinstance(layer, keras.Model):
+      total += _all_outputs(layer)
+      continue
+    try:
+      total += sum(_output_bytes(t) for t in keras.tree.flatten(layer.output))
+    except (AttributeError, ValueError, TypeError):  # a layer called more than once
+      continue
+  return total
+
+
+def check_fits(model: keras.Model, batch_size: int, trains_backbone: bool,
+               available: int | None = None) -> None:
+  """Raises a UsageError, before any work, when an image model's activations cannot fit
+  `available` bytes [`device_memory()`]: training the backbone keeps every layer's output
+  of a `batch_size` batch; a frozen backbone runs one example per forward pass at least.
+  The message names the largest --batch_size that fits, else about the largest
+  --image_size at which one image fits (activations grow with the side squared). A lower bound: a run it lets
+  through can still run out of memory, one it refuses cannot run."""
+  shape = model.input_shape
+  if not isinstance(shape, tuple) or len(shape) != 4:
+    return
+  available = device_memory() if available is None else available
+  if trains_backbone:
+    per, batch = _all_outputs(model), batch_size
+    what = f"fine-tuning with --batch_size={batch_size}"
+  else:
+    per, batch = ACTIVATIONS_PER_LARGEST * _largest_output(model), 1
+    what = "one forward pass of the frozen backbone"
+  need = per * batch
+  if need <= available:
+    return
+  side = shape[1]
+  fits = available // per
+  if trains_backbone and fits >= 1:
+    hint = f"the largest --batch_size that fits is {fits}"
+  else:
+    largest = int(side * (available / per) ** 0.5) // 32 * 32  # one example
+    hint = (f"the largest --image_size that fits one image is about {largest}"
+            if largest >= 32 else "no --image_size fits")
+  raise UsageError(f"--image_size={side}: {what} needs at least {need / 2**30:,.1f} GiB "
+                   f"of activations, more than the {available / 2**30:,.1f} GiB of memory "
+                   f"this device has; {hint}")
 
 
 def _largest_output(model: keras.Model) -> int:
   """Bytes per example of the largest layer output in `model` (nested models included),
   at least 5x its input's (a hub module's own activations are not visible)."""
-  def size(tensor) -> int:
-    return int(np.prod([d or 1 for d in tensor.shape[1:]])) * np.dtype(tensor.dtype).itemsize
+  size = _output_bytes
   largest = 5 * max(size(t) for t in model.inputs)
   for layer in model.layers:
     if isinstance(layer, keras.Model):

@@ -118,6 +118,9 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
     logging.info("phase model: %s (weights %s)", config.model.model, config.model.weights)
     task, model = task.build_model(train)
     _check_unfreezing(task.config, model)
+    m, t = task.config.model, task.config.training
+    features.check_fits(model, task.config.data.batch_size,
+                        bool(t.fine_tune_epochs and m.unfreezes))
     peft.enable(model, task.config)
   dataset = task.pipelines(train, val)
   if folder.check_new_or_same(task.config):
