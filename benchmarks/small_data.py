@@ -113,13 +113,14 @@ def _probe(config, test_files):
 
 def _case(name, work):
   from kerasft.data import tables as sources
+  from kerasft.data.source import Source
   kind, per_class = CASES[name]
   train_rows, test_rows, column = _rows(kind)
   train_csv = _write(_slice(train_rows, per_class), os.path.join(work, f"{name}.csv"), column)
   test_csv = _write(test_rows, os.path.join(work, f"{name}-test.csv"), column)
   read = sources.read_texts if kind == "text" else sources.read_csv
   names = sorted({r["label"] for r in train_rows})
-  test = read(test_csv, "csv", class_names=names)
+  test = read(Source("csv", test_csv), class_names=names)
   probe = _probe(_config(kind, train_csv, work, name + "-a"), test)
   before = _kerasft(_config(kind, train_csv, work, name + "-b", head_solver="epochs"), test)
   now = _kerasft(_config(kind, train_csv, work, name + "-c"), test)
