@@ -156,7 +156,7 @@ def unet_case(root: str, classes: list[str], size: int, seconds: float) -> dict:
   "score_test": a function that returns its test metrics}."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from kerasft.tasks.segmentation import data as segmentation
+  from kerasft.tasks.segmentation import report as segmentation
   start = time.monotonic()
   keras.utils.set_random_seed(0)
   images, _, masks = _split(root, "train", size)
