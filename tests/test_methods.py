@@ -159,7 +159,9 @@ def test_soup_and_wise_ft_run_end_to_end_and_say_what_was_kept(tmp_path, colors)
   assert 0 < card["parameters"]["trainable"] < card["parameters"]["total"]
 
 
-def test_ema_uses_keras_own_moving_average_of_the_weights(tmp_path, colors, monkeypatch):
+@pytest.fixture
+def made(monkeypatch):
+  """Every optimizer `make_optimizer` makes during the test, in order."""
   made = []
   original = optimizers.make_optimizer
 
@@ -167,6 +169,10 @@ def test_ema_uses_keras_own_moving_average_of_the_weights(tmp_path, colors, monk
     made.append(original(*args, **kwargs))
     return made[-1]
   monkeypatch.setattr(optimizers, "make_optimizer", spy)
+  return made
+
+
+def test_ema_uses_keras_own_moving_average_of_the_weights(tmp_path, colors, made):
   kerasft.run_training(_config(tmp_path, colors, {"average": "ema", "ema_momentum": 0.9},
                                    fine_tune_epochs=2), verbose=0)
   assert [o.use_ema for o in made] == [False, True] and made[1].ema_momentum == 0.9
@@ -195,14 +201,7 @@ def test_accumulating_k_batches_equals_one_batch_k_times_larger():
 
 
 def test_gradient_accumulation_reaches_the_fine_tune_optimizer_and_the_card(tmp_path, colors,
-                                                                            monkeypatch):
-  made = []
-  original = optimizers.make_optimizer
-
-  def spy(*args, **kwargs):
-    made.append(original(*args, **kwargs))
-    return made[-1]
-  monkeypatch.setattr(optimizers, "make_optimizer", spy)
+                                                                            made):
   result = kerasft.run_training(_config(tmp_path, colors, fine_tune_epochs=1,
                                         gradient_accumulation_steps=2), verbose=0)
   assert made and all(o.gradient_accumulation_steps == 2 for o in made)
