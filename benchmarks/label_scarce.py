@@ -16,8 +16,12 @@ whole test split through its export (`kerasft.evaluate`):
   fortunes with --adapt: `python -m kerasft.adapt` of the MiniLM encoder on all the training
             texts (labels dropped; --mlm_epochs), then the cases above on the adapted preset
             ("adapted", "adapted+self1"); the adaptation's seconds are listed on its own row.
-Prints test accuracy and the train process's seconds per case, and whether the target
-(self-training at least 3 points of test accuracy over labelled-only on fashion) is met.
+Prints test accuracy and the train process's seconds per case, whether the target
+(self-training with the defaults, one round, at least 3 points of test accuracy over
+labelled-only on fashion) is met, and whether any self-training case scored below its
+labelled-only case. Nothing is chosen on test: every case runs kerasft's defaults, and a
+round's student is kept only when kerasft's own out-of-fold estimate on the labelled
+examples says it gains.
 """
 
 import json
@@ -106,11 +110,14 @@ def main(argv):
   print_table(["setting", "case", "test accuracy", "train s", "rounds kept",
                "pseudo-labels per round"], rows, FLAGS.markdown)
   base = results.get(("fashion", 0))
-  gains = [results[k] - base for k in results if k[0] == "fashion" and k[1] and base is not None]
-  if gains:
-    print(f"target (self-training at least +3 points on fashion): "
-          f"{'met' if max(gains) >= 0.03 else 'NOT met'} (best gain {100 * max(gains):+.1f} "
-          "points)")
+  if base is not None and ("fashion", 1) in results:
+    gain = results["fashion", 1] - base  # the default round count: not the best row on test
+    print(f"target (self-training with the defaults, one round, at least +3 points on "
+          f"fashion): {'met' if gain >= 0.03 else 'NOT met'} ({100 * gain:+.1f} points)")
+  worse = [f"{s} self{r} ({100 * (a - results[s, 0]):+.1f} points)"
+           for (s, r), a in results.items() if r and (s, 0) in results and a < results[s, 0]]
+  print("with the defaults, the unlabelled examples never made a model worse on test: "
+        + ("yes" if not worse else "NO: " + ", ".join(worse)))
 
 
 if __name__ == "__main__":
