@@ -1,7 +1,7 @@
 """Under k-fold (small data), should the convex head standardize its features? Measured on
 training data only, with nested cross-validation.
 
-  python benchmarks/kfold_standardize.py [--markdown] [--subsets=5]
+  python benchmarks/kfold_standardize.py [--markdown] [--subsets=5] [--sizes=5,10]
 
 For each data set (a frozen backbone's features of its *training* split: the test splits
 are never read), each size (N labelled examples per class) and each of --subsets seeded
@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 sys.path.insert(0, REPO)
-SIZES = (5, 10)
+flags.DEFINE_list("sizes", ["5", "10"], "Labelled examples per class.")
 flags.DEFINE_integer("subsets", 5, "Seeded draws of N per class for each size.")
 flags.DEFINE_bool("markdown", False, "Print the table as Markdown.")
 FLAGS = flags.FLAGS
@@ -89,7 +89,7 @@ def main(argv):
   start = time.monotonic()
   for name, (x, y) in _datasets().items():
     _, y = np.unique(y, return_inverse=True)
-    for per_class in SIZES:
+    for per_class in map(int, FLAGS.sizes):
       scores = {s: [] for s in (False, True)}
       for seed in range(FLAGS.subsets):
         idx = _draw(y, per_class, seed)
