@@ -90,8 +90,8 @@ def check_fits(model: keras.Model, batch_size: int, trains_backbone: bool,
   `available` bytes [`device_memory()`]: training the backbone keeps every layer's output
   of a `batch_size` batch; a frozen backbone runs one example per forward pass at least.
   The message names the largest --batch_size that fits, else about the largest
-  --image_size at which one image fits (activations grow with the side squared). A lower bound: a run it lets
-  through can still run out of memory, one it refuses cannot run."""
+  --image_size at which one image fits (activations grow with the side squared). A lower
+  bound: a run it lets through can still run out of memory, one it refuses cannot run."""
   shape = model.input_shape
   if not isinstance(shape, tuple) or len(shape) != 4:
     return
