@@ -92,8 +92,8 @@ class Detection(Output):
       with Image.open(row["file"]) as image:
         pixels = np.asarray(image.convert("RGB"))
       boxes = [(b["xmin"], b["ymin"], b["xmax"], b["ymax"]) for b in row["boxes"]]
-      drawn = report.draw(pixels, None, (boxes, [b["score"] for b in row["boxes"]],
-                                         list(range(len(boxes)))), [b["class"] for b in row["boxes"]])
+      found = (boxes, [b["score"] for b in row["boxes"]], list(range(len(boxes))))
+      drawn = report.draw(pixels, None, found, [b["class"] for b in row["boxes"]])
       stem = os.path.splitext(os.path.basename(row["file"]))[0]
       Image.fromarray(drawn).save(os.path.join(draw_dir, f"{stem}.png"))
 
