@@ -11,7 +11,7 @@ from absl import logging as absl_logging
 
 from conftest import write_color_images, write_tiny_backbone
 import kerasft
-from kerasft.models import backbones, features, heads
+from kerasft.models import backbones, features, heads, memory
 from kerasft.data import examples as data, pipeline, folders
 from conftest import build_backbone, output
 
@@ -129,18 +129,18 @@ def test_a_run_whose_activations_cannot_fit_is_refused_naming_what_fits():
   x = keras.layers.Conv2D(64, 3, padding="same")(inputs)
   x = keras.layers.ReLU()(x)
   model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
-  per = features._all_outputs(model)
+  per = memory._all_outputs(model)
   assert per == 2 * 64 * 64 * 64 * 4 + 64 * 64 * 3 * 4 + 64 * 4
-  features.check_fits(model, 32, True, available=32 * per)  # fits exactly: no error
+  memory.check_fits(model, 32, True, available=32 * per)  # fits exactly: no error
   with pytest.raises(UsageError, match=r"^--image_size=64: fine-tuning with --batch_size=32 "
                      r"needs at least .* the largest --batch_size that fits is 10$"):
-    features.check_fits(model, 32, True, available=10 * per + 5)
+    memory.check_fits(model, 32, True, available=10 * per + 5)
   with pytest.raises(UsageError, match="the largest --image_size that fits one image is "
                      "about 32$"):  # 64 px x the square root of 1/2
-    features.check_fits(model, 32, True, available=per // 2)
-  features.check_fits(model, 32, False, available=4 * (1 << 20))  # one frozen pass fits
+    memory.check_fits(model, 32, True, available=per // 2)
+  memory.check_fits(model, 32, False, available=4 * (1 << 20))  # one frozen pass fits
   with pytest.raises(UsageError, match="one forward pass of the frozen backbone"):
-    features.check_fits(model, 32, False, available=1 << 20)
+    memory.check_fits(model, 32, False, available=1 << 20)
 
 
 def test_an_absurd_image_size_is_one_line_before_any_work(tmp_path):
@@ -164,14 +164,14 @@ def test_the_extraction_batch_follows_the_activations_and_the_budget(monkeypatch
     x = keras.layers.Conv2D(channels, 3, padding="same")(inputs)
     return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
   small, large = extractor(8, 4), extractor(64, 64)  # 1 KiB and 1 MiB per example
-  assert features._largest_output(large) == 64 * 64 * 64 * 4
-  assert features.extraction_batch(small, budget=64 << 20) == 128
-  assert features.extraction_batch(large, budget=64 << 20) == 16  # 16 x 4 MiB
-  assert features.extraction_batch(large, budget=1 << 20) == 1
-  monkeypatch.setattr(features, "CPU_ACTIVATION_BUDGET", 8 << 20)
-  assert features.activation_budget() <= 8 << 20
-  assert features.extraction_batch(large) == 2
+  assert memory._largest_output(large) == 64 * 64 * 64 * 4
+  assert memory.extraction_batch(small, budget=64 << 20) == 128
+  assert memory.extraction_batch(large, budget=64 << 20) == 16  # 16 x 4 MiB
+  assert memory.extraction_batch(large, budget=1 << 20) == 1
+  monkeypatch.setattr(memory, "CPU_ACTIVATION_BUDGET", 8 << 20)
+  assert memory.activation_budget() <= 8 << 20
+  assert memory.extraction_batch(large) == 2
   # a module whose inside is not visible: at least 5x its input per example
   inputs = keras.Input((32, 32, 3))
   opaque = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
-  assert features._largest_output(opaque) == 5 * 32 * 32 * 3 * 4
+  assert memory._largest_output(opaque) == 5 * 32 * 32 * 3 * 4

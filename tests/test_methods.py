@@ -190,7 +190,8 @@ def test_accumulating_k_batches_equals_one_batch_k_times_larger():
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu"),
                               keras.layers.Dense(2, activation="softmax")])
-    model.compile(optimizers.make_optimizer("sgd", 0.1, accumulate=accumulate),
+    options = {"gradient_accumulation_steps": accumulate} if accumulate > 1 else {}
+    model.compile(optimizers.make_optimizer("sgd", 0.1, keras_options=options),
                   "sparse_categorical_crossentropy")
     model.fit(x, y, batch_size=batch, epochs=3, shuffle=False, verbose=0)
     return model.get_weights()

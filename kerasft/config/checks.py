@@ -10,7 +10,7 @@ this first). No TensorFlow.
 from __future__ import annotations
 
 from kerasft.config.methods import DEFAULTS
-from kerasft.core.errors import UsageError
+from kerasft.core.errors import UsageError, refuse
 
 
 def check_run(config) -> None:
@@ -75,3 +75,26 @@ def _methods(config) -> None:
   if k.peft != "none" and m.gradual_unfreeze:
     raise UsageError(f"--gradual_unfreeze: --peft={k.peft} trains one fixed set of "
                      "parameters; use --unfreeze_blocks (or --unfreeze_top/--unfreeze_from)")
+
+
+MOVED_WITH_PIXELS = ("flip", "zoom", "translate", "contrast")  # augmentations such labels take
+
+
+def check_labels_on_pixels(config, task: str, what: str, squashed: str) -> None:
+  """Raises a UsageError for RunConfig options a task whose labels lie on the pixels
+  (`what`: "masks", "boxes") cannot honour: weighting or mixing examples, calibration, a
+  searched head, a --resize other than squashing (`squashed`: what happens to the labels
+  then) and augmentations that do not move the labels."""
+  d, t = config.data, config.training
+  refuse(task, class_weight=d.class_weight != "none", oversample=d.oversample,
+         slice_column=bool(d.slice_column), calibrate=t.calibrate != "none",
+         mixup=bool(d.mixup), cutmix=bool(d.cutmix), label_smoothing=bool(t.label_smoothing),
+         head=bool(config.model.head), recipe=config.methods.recipe == "few_shot",
+         label_column=d.label_column != "label")
+  if d.resize != "squash":
+    raise UsageError(f"--resize: --task={task} squashes images to the square and {squashed}; "
+                     "leave --resize out")
+  other = [a for a in d.augment if a not in MOVED_WITH_PIXELS]
+  if other:
+    raise UsageError(f"--augment={other[0]}: --task={task} moves {what} with images for "
+                     f"{', '.join(MOVED_WITH_PIXELS)}")

@@ -25,7 +25,7 @@ from kerasft.core.files import atomic_path, write_json
 from kerasft.data import examples as data, pipeline
 from kerasft.data.pipeline import Dataset
 from kerasft.methods import averaging, few_shot, peft
-from kerasft.models import backbones, features
+from kerasft.models import backbones, features, memory
 from kerasft.models.heads import backbone_of
 from kerasft.training import callbacks, distribute, head_solver, optimizers
 from kerasft.training.callbacks import BestCheckpoint, EpochLog, append_epoch, history_from_log
@@ -315,9 +315,11 @@ def _prepare(run: Run, segment: Segment, ema: bool = False) -> _Step:
     trained = {id(w) for w in backbone.trainable_weights}
     l2sp = optimizers.L2SP(config.methods.l2sp, [(w, w0) for w, w0 in run.anchors
                                                   if id(w) in trained])
+    options = {"use_ema": True, "ema_momentum": config.methods.ema_momentum} if ema else {}
+    if t.gradient_accumulation_steps > 1:
+      options["gradient_accumulation_steps"] = t.gradient_accumulation_steps
     optimizers.compile_model(step.model, optimizers.make_optimizer(
-        t.optimizer, rate, t.weight_decay, multipliers,
-        config.methods.ema_momentum if ema else None, l2sp, t.gradient_accumulation_steps),
+        t.optimizer, rate, t.weight_decay, multipliers, l2sp, options),
         run.output, t.label_smoothing, step.steps_per_execution, run.runtime.jit_compile)
   return step
 
@@ -344,7 +346,7 @@ def _on_features(run: Run, step: _Step, steps: int) -> _Step:
     return step
   cached = features.build(
       model, run.dataset, d.batch_size, t.seed,
-      t.feature_cache_memory * 2**20 or features.default_memory_budget(),
+      t.feature_cache_memory * 2**20 or memory.default_memory_budget(),
       t.feature_cache_dir or run.folder.output(FEATURE_CACHE), t.feature_cache_dtype,
       run.verbose, inputs_key=d.resize)
   head = features.head_model(model)

@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 from absl import logging
 
-from kerasft.models import features
+from kerasft.models import features, memory
 from kerasft.core.errors import UsageError
 from kerasft.tasks.classify.solver import GRID, folds
 
@@ -60,7 +60,7 @@ def epochs_reason(config, model, n_examples: int, output=None) -> str | None:
   reason = features.refusal(model, augment=d.augment, mixing=bool(d.mixup or d.cutmix))
   if reason:
     return reason
-  budget = t.feature_cache_memory * 2**20 or features.default_memory_budget()
+  budget = t.feature_cache_memory * 2**20 or memory.default_memory_budget()
   if features.cache_bytes(model, n_examples, t.feature_cache_dtype) > budget:
     return "the features do not fit in memory"
   return HIDDEN_LAYERS if config.model.head else None

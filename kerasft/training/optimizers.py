@@ -29,24 +29,20 @@ class L2SP(NamedTuple):
 
 
 def make_optimizer(name: str, learning_rate, weight_decay: float | None = None,
-                   lr_multipliers: dict | None = None, ema_momentum: float | None = None,
-                   l2sp: L2SP | None = None,
-                   accumulate: int = 1) -> keras.optimizers.Optimizer:
+                   lr_multipliers: dict | None = None, l2sp: L2SP | None = None,
+                   keras_options: dict | None = None) -> keras.optimizers.Optimizer:
   """"adam", "sgd" (momentum 0.9) or "adamw" at `learning_rate` (a number or schedule).
 
   weight_decay: decoupled for adamw (None: Keras' default 0.004), L2 on kernels for adam
-  and sgd (None: 0). lr_multipliers: {variable path: factor of the rate}. ema_momentum:
-  Keras' `use_ema` at that momentum. l2sp: `L2SP` (None or strength 0: off). accumulate:
-  Keras' `gradient_accumulation_steps` (one update per that many batches; the rate schedule
-  still counts batches, so a phase's schedule ends with the phase).
+  and sgd (None: 0). lr_multipliers: {variable path: factor of the rate}. l2sp: `L2SP`
+  (None or strength 0: off). keras_options: Keras' own optimizer arguments, e.g. `use_ema`
+  and `ema_momentum`, `gradient_accumulation_steps` (one update per that many batches; the
+  rate schedule still counts batches, so a phase's schedule ends with the phase).
   """
   if name not in _OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}")
   kwargs = {"momentum": 0.9} if name == "sgd" else {}
-  if ema_momentum:
-    kwargs.update(use_ema=True, ema_momentum=ema_momentum)
-  if accumulate > 1:
-    kwargs["gradient_accumulation_steps"] = accumulate
+  kwargs.update(keras_options or {})
   l2 = 0.0
   if name == "adamw":
     if weight_decay is not None:

@@ -25,7 +25,7 @@ from kerasft.core.files import atomic_path, check_writable, write_json
 from kerasft.data import examples as data, tables
 from kerasft.data.source import Source
 from kerasft.methods import auto, peft, self_training
-from kerasft.models import backbones, features, heads
+from kerasft.models import backbones, features, heads, memory
 from kerasft.reporting import calibration, html as html_report, metrics as reports
 from kerasft.reporting import page as run_report
 from kerasft.serving import versions as serving
@@ -119,7 +119,7 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
     task, model = task.build_model(train)
     _check_unfreezing(task.config, model)
     m, t = task.config.model, task.config.training
-    features.check_fits(model, task.config.data.batch_size,
+    memory.check_fits(model, task.config.data.batch_size,
                         bool(t.fine_tune_epochs and m.unfreezes))
     peft.enable(model, task.config)
   dataset = task.pipelines(train, val)

@@ -9,7 +9,8 @@ import os
 import numpy as np
 
 from kerasft.data import examples
-from kerasft.tasks.base import Output, check_labels_on_pixels
+from kerasft.config.checks import check_labels_on_pixels
+from kerasft.tasks.base import Output
 from kerasft.tasks.detection import data, report
 
 class Detection(Output):

@@ -9,7 +9,8 @@ import numpy as np
 
 from kerasft.core.errors import UsageError
 from kerasft.data import examples
-from kerasft.tasks.base import Output, check_labels_on_pixels
+from kerasft.config.checks import check_labels_on_pixels
+from kerasft.tasks.base import Output
 from kerasft.tasks.segmentation import data, report
 
 class Segmentation(Output):
