@@ -119,6 +119,20 @@ class ImageTask(Task):
     return pipeline.pipelines(train, val, self.config.model.image_size, d.batch_size,
                           self.config.training.seed, d.resize, d.cache_dir, d.mixup, d.cutmix)
 
+  def joint_pipelines(self, train, val, batches, targets) -> pipeline.Dataset:
+    """The pipelines of a task whose labels lie on the pixels (masks, boxes): `batches(files,
+    size, batch, shuffle, seed, augment, strength, cache=True)` makes (image, label)
+    batches, training ones reshuffled and augmented with their labels (--augment);
+    `targets(files, size)` are the labels as the model's outputs are compared with."""
+    d, size = self.config.data, self.config.model.image_size
+    return pipeline.Dataset(
+        train=batches(train, size, d.batch_size, True, self.config.training.seed, d.augment,
+                      d.augment_strength),
+        val=batches(val, size, d.batch_size), class_names=train.class_names,
+        train_files=train, val_files=val,
+        make_inputs=lambda files, batch: batches(files, size, batch, cache=False),
+        targets=lambda files: targets(files, size))
+
   def pipeline(self, files, batch_size: int):
     """An unshuffled pipeline of `files` as the model takes them (pixels)."""
     return pipeline.make_pipeline(files, self.config.model.image_size, batch_size,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from absl import logging
 
 from kerasft.core.errors import UsageError
-from kerasft.data import examples, pipeline, records
+from kerasft.data import examples, records
 from kerasft.data.source import Source
 from kerasft.models import backbones
 from kerasft.tasks.detection import data as boxed, graph, report, serving
@@ -105,16 +105,7 @@ class DetectionTask(ImageTask):
             "fine-tuned 4 epochs")
 
   def pipelines(self, train, val):
-    """(images, anchor targets) batches: training ones reshuffled and augmented with their
-    boxes (--augment)."""
-    d, size = self.config.data, self.config.model.image_size
-    return pipeline.Dataset(
-        train=graph.batches(train, size, d.batch_size, True, self.config.training.seed,
-                            d.augment, d.augment_strength),
-        val=graph.batches(val, size, d.batch_size), class_names=train.class_names,
-        train_files=train, val_files=val,
-        make_inputs=lambda files, batch: graph.batches(files, size, batch, cache=False),
-        targets=lambda files: graph.targets(files, size))
+    return self.joint_pipelines(train, val, graph.batches, graph.targets)
 
   def pipeline(self, files, batch_size: int):
     return graph.batches(files, self.config.model.image_size, batch_size, cache=False)

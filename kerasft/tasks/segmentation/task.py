@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 
 from kerasft.core.errors import UsageError
-from kerasft.data import examples, pipeline, records
+from kerasft.data import examples, records
 from kerasft.data.source import Source
 from kerasft.models import backbones
 from kerasft.tasks.image import ImageTask
@@ -118,15 +118,7 @@ class SegmentationTask(ImageTask):
             f"decoder on the frozen encoder, then all {blocks} blocks fine-tuned 4 epochs")
 
   def pipelines(self, train, val):
-    """(image, mask) batches: training ones reshuffled and jointly augmented (--augment)."""
-    d, size = self.config.data, self.config.model.image_size
-    return pipeline.Dataset(
-        train=graph.pairs(train, size, d.batch_size, True, self.config.training.seed,
-                          d.augment, d.augment_strength),
-        val=graph.pairs(val, size, d.batch_size), class_names=train.class_names,
-        train_files=train, val_files=val,
-        make_inputs=lambda files, batch: graph.pairs(files, size, batch, cache=False),
-        targets=lambda files: graph.masks(files, size))
+    return self.joint_pipelines(train, val, graph.pairs, graph.masks)
 
   def pipeline(self, files, batch_size: int):
     return graph.pairs(files, self.config.model.image_size, batch_size, cache=False)
