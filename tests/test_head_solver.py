@@ -200,7 +200,8 @@ def test_k_fold_figures_equal_fresh_scikit_learn_fits_per_fold():
   from sklearn.model_selection import StratifiedKFold
   x, y = _planted()
   splits = list(StratifiedKFold(5, shuffle=True, random_state=0).split(x, y))
-  c, score, oof = head_solver._cross_validated(solvers.Softmax(standardize=False), x, y, 10,
+  c, score, oof = head_solver._cross_validated(solvers.Softmax(standardize=False), x,
+                                               head_solver.Labelled(y, y), 10,
                                                None, splits)
   fresh = {}
   for value in solvers.GRID:

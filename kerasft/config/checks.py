@@ -55,11 +55,16 @@ def _methods(config) -> None:
   """Raises a UsageError for methods a `RunConfig` cannot honour (what they need from the
   model and training settings)."""
   m, t, k = config.model, config.training, config.methods
-  if not config.data.unlabeled_source:
+  if not config.data.unlabeled_source or k.teacher:
     for name in ("self_training_rounds", "pseudo_label_threshold", "pseudo_labels_per_class"):
       if getattr(k, name) != DEFAULTS[name]:
         raise UsageError(f"--{name}: only goes with unlabelled examples (--unlabeled_dir, "
-                         "--unlabeled_csv, --unlabeled_tfrecord, --unlabeled_text_dir)")
+                         "--unlabeled_csv, --unlabeled_tfrecord, --unlabeled_text_dir)"
+                         + (" and without --teacher (which distils on them)" if k.teacher
+                            else ""))
+  if k.teacher and k.recipe == "few_shot":
+    raise UsageError("--teacher: distils into the head and the fine-tuned backbone; "
+                     "--recipe=few_shot trains on pairs of labels; pass one of them")
   if k.average != "best" and not _last_phase_by_epochs(config):
     raise UsageError(f"--average={k.average}: averages epochs, and the convex head is one "
                      "solve; add a fine-tune phase (--fine_tune_epochs with an unfreeze flag) "

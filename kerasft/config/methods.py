@@ -7,6 +7,8 @@
     --recipe=few_shot       contrastive tuning of a text encoder on pairs (`few_shot`)
     --unlabeled_dir=DIR     self-training on pseudo-labelled unlabelled examples
                             (`self_training`)
+    --teacher=saved_models/NAME   distillation from an export's outputs
+                            (`kerasft.workflows.distill`)
 
 `MethodsConfig` declares each switch once (flags and `config.json` come from it);
 `kerasft.config.checks` refuses the combinations a run cannot honour, before anything is
@@ -76,6 +78,15 @@ class MethodsConfig:
                                           "probability that makes a pseudo-label.")
   pseudo_labels_per_class: int = setting(0, "--unlabeled_*: at most this many pseudo-labels "
                                          "per class, the most confident [0: no cap].")
+  teacher: str = setting(
+      "", "Distillation: an export (saved_models/NAME or saved_models/NAME/N) of a kerasft "
+      "classifier (--task=multiclass or multilabel) with the data's classes; the run trains "
+      "on --distill_weight x its outputs at --distill_temperature + the rest x the labels, "
+      "and on the --unlabeled_* examples with its outputs alone.")
+  distill_temperature: float = setting(2.0, "--teacher: T of the teacher's softened outputs "
+                                       "(softmax(log(p) / T); T > 1 flattens them).")
+  distill_weight: float = setting(0.5, "--teacher: the share of the teacher's outputs in "
+                                  "each labelled example's target, in [0, 1].")
 
   def __post_init__(self):
     object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
@@ -104,6 +115,14 @@ class MethodsConfig:
     check(isinstance(self.few_shot_learning_rate, (int, float))
           and self.few_shot_learning_rate > 0, "few_shot_learning_rate",
           "must be a positive number", self.few_shot_learning_rate)
+    check(isinstance(self.distill_temperature, (int, float)) and self.distill_temperature > 0,
+          "distill_temperature", "must be a positive number", self.distill_temperature)
+    check(isinstance(self.distill_weight, (int, float)) and 0 <= self.distill_weight <= 1,
+          "distill_weight", "must be in [0, 1]", self.distill_weight)
+    if not self.teacher:
+      for name in ("distill_temperature", "distill_weight"):
+        if getattr(self, name) != DEFAULTS[name]:
+          raise UsageError(f"--{name}: only goes with --teacher")
     if self.recipe != "few_shot":
       for name in ("pairs_per_example", "few_shot_epochs", "few_shot_learning_rate"):
         if getattr(self, name) != DEFAULTS[name]:
@@ -121,7 +140,7 @@ class MethodsConfig:
 
 DEFAULTS = {"pairs_per_example": 20, "few_shot_epochs": 1, "few_shot_learning_rate": 1e-4,
              "self_training_rounds": 1, "pseudo_label_threshold": 0.8,
-             "pseudo_labels_per_class": 0}
+             "pseudo_labels_per_class": 0, "distill_temperature": 2.0, "distill_weight": 0.5}
 
 
 def wise_ft_alpha(value: str) -> Optional[float]:

@@ -47,6 +47,8 @@ class Examples:
   names: Optional[list[str]] = None
   streams: tuple = ()  # RecordStreams the records are read from (then inputs are their keys)
   problems: Optional[list] = None  # per example, why it is unusable (None: fine), if known
+  soft: Optional[np.ndarray] = None  # float32 [N, C] training targets that replace the
+  # labels' own (distillation: `kerasft.workflows.distill`); labels stay for counts and splits
 
   def name(self, i: int) -> str:
     return self.names[i] if self.names else str(self.inputs[i])
@@ -60,7 +62,8 @@ class Examples:
     return dataclasses.replace(
         self, inputs=[self.inputs[i] for i in idx], labels=[self.labels[i] for i in idx],
         names=[self.names[i] for i in idx] if self.names else None,
-        problems=[self.problems[i] for i in idx] if self.problems is not None else None)
+        problems=[self.problems[i] for i in idx] if self.problems is not None else None,
+        soft=self.soft[idx] if self.soft is not None else None)
 
   def __add__(self, other: "Examples") -> "Examples":
     if self.streams or other.streams:
@@ -69,11 +72,17 @@ class Examples:
     if self.names or other.names:
       names = [self.name(i) for i in range(len(self.inputs))] + [
           other.name(i) for i in range(len(other.inputs))]
+    soft = None
+    if self.soft is not None or other.soft is not None:
+      soft = np.concatenate([self.targets(), other.targets()])
     return dataclasses.replace(self, inputs=self.inputs + other.inputs,
-                               labels=self.labels + other.labels, names=names)
+                               labels=self.labels + other.labels, names=names, soft=soft)
 
   def targets(self) -> np.ndarray:
-    """float32 [N, C]: one-hot (multiclass), multi-hot (multilabel) or the targets."""
+    """float32 [N, C]: one-hot (multiclass), multi-hot (multilabel) or the targets; the
+    `soft` targets where set."""
+    if self.soft is not None:
+      return self.soft
     return self.kind.targets(self.labels, len(self.class_names))
 
 

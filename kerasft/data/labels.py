@@ -28,6 +28,14 @@ def class_ids(names_per_row: list[list[str]], class_names: list[str] | None,
   return [[position[n] for n in row] for row in names_per_row], list(class_names)
 
 
+def distilled(kind, hard: np.ndarray, teacher: np.ndarray, temperature: float,
+              weight: float) -> np.ndarray:
+  """Training targets [N, C] of distillation: `weight` x the teacher's outputs softened at
+  `temperature` (`kind.soften`) + (1 - weight) x the `hard` targets (one- or multi-hot)."""
+  soft = kind.soften(teacher, temperature)
+  return (weight * soft + (1.0 - weight) * np.asarray(hard, np.float32)).astype(np.float32)
+
+
 class Classes:
   """One class per example: labels are class ids, targets one-hot rows."""
   task = "multiclass"  # what messages call the kind of labels
@@ -104,6 +112,18 @@ class Classes:
     """Labels as `evaluation_labels` gives them, from training targets."""
     return np.asarray(targets).argmax(axis=1)
 
+  def decided(self, outputs: np.ndarray, threshold: float = 0.5) -> list:
+    """Per-example labels a model's outputs [N, C] decide (the top class)."""
+    return [int(row.argmax()) for row in np.asarray(outputs)]
+
+  def soften(self, outputs: np.ndarray, temperature: float) -> np.ndarray:
+    """A teacher's probabilities [N, C] at `temperature`: softmax(log(p) / T) (T > 1
+    flattens them, T = 1 leaves them)."""
+    with np.errstate(divide="ignore"):  # a probability of 0 stays 0
+      logits = np.log(np.clip(np.asarray(outputs, np.float64), 0.0, 1.0)) / temperature
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
 
 class Labels(Classes):
   """Any number of labels per example: labels are lists of class ids, targets multi-hot."""
@@ -126,10 +146,20 @@ class Labels(Classes):
     return [[n.strip() for n in cell.split("|") if n.strip()] for cell in cells]
 
   def evaluation_labels(self, files):
-    return files.targets()
+    return self.targets(files.labels, len(files.class_names))
 
   def labels_from_targets(self, targets):
     return np.asarray(targets)
+
+  def decided(self, outputs, threshold=0.5):
+    """Per-example labels: those scored at least `threshold`."""
+    return [np.flatnonzero(row >= threshold).tolist() for row in np.asarray(outputs)]
+
+  def soften(self, outputs, temperature):
+    """A teacher's scores [N, C] at `temperature`: sigmoid(logit(p) / T) per label."""
+    p = np.clip(np.asarray(outputs, np.float64), 0.0, 1.0)
+    with np.errstate(divide="ignore", over="ignore"):  # 0 and 1 stay 0 and 1
+      return (1.0 / (1.0 + np.exp(-(np.log(p) - np.log1p(-p)) / temperature))).astype(np.float32)
 
 
 class Targets(Labels):
@@ -160,6 +190,9 @@ class Targets(Labels):
 
   def known_names(self, class_names):
     return None
+
+  def soften(self, outputs, temperature):
+    raise UsageError("--teacher: distils classes or labels, not numeric targets")
 
   def check_names(self, found, model):
     if found != model:

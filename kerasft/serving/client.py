@@ -39,7 +39,7 @@ def saved_model_probabilities(version_dir: str, images: np.ndarray, output) -> n
   return output.main_output(signature(images=tf.constant(images)))
 
 
-def read_model_card(version_dir: str) -> dict:
+def read_model_card(version_dir: str, flag: str = "export") -> dict:
   """An export's model_card.json ({} when absent); "task" defaults to multiclass."""
   path = os.path.join(version_dir, MODEL_CARD_FILE)
   card = {}
@@ -48,26 +48,27 @@ def read_model_card(version_dir: str) -> dict:
       with open(path) as f:
         card = json.load(f)
     except (OSError, ValueError) as e:
-      raise UsageError(f"--export: {path} is damaged ({e}); export the model again") from None
+      raise UsageError(f"--{flag}: {path} is damaged ({e}); export the model again") from None
   card.setdefault("task", "multiclass")
   return card
 
 
-def load_predictor(version_dir: str):
-  """Loads an export; returns (predict, class_names) where `predict(inputs)` returns the
+def load_predictor(version_dir: str, flag: str = "export"):
+  """Loads an export (mistakes name --`flag`); returns (predict, class_names) where
+  `predict(inputs)` returns the
   main output [N, C] (probabilities, multilabel scores or regression predictions; a
   tagger's: per-text entity lists) for a list of inputs as the export's task takes them
   (image files or encoded bytes; texts)."""
   task_class, output = tasks.for_card(read_model_card(version_dir))
   task_class.import_serving_ops()
-  signature = load_saved_model(version_dir).signatures.get(task_class.CLIENT_SIGNATURE)
+  signature = load_saved_model(version_dir, flag).signatures.get(task_class.CLIENT_SIGNATURE)
   if signature is None:
-    raise UsageError(f"--export: {version_dir} has no {task_class.CLIENT_SIGNATURE} "
+    raise UsageError(f"--{flag}: {version_dir} has no {task_class.CLIENT_SIGNATURE} "
                      "signature; it was not written by kerasft")
   try:
     class_names = read_labels(version_dir)
   except OSError:
-    raise UsageError(f"--export: {version_dir} has no assets/labels.txt; export the model "
+    raise UsageError(f"--{flag}: {version_dir} has no assets/labels.txt; export the model "
                      "again") from None
 
   def predict(inputs: list) -> np.ndarray:

@@ -38,6 +38,7 @@ class Output(abc.ABC):
   objective = ("loss", "min")  # the report's figure that compares runs (a search)
   labels: Classes = Classes()  # how labels are read and become targets (`kerasft.data.labels`)
   writes: tuple = ()  # predict's folders of files: "mask_dir" (class maps), "draw_dir" (boxes)
+  distills = False  # --teacher: trains on a teacher's softened outputs (one row per example)
 
   def __init__(self, threshold: float = 0.5):
     self.threshold = threshold

@@ -75,7 +75,11 @@ def check(config) -> None:
   for task, flag, what in config.tasks.changed() + config.data.task_data.changed():
     if task != group:
       raise UsageError(f"--{flag}: {what}, not --task={output.name}")
-  if config.data.unlabeled_source and output.labels.task != "multiclass":
+  if config.methods.teacher and not output.distills:
+    raise UsageError(f"--teacher: distils into classifiers (--task=multiclass or multilabel), "
+                     f"not --task={output.name}")
+  if (config.data.unlabeled_source and not config.methods.teacher
+      and output.labels.task != "multiclass"):
     raise UsageError(f"--{config.data.unlabeled_source}: self-training pseudo-labels one "
                      f"class per example (--task=multiclass), not --task={output.name}")
   output.check(config)

@@ -253,8 +253,9 @@ def _held_out_logs(run: Run, step: _Step, solution) -> dict:
   head refit on all of them has seen every one)."""
   if not solution.out_of_fold:
     return step.model.evaluate(step.val, verbose=0, return_dict=True)
-  targets = np.concatenate([run.dataset.targets(run.dataset.train_files),
-                            run.dataset.targets(run.dataset.val_files)])
+  targets = np.concatenate([  # the labels' own targets (not distillation's soft ones)
+      run.dataset.targets(dataclasses.replace(files, soft=None))
+      for files in (run.dataset.train_files, run.dataset.val_files)])
   outputs = np.asarray(solution.outputs, np.float32)
   logs = {"loss": float(run.output.loss()(targets, outputs))}
   for metric in run.output.metrics():

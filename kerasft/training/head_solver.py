@@ -69,6 +69,27 @@ def epochs_reason(config, model, n_examples: int, output=None) -> str | None:
 FLOOR = 0.1  # of the median feature scale, when a fine-tune phase follows the solve
 
 
+@dataclasses.dataclass(frozen=True)
+class Labelled:
+  """The labels that score and stratify (`ids`: class ids, or multi-hot rows) and the
+  targets the head is fitted to (`fit`: the same, or distillation's soft rows), row by row."""
+  ids: np.ndarray
+  fit: np.ndarray
+
+  def __getitem__(self, rows) -> "Labelled":
+    return Labelled(self.ids[rows], self.fit[rows])
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+
+def _labelled(output, files, rows: bool = False) -> Labelled:
+  """`Labelled` of Examples: their soft targets (`Examples.soft`) are what is fitted, and
+  with `rows` their targets as rows (one-hot) even without."""
+  ids = np.asarray(output.labels.evaluation_labels(files))
+  return Labelled(ids, files.targets() if files.soft is not None or rows else ids)
+
+
 def _cross_validated(solver, x, y, k, class_weight, splits):
   """(best c, its score, out-of-fold outputs at it) over `GRID`. Every fit starts fresh:
   never from another fold's solution, which saw this fold's held-out examples (the data are
@@ -78,9 +99,9 @@ def _cross_validated(solver, x, y, k, class_weight, splits):
   def held_out(c):
     oof = np.zeros((len(x), k), np.float32)
     for fold, (x_fit, y_fit, x_held, held) in enumerate(parts):
-      oof[held] = solver.outputs(x_held, *solver.fit(x_fit, y_fit, k, c, class_weight,
+      oof[held] = solver.outputs(x_held, *solver.fit(x_fit, y_fit.fit, k, c, class_weight,
                                                      group=("fold", fold, c)))
-    return solver.score(y, oof), oof
+    return solver.score(y.ids, oof), oof
   return _scan(held_out)
 
 
@@ -131,14 +152,16 @@ def _solve(output, model, cached: Cached, training, class_weight, refit) -> Solu
   train_files, val_files = cached.train_files, cached.val_files
   k = len(train_files.class_names)
   x_train, x_val = cached.x_train, cached.x_val
-  y_train = output.labels.evaluation_labels(train_files)
-  y_val = output.labels.evaluation_labels(val_files)
+  y_train = _labelled(output, train_files)
+  y_val = _labelled(output, val_files, rows=train_files.soft is not None)
   parts = output.solver_parts(model, train_files.class_names, floor=0.0 if refit else FLOOR)
   if parts:
-    found = _solve_parts(parts, x_train, x_val, y_train, y_val, refit)
+    found = _solve_parts(parts, x_train, x_val, y_train.ids, y_val.ids, refit)
     install(model, output, found.held_out)
     return found
-  x, y, n = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), len(y_train)
+  x, n = np.concatenate([x_train, x_val]), len(y_train)
+  y = Labelled(np.concatenate([y_train.ids, y_val.ids]),
+               np.concatenate([y_train.fit, y_val.fit]))
   kfold = refit and training.uses_kfold(len(x), k)
   # With a few examples per class, per-feature standardization amplifies noisy features:
   # raw features under k-fold. Chosen by nested 5-fold cross-validation of training data only
@@ -155,13 +178,13 @@ def _solve(output, model, cached: Cached, training, class_weight, refit) -> Solu
     found = _kfold(solver, x, y, k, class_weight, (training, stratify))
   else:
     def scored(c):
-      weights = solver.fit(x_train, y_train, k, c, class_weight)
-      return solver.score(y_val, solver.outputs(x_val, *weights)), weights
+      weights = solver.fit(x_train, y_train.fit, k, c, class_weight)
+      return solver.score(y_val.ids, solver.outputs(x_val, *weights)), weights
     c, score, held_out = _scan(scored)
-    final = solver.fit(x, y, k, c, class_weight) if refit else held_out
+    final = solver.fit(x, y.fit, k, c, class_weight) if refit else held_out
     found = Solution(c, score, f"the {len(x_val)} validation examples" + (
         f" (the head is then refit on all {len(x)} labelled examples)" if refit else ""),
-                     y_val, solver.outputs(x_val, *held_out), held_out, final)
+                     y_val.ids, solver.outputs(x_val, *held_out), held_out, final)
   install(model, output, found.held_out)
   logging.info("head solved (convex) on cached features: C=%g (L2 %g) of %d training "
                "examples, held-out score "
@@ -217,18 +240,18 @@ def _kfold(solver, x, y, k: int, class_weight, folding: tuple) -> Solution:
   TrainingConfig's folds and seed, whether to stratify) and refit on all of them; on tiny
   data also the nested estimate of that whole procedure."""
   training, stratify = folding
-  splits = folds(y, training.folds, training.seed, stratify)
+  splits = folds(y.ids, training.folds, training.seed, stratify)
   c, score, oof = _cross_validated(solver, x, y, k, class_weight, splits)
   nested = None
   if len(x) <= NESTED_UP_TO:
     nested = {solver.score_name: _nested(solver, x, y, k, class_weight, folding)}
-  final = solver.fit(x, y, k, c, class_weight)  # the last fit: on every labelled example
+  final = solver.fit(x, y.fit, k, c, class_weight)  # the last fit: on every labelled one
   validated = (f"{len(splits)}-fold cross-validation of all {len(x)} labelled examples (the "
                f"best of {len(GRID)} L2 strengths chosen on the same folds, so slightly "
                "optimistic" + (f"; nested cross-validation: {solver.score_name} "
                                f"{next(iter(nested.values())):.4f}" if nested else "")
                + "; the head is then refit on all of them)")
-  return Solution(c, score, validated, y, oof, final, final, True, nested)
+  return Solution(c, score, validated, y.ids, oof, final, final, True, nested)
 
 
 def _nested(solver, x, y, k: int, class_weight, folding: tuple) -> float:
@@ -238,11 +261,12 @@ def _nested(solver, x, y, k: int, class_weight, folding: tuple) -> float:
   flatters."""
   training, stratify = folding
   oof = np.zeros((len(x), k), np.float32)
-  for train, held in folds(y, training.folds, training.seed, stratify):
-    inner = folds(y[train], training.folds, training.seed, stratify)
+  for train, held in folds(y.ids, training.folds, training.seed, stratify):
+    inner = folds(y.ids[train], training.folds, training.seed, stratify)
     c, _, _ = _cross_validated(solver, x[train], y[train], k, class_weight, inner)
-    oof[held] = solver.outputs(x[held], *solver.fit(x[train], y[train], k, c, class_weight))
-  return float(solver.score(y, oof)[0])
+    oof[held] = solver.outputs(x[held], *solver.fit(x[train], y.fit[train], k, c,
+                                                    class_weight))
+  return float(solver.score(y.ids, oof)[0])
 
 
 def install(model, output, weights) -> None:

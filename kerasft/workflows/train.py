@@ -32,6 +32,7 @@ from kerasft.serving import versions as serving
 from kerasft.tasks import registry
 from kerasft.training import distribute, fit
 from kerasft.training.run_folder import ADAPTER, BEST, LOGS, TIMINGS, RunFolder
+from kerasft.workflows import distill
 
 
 @dataclasses.dataclass
@@ -89,10 +90,12 @@ def check_outputs(config: RunConfig) -> None:
 
 
 def _prepare(task, folder: RunFolder, runtime, seconds: dict):
-  """Indexes the data (and the unlabelled examples, for self-training), checks the run
-  folder and builds the model; nothing is written. Returns (task with the model's sizes
-  filled in, model, Dataset, unlabelled Examples or None)."""
+  """Indexes the data (and the unlabelled examples, for self-training; with --teacher, its
+  targets: `kerasft.workflows.distill`), checks the run folder and builds the model;
+  nothing is written. Returns (task with the model's sizes filled in, model, Dataset,
+  unlabelled Examples to self-train on or None, the card's distillation entry or {})."""
   config = task.config
+  teacher = distill.check(config, task.output)
   keras.utils.set_random_seed(config.training.seed)
   with _phase(seconds, "data"):
     logging.info("phase data: indexing --%s", config.data.source)
@@ -100,17 +103,20 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
     data.check_class_names(train.class_names, Source(config.data.source or "data_dir"))
     if config.data.slice_column:  # a missing column is found now, not after training
       tables.slice_values(config.data, val, getattr(config.data, task.SLICE_KEY))
-    if config.data.oversample:
-      train = data.oversampled(train, config.training.seed)
-    task = auto.apply(task, train, val)
-    config = task.config
-    unlabeled = None
+    unlabeled, distilled = None, {}
     if config.data.unlabeled_source:
       unlabeled = task.unlabeled(train.class_names)
       self_training.check_disjoint(unlabeled.inputs, train.inputs + val.inputs,
                                    config.data.unlabeled_source)
-      logging.info("self-training: %d unlabelled examples from --%s", len(unlabeled.inputs),
-                   config.data.unlabeled_source)
+      logging.info("%s: %d unlabelled examples from --%s", "distillation" if teacher else
+                   "self-training", len(unlabeled.inputs), config.data.unlabeled_source)
+    if teacher:
+      task, train, distilled = distill.apply(teacher, task, train, val, unlabeled)
+      unlabeled = None
+    if config.data.oversample:
+      train = data.oversampled(train, config.training.seed)
+    task = auto.apply(task, train, val)
+    config = task.config
   if folder.is_finished() and not config.overwrite:
     raise UsageError(f"--model_dir: {folder.root} already holds a finished run; pass "
                      "--overwrite to replace it or --name/--model_dir for a new run")
@@ -125,7 +131,7 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
   dataset = task.pipelines(train, val)
   if folder.check_new_or_same(task.config):
     logging.info("resuming the unfinished run in %s", folder.root)
-  return task, model, dataset, unlabeled
+  return task, model, dataset, unlabeled, distilled
 
 
 def _check_unfreezing(config: RunConfig, model) -> None:
@@ -141,7 +147,7 @@ def _check_unfreezing(config: RunConfig, model) -> None:
 def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> TrainResult:
   seconds = {}
   recipe = task.config.methods.recipe  # (auto resolves into settings: students redo it)
-  task, model, dataset, unlabeled = _prepare(task, folder, runtime, seconds)
+  task, model, dataset, unlabeled, distilled = _prepare(task, folder, runtime, seconds)
   config = task.config
   if runtime.is_chief:
     folder.start(config, dataset.class_names)
@@ -172,7 +178,8 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
                  folder.output(ADAPTER))
   export_path = ""
   with _phase(seconds, "export"):
-    card = {**task.card(metrics), **_methods_card(config, fitted, rounds), "run": {
+    card = {**task.card(metrics), **_methods_card(config, fitted, rounds), **(
+        {"distillation": distilled} if distilled else {}), "run": {
         "model_dir": os.path.abspath(config.model_dir), "id": folder.run_id(),
         "weights": fingerprint}}
     # a run killed after its export's rename, before it was recorded, exported already

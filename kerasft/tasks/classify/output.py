@@ -27,6 +27,7 @@ class Multiclass(base.Output):
   classifies = True  # class names are given by the data (not target names)
   activation = "softmax"  # of the last layer (a head of several: `multitask.graph.MultiHead`)
   score = ("accuracy", "accuracy")  # (Keras metric, report key) a multi-task score averages
+  distills = True
 
   def check_evaluation(self, data_config) -> None:
     """Every option of evaluate applies (slices included)."""
@@ -188,7 +189,7 @@ class Regression(Multilabel):
   labels = Targets()
   monitor = ("val_loss", "min")
   objective = ("mae", "min")
-  classifies = False
+  classifies = distills = False
   activation, score = "linear", ("r2", "r2")
 
   def refused_search_entries(self):

@@ -5,7 +5,10 @@ regression for a softmax (multiclass), one binary logistic regression per label 
 sigmoids (multilabel) — both on standardized features (folded back into the layer's
 weights) unless `standardize` is off — and ridge regression on standardized targets
 (regression). `C` is the
-inverse L2 strength (scikit-learn's); `fit` returns the Dense layer's (kernel [F, K],
+inverse L2 strength (scikit-learn's). The logistic fits also take soft targets (rows of
+probabilities, distillation's): each example then counts once per class (per label value)
+with that probability as its sample weight, which is exactly the cross-entropy against the
+soft target. `fit` returns the Dense layer's (kernel [F, K],
 bias [K]), `outputs` what that layer then outputs, `score` a number to maximize on
 held-out data (the output's monitored metric, ties broken by the loss).
 """
@@ -51,6 +54,15 @@ def _standardized(x, standardize: bool = True, floor: float = 0.0):
   return (x - mean) / scale, mean, scale
 
 
+def _spread(x, soft, columns) -> tuple:
+  """(rows of `x` repeated per target column, those columns as labels, soft probabilities
+  as sample weights) of soft targets [N, C], leaving out zero weights; `columns` [C]: the
+  label each target column stands for."""
+  soft = np.asarray(soft, np.float64)
+  rows, cols = np.nonzero(soft > 0)
+  return x[rows], np.asarray(columns)[cols], soft[rows, cols]
+
+
 def _unstandardized(coef, intercept, mean, scale):
   """The Dense (kernel [F, K], bias [K]) on raw features of a fit on standardized ones."""
   kernel = coef.T / scale[:, None]
@@ -81,17 +93,20 @@ class Softmax(_WarmStarts):
   score_name = "accuracy"  # what the first number of `score` is
 
   def fit(self, x, labels, k: int, c: float, class_weight=None, group=None):
-    """(kernel [F, k], bias [k]) of the fit at inverse L2 strength `c`; `group`: which fits
-    may warm-start each other (`_WarmStarts`)."""
-    labels = np.asarray(labels)
+    """(kernel [F, k], bias [k]) of the fit at inverse L2 strength `c` to class ids [N] or
+    soft targets [N, k]; `group`: which fits may warm-start each other (`_WarmStarts`)."""
+    labels, weights = np.asarray(labels), None
+    z, mean, scale = _standardized(x, self.standardize, self.floor)
+    if labels.ndim == 2:
+      z, labels, weights = _spread(z, labels, np.arange(k))
     present = np.unique(labels)
     kernel, bias = np.zeros((x.shape[1], k), np.float32), np.zeros(k, np.float32)
     if len(present) == 1:  # one class seen: it always wins
       bias[:] = -30.0
       bias[present[0]] = 0.0
       return kernel, bias
-    z, mean, scale = _standardized(x, self.standardize, self.floor)
-    model = self.estimator(x, None, c, class_weight, present, group).fit(z, labels)
+    model = self.estimator(x, None, c, class_weight, present, group).fit(
+        z, labels, sample_weight=weights)
     coef, intercept = _unstandardized(model.coef_, model.intercept_, mean, scale)
     if len(present) == 2:  # scikit-learn keeps one logit, for the second class
       kernel[:, present[1]], bias[present[1]] = coef[:, 0], intercept[0]
@@ -117,15 +132,18 @@ class OneVsRest(_WarmStarts):
   score_name = "macro_auc"
 
   def fit(self, x, targets, k: int, c: float, class_weight=None, group=None):
-    """One binary fit per label (see `Softmax.fit`)."""
+    """One binary fit per label of multi-hot or soft targets [N, k] (see `Softmax.fit`)."""
     kernel, bias = np.zeros((x.shape[1], k), np.float32), np.zeros(k, np.float32)
     z, mean, scale = _standardized(x, self.standardize, self.floor)
     for j in range(k):
       column = np.asarray(targets)[:, j]
-      if column.min() == column.max():  # a label always (or never) on: its prior alone
+      if column.min() == column.max() and column[0] in (0, 1):  # always (or never) on
         bias[j] = 30.0 if column[0] else -30.0
         continue
-      model = self.estimator(x, j, c, group=group).fit(z, column)
+      rows, weights = z, None
+      if np.any((column > 0) & (column < 1)):  # soft: each row once per value, weighted
+        rows, column, weights = _spread(z, np.stack([1 - column, column], 1), [0, 1])
+      model = self.estimator(x, j, c, group=group).fit(rows, column, sample_weight=weights)
       coef, intercept = _unstandardized(model.coef_, model.intercept_, mean, scale)
       kernel[:, j], bias[j] = coef[:, 0], intercept[0]
     return kernel, bias
