@@ -51,15 +51,16 @@ class DataConfig:
                              "of texts.")
   text_key: str = setting("", "Text models with --tfds: the text feature [its first Text "
                           "feature].")
-  unlabeled_dir: str = setting("", "Self-training: a folder of unlabelled images (searched "
-                               "recursively; --self_training_rounds, "
-                               "--pseudo_label_threshold).")
-  unlabeled_csv: str = setting("", "Self-training: a .csv/.tsv/.jsonl of unlabelled image paths "
-                               "(--path_column) or texts (--text_column).")
-  unlabeled_tfrecord: str = setting("", "Self-training: a glob of TFRecord files of unlabelled "
-                                    "images (--image_key; labels ignored).")
-  unlabeled_text_dir: str = setting("", "Self-training, text models: a folder of unlabelled .txt "
-                                    "files (searched recursively).")
+  unlabeled_dir: str = setting("", "Self-training (with --teacher, distillation): a folder "
+                               "of unlabelled images (searched recursively).")
+  unlabeled_csv: str = setting("", "Self-training (with --teacher, distillation): a "
+                               ".csv/.tsv/.jsonl of unlabelled image paths (--path_column) or "
+                               "texts (--text_column).")
+  unlabeled_tfrecord: str = setting("", "Self-training (with --teacher, distillation): a glob "
+                                    "of TFRecord files of unlabelled images (--image_key; "
+                                    "labels ignored).")
+  unlabeled_text_dir: str = setting("", "Self-training or distillation, text models: a folder "
+                                    "of unlabelled .txt files (searched recursively).")
   tfds: str = setting("", "A prepared TFDS data set, NAME or NAME:CONFIG (read with "
                       "download=False; prepare it with `tfds build NAME`).")
   tfds_data_dir: str = setting("", "Where TFDS data sets are prepared [~/tensorflow_datasets "
