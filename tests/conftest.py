@@ -217,7 +217,7 @@ def tiny_backbone():
 # ones first keeps both workers busy until the end.
 LONGEST_FIRST = ("test_text.py", "test_reliability.py", "test_tune.py", "test_methods.py",
                  "test_export.py", "test_formats.py", "test_tagging.py", "test_segmentation.py",
-                 "test_adapt.py", "test_self_training.py",
+                 "test_adapt.py", "test_self_training.py", "test_distill.py",
                  "test_distribute.py", "test_backbones.py",
                  "test_evaluate.py", "test_hub.py", "test_train.py", "test_sources.py")
 

@@ -171,6 +171,7 @@ def _altered_export(export, tmp_path, card=None, labels=None):
     ("task", "--teacher: {tmp}/altered/1 is a --task=multilabel export and this run is "
              "--task=multiclass"),
     ("classes", "--teacher: its classes (blue, green, purple) are not the data's"),
+    ("input", "--teacher: {tmp}/altered/1 takes texts and this run's model takes files"),
     ("weight", "--distill_weight: only goes with --teacher"),
     ("range", "--distill_weight: must be in [0, 1]"),
     ("regression", "--teacher: distils into classifiers (--task=multiclass or multilabel), "
@@ -182,6 +183,8 @@ def test_distillation_mistakes_are_one_line_and_write_nothing(teacher, tmp_path,
                    if case == "task" else ""],
           "classes": [f"--teacher={_altered_export(export, tmp_path, labels=['blue', 'green', 'purple'])}"
                       if case == "classes" else ""],
+          "input": [f"--teacher={_altered_export(export, tmp_path, card={'input': {'dtype': 'string'}})}"
+                    if case == "input" else ""],
           "weight": ["--distill_weight=0.3"],
           "range": [f"--teacher={export}", "--distill_weight=2"],
           "regression": [f"--teacher={export}", "--task=regression", "--csv=x.csv"]}[case]
@@ -192,3 +195,29 @@ def test_distillation_mistakes_are_one_line_and_write_nothing(teacher, tmp_path,
   assert message.format(tmp=tmp_path) in result.stderr, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
   assert not os.path.exists(tmp_path / "run") and not os.path.exists(tmp_path / "export")
+
+
+def test_a_multilabel_teacher_distils_per_label(tmp_path):
+  """Labels "warm"/"cool"/"bright" on colour squares: a multilabel teacher, then a student at
+  another image size taught by it; the card records the teacher's micro F1."""
+  import csv
+  folder = write_color_images(tmp_path / "colors", per_class=8, size=32)
+  tags = {"red": "warm|bright", "green": "bright", "blue": "cool"}
+  with open(tmp_path / "tags.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["path", "label"])
+    for color, labels in tags.items():
+      for name in sorted(os.listdir(os.path.join(folder, color))):
+        writer.writerow([os.path.join(folder, color, name), labels])
+  common = [f"--csv={tmp_path / 'tags.csv'}", "--task=multilabel", f"--model={tiny_model()}"]
+  first = call_main("train", *common, f"--model_dir={tmp_path / 'teacher'}",
+                    f"--export_dir={tmp_path / 'teacher_export'}")
+  assert first.returncode == 0, first.stderr[-3000:]
+  second = call_main("train", *common, "--image_size=24",
+                     f"--teacher={tmp_path / 'teacher_export'}", "--distill_temperature=3",
+                     f"--model_dir={tmp_path / 'student'}", f"--export_dir={tmp_path / 'export'}")
+  assert second.returncode == 0, second.stderr[-3000:]
+  card = json.load(open(tmp_path / "export" / "1" / "model_card.json"))
+  seen = card["distillation"]["teacher"]["this_validation"]
+  assert card["task"] == "multilabel" and 0 <= seen["micro_f1"] <= 1
+  assert card["distillation"]["temperature"] == 3.0

@@ -56,8 +56,8 @@ def check(config, output) -> Teacher | None:
                      f"this run is --task={output.name}; distil from a teacher of the same task")
   student_class = registry.modality_class(config.model.model, output)
   if task_class.CLIENT_INPUT != student_class.CLIENT_INPUT:
-    raise UsageError(f"--teacher: {version_dir} takes {task_class.CLIENT_INPUT} and this run's "
-                     f"model takes {student_class.CLIENT_INPUT}; distil from a teacher of the "
+    raise UsageError(f"--teacher: {version_dir} takes {task_class.ROW_KEY}s and this run's "
+                     f"model takes {student_class.ROW_KEY}s; distil from a teacher of the "
                      "same kind of input")
   try:
     class_names = read_labels(version_dir)
