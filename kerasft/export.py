@@ -30,11 +30,13 @@ def main(argv):
   result = export_run(
       settings.run_dir or settings.checkpoint or settings.adapter, settings.export_dir,
       settings.version, settings.overwrite, settings.formats, settings.quantize,
-      settings.calibration_examples or 200, settings.tflite_io)
+      settings.calibration_examples or 200, settings.tflite_io, settings.min_agreement)
   for fmt in settings.formats:
     print(f"{fmt}: {result[fmt]}")
     if f"{fmt}_check" in result:
       print(f"  {fmt} vs SavedModel: {describe(result[f'{fmt}_check'])}")
+    if f"{fmt}_choice" in result:
+      print(f"  {describe_choice(result[f'{fmt}_choice'])}")
 
 
 def describe(check: dict) -> str:
@@ -44,7 +46,20 @@ def describe(check: dict) -> str:
                     ("label_agreement", "same label decisions")):
     if key in check:
       parts.append(f"{what} on {100 * check[key]:.1f}%")
-  return ", ".join(parts) + f" of {check['on']}"
+  return (", ".join(parts) + f" of {check['on']}; {check['ms_per_image']:.1f} ms per image "
+          "on this CPU")
+
+
+def describe_choice(choice: dict) -> str:
+  """One line for --quantize=int8's choice (`kerasft.workflows.export._int8_choice`)."""
+  tried = "; ".join(f"{t['variant']}: " + (t["error"][:80] if "error" in t else (
+      f"{t['bytes'] / 1e6:.2f} MB" + ("" if t["agreement"] is None else
+                                      f", keeps {100 * t['agreement']:.1f}%")))
+                    for t in choice["tried"])
+  floats = f" (float: {', '.join(choice['float_ops'])})" if choice.get("float_ops") else ""
+  verdict = "" if choice["met"] else (f"; NONE reaches --min_agreement="
+                                      f"{choice['min_agreement']:g}: kept the closest")
+  return f"int8 choice: {choice['chosen']}{floats}{verdict} [tried {tried}]"
 
 
 if __name__ == "__main__":

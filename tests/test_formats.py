@@ -97,8 +97,9 @@ def test_quantized_files_load_in_litert_and_agree(runs, quantize, tmp_path):
                                       "model_card.json")))["format"]
   assert entry["quantize"] == quantize
   assert ("calibration" in entry) == (quantize == "int8")
-  if quantize == "int8":
+  if quantize == "int8":  # full int8 keeps every answer here: the chooser stops there
     assert entry["calibration"] == "16 train images"
+    assert entry["chosen"] == "int8" and entry["met"] and len(entry["tried"]) == 1
     assert os.path.getsize(result["tflite"]) < 0.5 * os.path.getsize(
         exporting.export_run(run.config.model_dir, str(tmp_path / "f"),
                              formats=("tflite",))["tflite"])
@@ -199,6 +200,9 @@ def test_int8_needs_the_runs_training_images(runs, tmp_path):
     (["--format=tflite", "--quantize=int8", "--calibration_examples=0"],
      "--calibration_examples:"),
     (["--format=jpeg"], "flag --format=jpeg: value should be one of"),
+    (["--format=tflite", "--min_agreement=0.9"], "--min_agreement: chooses among int8 files"),
+    (["--format=tflite", "--quantize=int8", "--min_agreement=2"],
+     "--min_agreement: must be in [0, 1]"),
 ])
 def test_export_flag_mistakes_are_one_line(args, message):
   run = call_main("export", "--run_dir=somewhere", *args)
@@ -217,3 +221,63 @@ def test_export_cli_prints_each_formats_check(runs, tmp_path):
   assert any(l.startswith("  onnx vs SavedModel:") for l in lines), lines
   assert sorted(os.listdir(tmp_path / "e")) == ["1", "onnx", "tflite"]
   assert serving.versions(str(tmp_path / "e" / "onnx")) == [1]
+
+
+def _saturating_export(tmp_path):
+  """An export whose answers full int8 loses: one activation channel spans a range 3000
+  times the others', so one per-tensor int8 scale rounds the channels that decide the class
+  to zero. Returns (its version folder, calibration images, check images)."""
+  import keras
+  from conftest import export_image
+  rng = np.random.default_rng(0)
+  inputs = keras.Input((8, 8, 3))
+  x = keras.layers.GlobalAveragePooling2D()(inputs)
+  wide = keras.layers.Dense(4, name="wide")(x)
+  out = keras.layers.Dense(3, activation="softmax", name="probabilities")(wide)
+  model = keras.Model(inputs, out)
+  model.get_layer("wide").set_weights([np.array(
+      [[30.0, 0.01, 0, 0], [30.0, 0, 0.01, 0], [30.0, 0, 0, 0.01]], np.float32),
+      np.zeros(4, np.float32)])
+  model.get_layer("probabilities").set_weights([np.array(
+      [[0, 0, 0], [100.0, 0, 0], [0, 100.0, 0], [0, 0, 100.0]], np.float32),
+      np.zeros(3, np.float32)])
+
+  def images(n):
+    colors = rng.uniform(0, 255, (n, 1, 1, 3))
+    return np.clip(colors + rng.normal(0, 5, (n, 8, 8, 3)), 0, 255).astype(np.float32)
+  saved = export_image(model, ["r", "g", "b"], 8, str(tmp_path / "export"))
+  return saved, images(64), images(100)
+
+
+def test_the_int8_chooser_keeps_the_floor_on_a_model_that_saturates(tmp_path):
+  saved, calibration, images = _saturating_export(tmp_path)
+  output = Multiclass()
+  expected = client.saved_model_probabilities(saved, images, output)
+  (tmp_path / "scratch").mkdir()
+  content, record = exporting._int8_choice(  # pylint: disable=protected-access
+      output, saved, calibration, "float", (images, expected, 0.98), str(tmp_path / "scratch"))
+  first = record["tried"][0]
+  assert first["variant"] == "int8" and first["agreement"] < 0.9, record  # chance: 1/3
+  assert record["met"] and record["chosen"] != "int8", record
+  path = tmp_path / "chosen.tflite"
+  path.write_bytes(content)
+  got = output.main_output(formats.run_tflite(str(path), images))
+  assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.98
+  if "float_ops" in record:  # the ops the debugger ranked worst stayed float
+    assert 1 <= len(record["float_ops"]) <= 16
+  # with a floor nothing reaches, the closest is kept and the record says it missed
+  _, missed = exporting._int8_choice(  # pylint: disable=protected-access
+      output, saved, calibration, "float", (images, expected, 1.01), str(tmp_path / "scratch"))
+  assert not missed["met"] and [t["variant"] for t in missed["tried"]][-1] == "float16"
+
+
+def test_export_prints_the_int8_choice(runs, tmp_path):
+  run = runs["multiclass"]
+  done = call_main("export", f"--run_dir={run.config.model_dir}", f"--export_dir={tmp_path}",
+                   "--format=tflite", "--quantize=int8", "--calibration_examples=8",
+                   "--min_agreement=0.9")
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "int8 choice: int8 [tried int8: " in done.stdout and "keeps 100.0%" in done.stdout
+  assert "ms per image on this CPU" in done.stdout
+  entry = json.load(open(tmp_path / "tflite" / "1" / "model_card.json"))["format"]
+  assert entry["min_agreement"] == 0.9 and entry["met"] and entry["check"]["ms_per_image"] > 0

@@ -14,7 +14,7 @@ from typing import Optional
 import kerasft.config.backbones as backbones
 from kerasft.core.errors import UsageError
 from kerasft.core.files import check_writable
-from kerasft.core.settings import check_choices, positive_int, setting
+from kerasft.core.settings import check, check_choices, positive_int, setting
 from kerasft.tasks.settings import TaskData
 
 # --format -> what it writes, the SavedModel first (the others are converted from it).
@@ -116,6 +116,11 @@ class ExportConfig:
   calibration_examples: Optional[int] = setting(
       None, "export --quantize=int8: how many of the run's training images calibrate the "
       "activation ranges [200].")
+  min_agreement: float = setting(
+      0.98, "export --quantize=int8: the share of the float model's answers (top-1 classes; "
+      "label decisions; pixels' classes) the file must keep on the run's validation images: "
+      "below it, the worst-quantized layers stay float (fewest first), then 16x8, then "
+      "float16 [0: full int8 whatever it keeps].")
   tflite_io: str = setting("float", "export --quantize=int8: the TFLite file's input and "
                            "output type: float (float32 pixels 0..255 in, float32 out) or "
                            "uint8 (uint8 pixels in, uint8 outputs with their scale in the "
@@ -141,6 +146,10 @@ class ExportConfig:
     if self.tflite_io != "float" and self.quantize != "int8":
       raise UsageError(f"--tflite_io={self.tflite_io}: integer input and output need "
                        "--quantize=int8")
+    check(isinstance(self.min_agreement, (int, float)) and 0 <= self.min_agreement <= 1,
+          "min_agreement", "must be in [0, 1]", self.min_agreement)
+    if self.min_agreement != 0.98 and self.quantize != "int8":
+      raise UsageError("--min_agreement: chooses among int8 files; pass --quantize=int8")
     if self.calibration_examples is not None:
       positive_int(self.calibration_examples, "calibration_examples")
       if self.quantize != "int8":

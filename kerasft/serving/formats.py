@@ -33,14 +33,16 @@ from kerasft.core.errors import UsageError
 from kerasft.core.files import LABELS, write_json
 from kerasft.serving.versions import MODEL_CARD_FILE, swap_in
 
-QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
+QUANTIZATIONS = ("none", "dynamic", "float16", "int8", "int16x8")
+RANKED_ON = 50  # calibration images the quantization debugger compares layers on
 FILES = {"tflite": "model.tflite", "onnx": "model.onnx"}
 ONNX_OPSET = 17
 
 
-def _numeric_signature(saved_model_dir: str):
+def _numeric_signature(saved_model_dir: str, floats_only: bool = False):
   """(the loaded SavedModel, a tf.function images -> the numeric outputs of its
-  serving_default, the images' TensorSpec)."""
+  serving_default (`floats_only`: without the integer ones, such as class_ids: a client
+  takes their argmax), the images' TensorSpec)."""
   loaded = tf.saved_model.load(saved_model_dir)
   signature = loaded.signatures["serving_default"]
   inputs = signature.structured_input_signature[1]
@@ -48,7 +50,8 @@ def _numeric_signature(saved_model_dir: str):
     raise UsageError(f"--format: {saved_model_dir} takes {sorted(inputs)}, not images; only "
                      "image models convert to LiteRT and ONNX")
   spec = tf.TensorSpec(inputs["images"].shape, tf.float32, name="images")
-  numeric = sorted(k for k, out in signature.structured_outputs.items() if out.dtype != tf.string)
+  numeric = sorted(k for k, out in signature.structured_outputs.items() if out.dtype != tf.string
+                   and (out.dtype.is_floating or not floats_only))
 
   @tf.function(input_signature=[spec])
   def serving_default(images):
@@ -67,25 +70,30 @@ def tflite_bytes(saved_model_dir: str, quantize: str = "none",
                  calibration: np.ndarray | None = None, io: str = "float") -> bytes:
   """The LiteRT flatbuffer of an image export's numeric outputs.
 
-  quantize: one of QUANTIZATIONS; "int8" needs `calibration`, float32 images [N, S, S, 3]
+  quantize: one of QUANTIZATIONS; "int8" and "int16x8" (int16 activations, int8 weights;
+  its file has no integer outputs) need `calibration`, float32 images [N, S, S, 3]
   (0..255) like the training inputs, and keeps every op in int8 (a model with an op that
   has no int8 kernel is a UsageError naming it). io: "float" or "uint8" (int8 only: the
   input takes uint8 pixels, the outputs are uint8 with their scale in the file).
   """
   if quantize not in QUANTIZATIONS:
     raise UsageError(f"--quantize: must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
-  if quantize == "int8" and (calibration is None or not len(calibration)):
-    raise UsageError("--quantize=int8: needs calibration images (the run's training data)")
-  loaded, function, _ = _numeric_signature(saved_model_dir)
+  if quantize in ("int8", "int16x8") and (calibration is None or not len(calibration)):
+    raise UsageError(f"--quantize={quantize}: needs calibration images (the run's training "
+                     "data)")
+  # 16x8 has no ARG_MAX kernel: its file gives the probabilities, the client the argmax
+  loaded, function, _ = _numeric_signature(saved_model_dir, quantize == "int16x8")
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [function.get_concrete_function()], loaded)
   if quantize != "none":
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   if quantize == "float16":
     converter.target_spec.supported_types = [tf.float16]
-  if quantize == "int8":
+  if quantize in ("int8", "int16x8"):
     converter.representative_dataset = lambda: ([image[None]] for image in calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if quantize == "int8" else
+        tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     if io == "uint8":
       converter.inference_input_type = converter.inference_output_type = tf.uint8
   try:
@@ -93,6 +101,59 @@ def tflite_bytes(saved_model_dir: str, quantize: str = "none",
   except Exception as e:  # pylint: disable=broad-except  the converter raises many types
     raise UsageError(f"--quantize={quantize}: the LiteRT converter (TensorFlow "
                      f"{tf.__version__}) failed: {_first_line(e)}") from None
+
+
+def _debugger(saved_model_dir: str, calibration: np.ndarray, scratch: str, keep_float=()):
+  """TensorFlow's quantization debugger on an int8 conversion (float fallback allowed) of an
+  image export's numeric outputs, with the op outputs named in `keep_float` left in float.
+  The debugger converts from a SavedModel: the numeric signature is saved into `scratch`."""
+  loaded, function, _ = _numeric_signature(saved_model_dir)
+  numeric = os.path.join(scratch, "numeric")
+  if not os.path.isdir(numeric):
+    tf.saved_model.save(loaded, numeric, signatures={
+        "serving_default": function.get_concrete_function()})
+  converter = tf.lite.TFLiteConverter.from_saved_model(numeric)
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+  options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(keep_float))
+  return tf.lite.experimental.QuantizationDebugger(
+      converter=converter, debug_options=options,
+      debug_dataset=lambda: ([image[None]] for image in calibration[:RANKED_ON]))
+
+
+def quantization_ranking(saved_model_dir: str, calibration: np.ndarray,
+                         scratch: str) -> list[tuple[str, str, float]]:
+  """[(op output tensor, op, RMSE / scale)] of every quantized op of an int8 conversion,
+  worst first: the error each op's int8 output makes against its float output, in units of
+  its quantization step (TensorFlow's quantization debugger on RANKED_ON calibration
+  images; its tutorial calls above 0.7 suspect). [] when the debugger fails (logged)."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  dump = io.StringIO()
+  try:
+    debugger = _debugger(saved_model_dir, calibration, scratch)
+    debugger.run()
+    debugger.layer_statistics_dump(dump)
+  except Exception as e:  # pylint: disable=broad-except  the converter raises many types
+    logging.warning("the quantization debugger failed (%s): no op is left in float",
+                    _first_line(e))
+    return []
+  rows = [(r["tensor_name"], r["op_name"],
+           float(np.sqrt(float(r["mean_squared_error"])) / float(r["scale"])))
+          for r in csv.DictReader(io.StringIO(dump.getvalue())) if float(r["scale"]) > 0]
+  return sorted(rows, key=lambda row: -row[2])
+
+
+def selective_int8_bytes(saved_model_dir: str, calibration: np.ndarray, keep_float: list[str],
+                         scratch: str) -> bytes:
+  """The int8 LiteRT file with the ops whose outputs are `keep_float` (from
+  `quantization_ranking`) left in float: selective quantization, float32 input and output."""
+  try:
+    return _debugger(saved_model_dir, calibration, scratch, keep_float
+                     ).get_nondebug_quantized_model()
+  except Exception as e:  # pylint: disable=broad-except  the converter raises many types
+    raise UsageError(f"--quantize=int8: selective quantization failed (TensorFlow "
+                     f"{tf.__version__}): {_first_line(e)}") from None
 
 
 def check_onnx_installed():
