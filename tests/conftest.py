@@ -4,6 +4,7 @@ module imports Keras."""
 
 import functools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,18 @@ def write_color_images(folder, per_class=12, size=40, seed=0, colors=COLORS, mod
       pixels = np.clip(np.asarray(rgb) + rng.normal(0, 25, (size, size, 3)), 0, 255)
       Image.fromarray(pixels.astype(np.uint8)).convert(mode).save(
           os.path.join(folder, name, f"{i:03d}.png"))
+  return str(folder)
+
+
+def write_unlabeled_colors(folder, per_class=10, seed=1):
+  """Colour squares with no class folders: one flat folder of `per_class` x 3 PNGs."""
+  pool = write_color_images(os.path.join(str(folder), "_pool"), per_class=per_class, size=32,
+                            seed=seed)
+  os.makedirs(folder, exist_ok=True)
+  for name in sorted(os.listdir(pool)):
+    for file in sorted(os.listdir(os.path.join(pool, name))):
+      shutil.move(os.path.join(pool, name, file), os.path.join(str(folder), f"{name}-{file}"))
+  shutil.rmtree(pool)
   return str(folder)
 
 

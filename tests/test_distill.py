@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import call_main, tiny_model, write_color_images
+from conftest import call_main, tiny_model, write_color_images, write_unlabeled_colors
 
 import kerasft
 from kerasft.data import labels as label_kinds
@@ -128,16 +128,11 @@ def test_a_teacher_that_outputs_the_labels_one_hot_at_t1_w1_equals_ordinary_trai
 def test_distilling_asks_the_teacher_once_per_example_and_records_it(teacher, tmp_path,
                                                                      monkeypatch):
   data_dir, export = teacher
-  pool = write_color_images(tmp_path / "pool", per_class=4, size=32, seed=3)
-  unlabeled = tmp_path / "unlabeled"
-  unlabeled.mkdir()
-  for name in sorted(os.listdir(pool)):
-    for file in sorted(os.listdir(os.path.join(pool, name))):
-      shutil.copy(os.path.join(pool, name, file), unlabeled / f"{name}-{file}")
+  unlabeled = write_unlabeled_colors(tmp_path / "unlabeled", per_class=4, seed=3)
   asked = _counting(monkeypatch)
   result = kerasft.run_training(kerasft.RunConfig(
       model=kerasft.ModelConfig(model=tiny_model(), image_size=24),
-      data=kerasft.DataConfig(data_dir=data_dir, unlabeled_dir=str(unlabeled)),
+      data=kerasft.DataConfig(data_dir=data_dir, unlabeled_dir=unlabeled),
       training=kerasft.TrainingConfig(head_solver="epochs", epochs=2),
       methods=kerasft.MethodsConfig(teacher=export), model_dir=str(tmp_path / "run"),
       export_dir=str(tmp_path / "export")), verbose=0)

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import call_main, tiny_model, write_color_images
+from conftest import call_main, tiny_model, write_color_images, write_unlabeled_colors
 
 import kerasft
 import kerasft.data.pipeline
@@ -118,13 +118,7 @@ def test_rounds_are_judged_out_of_fold_before_a_student_trains(monkeypatch, tmp_
 def _colors(tmp_path):
   """(labelled colour folders, 3 per class, and a folder of 30 unlabelled ones)."""
   labelled = write_color_images(tmp_path / "labelled", per_class=3, size=32)
-  pool = write_color_images(tmp_path / "pool", per_class=10, size=32, seed=1)
-  unlabeled = tmp_path / "unlabeled"
-  unlabeled.mkdir()
-  for name in sorted(os.listdir(pool)):
-    for file in sorted(os.listdir(os.path.join(pool, name))):
-      shutil.copy(os.path.join(pool, name, file), unlabeled / f"{name}-{file}")
-  return labelled, str(unlabeled)
+  return labelled, write_unlabeled_colors(tmp_path / "unlabeled", per_class=10, seed=1)
 
 
 @pytest.mark.slow
