@@ -76,7 +76,7 @@ def main(argv):
   names = RunFolder(run_dir).class_names()
   test = sources.evaluation_images(
       task.config.data.__class__(data_dir=os.path.join(small_data.FASHION, "test")),
-      task.output, names)
+      task.output.labels, names)
   images = np.concatenate([x for x, _ in task.pipeline(test, 64)])
   labels = np.asarray(test.labels)
   rows, reference, variant = [], None, "-"
