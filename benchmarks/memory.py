@@ -8,7 +8,7 @@ on the weights' values) at 224 px on 64 training and 16 validation images of
 epoch (SGD), each case in a fresh process whose peak resident memory is read after the run:
   batch32   --batch_size=32
   batch8x4  --batch_size=8 --gradient_accumulation_steps=4 (one optimizer step per 4
-            batches: the same effective batch; tests/test_fit.py checks that it equals batch
+            batches: the same effective batch; tests/test_methods.py checks that it equals batch
             32 to 1e-5 with SGD and no batch norm)
   batch8    --batch_size=8 (what accumulation adds beyond a small batch)
 --remat is not in the table: keras.RematScope fails inside `fit` on the TensorFlow backend
