@@ -88,7 +88,7 @@ def main(argv):
     if fmt == "saved_model":
       path = os.path.join(export_dir, "1")
       signature = client.load_saved_model(path).signatures["serving_default"]
-      probs = np.concatenate([client.main_output(signature(images=tf.constant(images[i:i + 64])))
+      probs = np.concatenate([task.output.main_output(signature(images=tf.constant(images[i:i + 64])))
                               for i in range(0, len(images), 64)])
       reference = probs
       size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(
@@ -96,7 +96,7 @@ def main(argv):
       latency = _latency(lambda x: signature(images=tf.constant(x)), images[:200])
     else:
       path = os.path.join(export_dir, fmt, "1", formats.FILES[fmt])
-      probs = client.main_output(formats.RUNNERS[fmt](path, images))
+      probs = task.output.main_output(formats.RUNNERS[fmt](path, images))
       size = os.path.getsize(path)
       if fmt == "tflite":
         runner = formats._interpreter(path).get_signature_runner("serving_default")  # pylint: disable=protected-access
