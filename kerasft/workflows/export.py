@@ -126,7 +126,7 @@ def _write_converted(output, fmt: str, content: bytes, saved: str, export_dir: s
   return path, check
 
 
-SELECTIVE_STEPS = (1, 2, 4, 8, 16)  # layers left float, tried in this order
+SELECTIVE_STEPS = (1, 2, 3, 4, 5, 6, 8, 12, 16)  # ops left float, tried in this order
 
 
 def _agreement(output, content: bytes, images, expected, scratch: str) -> float | None:
