@@ -172,13 +172,14 @@ def _int8_choice(output, saved: str, calibration, io: str, check_on: tuple, scra
                  "-" if share is None else f"{share:.4f}", len(images), floor)
     return share is None or share >= floor
 
-  ranking = []
+  float_ops = {}  # the selective variants' names -> the ops they leave in float
   kept = attempt("int8", lambda: conversions.tflite_bytes(saved, "int8", calibration, io))
   if not kept and io == "float":
     ranking = conversions.quantization_ranking(saved, calibration, scratch)
-    variants = [(f"int8, {n} ops in float", lambda n=n: conversions.selective_int8_bytes(
-        saved, calibration, [name for name, _, _ in ranking[:n]], scratch))
-                for n in SELECTIVE_STEPS if n < len(ranking)]
+    float_ops = {f"int8, {n} ops in float": [name for name, _, _ in ranking[:n]]
+                 for n in SELECTIVE_STEPS if n < len(ranking)}
+    variants = [(variant, lambda ops=ops: conversions.selective_int8_bytes(
+        saved, calibration, ops, scratch)) for variant, ops in float_ops.items()]
     variants += [("int16x8", lambda: conversions.tflite_bytes(saved, "int16x8", calibration)),
                  ("float16", lambda: conversions.tflite_bytes(saved, "float16"))]
     kept = any(attempt(name, make) for name, make in variants)  # stops at the first kept
@@ -192,6 +193,6 @@ def _int8_choice(output, saved: str, calibration, io: str, check_on: tuple, scra
                     "validation images; kept %s (%.4f)%s", floor, chosen["variant"], share,
                     " (--tflite_io=uint8 allows full int8 alone)" if io != "float" else "")
   record = {"chosen": chosen["variant"], "min_agreement": floor, "met": met, "tried": tried}
-  if "ops in float" in chosen["variant"]:
-    record["float_ops"] = [name for name, _, _ in ranking[:int(chosen["variant"].split()[1])]]
+  if chosen["variant"] in float_ops:
+    record["float_ops"] = float_ops[chosen["variant"]]
   return content, record
