@@ -124,7 +124,8 @@ class _StepTimer:
 def child_kerasft(size, epochs, unfreeze, fine_epochs, backbone, data_dir, out):
   start = time.perf_counter()
   import kerasft  # pylint: disable=g-import-not-at-top
-  from kerasft.data import examples as data
+  from kerasft.data import folders
+  from kerasft.data.source import Source
   seconds = {"import": time.perf_counter() - start}
   with tempfile.TemporaryDirectory() as tmp:
     config = kerasft.RunConfig(
@@ -153,9 +154,10 @@ def child_probe(size, backbone, data_dir, out):
   """Forward pass and input pipeline images/s; export vs in-memory latency for 32 images."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from kerasft.models import backbones, features, heads
   from kerasft import config
-  from kerasft.data import examples as data, pipeline
+  from kerasft.data import folders, pipeline
+  from kerasft.data.source import Source
+  from kerasft.models import backbones, features, heads, signatures
   from kerasft.serving import versions as serving
   from kerasft.tasks import registry as tasks
 
@@ -183,7 +185,7 @@ def child_probe(size, backbone, data_dir, out):
     forward_seconds.append(time.perf_counter() - t)
   with tempfile.TemporaryDirectory() as tmp:
     names = [str(i) for i in range(10)]
-    path = serving.export(lambda labels: serving.image_signatures(
+    path = serving.export(lambda labels: signatures.image_signatures(
         model, names, size, labels, outputs=output.serving_outputs), names,
                           os.path.join(tmp, "m"))
     signature = tf.saved_model.load(path).signatures["serving_default"]
