@@ -77,6 +77,8 @@ def test_a_killed_adaptation_resumes_its_finished_phases(preset, tmp_path):
      "folder"),
     (["--model=keras_hub:{missing}", "--csv={csv}"], "--model: keras_hub: folder {missing} does "
      "not exist"),
+    (["--model=keras_hub:{preset}", "--csv={csv}", "--batch_size=auto"],
+     "--batch_size=auto: kerasft.train chooses its batch by memory, adapt does not"),
 ])
 def test_adapt_mistakes_are_one_line_errors(preset, tmp_path, args, message):
   (tmp_path / "exists").mkdir()

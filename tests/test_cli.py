@@ -14,10 +14,10 @@ from kerasft.config import commands
 from kerasft import config
 from kerasft.core.errors import UsageError
 
-ENTRY_POINTS = ("train", "evaluate", "predict", "export", "tune", "cluster")
+ENTRY_POINTS = ("train", "evaluate", "predict", "export", "tune", "cluster", "adapt")
 SETTINGS = (config.RunConfig, commands.TrainActions, commands.EvaluateConfig,
             commands.PredictConfig, commands.ExportConfig, commands.TuneConfig,
-            commands.ClusterConfig)
+            commands.ClusterConfig, commands.AdaptConfig)
 
 
 def _fields():
@@ -26,7 +26,7 @@ def _fields():
 
 def test_entry_points_import_together_in_one_process():
   code = ("import kerasft.train, kerasft.evaluate, kerasft.predict, kerasft.export, "
-          "kerasft.tune, kerasft.cluster; from absl import flags; print(len(list(flags.FLAGS))); "
+          "kerasft.tune, kerasft.cluster, kerasft.adapt; from absl import flags; print(len(list(flags.FLAGS))); "
           "assert callable(kerasft.tune)")
   done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                         timeout=120)
@@ -35,7 +35,7 @@ def test_entry_points_import_together_in_one_process():
 
 def test_every_field_has_one_flag_and_every_flag_one_field():
   import kerasft.evaluate, kerasft.export, kerasft.predict, kerasft.train, kerasft.tune  # noqa: F401,E401
-  import kerasft.cluster  # noqa: F401
+  import kerasft.adapt, kerasft.cluster  # noqa: F401,E401
   by_name = {}
   for field in _fields():
     by_name.setdefault(field.name, []).append(field)
@@ -45,9 +45,10 @@ def test_every_field_has_one_flag_and_every_flag_one_field():
   for name, fields in by_name.items():  # a name in two settings is one shared flag
     assert len({repr(f.default) for f in fields}) == 1, name
     assert all(f.metadata["help"] for f in fields), name
-    assert flags.FLAGS[name].default == (list(map(str, fields[0].default))
-                                         if isinstance(fields[0].default, tuple)
-                                         else fields[0].default), name
+    default = fields[0].default  # an `int | str` field (auto or a number) is a string flag
+    assert flags.FLAGS[name].default == (list(map(str, default)) if isinstance(default, tuple)
+                                         else str(default) if name == "batch_size"
+                                         else default), name
 
 
 def test_choices_are_declared_once_and_validated_from_the_declaration():

@@ -1,6 +1,7 @@
 """Fine-tuning methods (kerasft.methods): weight averaging, WiSE-FT, L2-SP, LoRA / BitFit /
 NormFit and adapters, on tiny models in process."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -211,6 +212,40 @@ def test_gradient_accumulation_reaches_the_fine_tune_optimizer_and_the_card(tmp_
   assert card["gradient_accumulation_steps"] == 2
 
 
+def test_auto_batch_takes_the_largest_divisor_that_fits_and_accumulates_the_rest():
+  from kerasft.core.errors import UsageError
+  from kerasft.models import memory
+  assert memory.auto_batch(100, 64, 1, available=2000) == (16, 4)  # 20 fit: 16 divides 64
+  assert memory.auto_batch(100, 64, 2, available=2000) == (32, 2)  # 20 per replica
+  assert memory.auto_batch(100, 32, 1, available=1 << 30) == (32, 1)
+  assert memory.auto_batch(100, 96, 1, available=4000) == (32, 3)
+  with pytest.raises(UsageError, match="^--batch_size=auto: one example takes"):
+    memory.auto_batch(100, 64, 1, available=50)
+  with pytest.raises(UsageError, match="^--effective_batch_size=63: must divide evenly over "
+                     "the 2 replicas$"):
+    memory.auto_batch(100, 63, 2, available=2000)
+
+
+def test_batch_size_auto_accumulates_to_the_effective_batch_and_says_so_in_the_card(
+    tmp_path, colors, made, monkeypatch):
+  """With memory for 4 examples, --batch_size=auto --effective_batch_size=16 trains batches
+  of 4 and steps the optimizer every 4 of them; the card says what was chosen and why."""
+  from kerasft.models import memory
+  monkeypatch.setattr(memory, "per_example", lambda model, trains: 1 << 20)
+  monkeypatch.setattr(memory, "batch_memory", lambda: (4 << 20) + 1)
+  config = _config(tmp_path, colors, fine_tune_epochs=1, effective_batch_size=16)
+  config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                batch_size="auto"))
+  result = kerasft.run_training(config, verbose=0)
+  assert made and all(o.gradient_accumulation_steps == 4 for o in made)
+  card = json.load(open(os.path.join(result.export_path, "model_card.json")))
+  assert card["batch"]["batch_size"] == 4 and card["batch"]["effective_batch_size"] == 16
+  assert card["batch"]["gradient_accumulation_steps"] == 4
+  assert card["batch"]["chosen"].startswith("auto: the largest dividing 16")
+  saved = json.load(open(tmp_path / "run" / "config.json"))
+  assert saved["data"]["batch_size"] == 4 and saved["training"]["effective_batch_size"] == 0
+
+
 def _by_layer(backbone):
   return {f"{layer.name}/{w.name}": w.numpy() for layer in backbone.layers for w in layer.weights}
 
@@ -326,6 +361,13 @@ def test_a_lora_run_killed_mid_fine_tune_resumes_and_keeps_learning(tmp_path, co
     (["--gradient_accumulation_steps=4"], "--gradient_accumulation_steps: accumulates the "
      "gradients of phases trained by epochs"),
     (["--gradient_accumulation_steps=0"], "--gradient_accumulation_steps: must be a positive"),
+    (["--batch_size=big"], "--batch_size: must be a positive integer or auto, got 'big'"),
+    (["--batch_size=32", "--effective_batch_size=48"], "--effective_batch_size=48: must be a "
+     "multiple of --batch_size=32"),
+    (["--effective_batch_size=64", "--gradient_accumulation_steps=2"],
+     "--effective_batch_size: sets the accumulation steps itself"),
+    (["--effective_batch_size=64"], "--effective_batch_size: accumulates the gradients of "
+     "phases trained by epochs"),
 ])
 def test_bad_method_combinations_are_one_line_exit_2(tmp_path, colors, args, message):
   done = call_main("train", f"--model={tiny_model()}", f"--data_dir={colors}",

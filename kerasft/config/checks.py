@@ -33,15 +33,41 @@ def _phases(config) -> None:
     raise UsageError(f"--cache_features=on: --{mixing[0]} changes the backbone's input "
                      "every epoch, so its features cannot be cached; leave --cache_features "
                      "at auto")
-  if t.gradient_accumulation_steps > 1 and not _last_phase_by_epochs(config):
-    raise UsageError("--gradient_accumulation_steps: accumulates the gradients of phases "
-                     "trained by epochs, and the convex head is one solve; add a fine-tune "
-                     "phase (--fine_tune_epochs with an unfreeze flag) or pass "
-                     "--head_solver=epochs")
+  _batch(config)
+  check_accumulation(config)
   if t.fine_tune_epochs and not m.unfreezes:
     raise UsageError(f"--fine_tune_epochs={t.fine_tune_epochs} needs layers to train; pass "
                      "--unfreeze_top=N (or --unfreeze_blocks, --unfreeze_from, "
                      "--gradual_unfreeze) as well")
+
+
+def _batch(config) -> None:
+  """--effective_batch_size against --batch_size and --gradient_accumulation_steps."""
+  t, size = config.training, config.data.batch_size
+  if not t.effective_batch_size:
+    return
+  if t.gradient_accumulation_steps > 1:
+    raise UsageError("--effective_batch_size: sets the accumulation steps itself; pass it or "
+                     "--gradient_accumulation_steps, not both")
+  if size != "auto" and t.effective_batch_size % size:
+    raise UsageError(f"--effective_batch_size={t.effective_batch_size}: must be a multiple "
+                     f"of --batch_size={size} (or pass --batch_size=auto)")
+
+
+def check_accumulation(config) -> None:
+  """Raises a UsageError when a `RunConfig` accumulates gradients (its
+  --gradient_accumulation_steps, or --effective_batch_size over a numeric --batch_size)
+  with no phase trained by epochs to accumulate them in."""
+  t, size = config.training, config.data.batch_size
+  steps = t.gradient_accumulation_steps
+  if t.effective_batch_size and size != "auto":
+    steps = t.effective_batch_size // size
+  if steps > 1 and not _last_phase_by_epochs(config):
+    flag = "gradient_accumulation_steps" if t.gradient_accumulation_steps > 1 else \
+        "effective_batch_size"
+    raise UsageError(f"--{flag}: accumulates the gradients of phases trained by epochs, and "
+                     "the convex head is one solve; add a fine-tune phase (--fine_tune_epochs "
+                     "with an unfreeze flag) or pass --head_solver=epochs")
 
 
 def _last_phase_by_epochs(config) -> bool:

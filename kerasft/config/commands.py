@@ -61,7 +61,8 @@ class PredictConfig:
   export: str = setting("", _EXPORT_HELP)
   top_k: int = setting(5, "predict: how many classes to report per input.")
   output: str = setting("", "predict: write the predictions to this .csv or .jsonl file.")
-  batch_size: int = setting(32, "Global batch size.")
+  batch_size: int | str = setting(32, "Images or texts per batch (auto: 32, as evaluate "
+                                  "reads it).")
   explain: bool = setting(False, "predict: explain each input's top class with the run "
                           "that made the export (its folder, from the model card): Grad-CAM "
                           "over images, word attributions for texts, in --explain_dir.")
@@ -78,6 +79,8 @@ class PredictConfig:
       raise UsageError("--export: pass an export folder, saved_models/NAME or "
                        "saved_models/NAME/N")
     positive_int(self.top_k, "top_k")
+    if self.batch_size == "auto":
+      object.__setattr__(self, "batch_size", 32)
     positive_int(self.batch_size, "batch_size")
     if self.output and not self.output.endswith((".csv", ".jsonl")):
       raise UsageError(f"--output: must end in .csv or .jsonl, got {self.output!r}")

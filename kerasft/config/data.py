@@ -76,7 +76,10 @@ class DataConfig:
                           "with --mixup, each batch uses one of them.")
   oversample: bool = setting(False, "Repeat examples of smaller classes up to the largest "
                              "class's count.")
-  batch_size: int = setting(32, "Global batch size.")
+  batch_size: int | str = setting(
+      32, "Global batch size, or auto (kerasft.train): the largest that fits the device's "
+      "memory for the backbone and image size, up to --effective_batch_size [32], which "
+      "gradient accumulation then reaches.")
   strict_data: bool = setting(False, "Stop on unreadable images (corrupt, truncated, or over "
                               "100 megapixels) instead of skipping them with a warning.")
   resize: str = setting("squash", "How images become squares, in training and in the "
@@ -98,7 +101,8 @@ class DataConfig:
     check_choices(self)
     check(isinstance(self.validation_split, (int, float)) and 0 < self.validation_split < 1,
           "validation_split", "must be between 0 and 1 (exclusive)", self.validation_split)
-    positive_int(self.batch_size, "batch_size")
+    check(self.batch_size == "auto" or (type(self.batch_size) is int and self.batch_size > 0),
+          "batch_size", "must be a positive integer or auto", self.batch_size)
     fraction(self.augment_strength, "augment_strength")
     unlabeled = [f for f in UNLABELED_SOURCES if getattr(self, f)]
     if len(unlabeled) > 1:
@@ -135,6 +139,12 @@ class DataConfig:
   def unlabeled_source(self) -> str:
     """The flag of the unlabelled examples in use ("" when none)."""
     return next((f for f in UNLABELED_SOURCES if getattr(self, f)), "")
+
+  @property
+  def inference_batch(self) -> int:
+    """Examples per batch where a model only predicts: --batch_size, or 32 for auto (it
+    chooses the training batch)."""
+    return 32 if self.batch_size == "auto" else self.batch_size
 
   @classmethod
   def of(cls, **flags) -> "DataConfig":

@@ -195,6 +195,10 @@ class TrainingConfig:
       "gradients (Keras' optimizer accumulation): the updates of an N x --batch_size batch "
       "in the memory of one --batch_size batch (batch-norm statistics still see the small "
       "batches) [1: off].")
+  effective_batch_size: int = setting(
+      0, "The batch each optimizer step sees: --batch_size batches accumulated (as "
+      "--gradient_accumulation_steps does) until it is reached; a multiple of a numeric "
+      "--batch_size [0: --batch_size; with --batch_size=auto, 32].")
   cache_features: str = setting(
       "auto", "Compute the frozen backbone's features once and train the head on them "
       "(auto/on: when the backbone is frozen and nothing augments its input).",
@@ -216,7 +220,7 @@ class TrainingConfig:
     check(isinstance(self.folds, int) and self.folds >= 2, "folds", "must be at least 2",
           self.folds)
     for name in ("fine_tune_epochs", "seed", "early_stopping_patience", "reduce_lr_patience",
-                 "cpu_replicas", "feature_cache_memory"):
+                 "cpu_replicas", "feature_cache_memory", "effective_batch_size"):
       non_negative_int(getattr(self, name), name)
     if self.fine_tune_learning_rate is not None:
       positive_float(self.fine_tune_learning_rate, "fine_tune_learning_rate")

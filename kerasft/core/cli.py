@@ -42,9 +42,16 @@ def flag_fields(cls, only: Optional[Iterable[str]] = None) -> list[tuple]:
   return out
 
 
+def _int_or_word(tp) -> bool:
+  """Whether annotation `tp` is `int | str`: a number or a word such as `auto`."""
+  return set(typing.get_args(tp)) == {int, str}
+
+
 def _define(field: dataclasses.Field, tp, flag_values: flags.FlagValues) -> None:
   base, _ = _kind(tp)
   name, default = field.name, field.default
+  if _int_or_word(base):
+    base, default = str, str(default)
   help_text, choices = field.metadata.get("help", ""), field.metadata.get("choices", ())
   if not help_text:
     raise ValueError(f"{name}: a setting needs help text")
@@ -73,7 +80,7 @@ def define_flags(cls, only: Optional[Iterable[str]] = None,
     if field.name in flag_values:
       existing = flag_values[field.name].default
       expected = list(map(str, field.default)) if isinstance(field.default, tuple) else \
-          field.default
+          str(field.default) if _int_or_word(tp) else field.default
       if existing != expected:
         raise ValueError(f"--{field.name} is declared twice with defaults {existing!r} and "
                          f"{expected!r}")
@@ -92,6 +99,8 @@ def _value(field: dataclasses.Field, tp, flag_values: flags.FlagValues):
     except ValueError:
       raise UsageError(f"--{field.name}: expected comma-separated {item.__name__} values, got "
                        f"{','.join(value)!r}") from None
+  if _int_or_word(base):  # the dataclass checks the word
+    return int(value) if value.strip().lstrip("-").isdigit() else value
   return value
 
 

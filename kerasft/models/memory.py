@@ -79,12 +79,9 @@ def check_fits(model: keras.Model, batch_size: int, trains_backbone: bool,
   if not isinstance(shape, tuple) or len(shape) != 4:
     return
   available = device_memory() if available is None else available
-  if trains_backbone:
-    per, batch = _all_outputs(model), batch_size
-    what = f"fine-tuning with --batch_size={batch_size}"
-  else:
-    per, batch = ACTIVATIONS_PER_LARGEST * _largest_output(model), 1
-    what = "one forward pass of the frozen backbone"
+  per, batch = per_example(model, trains_backbone), batch_size if trains_backbone else 1
+  what = (f"fine-tuning with --batch_size={batch_size}" if trains_backbone else
+          "one forward pass of the frozen backbone")
   need = per * batch
   if need <= available:
     return
@@ -99,6 +96,42 @@ def check_fits(model: keras.Model, batch_size: int, trains_backbone: bool,
   raise UsageError(f"--image_size={side}: {what} needs at least {need / 2**30:,.1f} GiB "
                    f"of activations, more than the {available / 2**30:,.1f} GiB of memory "
                    f"this device has; {hint}")
+
+
+def per_example(model: keras.Model, trains_backbone: bool) -> int:
+  """Bytes of activations one example takes at least: every layer's output when training
+  goes through the backbone, else a few times its largest layer output (one forward pass)."""
+  if trains_backbone:
+    return _all_outputs(model)
+  return ACTIVATIONS_PER_LARGEST * _largest_output(model)
+
+
+def batch_memory() -> int:
+  """Bytes `--batch_size=auto` fills at most: half the smallest GPU's memory, else half the
+  machine's RAM (not the memory free now, so that a resumed run chooses the same batch)."""
+  if tf.config.list_physical_devices("GPU"):
+    return device_memory() // 2
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+  except (ValueError, OSError, AttributeError):
+    return 4 << 30
+
+
+def auto_batch(per: int, effective: int, replicas: int, available: int) -> tuple[int, int]:
+  """(global batch, accumulation steps) for `--batch_size=auto`: the largest batch that
+  divides `effective` evenly, splits evenly over `replicas` and whose activations (`per`
+  bytes per example, `per_example`) fit `available` bytes on each replica; the steps reach
+  `effective`. Raises a UsageError when not even one example per replica fits."""
+  if effective % replicas:
+    raise UsageError(f"--effective_batch_size={effective}: must divide evenly over the "
+                     f"{replicas} replicas")
+  fits = [b for b in range(replicas, effective + 1, replicas)
+          if effective % b == 0 and (b // replicas) * per <= available]
+  if not fits:
+    raise UsageError(f"--batch_size=auto: one example takes {per / 2**30:,.1f} GiB of "
+                     f"activations, more than the {available / 2**30:,.1f} GiB this device "
+                     "gives a batch; pass a smaller --image_size")
+  return fits[-1], effective // fits[-1]
 
 
 def _largest_output(model: keras.Model) -> int:

@@ -88,8 +88,9 @@ def chief_and_id(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
   return task_type == "worker" and task_id == 0 and not has_chief, task_id
 
 
-def setup(training: TrainingConfig, batch_size: int) -> Runtime:
-  """Creates the strategy and sets the dtype policy and determinism for this process."""
+def setup(training: TrainingConfig, batch_size: int | str) -> Runtime:
+  """Creates the strategy and sets the dtype policy and determinism for this process;
+  batch_size: the global batch (or "auto": checked once chosen, `plan.batch`)."""
   _compat.apply()
   if training.cpu_replicas:
     _split_cpu(training.cpu_replicas)
@@ -109,12 +110,13 @@ def setup(training: TrainingConfig, batch_size: int) -> Runtime:
   jit = training.jit_compile == "on" or (training.jit_compile == "auto" and bool(gpus))
   is_chief, worker_id = chief_and_id(strategy)
   replicas = strategy.num_replicas_in_sync
-  if batch_size % replicas:
+  if batch_size != "auto" and batch_size % replicas:
     raise UsageError(f"--batch_size={batch_size} is the global batch; it must divide evenly "
                      f"over {replicas} replicas")
-  logging.info("strategy %s: %d replicas, global batch %d = %d per replica; dtype policy %s; "
-               "jit_compile %s%s", type(strategy).__name__, replicas, batch_size,
-               batch_size // replicas, policy, jit, "" if is_chief else
+  logging.info("strategy %s: %d replicas, global batch %s; dtype policy %s; jit_compile "
+               "%s%s", type(strategy).__name__, replicas, "auto (chosen once the model is "
+               "built)" if batch_size == "auto" else f"{batch_size} = {batch_size // replicas}"
+               " per replica", policy, jit, "" if is_chief else
                f"; worker {worker_id} (not the chief: writes to a temporary folder)")
   return Runtime(strategy=strategy, is_chief=is_chief, worker_id=worker_id, jit_compile=jit,
                  policy=policy)

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from absl import logging
+
+from kerasft.config import checks
+from kerasft.models import memory
+
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
@@ -49,3 +54,34 @@ def make_plan(training, model, total_blocks: int, head_epochs: int = 0
                           model.unfreeze_blocks, t.fine_tune_learning_rate,
                           t.fine_tune_epochs))
   return (head,)
+
+
+def batch(config, model, replicas: int, available: int | None = None) -> tuple:
+  """(a `RunConfig` whose --batch_size is a number and whose --gradient_accumulation_steps
+  reach --effective_batch_size, now 0: an ordinary config; the model card's "batch" entry,
+  or {} when neither flag was given). --batch_size=auto takes the largest batch whose
+  activations for `model` fit `available` bytes [`memory.batch_memory()`] per replica
+  (`memory.auto_batch`) up to --effective_batch_size [32]. Raises a UsageError when
+  nothing fits, or when the steps accumulate in no phase trained by epochs."""
+  d, t = config.data, config.training
+  if d.batch_size != "auto" and not t.effective_batch_size:
+    return config, {}
+  effective = t.effective_batch_size or (32 if d.batch_size == "auto" else d.batch_size)
+  how = "--batch_size"
+  size = d.batch_size
+  if size == "auto":
+    available = memory.batch_memory() if available is None else available
+    per = memory.per_example(model, bool(t.fine_tune_epochs and config.model.unfreezes))
+    size, _ = memory.auto_batch(per, effective, replicas, available)
+    how = (f"auto: the largest dividing {effective} whose activations (at least "
+           f"{per * size / replicas / 2**20:,.0f} MiB per replica) fit "
+           f"{available / 2**30:,.1f} GiB")
+  config = dataclasses.replace(config, data=dataclasses.replace(d, batch_size=size),
+                               training=dataclasses.replace(t, effective_batch_size=effective))
+  checks.check_accumulation(config)
+  config = dataclasses.replace(config, training=dataclasses.replace(
+      t, effective_batch_size=0, gradient_accumulation_steps=effective // size))
+  logging.info("batch: %d examples x %d accumulated = %d per optimizer step (%s)", size,
+               effective // size, effective, how)
+  return config, {"batch_size": size, "gradient_accumulation_steps": effective // size,
+                  "effective_batch_size": effective, "chosen": how}

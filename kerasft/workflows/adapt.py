@@ -143,6 +143,9 @@ def adapt(model_flag: str, data, settings, training, max_length: int = 0,
   the preset folder."""
   import keras  # pylint: disable=g-import-not-at-top
   start, verbose = time.monotonic(), cli.progress_verbosity(verbose)
+  if data.batch_size == "auto":
+    raise UsageError("--batch_size=auto: kerasft.train chooses its batch by memory, adapt "
+                     "does not; pass a number")
   if not tasks.reads_texts(model_flag):
     raise UsageError(f"--model: adapt continues a text encoder's masked-LM training; pass "
                      f"--model=keras_hub:PRESET_OR_FOLDER, not {model_flag}")

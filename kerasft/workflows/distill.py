@@ -79,7 +79,7 @@ def apply(teacher: Teacher, task, train, val, unlabeled=None):
                      f"the data's ({', '.join(train.class_names[:10])}); distil from a teacher "
                      "trained on the same classes, in the same order")
   config, kind = task.config, task.output.labels
-  k, batch_size = config.methods, config.data.batch_size
+  k, batch_size = config.methods, config.data.inference_batch
   predict, _ = client.load_predictor(teacher.version_dir, "teacher")
   logging.info("distillation: the teacher %s labels %d training, %d validation and %d "
                "unlabelled examples", teacher.version_dir, len(train.inputs), len(val.inputs),

@@ -44,7 +44,7 @@ def evaluate_export(export: str, data_config, split: str = "test", output_dir: s
   files = task_class.evaluation_examples(data_config, output, class_names, split)
   predict, _ = client.load_predictor(version_dir)
   outputs = client.predict_files(predict, task_class.client_items(files),
-                                 data_config.batch_size)
+                                 data_config.inference_batch)
   name = (f"{os.path.basename(os.path.dirname(os.path.abspath(version_dir)))}-"
           f"{os.path.basename(version_dir)}")
   labels = output.labels.evaluation_labels(files)
@@ -71,7 +71,7 @@ def evaluate_run(run_dir: str, data_config, split: str = "test", output_dir: str
       logging.warning("the run's head was refit on its validation examples too, so these "
                       "figures are not held out; its metrics.json has held-out ones (%s)",
                       held_out)
-  labels, outputs = task.predict_examples(model, files, data_config.batch_size)
+  labels, outputs = task.predict_examples(model, files, data_config.inference_batch)
   return _write(task.output, labels, outputs, class_names,
                 output_dir or os.path.join("eval", f"{task.config.name}-best"),
                 RunFolder(run_dir).history(),

@@ -30,7 +30,7 @@ from kerasft.reporting import calibration, html as html_report, metrics as repor
 from kerasft.reporting import page as run_report
 from kerasft.serving import versions as serving
 from kerasft.tasks import registry
-from kerasft.training import distribute, fit
+from kerasft.training import distribute, fit, plan
 from kerasft.training.run_folder import ADAPTER, BEST, LOGS, TIMINGS, RunFolder
 from kerasft.workflows import distill
 
@@ -93,7 +93,8 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
   """Indexes the data (and the unlabelled examples, for self-training; with --teacher, its
   targets: `kerasft.workflows.distill`), checks the run folder and builds the model;
   nothing is written. Returns (task with the model's sizes filled in, model, Dataset,
-  unlabelled Examples to self-train on or None, the card's distillation entry or {})."""
+  unlabelled Examples to self-train on or None, the card's "distillation" and "batch"
+  entries where there are any)."""
   config = task.config
   teacher = distill.check(config, task.output)
   keras.utils.set_random_seed(config.training.seed)
@@ -124,14 +125,16 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
     logging.info("phase model: %s (weights %s)", config.model.model, config.model.weights)
     task, model = task.build_model(train)
     _check_unfreezing(task.config, model)
-    m, t = task.config.model, task.config.training
-    memory.check_fits(model, task.config.data.batch_size,
-                        bool(t.fine_tune_epochs and m.unfreezes))
+    config, batch = plan.batch(task.config, model, runtime.strategy.num_replicas_in_sync)
+    task = task.with_config(config, task.backbone)
+    memory.check_fits(model, config.data.batch_size,
+                      bool(config.training.fine_tune_epochs and config.model.unfreezes))
     peft.enable(model, task.config)
   dataset = task.pipelines(train, val)
   if folder.check_new_or_same(task.config):
     logging.info("resuming the unfinished run in %s", folder.root)
-  return task, model, dataset, unlabeled, distilled
+  cards = {"distillation": distilled, "batch": batch}
+  return task, model, dataset, unlabeled, {k: v for k, v in cards.items() if v}
 
 
 def _check_unfreezing(config: RunConfig, model) -> None:
@@ -147,7 +150,7 @@ def _check_unfreezing(config: RunConfig, model) -> None:
 def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> TrainResult:
   seconds = {}
   recipe = task.config.methods.recipe  # (auto resolves into settings: students redo it)
-  task, model, dataset, unlabeled, distilled = _prepare(task, folder, runtime, seconds)
+  task, model, dataset, unlabeled, cards = _prepare(task, folder, runtime, seconds)
   config = task.config
   if runtime.is_chief:
     folder.start(config, dataset.class_names)
@@ -178,8 +181,7 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
                  folder.output(ADAPTER))
   export_path = ""
   with _phase(seconds, "export"):
-    card = {**task.card(metrics), **_methods_card(config, fitted, rounds), **(
-        {"distillation": distilled} if distilled else {}), "run": {
+    card = {**task.card(metrics), **_methods_card(config, fitted, rounds), **cards, "run": {
         "model_dir": os.path.abspath(config.model_dir), "id": folder.run_id(),
         "weights": fingerprint}}
     # a run killed after its export's rename, before it was recorded, exported already
