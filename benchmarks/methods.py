@@ -139,6 +139,7 @@ def _one_row(setting, method, work):
   if method == "features + LogisticRegressionCV":
     config = _config(setting, "default (frozen, convex head)", work, train_csv)
     from kerasft.data import tables as sources
+    from kerasft.data.source import Source
     test = sources.read_texts(Source("csv", tests["test"]), class_names=names)
     accuracy, seconds = small_data._probe(config, test)  # pylint: disable=protected-access
     row = {"test": accuracy, "seconds": seconds}

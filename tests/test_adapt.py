@@ -27,7 +27,7 @@ def test_adaptation_lowers_the_masked_lm_loss_and_the_preset_trains(preset, tmp_
   out = tmp_path / "adapted"
   result = call_main("adapt", f"--model=keras_hub:{preset}", f"--csv={_texts_csv(tmp_path)}",
                      f"--output_dir={out}", "--mlm_epochs=8", "--mlm_learning_rate=3e-3",
-                     "--batch_size=8", "--mask_rate=0.3")
+                     "--batch_size=8", "--mask_rate=0.3", "--time_budget=1h")
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.load(open(out / "adaptation.json"))
   assert report["after"]["loss"] < report["before"]["loss"], report

@@ -194,8 +194,8 @@ def _train(model, train, val, settings, runtime, work: str, new_head: bool, verb
     logging.info("adapt: the preset's masked-LM head predicts at chance: a new head trains "
                  "alone first (%d epochs)", settings.mlm_head_epochs)
     phases.insert(0, ("head", settings.mlm_head_epochs, 1e-3, False))
-  budget = settings.budget
-  with budget.deadline(budget) if budget else contextlib.nullcontext():
+  seconds = settings.budget
+  with budget.deadline(seconds) if seconds else contextlib.nullcontext():
     for name, epochs, rate, everything in phases:
       if name in state["done"]:
         continue
