@@ -62,10 +62,11 @@ def write_coco(root, drawn, classes=2, name="instances.json", ids=None):
 def _config(tmp_path, coco, **fields):
   training = {"epochs": 2, "head_solver": "epochs", **fields.pop("training", {})}
   model = {"task": "detection", "weights": "none", "image_size": 64, **fields.pop("model", {})}
-  own = fields.pop("tasks", {})
+  own, methods = fields.pop("tasks", {}), fields.pop("methods", {})
   return kerasft.RunConfig(
       name="det", model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"),
       model=kerasft.ModelConfig(**model), training=kerasft.TrainingConfig(**training),
+      methods=kerasft.MethodsConfig(**methods),
       data=kerasft.DataConfig.of(coco=str(coco), image_dir=str(coco.parent / "images"),
                                  batch_size=8, **fields),
       tasks=kerasft.TaskSettings.of(**own))
@@ -438,7 +439,8 @@ def test_evaluate_writes_coco_results_and_predict_draws_boxes(trained, tmp_path)
 def test_a_killed_detector_run_resumes_with_its_val_map(tmp_path, monkeypatch):
   from kerasft.training import callbacks
   coco = write_coco(tmp_path / "d", draw_boxes(16))
-  config = _config(tmp_path, coco, training={"epochs": 5}, augment=("flip", "zoom"))
+  config = _config(tmp_path, coco, training={"epochs": 5}, augment=("flip", "zoom"),
+                   methods={"average": "ema"})  # the EMA is scored by val_map too
   original = callbacks.EpochLog.on_epoch_end
 
   def killed_after_three(self, epoch, logs=None):
@@ -454,6 +456,9 @@ def test_a_killed_detector_run_resumes_with_its_val_map(tmp_path, monkeypatch):
   assert len(before["loss"]) == 3 and len(result.history["val_map"]) == 5
   assert result.history["loss"][:2] == before["loss"][:2]
   assert result.metrics["task"] == "detection"
+  card = json.load(open(os.path.join(result.export_path, "model_card.json")))
+  assert card["methods"]["average"] == "ema" and card["kept"] in ("ema", "best epoch"), card
+  assert "ema" in json.load(open(tmp_path / "run" / "averaging.json"))["validation"]
 
 
 @pytest.mark.slow

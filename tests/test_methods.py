@@ -10,6 +10,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import call_main, tiny_model, write_color_images
 import kerasft
@@ -210,6 +211,23 @@ def test_gradient_accumulation_reaches_the_fine_tune_optimizer_and_the_card(tmp_
   assert int(made[-1].iterations.numpy()) >= 1  # the fine-tune phase took optimizer steps
   card = json.load(open(os.path.join(result.export_path, "model_card.json")))
   assert card["gradient_accumulation_steps"] == 2
+
+
+def test_the_averaging_scorer_reads_a_figure_an_epoch_callback_computes():
+  """Detection's val_map is no compiled metric: its callback puts it in the epoch's logs.
+  The scorer of --average/--wise_ft asks the same callback (it raised KeyError: 'map')."""
+  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+  model.compile("sgd", "mse")
+  val = tf.data.Dataset.from_tensor_slices((np.ones((4, 2), "float32"),
+                                            np.zeros((4, 1), "float32"))).batch(2)
+
+  class Map(keras.callbacks.Callback):  # a figure of the weights it is given
+    def on_epoch_end(self, epoch, logs=None):
+      logs["val_map"] = float(np.sum(self.model.get_weights()[0]))
+  scorer = averaging.Scorer(model, model, val, "val_map", "max", epoch_callbacks=[Map()])
+  weights = [np.full((2, 1), 0.25, "float32"), np.zeros(1, "float32")]
+  assert scorer(weights) == pytest.approx(0.5)
+  assert averaging.Scorer(model, model, val, "val_loss", "min")(weights) == pytest.approx(-0.25)
 
 
 def test_auto_batch_takes_the_largest_divisor_that_fits_and_accumulates_the_rest():

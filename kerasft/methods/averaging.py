@@ -126,21 +126,27 @@ def recompute_batch_norm(model, train, backbone, batches: int = BN_BATCHES) -> i
 class Scorer:
   """Scores weight lists on validation: sets them on `model`, recomputes batch-norm
   statistics when asked (`train`, `backbone`), evaluates `eval_model` on `val`; returns
-  the signed monitored value. `weights` holds the list last scored (statistics included)."""
+  the signed monitored value. `weights` holds the list last scored (statistics included).
+  epoch_callbacks: the output's callbacks that put a monitored figure `evaluate` does not
+  compute into an epoch's logs (detection's `val_map`), asked the same way."""
 
   def __init__(self, model, eval_model, val, monitor: str, mode: str, train=None,
-               backbone=None):
+               backbone=None, epoch_callbacks=()):
     self.model, self.eval_model, self.val, self.monitor = model, eval_model, val, monitor
     self.sign, self.train, self.backbone = 1.0 if mode == "max" else -1.0, train, backbone
-    self.weights = None
+    self.weights, self.epoch_callbacks = None, list(epoch_callbacks)
 
   def __call__(self, weights: list) -> float:
     self.model.set_weights(weights)
     if self.train is not None:
       recompute_batch_norm(self.model, self.train, self.backbone)
     self.weights = self.model.get_weights()
-    logs = self.eval_model.evaluate(self.val, verbose=0, return_dict=True)
-    return self.sign * float(logs[self.monitor.removeprefix("val_")])
+    logs = {f"val_{k}": v for k, v in self.eval_model.evaluate(
+        self.val, verbose=0, return_dict=True).items()}
+    for callback in self.epoch_callbacks:
+      callback.set_model(self.eval_model)
+      callback.on_epoch_end(0, logs)
+    return self.sign * float(logs[self.monitor])
 
 
 def average(methods, scorer: Scorer, ranked: list, best_value: float, ema=None):
