@@ -441,6 +441,17 @@ def test_recipe_auto_fine_tunes_with_a_soup_from_50_per_class_and_keeps_user_cho
   assert big.model.image_size is None  # a keras: backbone keeps its own size
   mobilenet = resolved(many, "mobilenet", weights="none")
   assert mobilenet.model.image_size == 128  # 24 px images: 128 px inputs, not 224
+  config = kerasft.RunConfig(model=kerasft.ModelConfig(model="mobilenet", weights="none",
+                                                       image_size=224),
+                             data=kerasft.DataConfig(data_dir=str(many)),
+                             methods=MethodsConfig(recipe="auto")).resolved()
+  task = tasks.for_config(config)  # --image_size=224 given (the default): it stays
+  assert auto.apply(task, *task.index(0), {"model.image_size"}).config.model.image_size == 224
+  from kerasft.workflows import train as training  # what run_training passes as given
+  given = training._given  # pylint: disable=protected-access
+  assert given(kerasft.RunConfig(model=kerasft.ModelConfig(image_size=224))) == {
+      "model.image_size"}
+  assert not given(kerasft.RunConfig())
   assert mobilenet.model.unfreeze_blocks == 15
   small = resolved(few)
   assert small.training.fine_tune_epochs == 0 and small.methods.average == "best"

@@ -21,12 +21,13 @@ from absl import logging
 from kerasft.config import ModelConfig, RunConfig, TrainingConfig
 
 
-def apply(task, train, val):
+def apply(task, train, val, given=frozenset()):
   """The task with its recipe resolved into concrete settings for `train` + `val`:
   --recipe=auto, the task's rule (`Task.auto_settings`); --recipe=default, the task's own
   defaults (`Task.default_settings`: a tagger fine-tunes its encoder, whose frozen features
   lose to a plain fine-tuning script); other recipes, none. Settings the user changed
-  from their defaults stay."""
+  from their defaults stay, and so do those named in `given` ("group.name": set by the
+  user to their default value, e.g. --image_size=224)."""
   config = task.config
   if config.methods.recipe not in ("auto", "default"):
     return task
@@ -43,7 +44,8 @@ def apply(task, train, val):
   groups = {}
   for dotted, value in changes.items():
     group, name = dotted.split(".")
-    if getattr(getattr(config, group), name) == getattr(getattr(defaults, group), name):
+    if dotted not in given and (getattr(getattr(config, group), name) ==
+                                getattr(getattr(defaults, group), name)):
       groups.setdefault(group, {})[name] = value
   recipe = groups.setdefault("methods", {}).pop("recipe", "default")
   groups["methods"]["recipe"] = recipe

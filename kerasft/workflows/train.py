@@ -72,7 +72,7 @@ def run_training(config: RunConfig, verbose: int | str = "auto", export: bool = 
   try:
     with tempfile.TemporaryDirectory(prefix="kerasft-worker-") as scratch:
       folder = RunFolder(task.config.model_dir, "" if runtime.is_chief else scratch)
-      result = _train(task, folder, runtime, verbose, export)
+      result = _train(task, folder, runtime, verbose, export, _given(config))
       if runtime.is_chief:
         _timings({**(before or {}), **result.seconds}, time.monotonic() - started +
                  sum((before or {}).values()), folder)
@@ -89,7 +89,14 @@ def check_outputs(config: RunConfig) -> None:
   check_writable(config.training.feature_cache_dir, "feature_cache_dir")
 
 
-def _prepare(task, folder: RunFolder, runtime, seconds: dict):
+def _given(config: RunConfig) -> frozenset:
+  """Settings the user gave that `RunConfig.resolved` cannot tell from its defaults once
+  filled in (an --image_size equal to the backbone's), as "group.name": a recipe leaves
+  them as given."""
+  return frozenset({"model.image_size"} if config.model.image_size is not None else ())
+
+
+def _prepare(task, folder: RunFolder, runtime, seconds: dict, given: frozenset = frozenset()):
   """Indexes the data (and the unlabelled examples, for self-training; with --teacher, its
   targets: `kerasft.workflows.distill`), checks the run folder and builds the model;
   nothing is written. Returns (task with the model's sizes filled in, model, Dataset,
@@ -116,7 +123,7 @@ def _prepare(task, folder: RunFolder, runtime, seconds: dict):
       unlabeled = None
     if config.data.oversample:
       train = data.oversampled(train, config.training.seed)
-    task = auto.apply(task, train, val)
+    task = auto.apply(task, train, val, given)
     config = task.config
   if folder.is_finished() and not config.overwrite:
     raise UsageError(f"--model_dir: {folder.root} already holds a finished run; pass "
@@ -147,10 +154,11 @@ def _check_unfreezing(config: RunConfig, model) -> None:
     backbones.freeze(backbone)
 
 
-def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> TrainResult:
+def _train(task, folder: RunFolder, runtime, verbose, export: bool = True,
+           given: frozenset = frozenset()) -> TrainResult:
   seconds = {}
   recipe = task.config.methods.recipe  # (auto resolves into settings: students redo it)
-  task, model, dataset, unlabeled, cards = _prepare(task, folder, runtime, seconds)
+  task, model, dataset, unlabeled, cards = _prepare(task, folder, runtime, seconds, given)
   config = task.config
   if runtime.is_chief:
     folder.start(config, dataset.class_names)
@@ -160,7 +168,7 @@ def _train(task, folder: RunFolder, runtime, verbose, export: bool = True) -> Tr
     fitted = fit.execute(fit.Run(config, model, dataset, task.output, folder, runtime, verbose))
     if unlabeled is not None:
       model, fitted, dataset, rounds = _self_train(task, model, dataset, unlabeled, fitted,
-                                                   folder, runtime, verbose, recipe)
+                                                   folder, runtime, verbose, recipe, given)
   fingerprint = weights_fingerprint(model)
   logging.info("final weights fingerprint %s", fingerprint)
   result = TrainResult(model=model, history=fitted.history, metrics={}, export_path="",
@@ -215,7 +223,7 @@ def _methods_card(config: RunConfig, fitted, rounds=()) -> dict:
 
 
 def _self_train(task, model, dataset, unlabeled, fitted, folder: RunFolder, runtime,
-                verbose, recipe: str = "default"):
+                verbose, recipe: str = "default", given: frozenset = frozenset()):
   """--unlabeled_*: the rounds of `kerasft.methods.self_training` after the labelled run;
   each student trains in its own run folder (with --recipe=auto, on settings chosen for its
   own, larger training set). Returns (model, FitResult, Dataset, rounds) of what is kept,
@@ -229,7 +237,7 @@ def _self_train(task, model, dataset, unlabeled, fitted, folder: RunFolder, runt
       student_task = auto.apply(student_task.with_config(dataclasses.replace(
           student_task.config, methods=dataclasses.replace(
               student_task.config.methods, recipe="auto")), student_task.backbone),
-          train, val)
+          train, val, given)
     if student_task.config.model.unfreezes:  # it trains its own backbone, from pretrained
       student_task = student_task.with_config(student_task.config)
     with runtime.strategy.scope():
