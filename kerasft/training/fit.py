@@ -166,10 +166,9 @@ def _average(run: Run, step: _Step) -> str:
     return ""
   monitor, mode = run.output.monitor
   trains_bn = config.model.bn_mode == "train"
-  scorer = averaging.Scorer(model, step.model, step.val, monitor, mode,
-                            run.dataset.train if trains_bn else None, backbone_of(model),
-                            run.output.epoch_callbacks(config, step.val,
-                                                       run.dataset.val_files))
+  scorer = averaging.Scorer(
+      model, step.model, step.val, monitor, mode, run.dataset.train if trains_bn else None,
+      backbone_of(model), run.output.epoch_callbacks(config, step.val, run.dataset.val_files))
   load = lambda name, on: averaging.load_weights(folder.path(name)) if on else None  # noqa: E731
   outcome = averaging.finish(
       k, scorer, folder.path(averaging.TOP_K), (model.get_weights(), checkpoint.best),

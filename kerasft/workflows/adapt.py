@@ -143,17 +143,7 @@ def adapt(model_flag: str, data, settings, training, max_length: int = 0,
   the preset folder."""
   import keras  # pylint: disable=g-import-not-at-top
   start, verbose = time.monotonic(), cli.progress_verbosity(verbose)
-  if data.batch_size == "auto":
-    raise UsageError("--batch_size=auto: kerasft.train chooses its batch by memory, adapt "
-                     "does not; pass a number")
-  if not tasks.reads_texts(model_flag):
-    raise UsageError(f"--model: adapt continues a text encoder's masked-LM training; pass "
-                     f"--model=keras_hub:PRESET_OR_FOLDER, not {model_flag}")
-  preset = backbones.source(model_flag)[1]
-  output_dir = settings.output_dir or os.path.join("adapted", os.path.basename(
-      os.path.normpath(preset)))
-  if os.path.exists(output_dir) and not settings.overwrite:
-    raise UsageError(f"--output_dir: {output_dir} exists; pass --overwrite to replace it")
+  preset, output_dir = _check(model_flag, data, settings)
   texts = read_texts(data)
   runtime = distribute.setup(training, data.batch_size)
   keras.utils.set_random_seed(training.seed)
@@ -180,6 +170,22 @@ def adapt(model_flag: str, data, settings, training, max_length: int = 0,
   return AdaptResult(output_dir, before, after, history, time.monotonic() - start)
 
 
+def _check(model_flag: str, data, settings) -> tuple[str, str]:
+  """(the preset, the output folder) of adapt's flags; a UsageError for a mistake."""
+  if data.batch_size == "auto":
+    raise UsageError("--batch_size=auto: kerasft.train chooses its batch by memory, adapt "
+                     "does not; pass a number")
+  if not tasks.reads_texts(model_flag):
+    raise UsageError(f"--model: adapt continues a text encoder's masked-LM training; pass "
+                     f"--model=keras_hub:PRESET_OR_FOLDER, not {model_flag}")
+  preset = backbones.source(model_flag)[1]
+  output_dir = settings.output_dir or os.path.join("adapted", os.path.basename(
+      os.path.normpath(preset)))
+  if os.path.exists(output_dir) and not settings.overwrite:
+    raise UsageError(f"--output_dir: {output_dir} exists; pass --overwrite to replace it")
+  return preset, output_dir
+
+
 def _train(model, train, val, settings, runtime, work: str, new_head: bool, verbose) -> dict:
   """The phases (a new head alone, then everything), each resumable; returns the history
   by phase. A phase finished before a kill is not redone."""
@@ -202,7 +208,7 @@ def _train(model, train, val, settings, runtime, work: str, new_head: bool, verb
       with runtime.strategy.scope():
         _compile(model, rate, everything)
       chosen = [callbacks.Interruptible(), keras.callbacks.BackupAndRestore(
-          os.path.join(work, f"backup_{name}"))] + ([budget.Deadline()] if budget else [])
+          os.path.join(work, f"backup_{name}"))] + ([budget.Deadline()] if seconds else [])
       with warnings.catch_warnings():  # BERT's [CLS] pooler feeds no masked-LM output
         warnings.filterwarnings("ignore", message="Gradients do not exist")
         fitted = model.fit(train, validation_data=val, epochs=epochs, verbose=verbose,
