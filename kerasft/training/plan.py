@@ -66,7 +66,7 @@ def batch(config, model, replicas: int, available: int | None = None) -> tuple:
   d, t = config.data, config.training
   if d.batch_size != "auto" and not t.effective_batch_size:
     return config, {}
-  effective = t.effective_batch_size or (32 if d.batch_size == "auto" else d.batch_size)
+  effective = t.effective_batch_size or d.inference_batch  # auto: 32
   how = "--batch_size"
   size = d.batch_size
   if size == "auto":
